@@ -1,0 +1,37 @@
+"""Installs the embedding service for users and on Dataflow workers (--setup_file)."""
+import setuptools
+
+setuptools.setup(
+    name="image-embeddings",
+    version="0.1.0",
+    description="Streaming ResNet50 image embeddings on Apache Beam: GCS notifications "
+                "to BigQuery and .npy vectors.",
+    python_requires=">=3.11,<3.12",
+    packages=setuptools.find_packages(include=["streaming", "streaming.*", "publisher",
+                                               "publisher.*", "schemas", "schemas.*"]),
+    package_data={"schemas": ["*.json", "sql/*.sql"]},
+    install_requires=[
+        "apache-beam[gcp]==2.77.0",
+        "tensorflow==2.21.0",
+        # Beam's TF model handler imports tensorflow_hub; 0.16.1 is the one that
+        # imports with TF 2.21 (Beam's own extra pins 0.15.0, which does not).
+        "tensorflow-hub==0.16.1",
+        # >=10.3 fixes the known decoder CVEs (e.g. CVE-2024-28219, CVE-2023-50447).
+        "pillow==12.3.0",
+        "numpy==2.4.6",
+        "google-cloud-pubsub==2.44.0",
+        "google-cloud-storage==3.17.1",
+        "google-cloud-bigquery==3.47.0",
+        "tqdm==4.70.1",
+    ],
+    extras_require={
+        "analysis": ["duckdb==1.5.5", "pyarrow==25.0.1"],
+        "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "duckdb==1.5.5", "pyarrow==25.0.1"],
+    },
+    entry_points={
+        "console_scripts": [
+            "embed-stream=streaming.main:main",
+            "embed-samples=streaming.samples:main",
+        ],
+    },
+)

@@ -1,0 +1,98 @@
+"""Which object events get embedded.
+
+Only OBJECT_FINALIZE is embedded; names must pass the include/exclude prefixes and
+carry an accepted extension or content type; and the job never embeds its own outputs
+(any name under an output prefix in the same bucket or folder is excluded).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Iterable, Optional
+
+import apache_beam as beam
+from apache_beam import pvalue
+
+from streaming import metrics
+from streaming.records import ImageRef
+
+DELETES = "deletes"
+
+
+@dataclasses.dataclass(frozen=True)
+class FilterConfig:
+    include_prefixes: tuple[str, ...] = ()
+    exclude_prefixes: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+    content_types: tuple[str, ...] = ()
+    # (bucket, prefix) pairs the job writes to; never read back.
+    own_outputs: tuple[tuple[str, str], ...] = ()
+
+
+def output_prefixes(outputs: Iterable[Optional[str]], local_root: Optional[str]) -> tuple:
+    """(bucket, prefix) of each output location, so it can be excluded.
+
+    For gs://B/P the pair is (B, P); for a local folder inside the watched folder it is
+    (watched folder, relative path).
+    """
+    pairs = []
+    for out in outputs:
+        if not out:
+            continue
+        if out.startswith("gs://"):
+            bucket, _, prefix = out[5:].partition("/")
+            pairs.append((bucket, prefix))
+        elif local_root:
+            root, path = os.path.abspath(local_root), os.path.abspath(out)
+            if os.path.commonpath([root, path]) == root:
+                rel = os.path.relpath(path, root).replace(os.sep, "/")
+                pairs.append((root, "" if rel == "." else rel.rstrip("/") + "/"))
+    return tuple(pairs)
+
+
+def skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
+    """None if the object should be embedded, else the counter name of why not."""
+    if ref.event_type != "OBJECT_FINALIZE":
+        return f"skipped.event_{ref.event_type}"
+    for bucket, prefix in config.own_outputs:
+        if ref.bucket == bucket and ref.name.startswith(prefix):
+            return "skipped.own_output"
+    if config.include_prefixes and not ref.name.startswith(config.include_prefixes):
+        return "skipped.prefix"
+    if config.exclude_prefixes and ref.name.startswith(config.exclude_prefixes):
+        return "skipped.prefix"
+    if config.extensions or config.content_types:
+        lowered = ref.name.lower()
+        ext_ok = bool(config.extensions) and lowered.endswith(config.extensions)
+        type_ok = bool(config.content_types) and (ref.content_type or "").lower().startswith(
+            config.content_types)
+        if not (ext_ok or type_ok):
+            return "skipped.type"
+    return None
+
+
+class _FilterFn(beam.DoFn):
+    def __init__(self, config: FilterConfig):
+        self._config = config
+
+    def process(self, ref: ImageRef):
+        reason = skip_reason(ref, self._config)
+        if reason is None:
+            yield ref
+            return
+        metrics.count(reason)
+        if ref.event_type == "OBJECT_DELETE":
+            yield pvalue.TaggedOutput(DELETES, ref)
+
+
+class FilterObjects(beam.PTransform):
+    """Keeps the objects to embed; OBJECT_DELETE events go to the `deletes` output,
+    everything else skipped is counted by reason."""
+
+    def __init__(self, config: FilterConfig):
+        super().__init__()
+        self._config = config
+
+    def expand(self, refs):
+        return refs | "Filter" >> beam.ParDo(_FilterFn(self._config)).with_outputs(
+            DELETES, main="accepted")

@@ -1,0 +1,205 @@
+"""ResNet50 embeddings through Beam's RunInference.
+
+`EmbeddingModelHandler` is Beam's `TFModelHandlerNumpy` with one loader for every
+weights source (`imagenet`, a local or gs:// `.weights.h5`/`.keras` file, or
+`random:SEED` for offline smoke tests). RunInference loads the model once per worker
+and shares it across threads; batches of uint8 images go through one compiled
+`tf.function` that applies ResNet50's own `preprocess_input` and the average-pooled
+ResNet50 (2048 float32 per image). Every result carries `resnet50-avgpool@<fingerprint>`
+as its model id, the fingerprint being a hash of the weights actually loaded.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from typing import Any, Iterable, Optional, Sequence
+
+import numpy as np
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
+from apache_beam.ml.inference.tensorflow_inference import ModelType, TFModelHandlerNumpy
+
+from streaming import metrics
+from streaming.records import DeadLetter
+
+MODEL_NAME = "resnet50-avgpool"
+EMBEDDING_DIM = 2048
+_LOG = logging.getLogger(__name__)
+
+
+class WeightsUnavailableError(RuntimeError):
+    """The requested weights cannot be loaded; raised once, at start-up."""
+
+
+def _keras():
+    import keras  # heavy import, only where a model is built
+    return keras
+
+
+def build_resnet50(weights: Optional[str] = None):
+    """The Keras ResNet50 trunk with global average pooling (no classifier)."""
+    return _keras().applications.ResNet50(
+        include_top=False, weights=weights, pooling="avg", input_shape=(224, 224, 3))
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 (first 16 hex digits) over every weight tensor, in order."""
+    digest = hashlib.sha256()
+    for w in model.weights:
+        arr = np.ascontiguousarray(np.asarray(w), dtype=np.float32)
+        digest.update(str(arr.shape).encode())
+        digest.update(arr.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def load_keras_model(spec: str):
+    """Builds ResNet50 with the weights `spec` names.
+
+    Args:
+      spec: `imagenet`, `random:SEED`, or a local path / gs:// URI of a
+        `.weights.h5` (or `.keras`) file.
+
+    Raises:
+      WeightsUnavailableError: with a message naming the alternatives.
+    """
+    keras = _keras()
+    if spec == "imagenet":
+        try:
+            return build_resnet50("imagenet")
+        except Exception as e:  # noqa: BLE001 - network, proxy, cache permission...
+            raise WeightsUnavailableError(
+                f"Cannot load the ImageNet weights for ResNet50 ({type(e).__name__}: {e}). "
+                "Keras downloads them on first use; without network access pass "
+                "--weights PATH.weights.h5 (local or gs://, e.g. a copy of "
+                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 saved with "
+                "model.save_weights) or --weights random:SEED for a smoke test.") from e
+    if spec.startswith("random:"):
+        try:
+            seed = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise WeightsUnavailableError(f"--weights {spec!r}: expected random:<integer seed>")
+        keras.utils.set_random_seed(seed)
+        return build_resnet50(None)
+    local = _local_copy(spec)
+    try:
+        if local.endswith(".keras"):
+            return keras.models.load_model(local, compile=False)
+        model = build_resnet50(None)
+        model.load_weights(local)
+        return model
+    except Exception as e:  # noqa: BLE001 - h5py/keras raise many kinds on bad files
+        raise WeightsUnavailableError(
+            f"Cannot load ResNet50 weights from {spec!r} ({type(e).__name__}: {e}). "
+            "Expected a Keras .weights.h5 or .keras file for ResNet50(include_top=False, "
+            "pooling='avg'); alternatives: --weights imagenet or random:SEED.") from e
+
+
+def _local_copy(spec: str) -> str:
+    """A local path for the weights file, copying it from gs:// (or any Beam
+    filesystem) once. Keras insists on the original suffix, so the name is kept."""
+    from apache_beam.io.filesystems import FileSystems
+    if "://" not in spec:
+        if not os.path.exists(spec):
+            raise WeightsUnavailableError(
+                f"Weights file {spec!r} does not exist; pass --weights imagenet, "
+                "random:SEED, or an existing .weights.h5 path / gs:// URI.")
+        return spec
+    target = os.path.join(tempfile.mkdtemp(prefix="weights-"), os.path.basename(spec))
+    try:
+        with FileSystems.open(spec, compression_type="uncompressed") as src, \
+                open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    except Exception as e:  # noqa: BLE001
+        raise WeightsUnavailableError(f"Cannot read weights {spec!r}: {e}") from e
+    return target
+
+
+class EmbeddingModel:
+    """A loaded ResNet50 plus its compiled batch function and identity."""
+
+    def __init__(self, keras_model):
+        import tensorflow as tf
+        from keras.applications.resnet50 import preprocess_input
+        self.keras_model = keras_model
+        self.fingerprint = weights_fingerprint(keras_model)
+        self.model_id = f"{MODEL_NAME}@{self.fingerprint}"
+
+        @tf.function(reduce_retracing=True)
+        def embed(batch_uint8):
+            x = preprocess_input(tf.cast(batch_uint8, tf.float32))
+            return keras_model(x, training=False)
+
+        self._embed = embed
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """uint8 (n, 224, 224, 3) RGB -> float32 (n, 2048)."""
+        return self._embed(batch).numpy()
+
+    def warm_up(self) -> None:
+        """Traces the graph now, not on the first element (seconds in a new process)."""
+        self(np.zeros((1, 224, 224, 3), np.uint8))
+
+
+def load_embedding_model(spec: str) -> EmbeddingModel:
+    model = EmbeddingModel(load_keras_model(spec))
+    model.warm_up()
+    _LOG.info("Loaded %s with weights %s", model.model_id, spec)
+    return model
+
+
+def embed_batch(model: EmbeddingModel, batch: Sequence[np.ndarray],
+                inference_args: dict[str, Any],
+                model_id: Optional[str] = None) -> Iterable[PredictionResult]:
+    """RunInference `inference_fn`: one forward pass per batch; the model id names
+    the weights' fingerprint, whatever URI the handler was given."""
+    vectors = model(np.stack(batch, axis=0))
+    return [PredictionResult(x, v, model.model_id) for x, v in zip(batch, vectors)]
+
+
+class EmbeddingModelHandler(TFModelHandlerNumpy):
+    """Beam's TensorFlow handler, loading ResNet50 from any weights spec."""
+
+    def load_model(self) -> EmbeddingModel:  # type: ignore[override]
+        return load_embedding_model(self._model_uri)
+
+    def get_metrics_namespace(self) -> str:
+        return "BeamML_ResNet50"
+
+
+def make_model_handler(weights: str, *, min_batch_size: int = 1, max_batch_size: int = 32,
+                       max_batch_duration_secs: Optional[int] = 1) -> EmbeddingModelHandler:
+    """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
+    return EmbeddingModelHandler(
+        weights, ModelType.SAVED_WEIGHTS, create_model_fn=build_resnet50,
+        inference_fn=embed_batch, min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size, max_batch_duration_secs=max_batch_duration_secs)
+
+
+class EmbedImages(beam.PTransform):
+    """(ImageInfo, uint8 pixels) -> (ImageInfo, PredictionResult), batched through
+    RunInference; a batch that fails becomes one dead letter per image."""
+
+    def __init__(self, handler: EmbeddingModelHandler):
+        super().__init__()
+        self._handler = handler
+
+    def expand(self, images):
+        results, failed = (
+            images
+            | "RunInference" >> RunInference(KeyedModelHandler(self._handler))
+            .with_exception_handling())
+        dead = failed.failed_inferences | "Dead-letter failed batches" >> beam.FlatMap(
+            _failed_batch_to_dead_letters)
+        return results, dead
+
+
+def _failed_batch_to_dead_letters(failure) -> Iterable[DeadLetter]:
+    batch, error = failure
+    for info, _ in batch:
+        metrics.dead_letter("embed", "inference_error")
+        yield DeadLetter("embed", "inference_error", f"{type(error).__name__}: {error}",
+                         ref=info.ref)

@@ -1,0 +1,82 @@
+"""Command-line options of the embedding job (one PipelineOptions subclass)."""
+from __future__ import annotations
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from streaming import images
+
+DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
+
+
+class EmbedOptions(PipelineOptions):
+    @classmethod
+    def _add_argparse_args(cls, parser):
+        src = parser.add_argument_group("source (exactly one)")
+        src.add_argument("--input_dir", type=str, default=None,
+                         help="Local folder of images (the embedded default). Every file "
+                              "under it is embedded; the folder is the bucket, the "
+                              "relative path the name, the mtime in ns the generation.")
+        src.add_argument("--watch", action="store_true", default=False,
+                         help="With --input_dir: keep running and embed files that appear later.")
+        src.add_argument("--watch_interval", type=float, default=2.0,
+                         help="Seconds between scans of --input_dir with --watch.")
+        src.add_argument("--input_subscription", type=str, default=None,
+                         help="projects/P/subscriptions/S receiving storage notifications.")
+        src.add_argument("--input_topic", type=str, default=None,
+                         help="projects/P/topics/T of storage notifications (Beam creates "
+                              "a temporary subscription; prefer --input_subscription).")
+        out = parser.add_argument_group("sinks")
+        out.add_argument("--output_dir", type=str, default=None,
+                         help="Local folder (or gs:// prefix) for vectors/, rows/ and "
+                              "dead_letters/.")
+        out.add_argument("--output_gcs", type=str, default=None,
+                         help="gs://B/prefix/ for the .npy vectors (cloud path).")
+        out.add_argument("--output_table", type=str, default=None,
+                         help="BigQuery table P:D.T (or P.D.T) for the embedding rows.")
+        out.add_argument("--dead_letter_table", type=str, default=None,
+                         help="BigQuery table for dead letters.")
+        model = parser.add_argument_group("model")
+        model.add_argument("--weights", type=str, default="imagenet",
+                           help="imagenet (default, downloaded by Keras), a local or gs:// "
+                                ".weights.h5/.keras file, or random:SEED (offline smoke test).")
+        model.add_argument("--min_batch_size", type=int, default=1,
+                           help="RunInference minimum batch size.")
+        model.add_argument("--max_batch_size", type=int, default=32,
+                           help="RunInference maximum batch size.")
+        model.add_argument("--max_batch_duration_secs", type=int, default=1,
+                           help="Longest a partial batch waits in streaming before it is "
+                                "flushed (0 disables stateful batching).")
+        img = parser.add_argument_group("images")
+        img.add_argument("--resize_policy", type=str, default="center_crop",
+                         choices=images.RESIZE_POLICIES,
+                         help="center_crop (ResNet evaluation crop, default), squash or pad.")
+        img.add_argument("--max_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
+                         help="Images with more pixels are dead-lettered before decoding.")
+        img.add_argument("--max_bytes", type=int, default=images.DEFAULT_MAX_BYTES,
+                         help="Objects larger than this are dead-lettered unread.")
+        img.add_argument("--extensions", type=str, default=DEFAULT_EXTENSIONS,
+                         help="Comma-separated accepted name suffixes ('' accepts all). "
+                              "An object passes if its suffix OR its content type is accepted.")
+        img.add_argument("--content_types", type=str, default="image/",
+                         help="Comma-separated accepted content-type prefixes.")
+        img.add_argument("--include_prefix", type=str, action="append", default=None,
+                         help="Only embed names starting with this (repeatable).")
+        img.add_argument("--exclude_prefix", type=str, action="append", default=None,
+                         help="Never embed names starting with this (repeatable).")
+
+
+def validate(opts: EmbedOptions) -> None:
+    """Cross-field checks; raises ValueError with a message for the user."""
+    sources = [s for s in ("input_dir", "input_subscription", "input_topic")
+               if getattr(opts, s)]
+    if len(sources) != 1:
+        raise ValueError("give exactly one of --input_dir, --input_subscription, --input_topic"
+                         f" (got {', '.join('--' + s for s in sources) or 'none'})")
+    if opts.watch and not opts.input_dir:
+        raise ValueError("--watch needs --input_dir")
+    if not (opts.output_dir or opts.output_table or opts.output_gcs):
+        raise ValueError("give at least one of --output_dir, --output_table, --output_gcs")
+    if opts.min_batch_size < 1 or opts.max_batch_size < opts.min_batch_size:
+        raise ValueError("need 1 <= --min_batch_size <= --max_batch_size")
+    if opts.max_pixels < 1 or opts.max_bytes < 1:
+        raise ValueError("--max_pixels and --max_bytes must be positive")

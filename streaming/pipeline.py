@@ -1,0 +1,76 @@
+"""The embedding pipeline: source -> parse -> filter -> load+resize -> ResNet50 -> sinks.
+
+`build_pipeline` takes the pipeline as an argument so tests can hand it a
+`TestPipeline`; the same graph runs on the DirectRunner and on Dataflow, only the
+edges (local folder or Pub/Sub in; files or BigQuery/GCS out) change with the options.
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+
+from streaming import filters, images, model, sinks
+from streaming.local_source import ReadLocalFolder
+from streaming.notifications import ParseNotifications
+from streaming.options import EmbedOptions
+
+
+def filter_config(opts: EmbedOptions) -> filters.FilterConfig:
+    split = lambda s: tuple(x.strip().lower() for x in (s or "").split(",") if x.strip())
+    return filters.FilterConfig(
+        include_prefixes=tuple(opts.include_prefix or ()),
+        exclude_prefixes=tuple(opts.exclude_prefix or ()),
+        extensions=split(opts.extensions),
+        content_types=split(opts.content_types),
+        own_outputs=filters.output_prefixes([opts.output_dir, opts.output_gcs], opts.input_dir),
+    )
+
+
+def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
+    """Returns (refs, dead letters) from the configured source."""
+    if opts.input_dir:
+        refs = pipeline | "Read local folder" >> ReadLocalFolder(
+            opts.input_dir, watch=opts.watch, interval=opts.watch_interval)
+        return refs, None
+    messages = pipeline | "Read notifications" >> beam.io.ReadFromPubSub(
+        subscription=opts.input_subscription, topic=opts.input_topic, with_attributes=True)
+    parsed = messages | "Parse notifications" >> ParseNotifications()
+    return parsed.refs, parsed.dead_letters
+
+
+def build_pipeline(pipeline: beam.Pipeline, opts: EmbedOptions, handler=None) -> dict:
+    """Adds the whole job to `pipeline`.
+
+    Args:
+      pipeline: a Pipeline or TestPipeline.
+      opts: the job's options.
+      handler: a model handler to use instead of the one `--weights` names (tests).
+
+    Returns:
+      The named PCollections: `rows` (embedding rows) and `dead_letters` (DeadLetter).
+    """
+    refs, parse_dead = read_source(pipeline, opts)
+    return embed_refs(refs, opts, handler, extra_dead=[parse_dead] if parse_dead else [])
+
+
+def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
+    """The stages after the source, on a PCollection of ImageRef."""
+    handler = handler or model.make_model_handler(
+        opts.weights, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
+        max_batch_duration_secs=opts.max_batch_duration_secs or None)
+    kept = refs | "Filter objects" >> filters.FilterObjects(filter_config(opts))
+    loaded = kept.accepted | "Load and resize" >> images.LoadImages(
+        opts.resize_policy, opts.max_pixels, opts.max_bytes)
+    results, embed_dead = loaded.images | "Embed with ResNet50" >> model.EmbedImages(handler)
+    vector_root = opts.output_gcs or (
+        sinks.FileSystems.join(opts.output_dir, sinks.VECTORS_DIR) if opts.output_dir else None)
+    written = results | "Write vectors" >> sinks.WriteVectors(vector_root)
+    dead = ((*extra_dead, loaded.dead_letters, embed_dead, written.dead_letters)
+            | "Gather dead letters" >> beam.Flatten())
+    rows = written.rows
+    if opts.output_dir:
+        rows | "Write rows" >> sinks.WriteJsonFiles(
+            sinks.FileSystems.join(opts.output_dir, sinks.ROWS_DIR), "rows")
+        (sinks.dead_letter_rows(dead)
+         | "Write dead letters" >> sinks.WriteJsonFiles(
+             sinks.FileSystems.join(opts.output_dir, sinks.DEAD_LETTERS_DIR), "dead_letters"))
+    return {"rows": rows, "dead_letters": dead, "deletes": kept.deletes}

@@ -1,0 +1,145 @@
+"""Typed records that travel between the pipeline's stages.
+
+`ImageRef` identifies one object generation (bucket, name, generation) and carries
+what the notification said about it; every source (Pub/Sub, backfill, local folder)
+produces it, so the later stages have one input shape. `DeadLetter` is the one
+shape of every failure, whatever the stage.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from typing import Any, Optional
+from urllib.parse import quote
+
+ERROR_CHARS = 1000  # bound on error text and raw message prefixes kept in dead letters
+_MAX_ENCODED_NAME = 180  # keeps file names under common 255-byte limits
+
+
+def utcnow_iso() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat()
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageRef:
+    """One object generation and its notification metadata.
+
+    For local files the input folder is the bucket, the relative path the name and
+    the mtime in nanoseconds the generation.
+    """
+    bucket: str
+    name: str
+    generation: int
+    event_type: str = "OBJECT_FINALIZE"
+    source: str = "notification"  # notification | backfill | local
+    metageneration: Optional[int] = None
+    content_type: Optional[str] = None
+    size: Optional[int] = None
+    md5_hash: Optional[str] = None
+    crc32c: Optional[str] = None
+    time_created: Optional[str] = None
+    updated: Optional[str] = None
+    event_time: Optional[str] = None
+    overwrote_generation: Optional[int] = None
+    notification_config: Optional[str] = None
+    payload_format: Optional[str] = None
+    metadata: Optional[tuple[tuple[str, str], ...]] = None  # sorted items, hashable
+
+    @property
+    def is_local(self) -> bool:
+        return self.source == "local"
+
+    @property
+    def uri(self) -> str:
+        """Where the bytes are: gs://bucket/name, or the local path."""
+        if self.is_local:
+            return self.bucket.rstrip("/") + "/" + self.name
+        return f"gs://{self.bucket}/{self.name}"
+
+    @property
+    def key(self) -> str:
+        return row_key(self.bucket, self.name, self.generation)
+
+
+def row_key(bucket: str, name: str, generation: int) -> str:
+    """Deterministic id of an object generation (row key and BigQuery insert id).
+
+    The same notification delivered twice gives the same key, so sinks overwrite
+    instead of duplicating.
+    """
+    ident = json.dumps([bucket, name, int(generation)], ensure_ascii=False)
+    return hashlib.sha256(ident.encode("utf-8")).hexdigest()
+
+
+def object_file_name(bucket: str, name: str, generation: int, suffix: str) -> str:
+    """A collision-free relative path for per-object output files.
+
+    `<quoted bucket>/<quoted name>@<generation><suffix>`: every character outside
+    [A-Za-z0-9_.~-] is percent-encoded, '/' included, so `a/cat.jpg` and
+    `b/cat.jpg` differ, and no name (`..`, leading `/`, newlines) can leave the
+    output folder. Over-long parts are shortened with a hash of the full value.
+    """
+    return f"{_encode_part(bucket)}/{_encode_part(name)}@{int(generation)}{suffix}"
+
+
+def _encode_part(value: str) -> str:
+    encoded = quote(value, safe="")
+    if encoded in ("", ".", ".."):
+        encoded = encoded.replace(".", "%2E") or "%00"
+    if len(encoded) > _MAX_ENCODED_NAME:
+        digest = hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
+        head = encoded[: _MAX_ENCODED_NAME - 17]
+        cut = head.rfind("%", len(head) - 2)  # never split a %XX escape
+        encoded = (head[:cut] if cut >= 0 else head) + "~" + digest
+    return encoded
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageInfo:
+    """An ImageRef plus what decoding learnt about the image."""
+    ref: ImageRef
+    width: int
+    height: int
+    format: Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class DeadLetter:
+    """A failed element: where it failed, why (a short code) and the error text."""
+    stage: str
+    reason: str
+    error: str
+    ref: Optional[ImageRef] = None
+    raw: Optional[str] = None
+
+    @property
+    def key(self) -> str:
+        if self.ref is not None:
+            return self.ref.key
+        return hashlib.sha256((self.raw or self.error).encode("utf-8", "replace")).hexdigest()
+
+    def to_row(self) -> dict[str, Any]:
+        ref = self.ref
+        return {
+            "row_key": self.key,
+            "bucket": ref.bucket if ref else None,
+            "name": ref.name if ref else None,
+            "generation": ref.generation if ref else None,
+            "uri": ref.uri if ref else None,
+            "stage": self.stage,
+            "reason": self.reason,
+            "error": (self.error or "")[:ERROR_CHARS],
+            "raw": self.raw[:ERROR_CHARS] if self.raw is not None else None,
+            "event_time": ref.event_time if ref else None,
+            "processing_time": utcnow_iso(),
+        }
+
+
+class Rejected(Exception):
+    """A stage's expected failure: carries the dead-letter reason code."""
+
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,61 @@
+"""`embed-samples`: generate photo-like sample images (CC0, made here) for smoke tests,
+the README quick start and benchmarks, so nothing has to be downloaded."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional, Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def photo_like(width: int, height: int, seed: int) -> np.ndarray:
+    """An RGB uint8 image with smooth gradients, soft shapes and sensor-like noise,
+    so JPEG sizes and decode costs resemble real photos."""
+    rng = np.random.default_rng(seed)
+    small_w, small_h = max(2, width // 32), max(2, height // 32)
+    coarse = rng.integers(0, 256, (small_h, small_w, 3), dtype=np.uint8)
+    base = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC),
+                      dtype=np.int16)
+    yy, xx = np.mgrid[0:height, 0:width]
+    for _ in range(3):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        r = rng.uniform(0.1, 0.35) * min(width, height)
+        mask = ((xx - cx) ** 2 + (yy - cy) ** 2) < r * r
+        base[mask] = (base[mask] * 0.4 + rng.integers(0, 256, 3) * 0.6).astype(np.int16)
+    noise = rng.normal(0, 6, (height, width, 3)).astype(np.int16)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+def write_samples(directory: str, count: int, width: int, height: int,
+                  seed: int = 0, quality: int = 90) -> list[str]:
+    """Writes `count` JPEGs (and, for variety, every 4th as PNG) into `directory`."""
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    for i in range(count):
+        arr = photo_like(width, height, seed + i)
+        ext = "png" if i % 4 == 3 else "jpg"
+        path = os.path.join(directory, f"sample-{seed + i:04d}.{ext}")
+        Image.fromarray(arr).save(path, quality=quality) if ext == "jpg" else \
+            Image.fromarray(arr).save(path)
+        paths.append(path)
+    return paths
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("directory", type=str, help="Folder to write into.")
+    parser.add_argument("--count", type=int, default=24, help="Number of images.")
+    parser.add_argument("--width", type=int, default=640, help="Width in pixels.")
+    parser.add_argument("--height", type=int, default=480, help="Height in pixels.")
+    parser.add_argument("--seed", type=int, default=0, help="First seed.")
+    args = parser.parse_args(argv)
+    paths = write_samples(args.directory, args.count, args.width, args.height, args.seed)
+    print(f"wrote {len(paths)} images to {args.directory}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
