@@ -49,8 +49,8 @@ def build_resnet50(weights: Optional[str] = None):
 def weights_fingerprint(model) -> str:
     """sha256 (first 16 hex digits) over every weight tensor, in order."""
     digest = hashlib.sha256()
-    for w in model.weights:
-        arr = np.ascontiguousarray(np.asarray(w), dtype=np.float32)
+    for w in model.get_weights():
+        arr = np.ascontiguousarray(w, dtype=np.float32)
         digest.update(str(arr.shape).encode())
         digest.update(arr.tobytes())
     return digest.hexdigest()[:16]

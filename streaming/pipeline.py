@@ -7,6 +7,7 @@ edges (local folder or Pub/Sub in; files or BigQuery/GCS out) change with the op
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 
 from streaming import filters, images, model, sinks
 from streaming.local_source import ReadLocalFolder
@@ -54,9 +55,12 @@ def build_pipeline(pipeline: beam.Pipeline, opts: EmbedOptions, handler=None) ->
 
 def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     """The stages after the source, on a PCollection of ImageRef."""
+    # Stateful batching across bundles (max_batch_duration_secs) is for streaming, where
+    # a quiet stream must still flush; a bounded run batches within bundles.
+    streaming = opts.view_as(StandardOptions).streaming
     handler = handler or model.make_model_handler(
         opts.weights, min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-        max_batch_duration_secs=opts.max_batch_duration_secs or None)
+        max_batch_duration_secs=(opts.max_batch_duration_secs or None) if streaming else None)
     kept = refs | "Filter objects" >> filters.FilterObjects(filter_config(opts))
     loaded = kept.accepted | "Load and resize" >> images.LoadImages(
         opts.resize_policy, opts.max_pixels, opts.max_bytes)

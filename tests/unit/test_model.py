@@ -1,0 +1,69 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from streaming import model
+from streaming.images import decode_image
+from tests import fixtures
+
+
+def test_random_weights_are_deterministic_and_fingerprinted(keras_model):
+    again = model.load_keras_model("random:0")
+    other = model.load_keras_model("random:1")
+    fp = model.weights_fingerprint(keras_model)
+    assert model.weights_fingerprint(again) == fp
+    assert model.weights_fingerprint(other) != fp
+    assert keras_model.output_shape == (None, model.EMBEDDING_DIM)
+
+
+def test_weights_file_round_trip_keeps_the_fingerprint(tmp_path, keras_model):
+    path = str(tmp_path / "resnet.weights.h5")
+    keras_model.save_weights(path)
+    loaded = model.load_embedding_model(path)
+    assert loaded.fingerprint == model.weights_fingerprint(keras_model)
+    assert loaded.model_id == f"resnet50-avgpool@{loaded.fingerprint}"
+
+
+def test_batched_embedding_equals_a_direct_keras_call(keras_model, direct_embed):
+    emb = model.EmbeddingModel(keras_model)
+    batch = np.stack([decode_image(fixtures.jpeg(300, 200, seed=s)).pixels for s in range(3)])
+    got = emb(batch)
+    assert got.shape == (3, 2048) and got.dtype == np.float32
+    for pixels, vector in zip(batch, got):
+        np.testing.assert_allclose(vector, direct_embed(pixels), rtol=1e-5, atol=1e-5)
+    assert not np.allclose(got[0], got[1])
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ("/nonexistent/w.weights.h5", "does not exist"),
+    ("random:abc", "random:<integer seed>"),
+])
+def test_unusable_weights_give_one_clear_error(spec, needle):
+    with pytest.raises(model.WeightsUnavailableError, match=needle):
+        model.load_keras_model(spec)
+
+
+def test_corrupt_weights_file_is_refused(tmp_path):
+    bad = tmp_path / "bad.weights.h5"
+    bad.write_bytes(b"not an hdf5 file at all")
+    with pytest.raises(model.WeightsUnavailableError, match="Cannot load ResNet50 weights"):
+        model.load_keras_model(str(bad))
+
+
+def test_cli_without_imagenet_access_fails_at_start_up_with_alternatives(tmp_path):
+    """No network: `--weights imagenet` stops before the pipeline with one message."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(fixtures.jpeg())
+    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"),
+           "https_proxy": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streaming.main", "--input_dir", str(tmp_path / "in"),
+         "--output_dir", str(tmp_path / "out"), "--weights", "imagenet"],
+        capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Cannot load the ImageNet weights" in proc.stderr
+    assert "random:SEED" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "out").exists()

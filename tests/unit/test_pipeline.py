@@ -1,0 +1,151 @@
+"""The whole job on TestPipeline / TestStream with the real ResNet50 (random:0)."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.test_stream import TestStream
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.options.pipeline_options import StandardOptions
+
+from streaming import main, pipeline
+from streaming.images import decode_image
+from streaming.local_source import local_ref
+from streaming.options import EmbedOptions
+from streaming.records import object_file_name
+from tests import fixtures
+
+GOOD = {
+    "a/cat.jpg": fixtures.jpeg(320, 240, seed=1),
+    "b/cat.jpg": fixtures.jpeg(320, 240, seed=2),
+    "rotated.jpg": fixtures.exif_rotated_jpeg(),
+    "alpha.png": fixtures.encode(fixtures.halves().convert("RGBA"), "PNG"),
+    "deep/er/grey.png": fixtures.encode(fixtures.halves().convert("L"), "PNG"),
+}
+BAD = {
+    "corrupt.jpg": fixtures.truncated_jpeg(),
+    "empty.jpg": b"",
+    "notes.jpg": b"this is a text file, not a JPEG\n",
+}
+
+
+def make_folder(root, files):
+    for name, data in files.items():
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+
+
+def read_rows(out):
+    rows = []
+    for path in glob.glob(os.path.join(out, "rows", "*", "*.json")):
+        with open(path) as f:
+            rows.append(json.loads(f.read()))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def mixed_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    src, out = str(root / "images"), str(root / "out")
+    make_folder(src, {**GOOD, **BAD, "README.txt": b"skipped by extension"})
+    totals = main.run(["--input_dir", src, "--output_dir", out, "--weights", "random:0",
+                       "--max_batch_size", "4"])
+    return src, out, totals
+
+
+def test_good_images_are_all_embedded_once(mixed_run):
+    src, out, totals = mixed_run
+    rows = read_rows(out)
+    assert sorted(r["name"] for r in rows) == sorted(GOOD)
+    assert totals["images_embedded"] == len(GOOD)
+    for r in rows:
+        assert r["bucket"] == os.path.abspath(src)
+        assert r["generation"] == os.stat(os.path.join(src, r["name"])).st_mtime_ns
+        assert len(r["embedding"]) == 2048 and r["model_name"] == "resnet50-avgpool"
+        assert r["source"] == "local" and r["event_type"] == "OBJECT_FINALIZE"
+        assert os.path.exists(r["vector_uri"])
+        np.testing.assert_array_equal(np.load(r["vector_uri"]), np.float32(r["embedding"]))
+    rotated = next(r for r in rows if r["name"] == "rotated.jpg")
+    assert (rotated["width"], rotated["height"], rotated["format"]) == (200, 300, "JPEG")
+
+
+def test_same_basename_in_two_folders_gets_two_vectors(mixed_run):
+    _, out, _ = mixed_run
+    rows = {r["name"]: r for r in read_rows(out)}
+    a, b = rows["a/cat.jpg"], rows["b/cat.jpg"]
+    assert a["vector_uri"] != b["vector_uri"] and a["row_key"] != b["row_key"]
+    assert not np.allclose(np.load(a["vector_uri"]), np.load(b["vector_uri"]))
+
+
+def test_bad_files_land_in_dead_letters_with_reasons(mixed_run):
+    _, out, totals = mixed_run
+    dead = [json.load(open(p)) for p in glob.glob(os.path.join(out, "dead_letters", "*.json"))]
+    reasons = {d["name"]: (d["stage"], d["reason"]) for d in dead}
+    assert reasons == {"corrupt.jpg": ("decode", "truncated_image"),
+                       "empty.jpg": ("decode", "empty_object"),
+                       "notes.jpg": ("decode", "not_an_image")}
+    assert totals["dead_letter.truncated_image"] == 1
+    assert totals["dead_letter.empty_object"] == 1
+    assert totals["dead_letter.not_an_image"] == 1
+    assert totals["skipped.type"] == 1  # README.txt
+    assert all(d["error"] for d in dead)
+
+
+def test_pipeline_vectors_equal_a_direct_keras_call(mixed_run, direct_embed):
+    src, out, _ = mixed_run
+    for r in read_rows(out):
+        with open(os.path.join(src, r["name"]), "rb") as f:
+            pixels = decode_image(f.read()).pixels
+        np.testing.assert_allclose(r["embedding"], direct_embed(pixels), rtol=1e-5, atol=1e-5)
+
+
+def test_rerun_is_idempotent(mixed_run):
+    src, out, _ = mixed_run
+    before = sorted(glob.glob(os.path.join(out, "**", "*.*"), recursive=True))
+    keys = sorted(r["row_key"] for r in read_rows(out))
+    main.run(["--input_dir", src, "--output_dir", out, "--weights", "random:0"])
+    after = sorted(glob.glob(os.path.join(out, "**", "*.*"), recursive=True))
+    assert after == before
+    assert sorted(r["row_key"] for r in read_rows(out)) == keys
+
+
+def test_output_folder_inside_input_folder_is_never_embedded(tmp_path):
+    src = tmp_path / "images"
+    make_folder(str(src), {"x.jpg": fixtures.jpeg(64, 64)})
+    out = str(src / "embeddings")
+    for _ in range(2):  # the second run sees the first run's outputs
+        totals = main.run(["--input_dir", str(src), "--output_dir", out,
+                           "--weights", "random:0"])
+    assert totals["images_embedded"] == 1
+    assert [r["name"] for r in read_rows(out)] == ["x.jpg"]
+
+
+def test_streaming_with_test_stream(tmp_path):
+    """Refs arrive over time on an unbounded source; every good one is embedded and
+    the bad one is dead-lettered, with windows firing as the watermark advances."""
+    src = str(tmp_path / "images")
+    make_folder(src, {"one.jpg": fixtures.jpeg(seed=5), "two.png": fixtures.png(seed=6),
+                      "bad.jpg": b"\x00" * 10})
+    refs = [local_ref(src, os.path.join(src, n)) for n in ("one.jpg", "two.png", "bad.jpg")]
+    stream = (TestStream()
+              .advance_watermark_to(0)
+              .add_elements([refs[0]])
+              .advance_processing_time(2)
+              .add_elements([refs[1], refs[2]])
+              .advance_watermark_to_infinity())
+    opts = EmbedOptions(["--input_dir", src, "--weights", "random:0",
+                         "--output_dir", str(tmp_path / "out")])
+    opts.view_as(StandardOptions).streaming = True
+    with TestPipeline(options=opts) as p:
+        out = pipeline.embed_refs(p | stream, opts)
+        assert_that(out["rows"] | beam.Map(lambda r: (r["name"], len(r["embedding"]))),
+                    equal_to([("one.jpg", 2048), ("two.png", 2048)]), label="rows")
+        assert_that(out["dead_letters"] | beam.Map(lambda d: (d.ref.name, d.reason)),
+                    equal_to([("bad.jpg", "not_an_image")]), label="dead")
+    rel = object_file_name(os.path.abspath(src), "one.jpg", refs[0].generation, ".npy")
+    assert os.path.exists(os.path.join(tmp_path, "out", "vectors", rel))
