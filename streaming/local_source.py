@@ -46,8 +46,10 @@ class ReadLocalFolder(beam.PTransform):
     def expand(self, pbegin):
         pattern = os.path.join(self._root, "**")
         if self._watch:
+            # match_updated_files: a rewritten file has a new mtime, i.e. a new
+            # generation, and a file caught half-copied is embedded again once complete.
             matches = pbegin | "Watch folder" >> fileio.MatchContinuously(
-                pattern, interval=self._interval)
+                pattern, interval=self._interval, match_updated_files=True)
         else:
             matches = pbegin | "Match files" >> fileio.MatchFiles(pattern)
         root = self._root

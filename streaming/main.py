@@ -54,12 +54,15 @@ def make_options(argv: Optional[Sequence[str]]) -> EmbedOptions:
     opts = EmbedOptions(argv)
     validate(opts)
     std = opts.view_as(StandardOptions)
-    if opts.watch or opts.input_subscription or opts.input_topic:
+    if opts.input_subscription or opts.input_topic:
         std.streaming = True
     if std.runner is None:
-        # MatchContinuously needs the DirectRunner; a bounded local run does not, and the
-        # bundle-based runner skips Beam's attempt to download the Prism runner.
-        std.runner = "DirectRunner" if std.streaming else "BundleBasedDirectRunner"
+        # Locally, --watch runs on the DirectRunner's FnApiRunner, which polls
+        # MatchContinuously's unbounded splittable DoFn without streaming mode (the
+        # bundle-based streaming runner cannot expand it). Pub/Sub needs the streaming
+        # DirectRunner; a bounded folder runs on the bundle-based runner, which skips
+        # Beam's attempt to download the Prism runner.
+        std.runner = "DirectRunner" if (opts.watch or std.streaming) else "BundleBasedDirectRunner"
     opts.view_as(SetupOptions).save_main_session = False
     return opts
 

@@ -1,0 +1,81 @@
+"""embed-stream as a user runs it: options, summary, and --watch in a subprocess."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import apache_beam as beam
+from apache_beam.io.gcp.pubsub import PubsubMessage
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from streaming import main
+from streaming.notifications import ParseNotifications
+from tests import fixtures
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output_dir", "o"], "exactly one of"),
+    (["--input_dir", "i", "--input_topic", "projects/p/topics/t", "--output_dir", "o"],
+     "exactly one of"),
+    (["--input_dir", "i"], "at least one of"),
+    (["--input_subscription", "projects/p/subscriptions/s", "--watch", "--output_dir", "o"],
+     "--watch needs --input_dir"),
+    (["--input_dir", "i", "--output_dir", "o", "--min_batch_size", "8",
+      "--max_batch_size", "4"], "min_batch_size"),
+])
+def test_invalid_option_combinations_are_refused(argv, message):
+    with pytest.raises(ValueError, match=message):
+        main.make_options(argv)
+
+
+def test_summary_lists_dead_letters_by_reason_and_rate():
+    text = main.summary({"images_embedded": 20, "dead_letter.not_an_image": 2,
+                         "dead_letter.empty_object": 1, "skipped.type": 4}, 10.0)
+    assert "images embedded: 20" in text and "dead letters: 3" in text
+    assert "not_an_image: 2" in text and "empty_object: 1" in text
+    assert "2.00 images/s" in text and "type=4" in text
+
+
+def test_parse_stage_in_a_pipeline_splits_refs_and_dead_letters():
+    good = PubsubMessage(b"", {"eventType": "OBJECT_FINALIZE", "bucketId": "b",
+                               "objectId": "x.jpg", "objectGeneration": "5",
+                               "payloadFormat": "NONE"})
+    junk = PubsubMessage(b"hello", {"some": "thing"})
+    with TestPipeline(runner="BundleBasedDirectRunner") as p:
+        out = p | beam.Create([good, junk]) | ParseNotifications()
+        assert_that(out.refs | beam.Map(lambda r: (r.bucket, r.name, r.generation)),
+                    equal_to([("b", "x.jpg", 5)]), label="refs")
+        assert_that(out.dead_letters | beam.Map(lambda d: (d.stage, d.reason)),
+                    equal_to([("parse", "not_a_notification")]), label="dead")
+
+
+def test_watch_embeds_files_that_appear_later(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    (src / "first.jpg").write_bytes(fixtures.jpeg(seed=1))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streaming.main", "--input_dir", str(src), "--output_dir",
+         str(out), "--weights", "random:0", "--watch", "--watch_interval", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+
+    def rows():
+        return sorted(os.path.basename(p) for p in glob.glob(str(out / "rows" / "*" / "*")))
+
+    def wait_for(n, limit=180):
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline and len(rows()) < n and proc.poll() is None:
+            time.sleep(0.5)
+        return rows()
+    try:
+        assert len(wait_for(1)) == 1, proc.stderr.read1().decode()[-2000:] if proc.poll() else ""
+        (src / "later.png").write_bytes(fixtures.png(seed=2))
+        got = wait_for(2, limit=60)
+        assert [g.split("@")[0] for g in got] == ["first.jpg", "later.png"]
+        assert proc.poll() is None  # still watching
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
