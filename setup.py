@@ -32,6 +32,7 @@ setuptools.setup(
         "console_scripts": [
             "embed-stream=streaming.main:main",
             "embed-samples=streaming.samples:main",
+            "embed-backfill=publisher.backfill:main",
         ],
     },
 )

@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
 
-from streaming import metrics, model
+from streaming import endpoints, metrics, model
 from streaming.options import EmbedOptions, validate
 from streaming.pipeline import build_pipeline
 
@@ -70,6 +70,8 @@ def make_options(argv: Optional[Sequence[str]]) -> EmbedOptions:
 def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
     """Builds and runs the job; returns its counters (empty for Dataflow)."""
     opts = make_options(argv)
+    if opts.local_endpoints:
+        endpoints.use_local_endpoints()
     # Fail fast, once: an unloadable model must stop the job here, not per element.
     preflight = model.load_embedding_model(opts.weights)
     print(f"model: {preflight.model_id} (weights {opts.weights})", file=sys.stderr)

@@ -35,6 +35,10 @@ class EmbedOptions(PipelineOptions):
                          help="BigQuery table P:D.T (or P.D.T) for the embedding rows.")
         out.add_argument("--dead_letter_table", type=str, default=None,
                          help="BigQuery table for dead letters.")
+        out.add_argument("--local_endpoints", action="store_true", default=False,
+                         help="Use the emulators named by PUBSUB_EMULATOR_HOST, "
+                              "STORAGE_EMULATOR_HOST and BIGQUERY_EMULATOR_HOST with "
+                              "anonymous credentials (see emulators/README.md).")
         model = parser.add_argument_group("model")
         model.add_argument("--weights", type=str, default="imagenet",
                            help="imagenet (default, downloaded by Keras), a local or gs:// "

@@ -9,6 +9,7 @@ from __future__ import annotations
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
+import schemas
 from streaming import filters, images, model, sinks
 from streaming.local_source import ReadLocalFolder
 from streaming.notifications import ParseNotifications
@@ -68,13 +69,23 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     vector_root = opts.output_gcs or (
         sinks.FileSystems.join(opts.output_dir, sinks.VECTORS_DIR) if opts.output_dir else None)
     written = results | "Write vectors" >> sinks.WriteVectors(vector_root)
-    dead = ((*extra_dead, loaded.dead_letters, embed_dead, written.dead_letters)
-            | "Gather dead letters" >> beam.Flatten())
-    rows = written.rows
+    tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(sinks.tombstone_row)
+    rows = (written.rows, tombstones) | "All rows" >> beam.Flatten()
+    dead_inputs = [*extra_dead, loaded.dead_letters, embed_dead, written.dead_letters]
+    if opts.output_table:
+        rejected = rows | "Write to BigQuery" >> sinks.WriteToBigQueryWithIds(opts.output_table)
+        dead_inputs.append(rejected | "Dead-letter rejected rows" >> beam.Map(
+            sinks.rejected_row_to_dead_letter))
+    dead = dead_inputs | "Gather dead letters" >> beam.Flatten()
+    dead_rows = sinks.dead_letter_rows(dead)
+    if opts.dead_letter_table:
+        (dead_rows
+         | "Write dead letters to BigQuery" >> sinks.WriteToBigQueryWithIds(
+             opts.dead_letter_table, schemas.DEAD_LETTERS))
     if opts.output_dir:
         rows | "Write rows" >> sinks.WriteJsonFiles(
             sinks.FileSystems.join(opts.output_dir, sinks.ROWS_DIR), "rows")
-        (sinks.dead_letter_rows(dead)
+        (dead_rows
          | "Write dead letters" >> sinks.WriteJsonFiles(
              sinks.FileSystems.join(opts.output_dir, sinks.DEAD_LETTERS_DIR), "dead_letters"))
-    return {"rows": rows, "dead_letters": dead, "deletes": kept.deletes}
+    return {"rows": written.rows, "tombstones": tombstones, "dead_letters": dead}

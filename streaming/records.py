@@ -60,16 +60,20 @@ class ImageRef:
 
     @property
     def key(self) -> str:
-        return row_key(self.bucket, self.name, self.generation)
+        return row_key(self.bucket, self.name, self.generation, self.event_type)
 
 
-def row_key(bucket: str, name: str, generation: int) -> str:
-    """Deterministic id of an object generation (row key and BigQuery insert id).
+def row_key(bucket: str, name: str, generation: int,
+            event_type: str = "OBJECT_FINALIZE") -> str:
+    """Deterministic id of an object generation's row (row key and BigQuery insert id).
 
     The same notification delivered twice gives the same key, so sinks overwrite
-    instead of duplicating.
+    instead of duplicating. A deletion's tombstone has a key of its own.
     """
-    ident = json.dumps([bucket, name, int(generation)], ensure_ascii=False)
+    ident = [bucket, name, int(generation)]
+    if event_type != "OBJECT_FINALIZE":
+        ident.append(event_type)
+    ident = json.dumps(ident, ensure_ascii=False)
     return hashlib.sha256(ident.encode("utf-8")).hexdigest()
 
 

@@ -19,9 +19,13 @@ import numpy as np
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.gcp.bigquery import BigQueryDisposition, BigQueryWriteFn
+from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+
+import schemas
 
 from streaming import metrics
-from streaming.records import DeadLetter, ImageInfo, object_file_name, utcnow_iso
+from streaming.records import DeadLetter, ImageInfo, ImageRef, object_file_name, utcnow_iso
 
 DEAD = "dead_letters"
 VECTORS_DIR = "vectors"
@@ -37,8 +41,22 @@ def vector_path(root: str, info_or_ref, suffix: str = ".npy") -> str:
 def embedding_row(info: ImageInfo, embedding: np.ndarray, model_id: str,
                   vector_uri: str | None) -> dict[str, Any]:
     """The BigQuery row (schemas/embeddings.json) of one embedded image."""
-    ref = info.ref
     model_name, _, fingerprint = (model_id or "").partition("@")
+    row = _ref_row(info.ref)
+    row.update(width=info.width, height=info.height, format=info.format,
+               embedding=[float(x) for x in np.asarray(embedding, dtype=np.float32)],
+               model_name=model_name, model_fingerprint=fingerprint, vector_uri=vector_uri)
+    return row
+
+
+def tombstone_row(ref: ImageRef) -> dict[str, Any]:
+    """The row recording an OBJECT_DELETE: no embedding; the current view hides the
+    object once its newest event is a deletion."""
+    metrics.count("tombstones")
+    return _ref_row(ref)
+
+
+def _ref_row(ref: ImageRef) -> dict[str, Any]:
     return {
         "row_key": ref.key,
         "bucket": ref.bucket,
@@ -53,13 +71,13 @@ def embedding_row(info: ImageInfo, embedding: np.ndarray, model_id: str,
         "crc32c": ref.crc32c,
         "time_created": ref.time_created,
         "updated": ref.updated,
-        "width": info.width,
-        "height": info.height,
-        "format": info.format,
-        "embedding": [float(x) for x in np.asarray(embedding, dtype=np.float32)],
-        "model_name": model_name,
-        "model_fingerprint": fingerprint,
-        "vector_uri": vector_uri,
+        "width": None,
+        "height": None,
+        "format": None,
+        "embedding": [],
+        "model_name": None,
+        "model_fingerprint": None,
+        "vector_uri": None,
         "metadata": json.dumps(dict(ref.metadata), ensure_ascii=False) if ref.metadata else None,
         "event_time": ref.event_time,
         "processing_time": utcnow_iso(),
@@ -132,7 +150,8 @@ class _WriteJsonFileFn(beam.DoFn):
 
     def process(self, row: dict[str, Any]) -> Iterable[str]:
         if self._kind == "rows":
-            rel = object_file_name(row["bucket"], row["name"], row["generation"], ".json")
+            suffix = ".json" if row["event_type"] == "OBJECT_FINALIZE" else ".deleted.json"
+            rel = object_file_name(row["bucket"], row["name"], row["generation"], suffix)
         else:
             rel = row["row_key"] + ".json"
         path = FileSystems.join(self._root, rel)
@@ -153,3 +172,58 @@ class WriteJsonFiles(beam.PTransform):
 
 def dead_letter_rows(dead_letters):
     return dead_letters | "To dead-letter rows" >> beam.Map(DeadLetter.to_row)
+
+
+def _partitioning(schema_file: str) -> dict[str, Any]:
+    """Day partitions on processing time; clustering for the analysts' usual filters."""
+    if schema_file == schemas.EMBEDDINGS:
+        return {"timePartitioning": {"type": "DAY", "field": "processing_time"},
+                "clustering": {"fields": ["bucket", "model_fingerprint", "name"]}}
+    return {"timePartitioning": {"type": "DAY", "field": "processing_time"},
+            "clustering": {"fields": ["stage", "reason"]}}
+
+
+class WriteToBigQueryWithIds(beam.PTransform):
+    """Streaming inserts through Beam's `BigQueryWriteFn` (the writer inside
+    `WriteToBigQuery`), with each row's `row_key` as its insert id.
+
+    `WriteToBigQuery` makes random insert ids and reshuffles to make them stable;
+    deterministic ids make a redelivered notification hit BigQuery's best-effort
+    de-duplication and need no reshuffle. The table is created if missing from the
+    schema in `schemas/`, day-partitioned and clustered. Returns the rows BigQuery
+    rejected as `(table, row, errors)`.
+    """
+
+    def __init__(self, table: str, schema_file: str = schemas.EMBEDDINGS,
+                 batch_size: int = 500):
+        super().__init__()
+        self._table, self._schema_file, self._batch_size = table, schema_file, batch_size
+
+    def expand(self, rows):
+        write_fn = BigQueryWriteFn(
+            batch_size=self._batch_size,
+            schema=schemas.beam_table_schema(self._schema_file),
+            create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
+            write_disposition=BigQueryDisposition.WRITE_APPEND,
+            kms_key=None,
+            retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
+            additional_bq_parameters=_partitioning(self._schema_file))
+        table = self._table
+        result = (rows
+                  | "With insert ids" >> beam.Map(lambda r: (table, (r, r["row_key"])))
+                  | "StreamInsertRows" >> beam.ParDo(write_fn).with_outputs(
+                      BigQueryWriteFn.FAILED_ROWS, BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS,
+                      main="main"))
+        return result[BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS]
+
+
+def rejected_row_to_dead_letter(failure) -> DeadLetter:
+    """A row BigQuery refused, as a dead letter (reason `bigquery_rejected`)."""
+    _table, row, errors = failure
+    metrics.dead_letter("write", "bigquery_rejected")
+    ref = None
+    if row.get("bucket") is not None and row.get("name") is not None:
+        ref = ImageRef(row["bucket"], row["name"], int(row.get("generation") or 0),
+                       event_type=row.get("event_type") or "OBJECT_FINALIZE",
+                       event_time=row.get("event_time"))
+    return DeadLetter("write", "bigquery_rejected", json.dumps(errors, default=str), ref=ref)

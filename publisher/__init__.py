@@ -1,0 +1,1 @@
+"""The backfill CLI: publish storage notifications for objects already in a bucket."""

@@ -1,0 +1,348 @@
+"""`embed-backfill`: publish storage notifications for objects already in a bucket.
+
+  embed-backfill gs://BUCKET[/prefix] --topic projects/P/topics/T [--dry-run]
+      [--rate N] [--content-type image/] [--updated-since T] [--updated-until T]
+      [--skip-existing --table P:D.T] [--resume FILE]
+
+Lists the bucket page by page (lexicographic order), publishes one notification per
+object in exactly the format the bucket sends (plus `backfill=true`), batched and under
+the Pub/Sub client's flow control. Progress is checkpointed to `--resume FILE`: the
+name up to which every object has been published (or recorded as failed), so an
+interrupted run resumes after it and re-publishes at most what was in flight.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import sys
+import tempfile
+import time
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+
+from publisher.messages import notification_for
+
+DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
+
+
+@dataclasses.dataclass
+class Filters:
+    prefix: str = ""
+    content_types: tuple[str, ...] = ()
+    extensions: tuple[str, ...] = ()
+    updated_since: Optional[dt.datetime] = None
+    updated_until: Optional[dt.datetime] = None
+
+    def accepts(self, resource: Mapping[str, Any]) -> bool:
+        """Same rule as the job: an accepted extension OR content type, then dates."""
+        name = resource.get("name", "")
+        if not name.startswith(self.prefix) or name.endswith("/"):
+            return False
+        if self.content_types or self.extensions:
+            ext_ok = bool(self.extensions) and name.lower().endswith(self.extensions)
+            type_ok = bool(self.content_types) and (
+                resource.get("contentType") or "").lower().startswith(self.content_types)
+            if not (ext_ok or type_ok):
+                return False
+        if self.updated_since or self.updated_until:
+            updated = parse_time(resource.get("updated") or resource.get("timeCreated"))
+            if updated is None:
+                return False
+            if self.updated_since and updated < self.updated_since:
+                return False
+            if self.updated_until and updated >= self.updated_until:
+                return False
+        return True
+
+
+def parse_time(value: Optional[str]) -> Optional[dt.datetime]:
+    if not value:
+        return None
+    parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+
+
+class Checkpoint:
+    """The resume state: every name <= `after` is done; `failed` lists names whose
+    publish failed (retried first on resume). Saved atomically."""
+
+    def __init__(self, path: Optional[str], source: str, topic: str):
+        self.path, self.source, self.topic = path, source, topic
+        self.after: Optional[str] = None
+        self.failed: list[str] = []
+        self._saved_at = 0.0
+        if path and os.path.exists(path):
+            with open(path) as f:
+                state = json.load(f)
+            if state.get("source") != source or state.get("topic") != topic:
+                raise ValueError(f"--resume {path} belongs to {state.get('source')} -> "
+                                 f"{state.get('topic')}, not {source} -> {topic}")
+            self.after, self.failed = state.get("after"), list(state.get("failed", []))
+
+    def save(self, force: bool = False) -> None:
+        if not self.path or (not force and time.monotonic() - self._saved_at < 0.5):
+            return
+        state = {"source": self.source, "topic": self.topic, "after": self.after,
+                 "failed": self.failed, "saved": dt.datetime.now(dt.timezone.utc).isoformat()}
+        directory = os.path.dirname(os.path.abspath(self.path))
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".resume-")
+        with os.fdopen(fd, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, self.path)
+        self._saved_at = time.monotonic()
+
+
+class InFlight:
+    """Publishes in listing order, tracks the contiguous prefix that is done."""
+
+    def __init__(self, checkpoint: Checkpoint, counts: collections.Counter):
+        self._queue: collections.deque = collections.deque()
+        self._checkpoint, self._counts = checkpoint, counts
+
+    def add(self, name: str, future, ordered: bool = True) -> None:
+        """`ordered`: the name comes from the listing (moves the checkpoint); retries
+        of earlier failures do not."""
+        self._queue.append((name, future, ordered))
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def advance(self, block: bool = False, timeout: Optional[float] = None) -> None:
+        """Moves the checkpoint over every finished publish at the head of the queue."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._queue:
+            name, future, ordered = self._queue[0]
+            if not future.done():
+                if not block:
+                    return
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                try:
+                    future.result(timeout=remaining)
+                except Exception:  # noqa: BLE001 - recorded below
+                    pass
+                if not future.done():
+                    return
+            self._queue.popleft()
+            failed = self._checkpoint.failed
+            if future.exception() is None:
+                self._counts["published"] += 1
+                if name in failed:
+                    failed.remove(name)
+            else:
+                self._counts["failed"] += 1
+                if name not in failed:
+                    failed.append(name)
+            if ordered:
+                self._checkpoint.after = name
+        self._checkpoint.save()
+
+
+class RateLimiter:
+    """At most `rate` calls per second on average (no limit if rate is falsy)."""
+
+    def __init__(self, rate: Optional[float]):
+        self._rate, self._start, self._n = rate, time.monotonic(), 0
+
+    def wait(self) -> None:
+        if not self._rate:
+            return
+        self._n += 1
+        ahead = self._n / self._rate - (time.monotonic() - self._start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+def existing_generations(bq_client, table: str, bucket: str, prefix: str) -> set:
+    """(name, generation) pairs that already have an embedding row in BigQuery."""
+    from google.cloud import bigquery
+    table_sql = table.replace(":", ".")
+    query = (f"SELECT DISTINCT name, generation FROM `{table_sql}` "
+             "WHERE bucket = @bucket AND event_type = 'OBJECT_FINALIZE' "
+             "AND STARTS_WITH(name, @prefix)")
+    config = bigquery.QueryJobConfig(query_parameters=[
+        bigquery.ScalarQueryParameter("bucket", "STRING", bucket),
+        bigquery.ScalarQueryParameter("prefix", "STRING", prefix)])
+    return {(r["name"], int(r["generation"]))
+            for r in bq_client.query(query, job_config=config).result(page_size=100_000)}
+
+
+def list_resources(storage_client, bucket: str, prefix: str, after: Optional[str],
+                   page_size: int) -> Iterator[dict[str, Any]]:
+    """Object resources in name order, strictly after `after` (paged listing)."""
+    blobs = storage_client.list_blobs(bucket, prefix=prefix or None, page_size=page_size,
+                                      start_offset=after or None)
+    for blob in blobs:
+        if after is not None and blob.name <= after:
+            continue
+        yield dict(blob._properties)
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    if not uri.startswith("gs://") or len(uri) <= 5:
+        raise ValueError(f"expected gs://BUCKET[/prefix], got {uri!r}")
+    bucket, _, prefix = uri[5:].partition("/")
+    return bucket, prefix
+
+
+def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
+    """Runs one backfill; returns the counts (listed, published, failed, skipped...)."""
+    from streaming import endpoints
+    if args.local_endpoints:
+        endpoints.use_local_endpoints()
+    bucket, prefix = split_uri(args.source)
+    split = lambda s: tuple(x.strip().lower() for x in (s or "").split(",") if x.strip())
+    filters = Filters(prefix=prefix, content_types=split(args.content_type),
+                      extensions=split(args.extensions),
+                      updated_since=parse_time(args.updated_since),
+                      updated_until=parse_time(args.updated_until))
+    checkpoint = Checkpoint(args.resume, args.source, args.topic)
+    counts: collections.Counter = collections.Counter()
+    existing: set = set()
+    if args.skip_existing:
+        if not args.table:
+            raise ValueError("--skip-existing needs --table P:D.T")
+        existing = existing_generations(endpoints.bigquery_client(args.local_endpoints),
+                                        args.table, bucket, prefix)
+    storage = endpoints.storage_client(args.local_endpoints)
+    publisher = None if args.dry_run else make_publisher(args.max_in_flight)
+    in_flight = InFlight(checkpoint, counts)
+    limiter = RateLimiter(args.rate)
+    retry_names = set(checkpoint.failed)  # stay listed until re-published
+    started = time.monotonic()
+    progress = make_progress(args)
+
+    def resources() -> Iterator[dict[str, Any]]:
+        for name in sorted(retry_names):  # failures of the previous run first
+            blob = storage.bucket(bucket).get_blob(name)
+            if blob is not None:
+                yield dict(blob._properties)
+            else:
+                checkpoint.failed.remove(name)  # gone since: nothing to publish
+        yield from list_resources(storage, bucket, prefix, checkpoint.after, args.page_size)
+
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for resource in resources():
+            counts["listed"] += 1
+            progress.update(1)
+            if not filters.accepts(resource):
+                counts["skipped_filter"] += 1
+            elif (resource["name"], int(resource["generation"])) in existing:
+                counts["skipped_existing"] += 1
+            elif args.dry_run:
+                counts["would_publish"] += 1
+                if args.verbose:
+                    print(f"would publish gs://{bucket}/{resource['name']}", file=out)
+            else:
+                limiter.wait()
+                data, attributes = notification_for(resource)
+                in_flight.add(resource["name"],
+                              publisher.publish(args.topic, data, **attributes),
+                              ordered=resource["name"] not in retry_names)
+            if publisher is None:
+                checkpoint.after = resource["name"]
+                checkpoint.save()
+            else:
+                in_flight.advance()
+            progress.set_postfix(published=counts["published"], failed=counts["failed"],
+                                 skipped=counts["skipped_filter"] + counts["skipped_existing"],
+                                 refresh=False)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        in_flight.advance(block=True, timeout=60)
+        checkpoint.save(force=True)
+        progress.close()
+        if publisher is not None:
+            publisher.stop()
+    counts["in_flight_abandoned"] = len(in_flight)
+    counts["seconds"] = round(time.monotonic() - started, 2)
+    counts["interrupted"] = int(interrupted)
+    print(summary(counts, args), file=out)
+    return counts
+
+
+def _raise_interrupt(*_):
+    raise KeyboardInterrupt
+
+
+def make_publisher(max_in_flight: int):
+    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1.types import (BatchSettings, LimitExceededBehavior,
+                                              PublishFlowControl, PublisherOptions)
+    return pubsub_v1.PublisherClient(
+        batch_settings=BatchSettings(max_messages=500, max_bytes=5 * 1024 * 1024,
+                                     max_latency=0.05),
+        publisher_options=PublisherOptions(flow_control=PublishFlowControl(
+            message_limit=max_in_flight, byte_limit=64 * 1024 * 1024,
+            limit_exceeded_behavior=LimitExceededBehavior.BLOCK)))
+
+
+def make_progress(args):
+    from tqdm import tqdm
+    return tqdm(unit=" objects", desc="backfill", disable=args.no_progress, mininterval=0.5,
+                file=sys.stderr)
+
+
+def summary(counts: Mapping[str, int], args) -> str:
+    keys = ("listed", "published", "would_publish", "skipped_filter", "skipped_existing",
+            "failed", "in_flight_abandoned", "seconds")
+    line = " ".join(f"{k}={counts.get(k, 0)}" for k in keys)
+    status = "interrupted; resume with --resume" if counts.get("interrupted") else "done"
+    return f"backfill {args.source} -> {args.topic}: {status}: {line}"
+
+
+def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="embed-backfill", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", type=str, help="gs://BUCKET[/prefix] to list.")
+    p.add_argument("--topic", type=str, required=True, help="projects/P/topics/T to publish to.")
+    p.add_argument("--dry-run", action="store_true", help="List and count; publish nothing.")
+    p.add_argument("--rate", type=float, default=None, help="Max messages per second.")
+    p.add_argument("--content-type", type=str, default="image/",
+                   help="Accepted content-type prefixes, comma-separated ('' = any).")
+    p.add_argument("--extensions", type=str, default=DEFAULT_EXTENSIONS,
+                   help="Accepted name suffixes, comma-separated ('' = any). An object "
+                        "passes with an accepted suffix OR content type.")
+    p.add_argument("--updated-since", type=str, default=None, help="RFC 3339; inclusive.")
+    p.add_argument("--updated-until", type=str, default=None, help="RFC 3339; exclusive.")
+    p.add_argument("--skip-existing", action="store_true",
+                   help="Skip object generations that already have a row in --table.")
+    p.add_argument("--table", type=str, default=None, help="BigQuery table P:D.T of rows.")
+    p.add_argument("--resume", type=str, default=None,
+                   help="Checkpoint file: created if missing, continued if present.")
+    p.add_argument("--max-in-flight", type=int, default=1000,
+                   help="Flow control: most unacknowledged publishes at once.")
+    p.add_argument("--page-size", type=int, default=1000, help="Objects per listing page.")
+    p.add_argument("--local-endpoints", action="store_true",
+                   help="Use the emulators named by STORAGE_/PUBSUB_/BIGQUERY_EMULATOR_HOST.")
+    p.add_argument("--no-progress", action="store_true", help="No progress bar.")
+    p.add_argument("--verbose", action="store_true", help="With --dry-run, list each object.")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        counts = run(args)
+    except ValueError as e:
+        print(f"embed-backfill: error: {e}", file=sys.stderr)
+        return 2
+    if counts.get("interrupted"):
+        return 130
+    if counts.get("failed") or counts.get("in_flight_abandoned"):
+        print(f"embed-backfill: {counts['failed']} publishes failed "
+              f"({counts['in_flight_abandoned']} unconfirmed); they are listed in the "
+              "--resume file and retried first on the next run", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

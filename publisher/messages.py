@@ -1,0 +1,47 @@
+"""Build storage notifications exactly as a bucket sends them (schemas/notification.json).
+
+The backfill publishes these, so the streaming job needs no special path: it parses a
+backfilled object the same way as a fresh upload; only the `backfill` attribute differs.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import schemas
+
+_CONTRACT = schemas.notification_contract()
+JSON_API_V1 = _CONTRACT["payload_format"]
+BACKFILL_ATTRIBUTE = "backfill"
+assert BACKFILL_ATTRIBUTE in _CONTRACT["attributes"]
+
+
+def notification_for(resource: Mapping[str, Any], *, event_type: str = "OBJECT_FINALIZE",
+                     config_id: str = "backfill") -> tuple[bytes, dict[str, str]]:
+    """The (data, attributes) of the notification for one object resource.
+
+    Args:
+      resource: the object's JSON API resource (`Blob._properties` of
+        google-cloud-storage: name, bucket, generation, size, ... as strings).
+      event_type: the event to announce.
+      config_id: the notificationConfig id to name.
+
+    Returns:
+      The JSON_API_V1 payload and the attributes, with `backfill=true`.
+    """
+    bucket, name, generation = resource["bucket"], resource["name"], str(resource["generation"])
+    attributes = {
+        "eventType": event_type,
+        "bucketId": bucket,
+        "objectId": name,
+        "objectGeneration": generation,
+        "eventTime": resource.get("updated") or resource.get("timeCreated") or "",
+        "payloadFormat": JSON_API_V1,
+        "notificationConfig": f"projects/_/buckets/{bucket}/notificationConfigs/{config_id}",
+        BACKFILL_ATTRIBUTE: "true",
+    }
+    if not attributes["eventTime"]:
+        del attributes["eventTime"]
+    payload = {k: v for k, v in resource.items() if v is not None}
+    payload.setdefault("kind", "storage#object")
+    return json.dumps(payload, separators=(",", ":")).encode("utf-8"), attributes

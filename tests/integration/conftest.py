@@ -1,0 +1,154 @@
+"""The local cloud: real Pub/Sub emulator, fake-gcs-server (sending real storage
+notifications) and bqemulator, started by tests/run.sh; one streaming job per session."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import types
+import uuid
+
+import pytest
+
+from streaming import endpoints
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/integration/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition",
+               job=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if job is not None and job.poll() is not None:
+            raise AssertionError(f"the streaming job exited ({job.returncode}) while waiting "
+                                 f"for {what}:\n{job.log_tail()}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                         + (f":\n{job.log_tail()}" if job is not None else ""))
+
+
+@pytest.fixture(scope="session")
+def cloud():
+    missing = [v for v in endpoints.ENV_VARS if not os.environ.get(v)]
+    if missing:
+        pytest.skip("emulators not configured (" + ", ".join(missing) + "); run tests/run.sh")
+    endpoints.use_local_endpoints()
+    from google.cloud import pubsub_v1
+    project = endpoints.project_from_env()
+    ns = types.SimpleNamespace(
+        project=project,
+        run_id=uuid.uuid4().hex[:8],
+        notify_topic=f"projects/{project}/topics/{os.environ.get('EMU_NOTIFY_TOPIC', 'gcs-notifications')}",
+        storage=endpoints.storage_client(True),
+        bq=endpoints.bigquery_client(True),
+        publisher=pubsub_v1.PublisherClient(),
+        subscriber=pubsub_v1.SubscriberClient(),
+    )
+    ns.topic = lambda name: f"projects/{project}/topics/{name}-{ns.run_id}"
+    ns.subscription = lambda name: f"projects/{project}/subscriptions/{name}-{ns.run_id}"
+    return ns
+
+
+def pull_all(cloud, subscription: str, quiet_for: float = 2.0, limit: float = 60.0) -> list:
+    """Pulls and acks until the subscription has been empty for `quiet_for` seconds."""
+    messages, last = [], time.monotonic()
+    deadline = time.monotonic() + limit
+    while time.monotonic() - last < quiet_for and time.monotonic() < deadline:
+        try:
+            resp = cloud.subscriber.pull(subscription=subscription, max_messages=500,
+                                         timeout=5, retry=None)
+        except Exception:  # noqa: BLE001 - an empty pull may time out on some emulators
+            resp = None
+        received = list(resp.received_messages) if resp else []
+        if received:
+            messages.extend(m.message for m in received)
+            cloud.subscriber.acknowledge(subscription=subscription,
+                                         ack_ids=[m.ack_id for m in received])
+            last = time.monotonic()
+        else:
+            time.sleep(0.2)
+    return messages
+
+
+class Job:
+    """A streaming embed-stream process and its log."""
+
+    def __init__(self, argv: list[str], log_path: str):
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "streaming.main", *argv],
+                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def poll(self):
+        return self.proc.poll()
+
+    @property
+    def returncode(self):
+        return self.proc.returncode
+
+    def log_tail(self, n: int = 4000) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")[-n:]
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture(scope="session")
+def stack(cloud, tmp_path_factory):
+    """Buckets, a dataset, objects that predate the job, and the running streaming job
+    reading the bucket notifications through its own subscription."""
+    from tests import fixtures
+    rid = cloud.run_id
+    s = types.SimpleNamespace(cloud=cloud)
+    s.images = cloud.storage.create_bucket(f"img-{rid}")
+    s.old = cloud.storage.create_bucket(f"old-{rid}")
+    s.old_names = ["2019/a.jpg", "2019/b.png", "2020/c.jpg"]
+    for i, name in enumerate(s.old_names):
+        data = fixtures.png(seed=40 + i) if name.endswith(".png") else fixtures.jpeg(seed=40 + i)
+        s.old.blob(name).upload_from_string(
+            data, content_type="image/png" if name.endswith(".png") else "image/jpeg")
+    time.sleep(2)  # let those notifications go by before the job subscribes
+    s.dataset = f"ds_{rid}"
+    cloud.bq.create_dataset(s.dataset)
+    s.table = f"{cloud.project}:{s.dataset}.embeddings"
+    s.dead_table = f"{cloud.project}:{s.dataset}.dead_letters"
+    s.subscription = cloud.subscription("embed")
+    cloud.subscriber.create_subscription(name=s.subscription, topic=cloud.notify_topic,
+                                         ack_deadline_seconds=60)
+    log = str(tmp_path_factory.mktemp("job") / "job.log")
+    s.job = Job(["--input_subscription", s.subscription, "--output_table", s.table,
+                 "--dead_letter_table", s.dead_table,
+                 "--output_gcs", f"gs://img-{rid}/embeddings/", "--weights", "random:0",
+                 "--local_endpoints", "--max_batch_size", "8",
+                 "--max_batch_duration_secs", "1"], log)
+
+    def query(sql: str) -> list[dict]:
+        from google.api_core.exceptions import NotFound
+        try:
+            return [dict(r) for r in cloud.bq.query(sql).result()]
+        except NotFound:
+            return []
+    s.query = query
+    s.rows_sql = f"`{cloud.project}.{s.dataset}.embeddings`"
+    s.dead_sql = f"`{cloud.project}.{s.dataset}.dead_letters`"
+    yield s
+    s.job.stop()

@@ -1,0 +1,101 @@
+"""Uploads to the Cloud Storage emulator -> real notifications -> the streaming job ->
+BigQuery rows + .npy objects + dead letters, all through real servers."""
+import base64
+import hashlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+from streaming.images import decode_image
+from tests import fixtures
+from tests.integration.conftest import wait_until
+
+UPLOADS = {
+    "shots/a/cat.jpg": (fixtures.jpeg(400, 300, seed=11), "image/jpeg"),
+    "shots/b/cat.jpg": (fixtures.jpeg(300, 400, seed=12), "image/jpeg"),
+    "shots/logo.png": (fixtures.png(256, 256, seed=13), "image/png"),
+}
+
+
+@pytest.fixture(scope="module")
+def uploaded(stack):
+    blobs = {}
+    for name, (data, ctype) in UPLOADS.items():
+        blob = stack.images.blob(name)
+        blob.metadata = {"camera": "test"}
+        blob.upload_from_string(data, content_type=ctype)
+        blobs[name] = blob
+    bucket = stack.images.name
+    rows = wait_until(
+        lambda: (lambda r: r if len({x["name"] for x in r}) >= len(UPLOADS) else None)(
+            stack.query(f"SELECT * FROM {stack.rows_sql} WHERE bucket = '{bucket}' "
+                        "AND STARTS_WITH(name, 'shots/')")),
+        timeout=180, what="rows for the uploaded images", job=stack.job)
+    return blobs, rows
+
+
+def test_each_upload_gives_exactly_one_row_with_its_metadata(uploaded):
+    blobs, rows = uploaded
+    assert sorted(r["name"] for r in rows) == sorted(UPLOADS)  # one row each, no dupes
+    for r in rows:
+        blob = blobs[r["name"]]
+        data = UPLOADS[r["name"]][0]
+        assert r["generation"] == blob.generation
+        assert r["content_type"] == UPLOADS[r["name"]][1]
+        assert r["size_bytes"] == len(data)
+        assert r["md5_hash"] == base64.b64encode(hashlib.md5(data).digest()).decode()
+        assert r["event_type"] == "OBJECT_FINALIZE" and r["source"] == "notification"
+        assert r["model_name"] == "resnet50-avgpool" and len(r["model_fingerprint"]) == 16
+        assert len(r["embedding"]) == 2048
+        assert json.loads(r["metadata"]) == {"camera": "test"}
+    by_name = {r["name"]: r for r in rows}
+    assert (by_name["shots/a/cat.jpg"]["width"], by_name["shots/a/cat.jpg"]["height"]) == (400, 300)
+
+
+def test_vectors_are_in_cloud_storage_and_equal_a_direct_model_call(stack, uploaded,
+                                                                    direct_embed):
+    _, rows = uploaded
+    uris = {r["vector_uri"] for r in rows}
+    assert len(uris) == len(rows)  # same basename, different objects
+    for r in rows:
+        assert r["vector_uri"].startswith(f"gs://{stack.images.name}/embeddings/")
+        key = r["vector_uri"][len(f"gs://{stack.images.name}/"):]
+        vector = np.load(io.BytesIO(stack.images.blob(key).download_as_bytes()))
+        np.testing.assert_array_equal(vector, np.float32(r["embedding"]))
+        pixels = decode_image(UPLOADS[r["name"]][0]).pixels
+        np.testing.assert_allclose(vector, direct_embed(pixels), rtol=1e-5, atol=1e-5)
+
+
+def test_the_job_never_embeds_its_own_outputs(stack, uploaded):
+    rows = stack.query(f"SELECT name FROM {stack.rows_sql} "
+                       "WHERE STARTS_WITH(name, 'embeddings/')")
+    dead = stack.query(f"SELECT name FROM {stack.dead_sql} "
+                       "WHERE STARTS_WITH(name, 'embeddings/')")
+    assert rows == [] and dead == []
+
+
+def test_bad_message_and_bad_image_are_dead_lettered_and_the_stream_goes_on(stack, uploaded):
+    cloud = stack.cloud
+    cloud.publisher.publish(cloud.notify_topic, b'{"hello": "not a notification"}',
+                            origin="someone-else").result(timeout=30)
+    stack.images.blob("bad/notes.jpg").upload_from_string(
+        b"this is text, not a JPEG", content_type="image/jpeg")
+    stack.images.blob("after/ok.jpg").upload_from_string(fixtures.jpeg(seed=21),
+                                                         content_type="image/jpeg")
+    dead = wait_until(
+        lambda: (lambda r: r if len(r) >= 2 else None)(stack.query(
+            f"SELECT stage, reason, name, raw, error FROM {stack.dead_sql} "
+            f"WHERE reason IN ('not_a_notification', 'not_an_image')")),
+        timeout=120, what="dead letters", job=stack.job)
+    reasons = {(d["stage"], d["reason"], d["name"]) for d in dead}
+    assert ("parse", "not_a_notification", None) in reasons
+    assert ("decode", "not_an_image", "bad/notes.jpg") in reasons
+    parse_dead = next(d for d in dead if d["reason"] == "not_a_notification")
+    assert "not a notification" in parse_dead["raw"] and len(parse_dead["raw"]) <= 1000
+    later = wait_until(lambda: stack.query(
+        f"SELECT name FROM {stack.rows_sql} WHERE name = 'after/ok.jpg'"),
+        timeout=120, what="the image uploaded after the bad ones", job=stack.job)
+    assert len(later) == 1
+    assert stack.job.poll() is None

@@ -1,0 +1,40 @@
+from streaming.filters import FilterConfig, output_prefixes, skip_reason
+from streaming.records import ImageRef
+
+IMAGES = FilterConfig(extensions=(".jpg", ".png"), content_types=("image/",))
+
+
+def ref(name, **kw):
+    return ImageRef("bkt", name, 1, **kw)
+
+
+def test_only_finalize_events_are_embedded():
+    assert skip_reason(ref("a.jpg"), IMAGES) is None
+    assert skip_reason(ref("a.jpg", event_type="OBJECT_DELETE"), IMAGES) == \
+        "skipped.event_OBJECT_DELETE"
+    assert skip_reason(ref("a.jpg", event_type="OBJECT_METADATA_UPDATE"), IMAGES) == \
+        "skipped.event_OBJECT_METADATA_UPDATE"
+
+
+def test_extension_or_content_type_is_enough():
+    assert skip_reason(ref("a.JPG"), IMAGES) is None
+    assert skip_reason(ref("noext", content_type="image/webp"), IMAGES) is None
+    assert skip_reason(ref("notes.txt", content_type="text/plain"), IMAGES) == "skipped.type"
+
+
+def test_prefix_filters():
+    cfg = FilterConfig(include_prefixes=("in/",), exclude_prefixes=("in/tmp/",))
+    assert skip_reason(ref("in/a.jpg"), cfg) is None
+    assert skip_reason(ref("out/a.jpg"), cfg) == "skipped.prefix"
+    assert skip_reason(ref("in/tmp/a.jpg"), cfg) == "skipped.prefix"
+
+
+def test_own_outputs_in_the_watched_bucket_are_never_embedded(tmp_path):
+    cfg = FilterConfig(own_outputs=output_prefixes(["gs://bkt/embeddings/"], None))
+    assert skip_reason(ref("embeddings/x.jpg"), cfg) == "skipped.own_output"
+    assert skip_reason(ImageRef("other", "embeddings/x.jpg", 1), cfg) is None
+    root = str(tmp_path)
+    local = FilterConfig(own_outputs=output_prefixes([str(tmp_path / "out")], root))
+    assert skip_reason(ImageRef(root, "out/vectors/x.jpg", 1, source="local"), local) == \
+        "skipped.own_output"
+    assert skip_reason(ImageRef(root, "outside.jpg", 1, source="local"), local) is None
