@@ -118,14 +118,14 @@ class InFlight:
             name, future, ordered = self._queue[0]
             if not future.done():
                 if not block:
-                    return
+                    break
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 try:
                     future.result(timeout=remaining)
                 except Exception:  # noqa: BLE001 - recorded below
                     pass
                 if not future.done():
-                    return
+                    break
             self._queue.popleft()
             failed = self._checkpoint.failed
             if future.exception() is None:

@@ -14,6 +14,7 @@ from streaming import filters, images, model, sinks
 from streaming.local_source import ReadLocalFolder
 from streaming.notifications import ParseNotifications
 from streaming.options import EmbedOptions
+from streaming.records import DeadLetter
 
 
 def filter_config(opts: EmbedOptions) -> filters.FilterConfig:
@@ -70,22 +71,30 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
         sinks.FileSystems.join(opts.output_dir, sinks.VECTORS_DIR) if opts.output_dir else None)
     written = results | "Write vectors" >> sinks.WriteVectors(vector_root)
     tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(sinks.tombstone_row)
-    rows = (written.rows, tombstones) | "All rows" >> beam.Flatten()
-    dead_inputs = [*extra_dead, loaded.dead_letters, embed_dead, written.dead_letters]
+    rows = {"rows": written.rows, "tombstones": tombstones}
+    dead = {"load": loaded.dead_letters, "embed": embed_dead, "write": written.dead_letters}
+    if extra_dead:
+        dead["parse"] = extra_dead[0]
     if opts.output_table:
-        rejected = rows | "Write to BigQuery" >> sinks.WriteToBigQueryWithIds(opts.output_table)
-        dead_inputs.append(rejected | "Dead-letter rejected rows" >> beam.Map(
-            sinks.rejected_row_to_dead_letter))
-    dead = dead_inputs | "Gather dead letters" >> beam.Flatten()
-    dead_rows = sinks.dead_letter_rows(dead)
+        rejected = (tuple(rows.values()) | "All rows" >> beam.Flatten()
+                    | "Write to BigQuery" >> sinks.WriteToBigQueryWithIds(opts.output_table))
+        dead["bigquery"] = rejected | "Dead-letter rejected rows" >> beam.Map(
+            sinks.rejected_row_to_dead_letter)
+    all_dead = tuple(dead.values()) | "Gather dead letters" >> beam.Flatten()
     if opts.dead_letter_table:
-        (dead_rows
+        (sinks.dead_letter_rows(all_dead)
          | "Write dead letters to BigQuery" >> sinks.WriteToBigQueryWithIds(
              opts.dead_letter_table, schemas.DEAD_LETTERS))
     if opts.output_dir:
-        rows | "Write rows" >> sinks.WriteJsonFiles(
-            sinks.FileSystems.join(opts.output_dir, sinks.ROWS_DIR), "rows")
-        (dead_rows
-         | "Write dead letters" >> sinks.WriteJsonFiles(
-             sinks.FileSystems.join(opts.output_dir, sinks.DEAD_LETTERS_DIR), "dead_letters"))
-    return {"rows": written.rows, "tombstones": tombstones, "dead_letters": dead}
+        # One file sink per input, not one after a Flatten: the local --watch run executes
+        # on the FnApiRunner, where a Flatten waits for its (never-ending) inputs.
+        for label, part in rows.items():
+            part | f"Write {label}" >> sinks.WriteJsonFiles(
+                sinks.FileSystems.join(opts.output_dir, sinks.ROWS_DIR), "rows")
+        for stage, part in dead.items():
+            (part
+             | f"Dead-letter rows ({stage})" >> beam.Map(DeadLetter.to_row)
+             | f"Write dead letters ({stage})" >> sinks.WriteJsonFiles(
+                 sinks.FileSystems.join(opts.output_dir, sinks.DEAD_LETTERS_DIR),
+                 "dead_letters"))
+    return {"rows": written.rows, "tombstones": tombstones, "dead_letters": all_dead}

@@ -1,5 +1,6 @@
 """embed-stream as a user runs it: options, summary, and --watch in a subprocess."""
 import glob
+import json
 import os
 import signal
 import subprocess
@@ -73,8 +74,14 @@ def test_watch_embeds_files_that_appear_later(tmp_path):
     try:
         assert len(wait_for(1)) == 1, proc.stderr.read1().decode()[-2000:] if proc.poll() else ""
         (src / "later.png").write_bytes(fixtures.png(seed=2))
+        (src / "later-bad.jpg").write_bytes(b"not an image")
         got = wait_for(2, limit=60)
         assert [g.split("@")[0] for g in got] == ["first.jpg", "later.png"]
+        deadline = time.monotonic() + 30
+        while not glob.glob(str(out / "dead_letters" / "*.json")) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        dead = [json.load(open(p)) for p in glob.glob(str(out / "dead_letters" / "*.json"))]
+        assert [(d["name"], d["reason"]) for d in dead] == [("later-bad.jpg", "not_an_image")]
         assert proc.poll() is None  # still watching
     finally:
         os.killpg(proc.pid, signal.SIGTERM)

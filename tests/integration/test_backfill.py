@@ -1,0 +1,107 @@
+"""embed-backfill against the emulators: the same job embeds what was already there."""
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from publisher import backfill
+from streaming.notifications import parse_notification
+from tests.integration.conftest import ROOT, pull_all, wait_until
+
+
+def run_backfill(*argv):
+    args = backfill.parse_args([*argv, "--local-endpoints", "--no-progress"])
+    return backfill.run(args)
+
+
+@pytest.fixture(scope="module")
+def probe(cloud):
+    """A topic + subscription of our own, to see exactly what gets published."""
+    topic, sub = cloud.topic("probe"), cloud.subscription("probe")
+    cloud.publisher.create_topic(name=topic)
+    cloud.subscriber.create_subscription(name=sub, topic=topic)
+    return topic, sub
+
+
+def test_dry_run_publishes_nothing(stack, probe):
+    topic, sub = probe
+    counts = run_backfill(f"gs://{stack.old.name}", "--topic", topic, "--dry-run")
+    assert counts["would_publish"] == len(stack.old_names) and counts["published"] == 0
+    assert pull_all(stack.cloud, sub, quiet_for=1.5) == []
+
+
+def test_backfill_messages_have_the_bucket_notification_format(stack, probe):
+    cloud = stack.cloud
+    topic, sub = probe
+    real_sub = cloud.subscription("real")
+    cloud.subscriber.create_subscription(name=real_sub, topic=cloud.notify_topic)
+    blob = stack.images.blob("format/check.jpg")
+    from tests import fixtures
+    blob.upload_from_string(fixtures.jpeg(seed=3), content_type="image/jpeg")
+    real = wait_until(lambda: [m for m in pull_all(cloud, real_sub, quiet_for=0.5, limit=5)
+                               if m.attributes.get("objectId") == "format/check.jpg"],
+                      timeout=30, what="the real notification")[0]
+    run_backfill(f"gs://{stack.images.name}/format/", "--topic", topic)
+    mine = [m for m in pull_all(cloud, sub) if m.attributes.get("objectId") == "format/check.jpg"]
+    assert len(mine) == 1
+    assert set(real.attributes) <= set(mine[0].attributes)
+    assert mine[0].attributes["backfill"] == "true"
+    for key in ("eventType", "bucketId", "objectId", "objectGeneration", "payloadFormat"):
+        assert mine[0].attributes[key] == real.attributes[key]
+    a = parse_notification(real.data, dict(real.attributes))
+    b = parse_notification(mine[0].data, dict(mine[0].attributes))
+    for field in ("bucket", "name", "generation", "content_type", "size", "md5_hash",
+                  "crc32c", "key"):
+        assert getattr(a, field) == getattr(b, field), field
+    real_data, my_data = json.loads(real.data), json.loads(mine[0].data)
+    assert set(real_data) <= set(my_data)
+
+
+def test_backfill_embeds_existing_objects_and_skip_existing_skips_them(stack):
+    cloud = stack.cloud
+    counts = run_backfill(f"gs://{stack.old.name}", "--topic", cloud.notify_topic)
+    assert counts["published"] == len(stack.old_names) and counts["failed"] == 0
+    rows = wait_until(
+        lambda: (lambda r: r if len(r) >= len(stack.old_names) else None)(stack.query(
+            f"SELECT name, source, generation FROM {stack.rows_sql} "
+            f"WHERE bucket = '{stack.old.name}'")),
+        timeout=180, what="rows for the backfilled objects", job=stack.job)
+    assert sorted(r["name"] for r in rows) == sorted(stack.old_names)
+    assert {r["source"] for r in rows} == {"backfill"}
+    again = run_backfill(f"gs://{stack.old.name}", "--topic", cloud.notify_topic,
+                         "--skip-existing", "--table", stack.table)
+    assert again["skipped_existing"] == len(stack.old_names) and again["published"] == 0
+
+
+def test_interrupted_backfill_resumes_and_covers_every_object(cloud, tmp_path):
+    bucket = cloud.storage.create_bucket(f"many-{cloud.run_id}")
+    names = [f"obj-{i:04d}.bin" for i in range(150)]
+    for name in names:  # not images: the streaming job skips them by type
+        bucket.blob(name).upload_from_string(name.encode(), content_type="application/x-test")
+    topic, sub = cloud.topic("resume"), cloud.subscription("resume")
+    cloud.publisher.create_topic(name=topic)
+    cloud.subscriber.create_subscription(name=sub, topic=topic)
+    resume = str(tmp_path / "resume.json")
+    argv = [sys.executable, "-m", "publisher.backfill", f"gs://{bucket.name}", "--topic", topic,
+            "--content-type", "", "--extensions", "", "--rate", "25", "--max-in-flight", "10",
+            "--resume", resume, "--local-endpoints", "--no-progress"]
+    first = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(lambda: os.path.exists(resume) and json.load(open(resume)).get("after"),
+               timeout=60, what="a first checkpoint")
+    first.send_signal(signal.SIGINT)
+    out, err = first.communicate(timeout=60)
+    assert first.returncode == 130, err.decode()[-2000:]
+    assert b"interrupted" in out
+    stopped_after = json.load(open(resume))["after"]
+    assert stopped_after < names[-1]
+    second = subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=120)
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    got = collections.Counter(m.attributes["objectId"] for m in pull_all(cloud, sub))
+    assert set(got) == set(names)
+    duplicates = sum(n - 1 for n in got.values())
+    assert duplicates <= 10  # at most what was in flight (--max-in-flight)

@@ -1,0 +1,83 @@
+import concurrent.futures
+import collections
+import datetime as dt
+import json
+
+import pytest
+
+import schemas
+from publisher import backfill
+from publisher.messages import notification_for
+from streaming.notifications import parse_notification
+
+RESOURCE = schemas.notification_contract()["example"]["data"]
+
+
+def test_backfill_message_parses_like_the_bucket_notification():
+    data, attrs = notification_for(RESOURCE)
+    real = schemas.notification_contract()["example"]
+    assert set(real["attributes"]) <= set(attrs) and attrs["backfill"] == "true"
+    mine = parse_notification(data, attrs)
+    theirs = parse_notification(json.dumps(real["data"]).encode(), real["attributes"])
+    assert mine.source == "backfill" and theirs.source == "notification"
+    for field in ("bucket", "name", "generation", "metageneration", "content_type", "size",
+                  "md5_hash", "crc32c", "time_created", "updated", "metadata", "key"):
+        assert getattr(mine, field) == getattr(theirs, field), field
+
+
+def test_filters_by_type_prefix_and_dates():
+    f = backfill.Filters(prefix="2019/", content_types=("image/",), extensions=(".jpg",),
+                         updated_since=backfill.parse_time("2020-01-01T00:00:00Z"),
+                         updated_until=backfill.parse_time("2021-01-01T00:00:00Z"))
+    ok = {"name": "2019/a.jpg", "contentType": "image/jpeg", "updated": "2020-06-01T00:00:00Z"}
+    assert f.accepts(ok)
+    assert not f.accepts({**ok, "name": "2018/a.jpg"})
+    assert not f.accepts({**ok, "name": "2019/a.txt", "contentType": "text/plain"})
+    assert f.accepts({**ok, "name": "2019/a.bin", "contentType": "image/png"})
+    assert not f.accepts({**ok, "updated": "2019-12-31T23:59:59Z"})
+    assert not f.accepts({**ok, "updated": "2021-01-01T00:00:00Z"})
+    assert not f.accepts({**ok, "name": "2019/folder/"})
+
+
+def done(exc=None):
+    fut = concurrent.futures.Future()
+    fut.set_exception(exc) if exc else fut.set_result("id")
+    return fut
+
+
+def test_checkpoint_only_moves_over_a_contiguous_finished_prefix(tmp_path):
+    path = str(tmp_path / "resume.json")
+    cp = backfill.Checkpoint(path, "gs://b", "projects/p/topics/t")
+    counts = collections.Counter()
+    flight = backfill.InFlight(cp, counts)
+    pending = concurrent.futures.Future()
+    flight.add("a", done())
+    flight.add("b", pending)
+    flight.add("c", done())
+    flight.advance()
+    assert cp.after == "a" and len(flight) == 2
+    pending.set_exception(RuntimeError("publish failed"))
+    flight.advance()
+    assert cp.after == "c" and cp.failed == ["b"]
+    assert counts == {"published": 2, "failed": 1}
+    cp.save(force=True)
+    again = backfill.Checkpoint(path, "gs://b", "projects/p/topics/t")
+    assert (again.after, again.failed) == ("c", ["b"])
+    retry = backfill.InFlight(again, collections.Counter())
+    retry.add("b", done(), ordered=False)  # a retried failure does not move `after` back
+    retry.advance()
+    assert (again.after, again.failed) == ("c", [])
+
+
+def test_resume_file_of_another_source_is_refused(tmp_path):
+    path = str(tmp_path / "resume.json")
+    backfill.Checkpoint(path, "gs://a", "t").save(force=True)
+    with pytest.raises(ValueError, match="belongs to gs://a"):
+        backfill.Checkpoint(path, "gs://b", "t")
+
+
+def test_split_uri():
+    assert backfill.split_uri("gs://b") == ("b", "")
+    assert backfill.split_uri("gs://b/x/y") == ("b", "x/y")
+    with pytest.raises(ValueError):
+        backfill.split_uri("/local/path")
