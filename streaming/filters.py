@@ -14,9 +14,10 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from streaming import metrics
-from streaming.records import ImageRef
+from streaming.records import DeadLetter, ImageRef
 
 DELETES = "deletes"
+DEAD = "dead_letters"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,6 +28,8 @@ class FilterConfig:
     content_types: tuple[str, ...] = ()
     # (bucket, prefix) pairs the job writes to; never read back.
     own_outputs: tuple[tuple[str, str], ...] = ()
+    # If set, the only buckets the job reads; anything else is dead-lettered.
+    allowed_buckets: tuple[str, ...] = ()
 
 
 def output_prefixes(outputs: Iterable[Optional[str]], local_root: Optional[str]) -> tuple:
@@ -71,11 +74,22 @@ def skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
     return None
 
 
+def bucket_allowed(ref: ImageRef, config: FilterConfig) -> bool:
+    """A message may name any bucket; the job reads only the configured ones."""
+    return ref.is_local or not config.allowed_buckets or ref.bucket in config.allowed_buckets
+
+
 class _FilterFn(beam.DoFn):
     def __init__(self, config: FilterConfig):
         self._config = config
 
     def process(self, ref: ImageRef):
+        if not bucket_allowed(ref, self._config):
+            metrics.dead_letter("filter", "bucket_not_allowed")
+            yield pvalue.TaggedOutput(DEAD, DeadLetter(
+                "filter", "bucket_not_allowed",
+                f"bucket {ref.bucket!r} is not in --buckets", ref=ref))
+            return
         reason = skip_reason(ref, self._config)
         if reason is None:
             yield ref
@@ -95,4 +109,4 @@ class FilterObjects(beam.PTransform):
 
     def expand(self, refs):
         return refs | "Filter" >> beam.ParDo(_FilterFn(self._config)).with_outputs(
-            DELETES, main="accepted")
+            DELETES, DEAD, main="accepted")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import os
 import warnings
 from typing import Iterable, Optional
 
@@ -164,6 +165,65 @@ def resize(img: Image.Image, policy: str, size: int = INPUT_SIZE) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(out, dtype=np.uint8))
 
 
+class GcsReader:
+    """Reads the exact object generation a notification names, through the storage
+    client of Beam's GcsIO (its credentials and endpoint), with bounded retries.
+
+    Beam's FileSystems can only open the live generation; a notification is about one
+    generation, so an object replaced before the job reads it is dead-lettered as
+    `superseded` instead of embedding newer bytes under the old generation.
+    """
+
+    def __init__(self, attempts: int = 4, initial_delay: float = 0.5):
+        from apache_beam.io.gcp.gcsio import GcsIO
+        from google.api_core import retry as api_retry
+        self._client = GcsIO().client
+        self._retry = api_retry.Retry(initial=initial_delay, maximum=8.0, multiplier=2.0,
+                                      timeout=initial_delay * (2 ** attempts))
+
+    def metadata(self, ref: ImageRef) -> ImageRef:
+        """Fills a NONE-payload ref from the object's metadata (one GET)."""
+        blob = self._client.bucket(ref.bucket).get_blob(
+            ref.name, generation=ref.generation or None, retry=self._retry)
+        if blob is None:
+            raise self._gone(ref)
+        p = blob._properties
+        return dataclasses.replace(
+            ref, content_type=p.get("contentType"), size=_opt_int(p.get("size")),
+            md5_hash=p.get("md5Hash"), crc32c=p.get("crc32c"),
+            metageneration=_opt_int(p.get("metageneration")),
+            time_created=p.get("timeCreated"), updated=p.get("updated"),
+            metadata=tuple(sorted((p.get("metadata") or {}).items())) or None)
+
+    def read(self, ref: ImageRef, max_bytes: int) -> bytes:
+        from google.api_core import exceptions as gexc
+        blob = self._client.bucket(ref.bucket).blob(ref.name, generation=ref.generation or None)
+        try:
+            data = blob.download_as_bytes(start=0, end=max_bytes, retry=self._retry,
+                                          checksum=None)
+        except gexc.NotFound:
+            raise self._gone(ref) from None
+        except gexc.RequestRangeNotSatisfiable:
+            return b""  # a zero-byte object has no byte 0
+        except Exception as e:  # noqa: BLE001 - retries exhausted
+            raise Rejected("read_error", f"{type(e).__name__}: {e}") from None
+        if len(data) > max_bytes:
+            raise Rejected("too_large", f"object is larger than the {max_bytes}-byte limit")
+        return data
+
+    def _gone(self, ref: ImageRef) -> Rejected:
+        live = self._client.bucket(ref.bucket).get_blob(ref.name, retry=self._retry)
+        if live is not None and live.generation and live.generation > ref.generation:
+            return Rejected("superseded", f"generation {ref.generation} was replaced by "
+                                          f"{live.generation} before it was read")
+        return Rejected("object_gone", f"gs://{ref.bucket}/{ref.name}#{ref.generation} "
+                                       "no longer exists")
+
+
+def _opt_int(value) -> Optional[int]:
+    return int(value) if value not in (None, "") else None
+
+
 def read_bytes(uri: str, max_bytes: int) -> bytes:
     """Reads at most `max_bytes` from a local path or gs:// URI through FileSystems.
 
@@ -193,13 +253,36 @@ def _is_not_found(e: BaseException) -> bool:
 class _LoadFn(beam.DoFn):
     def __init__(self, policy: str, max_pixels: int, max_bytes: int):
         self._policy, self._max_pixels, self._max_bytes = policy, max_pixels, max_bytes
+        self._gcs: Optional[GcsReader] = None
+
+    def setup(self):
+        self._gcs = None  # created on the first gs:// object: local runs need no client
+
+    def _read(self, ref: ImageRef) -> tuple[ImageRef, bytes]:
+        if ref.is_local:
+            data = read_bytes(ref.uri, self._max_bytes)
+            try:
+                mtime = os.stat(ref.uri).st_mtime_ns
+            except FileNotFoundError:
+                raise Rejected("object_gone", f"{ref.uri} was deleted while being read") from None
+            if mtime != ref.generation:  # rewritten since listed: --watch sees the new one
+                raise Rejected("superseded", f"{ref.uri} changed (mtime {mtime} != "
+                                             f"generation {ref.generation})")
+            return ref, data
+        if self._gcs is None:
+            self._gcs = GcsReader()
+        if ref.payload_format == "NONE":
+            ref = self._gcs.metadata(ref)
+            if ref.size is not None and ref.size > self._max_bytes:
+                raise Rejected("too_large", f"size {ref.size} > {self._max_bytes}-byte limit")
+        return ref, self._gcs.read(ref, self._max_bytes)
 
     def process(self, ref: ImageRef) -> Iterable:
         stage = "load"
         try:
             if ref.size is not None and ref.size > self._max_bytes:
                 raise Rejected("too_large", f"size {ref.size} > {self._max_bytes}-byte limit")
-            data = read_bytes(ref.uri, self._max_bytes)
+            ref, data = self._read(ref)
             stage = "decode"
             decoded = decode_image(data, policy=self._policy, max_pixels=self._max_pixels)
         except Rejected as e:

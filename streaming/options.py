@@ -63,6 +63,9 @@ class EmbedOptions(PipelineOptions):
                               "An object passes if its suffix OR its content type is accepted.")
         img.add_argument("--content_types", type=str, default="image/",
                          help="Comma-separated accepted content-type prefixes.")
+        img.add_argument("--buckets", type=str, default=None,
+                         help="Comma-separated buckets the job may read; a notification "
+                              "naming any other bucket is dead-lettered (bucket_not_allowed).")
         img.add_argument("--include_prefix", type=str, action="append", default=None,
                          help="Only embed names starting with this (repeatable).")
         img.add_argument("--exclude_prefix", type=str, action="append", default=None,

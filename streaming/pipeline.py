@@ -17,6 +17,10 @@ from streaming.options import EmbedOptions
 from streaming.records import DeadLetter
 
 
+def split_keep_case(value) -> tuple:
+    return tuple(x.strip() for x in (value or "").split(",") if x.strip())
+
+
 def filter_config(opts: EmbedOptions) -> filters.FilterConfig:
     split = lambda s: tuple(x.strip().lower() for x in (s or "").split(",") if x.strip())
     return filters.FilterConfig(
@@ -25,6 +29,7 @@ def filter_config(opts: EmbedOptions) -> filters.FilterConfig:
         extensions=split(opts.extensions),
         content_types=split(opts.content_types),
         own_outputs=filters.output_prefixes([opts.output_dir, opts.output_gcs], opts.input_dir),
+        allowed_buckets=split_keep_case(opts.buckets),
     )
 
 
@@ -72,7 +77,8 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     written = results | "Write vectors" >> sinks.WriteVectors(vector_root)
     tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(sinks.tombstone_row)
     rows = {"rows": written.rows, "tombstones": tombstones}
-    dead = {"load": loaded.dead_letters, "embed": embed_dead, "write": written.dead_letters}
+    dead = {"filter": kept.dead_letters, "load": loaded.dead_letters, "embed": embed_dead,
+            "write": written.dead_letters}
     if extra_dead:
         dead["parse"] = extra_dead[0]
     if opts.output_table:

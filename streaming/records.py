@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import re
 from typing import Any, Optional
 from urllib.parse import quote
 
@@ -134,11 +135,23 @@ class DeadLetter:
             "uri": ref.uri if ref else None,
             "stage": self.stage,
             "reason": self.reason,
-            "error": (self.error or "")[:ERROR_CHARS],
-            "raw": self.raw[:ERROR_CHARS] if self.raw is not None else None,
+            "error": redact(self.error or "")[:ERROR_CHARS],
+            "raw": redact(self.raw)[:ERROR_CHARS] if self.raw is not None else None,
             "event_time": ref.event_time if ref else None,
             "processing_time": utcnow_iso(),
         }
+
+
+_SECRETS = re.compile(
+    r"(?i)((?:x-goog-(?:signature|credential)|x-amz-signature|signature|sig|access_token|"
+    r"token|key|password|client_secret)=)[^&\s\"']+"
+    r"|(bearer\s+)[A-Za-z0-9._~+/=-]+"
+    r"|(\"private_key\"\s*:\s*\")[^\"]+")
+
+
+def redact(text: str) -> str:
+    """Masks credentials and signed-URL signatures before text is kept in a dead letter."""
+    return _SECRETS.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "REDACTED", text)
 
 
 class Rejected(Exception):

@@ -131,6 +131,13 @@ def stack(cloud, tmp_path_factory):
     cloud.bq.create_dataset(s.dataset)
     s.table = f"{cloud.project}:{s.dataset}.embeddings"
     s.dead_table = f"{cloud.project}:{s.dataset}.dead_letters"
+    # The embeddings table exists up front (as after `bq mk`); the job creates the
+    # dead-letter table itself from schemas/ (CREATE_IF_NEEDED).
+    from google.cloud import bigquery
+    import schemas
+    cloud.bq.create_table(bigquery.Table(
+        s.table.replace(":", "."),
+        schema=[bigquery.SchemaField.from_api_repr(f) for f in schemas.table_schema()]))
     s.subscription = cloud.subscription("embed")
     cloud.subscriber.create_subscription(name=s.subscription, topic=cloud.notify_topic,
                                          ack_deadline_seconds=60)
