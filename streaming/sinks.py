@@ -21,6 +21,7 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.gcp.bigquery import BigQueryDisposition, BigQueryWriteFn
 from apache_beam.io.gcp.bigquery_tools import RetryStrategy
+from apache_beam.utils import retry
 
 import schemas
 
@@ -103,6 +104,14 @@ def write_atomically(path: str, data: bytes) -> None:
         raise
 
 
+@retry.with_exponential_backoff(num_retries=3, initial_delay_secs=0.5,
+                                retry_filter=lambda e: not isinstance(e, (TypeError, ValueError)))
+def write_with_retries(path: str, data: bytes) -> None:
+    """`write_atomically`, retried with backoff a bounded number of times (then the
+    caller dead-letters): transient storage errors should not cost an embedding."""
+    write_atomically(path, data)
+
+
 def npy_bytes(vector: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.asarray(vector, dtype=np.float32), allow_pickle=False)
@@ -120,7 +129,7 @@ class _WriteVectorFn(beam.DoFn):
         if self._root:
             uri = vector_path(self._root, info)
             try:
-                write_atomically(uri, npy_bytes(vector))
+                write_with_retries(uri, npy_bytes(vector))
             except Exception as e:  # noqa: BLE001 - after retries inside FileSystems
                 metrics.dead_letter("write", "vector_write_error")
                 yield pvalue.TaggedOutput(DEAD, DeadLetter(

@@ -105,3 +105,43 @@ def test_interrupted_backfill_resumes_and_covers_every_object(cloud, tmp_path):
     assert set(got) == set(names)
     duplicates = sum(n - 1 for n in got.values())
     assert duplicates <= 10  # at most what was in flight (--max-in-flight)
+
+
+def test_killed_backfill_resumes_without_missing_an_object(cloud, tmp_path):
+    bucket = cloud.storage.create_bucket(f"killed-{cloud.run_id}")
+    names = [f"k-{i:04d}.bin" for i in range(120)]
+    for name in names:
+        bucket.blob(name).upload_from_string(b"x", content_type="application/x-test")
+    topic, sub = cloud.topic("killed"), cloud.subscription("killed")
+    cloud.publisher.create_topic(name=topic)
+    cloud.subscriber.create_subscription(name=sub, topic=topic)
+    resume = str(tmp_path / "resume.json")
+    argv = [sys.executable, "-m", "publisher.backfill", f"gs://{bucket.name}", "--topic", topic,
+            "--content-type", "", "--extensions", "", "--rate", "25", "--max-in-flight", "10",
+            "--resume", resume, "--local-endpoints", "--no-progress"]
+    first = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_until(lambda: os.path.exists(resume) and json.load(open(resume)).get("after"),
+               timeout=60, what="a first checkpoint")
+    time.sleep(0.7)
+    first.kill()  # no chance to save: the last periodic checkpoint is all there is
+    first.wait()
+    assert json.load(open(resume))["after"] < names[-1]
+    second = subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=120)
+    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    got = collections.Counter(m.attributes["objectId"] for m in pull_all(cloud, sub))
+    assert set(got) == set(names)
+    # Re-published: at most what was in flight plus half a second of publishing.
+    assert sum(n - 1 for n in got.values()) <= 10 + 25
+
+
+def test_publish_failures_are_counted_reported_and_kept_for_resume(stack, tmp_path):
+    resume = str(tmp_path / "resume.json")
+    missing = stack.cloud.topic("does-not-exist")
+    proc = subprocess.run(
+        [sys.executable, "-m", "publisher.backfill", f"gs://{stack.old.name}", "--topic", missing,
+         "--resume", resume, "--local-endpoints", "--no-progress"],
+        cwd=ROOT, capture_output=True, timeout=180)
+    assert proc.returncode == 1
+    assert f"failed={len(stack.old_names)}".encode() in proc.stdout
+    assert b"publishes failed" in proc.stderr
+    assert sorted(json.load(open(resume))["failed"]) == sorted(stack.old_names)
