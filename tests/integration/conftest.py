@@ -83,12 +83,12 @@ def pull_all(cloud, subscription: str, quiet_for: float = 2.0, limit: float = 60
 class Job:
     """A streaming embed-stream process and its log."""
 
-    def __init__(self, argv: list[str], log_path: str):
+    def __init__(self, argv: list[str], log_path: str, env: dict | None = None):
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "streaming.main", *argv],
                                      cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, env={**os.environ, **(env or {})})
 
     def poll(self):
         return self.proc.poll()

@@ -1,0 +1,64 @@
+"""BigQuery and Pub/Sub going away for 10 s mid-stream: the job rides it out and every
+row arrives. The services sit behind TCP proxies that the test cuts and restores
+(bqemulator and the Pub/Sub emulator keep their state in memory, so really restarting
+them would also delete the tables and subscriptions that real services keep)."""
+import os
+import time
+from urllib.parse import urlparse
+
+import pytest
+
+import schemas
+from tests import fixtures
+from tests.integration.conftest import Job, wait_until
+from tests.integration.tcp_proxy import TcpProxy
+
+
+@pytest.fixture
+def job_behind_proxies(stack, tmp_path):
+    cloud = stack.cloud
+    bq_port = urlparse(os.environ["BIGQUERY_EMULATOR_HOST"]).port
+    ps_port = int(os.environ["PUBSUB_EMULATOR_HOST"].rsplit(":", 1)[1])
+    bq, ps = TcpProxy(bq_port).start(), TcpProxy(ps_port).start()
+    bucket = cloud.storage.create_bucket(f"outage-{cloud.run_id}")
+    dataset = f"outage_{cloud.run_id}"
+    cloud.bq.create_dataset(dataset)
+    table = f"{cloud.project}.{dataset}.embeddings"
+    from google.cloud import bigquery
+    cloud.bq.create_table(bigquery.Table(table, schema=[
+        bigquery.SchemaField.from_api_repr(f) for f in schemas.table_schema()]))
+    sub = cloud.subscription("outage")
+    cloud.subscriber.create_subscription(name=sub, topic=cloud.notify_topic,
+                                         ack_deadline_seconds=60)
+    env = {"BIGQUERY_EMULATOR_HOST": f"http://127.0.0.1:{bq.port}",
+           "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ps.port}"}
+    job = Job(["--input_subscription", sub, "--output_table", table.replace(".", ":", 1),
+               "--output_gcs", f"gs://{bucket.name}/embeddings/", "--weights", "random:0",
+               "--local_endpoints", "--buckets", bucket.name], str(tmp_path / "job.log"),
+              env=env)
+    yield bucket, table, job, bq, ps
+    job.stop()
+    bq.stop()
+    ps.stop()
+
+
+def test_rows_written_during_a_bigquery_and_pubsub_outage_all_arrive(stack, job_behind_proxies):
+    bucket, table, job, bq, ps = job_behind_proxies
+    count = lambda: stack.query(f"SELECT DISTINCT name FROM `{table}` WHERE "
+                                "event_type = 'OBJECT_FINALIZE'")
+    bucket.blob("before.jpg").upload_from_string(fixtures.jpeg(seed=1), content_type="image/jpeg")
+    wait_until(lambda: len(count()) == 1, timeout=180, what="the first row", job=job)
+    bq.stop()
+    ps.stop()
+    during = [f"during-{i}.jpg" for i in range(3)]
+    for i, name in enumerate(during):
+        bucket.blob(name).upload_from_string(fixtures.jpeg(seed=10 + i),
+                                             content_type="image/jpeg")
+    time.sleep(10)
+    assert job.poll() is None, job.log_tail()
+    bq.start()
+    ps.start()
+    bucket.blob("after.jpg").upload_from_string(fixtures.jpeg(seed=20), content_type="image/jpeg")
+    names = wait_until(lambda: (lambda r: r if len(r) == 5 else None)(count()),
+                       timeout=240, what="every row after the outage", job=job)
+    assert sorted(r["name"] for r in names) == sorted(["before.jpg", "after.jpg", *during])
