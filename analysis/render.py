@@ -114,9 +114,13 @@ def write_png(path: str, coords: np.ndarray, colors: Sequence[str],
     ax.scatter(coords[:, 0], coords[:, 1], c=list(colors), s=22, alpha=0.85,
                edgecolors="white", linewidths=0.4, zorder=2)
     for i, img in thumbs.items():
-        box = OffsetImage(np.asarray(img), zoom=0.55)
-        ab = AnnotationBbox(box, (coords[i, 0], coords[i, 1]), frameon=True, pad=0.15,
-                            bboxprops={"edgecolor": colors[i], "linewidth": 1.5}, zorder=3)
+        # beside its point, linked to it by a short line, so the point stays visible
+        box = OffsetImage(np.asarray(img), zoom=0.5)
+        ab = AnnotationBbox(box, (coords[i, 0], coords[i, 1]), xybox=(0, 34),
+                            boxcoords="offset points", frameon=True, pad=0.15,
+                            bboxprops={"edgecolor": colors[i], "linewidth": 1.5},
+                            arrowprops={"arrowstyle": "-", "color": colors[i], "lw": 1},
+                            zorder=3)
         ax.add_artist(ab)
     from matplotlib.lines import Line2D
     handles = [Line2D([0], [0], marker="o", linestyle="", markerfacecolor=c,
@@ -126,10 +130,12 @@ def write_png(path: str, coords: np.ndarray, colors: Sequence[str],
         ax.legend(handles=handles, title=color_by, fontsize=8, title_fontsize=9,
                   loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     if len(coords):
-        pad_x = (np.ptp(coords[:, 0]) or 1.0) * 0.12
-        pad_y = (np.ptp(coords[:, 1]) or 1.0) * 0.12
-        ax.set_xlim(coords[:, 0].min() - pad_x, coords[:, 0].max() + pad_x)
-        ax.set_ylim(coords[:, 1].min() - pad_y, coords[:, 1].max() + pad_y)
+        span_x = np.ptp(coords[:, 0]) or 1.0
+        span_y = np.ptp(coords[:, 1]) or 1.0
+        ax.set_xlim(coords[:, 0].min() - 0.1 * span_x, coords[:, 0].max() + 0.1 * span_x)
+        # thumbnails sit above their points: more room at the top
+        top = 0.25 if thumbs else 0.1
+        ax.set_ylim(coords[:, 1].min() - 0.1 * span_y, coords[:, 1].max() + top * span_y)
     ax.set_title(title + "\n" + subtitle, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])

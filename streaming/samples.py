@@ -44,6 +44,45 @@ def write_samples(directory: str, count: int, width: int, height: int,
     return paths
 
 
+def write_bad_files(directory: str) -> list[str]:
+    """Hostile and broken files, one per dead-letter reason the decoder knows, for demos
+    and the hardening run (see README "Bad input")."""
+    import io
+    import struct
+    import zlib
+
+    def png_header(width: int, height: int) -> bytes:
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return (struct.pack(">I", len(data)) + kind + data
+                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+        return (b"\x89PNG\r\n\x1a\n"
+                + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+    buf = io.BytesIO()
+    Image.fromarray(photo_like(640, 480, 7)).save(buf, "JPEG", quality=90)
+    good_jpeg = buf.getvalue()
+    files = {
+        "bad/empty.jpg": b"",
+        "bad/truncated.jpg": good_jpeg[: len(good_jpeg) // 2],
+        "bad/text.jpg": b"just some text, not a JPEG\n",
+        "bad/page.jpg": b"<!doctype html><html><body>404 Not Found</body></html>",
+        "bad/drawing.jpg": b"<svg xmlns='http://www.w3.org/2000/svg'><rect/></svg>",
+        "bad/report.jpg": b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj<<>>endobj\n",
+        "bad/bomb.png": png_header(100_000, 100_000),
+        "bad/huge.png": png_header(12_000, 12_000),
+        "bad/random.png": bytes(np.random.default_rng(0).integers(0, 256, 4096, np.uint8)),
+    }
+    paths = []
+    for name, data in files.items():
+        path = os.path.join(directory, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(data)
+        paths.append(path)
+    return paths
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("directory", type=str, help="Folder to write into.")
@@ -51,9 +90,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--width", type=int, default=640, help="Width in pixels.")
     parser.add_argument("--height", type=int, default=480, help="Height in pixels.")
     parser.add_argument("--seed", type=int, default=0, help="First seed.")
+    parser.add_argument("--with-bad", action="store_true",
+                        help="Also write broken and hostile files under bad/.")
     args = parser.parse_args(argv)
     paths = write_samples(args.directory, args.count, args.width, args.height, args.seed)
     print(f"wrote {len(paths)} images to {args.directory}")
+    if args.with_bad:
+        print(f"wrote {len(write_bad_files(args.directory))} bad files to {args.directory}/bad")
     return 0
 
 

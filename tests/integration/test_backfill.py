@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+import schemas
+
 from publisher import backfill
 from streaming.notifications import parse_notification
 from tests.integration.conftest import ROOT, pull_all, wait_until
@@ -76,6 +78,22 @@ def test_backfill_embeds_existing_objects_and_skip_existing_skips_them(stack):
     again = run_backfill(f"gs://{stack.old.name}", "--topic", cloud.notify_topic,
                          "--skip-existing", "--table", stack.table)
     assert again["skipped_existing"] == len(stack.old_names) and again["published"] == 0
+    # A re-run without --skip-existing re-embeds: same row keys, same vector paths, and
+    # the current view still has one row per object.
+    rerun = run_backfill(f"gs://{stack.old.name}", "--topic", cloud.notify_topic)
+    assert rerun["published"] == len(stack.old_names)
+    view = f"{cloud.project}.{stack.dataset}.current_backfill"
+    cloud.bq.query(schemas.render_sql("current_embeddings.sql", current=view,
+                                      embeddings=stack.table)).result()
+    time.sleep(8)
+    keys = stack.query(f"SELECT DISTINCT row_key FROM {stack.rows_sql} "
+                       f"WHERE bucket = '{stack.old.name}'")
+    assert len(keys) == len(stack.old_names)
+    current = stack.query(f"SELECT name FROM `{view}` WHERE bucket = '{stack.old.name}'")
+    assert sorted(r["name"] for r in current) == sorted(stack.old_names)
+    vectors = [b.name for b in stack.images.list_blobs(prefix="embeddings/")
+               if b.name.startswith(f"embeddings/{stack.old.name}/")]
+    assert len(vectors) == len(stack.old_names)
 
 
 def test_interrupted_backfill_resumes_and_covers_every_object(cloud, tmp_path):

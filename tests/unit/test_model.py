@@ -53,17 +53,25 @@ def test_corrupt_weights_file_is_refused(tmp_path):
         model.load_keras_model(str(bad))
 
 
-def test_cli_without_imagenet_access_fails_at_start_up_with_alternatives(tmp_path):
-    """No network: `--weights imagenet` stops before the pipeline with one message."""
+@pytest.mark.parametrize("weights, message", [
+    ("imagenet", "Cannot load the ImageNet weights"),
+    ("corrupt.weights.h5", "Cannot load ResNet50 weights"),
+    ("missing.weights.h5", "does not exist"),
+])
+def test_cli_with_unusable_weights_fails_at_start_up_with_one_message(tmp_path, weights,
+                                                                      message):
+    """No network, a corrupt or a missing file: the job stops before the pipeline."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jpg").write_bytes(fixtures.jpeg())
+    (tmp_path / "corrupt.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
     env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"),
            "https_proxy": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1"}
+    spec = weights if weights == "imagenet" else str(tmp_path / weights)
     proc = subprocess.run(
         [sys.executable, "-m", "streaming.main", "--input_dir", str(tmp_path / "in"),
-         "--output_dir", str(tmp_path / "out"), "--weights", "imagenet"],
+         "--output_dir", str(tmp_path / "out"), "--weights", spec],
         capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    assert "Cannot load the ImageNet weights" in proc.stderr
+    assert message in proc.stderr
     assert "random:SEED" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
