@@ -1,0 +1,43 @@
+import json
+import os
+
+import numpy as np
+
+import schemas
+from streaming import sinks
+from streaming.records import DeadLetter, ImageInfo, ImageRef, row_key
+
+
+REF = ImageRef("b", "a/x.jpg", 9, content_type="image/jpeg", size=10,
+               metadata=(("k", "v"),), event_time="2026-11-27T00:00:00Z")
+
+
+def test_rows_have_exactly_the_bigquery_schema():
+    row = sinks.embedding_row(ImageInfo(REF, 4, 3, "JPEG"), np.arange(2048, dtype=np.float32),
+                              "resnet50-avgpool@0123456789abcdef", "gs://o/v.npy")
+    assert list(row) == schemas.field_names()
+    assert row["model_fingerprint"] == "0123456789abcdef" and len(row["embedding"]) == 2048
+    assert json.loads(row["metadata"]) == {"k": "v"}
+    tomb = sinks.tombstone_row(ImageRef("b", "a/x.jpg", 9, event_type="OBJECT_DELETE"))
+    assert list(tomb) == schemas.field_names()
+    assert tomb["embedding"] == [] and tomb["row_key"] != row["row_key"]
+    assert tomb["row_key"] == row_key("b", "a/x.jpg", 9, "OBJECT_DELETE")
+    dead = DeadLetter("decode", "not_an_image", "x", ref=REF).to_row()
+    assert list(dead) == schemas.field_names(schemas.DEAD_LETTERS)
+
+
+def test_rows_bigquery_rejects_become_dead_letters_with_identity():
+    row = sinks.embedding_row(ImageInfo(REF, 4, 3, "JPEG"), np.zeros(2048), "m@f", None)
+    dead = sinks.rejected_row_to_dead_letter(
+        ("p:d.t", row, [{"reason": "invalid", "message": "no such field: x"}]))
+    assert (dead.stage, dead.reason, dead.ref.name, dead.ref.generation) == (
+        "write", "bigquery_rejected", "a/x.jpg", 9)
+    assert "no such field" in dead.to_row()["error"]
+
+
+def test_local_writes_are_atomic_and_idempotent(tmp_path):
+    path = str(tmp_path / "v" / "x.npy")
+    sinks.write_atomically(path, sinks.npy_bytes(np.ones(3)))
+    sinks.write_atomically(path, sinks.npy_bytes(np.ones(3)))
+    assert os.listdir(tmp_path / "v") == ["x.npy"]  # no temporary files left behind
+    np.testing.assert_array_equal(np.load(path), np.ones(3, np.float32))
