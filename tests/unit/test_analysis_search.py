@@ -71,21 +71,17 @@ def embedding_rows(model, bucket: str, files: dict[str, bytes], source: str = "l
                    content_type: str = "image/jpeg") -> list[dict]:
     """Rows exactly as the pipeline makes them, plus a superseded generation and a
     deleted object that must never come back from a search."""
+    items = [(name, data, 1000 + i) for i, (name, data) in enumerate(sorted(files.items()))]
+    items += [(SUPERSEDED, files[ORIGINAL], 1), (SUPERSEDED, files[UNRELATED[0]], 2),
+              (DELETED, files[ORIGINAL], 7)]
+    decoded = [decode_image(data) for _, data, _ in items]
+    vectors = model(np.stack([d.pixels for d in decoded]))  # one batch, as RunInference
     rows = []
-
-    def row(name, data, generation):
-        decoded = decode_image(data)
+    for (name, data, generation), dec, vector in zip(items, decoded, vectors):
         ref = ImageRef(bucket, name, generation, source=source, content_type=content_type,
                        size=len(data), event_time="2026-11-27T10:00:00+00:00")
-        info = ImageInfo(ref, decoded.width, decoded.height, decoded.format)
-        vector = model(decoded.pixels[None])[0]
-        return sinks.embedding_row(info, vector, model.model_id, None)
-
-    for i, (name, data) in enumerate(sorted(files.items())):
-        rows.append(row(name, data, 1000 + i))
-    rows.append(row(SUPERSEDED, files[ORIGINAL], 1))
-    rows.append(row(SUPERSEDED, files[UNRELATED[0]], 2))
-    rows.append(row(DELETED, files[ORIGINAL], 7))
+        info = ImageInfo(ref, dec.width, dec.height, dec.format)
+        rows.append(sinks.embedding_row(info, vector, model.model_id, None))
     rows.append(sinks.tombstone_row(ImageRef(bucket, DELETED, 7, event_type="OBJECT_DELETE",
                                              source=source)))
     return rows
