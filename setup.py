@@ -8,7 +8,8 @@ setuptools.setup(
                 "to BigQuery and .npy vectors.",
     python_requires=">=3.11,<3.12",
     packages=setuptools.find_packages(include=["streaming", "streaming.*", "publisher",
-                                               "publisher.*", "schemas", "schemas.*"]),
+                                               "publisher.*", "schemas", "schemas.*",
+                                               "analysis", "analysis.*"]),
     package_data={"schemas": ["*.json", "sql/*.sql"]},
     install_requires=[
         "apache-beam[gcp]==2.77.0",
@@ -25,14 +26,19 @@ setuptools.setup(
         "tqdm==4.70.1",
     ],
     extras_require={
-        "analysis": ["duckdb==1.5.5", "pyarrow==25.0.1"],
-        "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "duckdb==1.5.5", "pyarrow==25.0.1"],
+        # embed-search / embed-map; scikit-learn only for `embed-map --method tsne`.
+        "analysis": ["duckdb==1.5.5", "pyarrow==25.0.1", "matplotlib==3.11.2",
+                     "scikit-learn==1.9.1"],
+        "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "duckdb==1.5.5", "pyarrow==25.0.1",
+                "matplotlib==3.11.2"],
     },
     entry_points={
         "console_scripts": [
             "embed-stream=streaming.main:main",
             "embed-samples=streaming.samples:main",
             "embed-backfill=publisher.backfill:main",
+            "embed-search=analysis.search:main",
+            "embed-map=analysis.map:main",
         ],
     },
 )

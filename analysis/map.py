@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import posixpath
 import sys
 from typing import Any, Optional, Sequence
 
@@ -30,9 +29,9 @@ COLOR_BY = ("prefix", "bucket", "content_type", "date", "format", "source")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="embed-map", description=__doc__.split("\n\n")[0],
-                                epilog="Example: embed-map --output_dir out --png map.png "
-                                       "--html map.html")
+    p = argparse.ArgumentParser(prog="embed-map",
+                                description=__doc__.replace("`embed-map`: ", "", 1),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(p)
     p.add_argument("--png", default="embedding-map.png", help="PNG to write "
                    "(default embedding-map.png; '' for none)")
@@ -130,6 +129,7 @@ def build_map(args: argparse.Namespace) -> dict[str, Any]:
     thumbs = read_thumbnails(rows, thumb_idx)
     written = []
     if args.png:
+        import matplotlib  # noqa: F401 - fail before any file is written
         png_idx = render.spread_sample(coords, sorted(thumbs), max(0, args.png_thumbnails))
         _makedirs(args.png)
         render.write_png(args.png, coords, colors, legend, title=title, subtitle=subtitle,
@@ -159,6 +159,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         summary = build_map(args)
     except (SourceError, ValueError) as e:
         print(f"embed-map: {e}", file=sys.stderr)
+        return 1
+    except ImportError as e:
+        if "matplotlib" not in str(e):
+            raise
+        print("embed-map: the PNG needs matplotlib (pip install 'image-embeddings[analysis]'"
+              "); --png '' writes the HTML page only", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - e.g. BigQuery NotFound / Forbidden
         if type(e).__module__.startswith("google."):

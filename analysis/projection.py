@@ -43,7 +43,8 @@ def pca(embeddings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return coords, np.pad(explained, (0, 2 - len(explained)))
 
 
-def tsne(embeddings: np.ndarray, seed: int = 0, perplexity: Optional[float] = None) -> np.ndarray:
+def tsne(embeddings: np.ndarray, seed: int = 0, perplexity: Optional[float] = None,
+         max_iter: int = 1000) -> np.ndarray:
     try:
         from sklearn.manifold import TSNE
     except ImportError:
@@ -55,8 +56,14 @@ def tsne(embeddings: np.ndarray, seed: int = 0, perplexity: Optional[float] = No
     if n < 5:
         return pca(embeddings)[0]
     perplexity = perplexity or max(2.0, min(30.0, (n - 1) / 3.0))
-    return TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="pca",
-                random_state=seed).fit_transform(x)
+    model = TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="pca",
+                 random_state=seed, max_iter=max_iter)
+    if n >= 1000:
+        return model.fit_transform(x)
+    # small inputs: OpenMP threads (next to TensorFlow's) cost more than they save
+    from threadpoolctl import threadpool_limits
+    with threadpool_limits(1):
+        return model.fit_transform(x)
 
 
 def project(embeddings: np.ndarray, method: str = "pca") -> tuple[np.ndarray, str]:

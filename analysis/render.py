@@ -30,7 +30,10 @@ def sequential_color(t: float) -> str:
     return f"#{r:02x}{g:02x}{bl:02x}"
 
 
-def assign_colors(labels: Sequence[str], ordered: bool = False) -> tuple[list[str], list[tuple[str, str, int]]]:
+Legend = list[tuple[str, str, int]]
+
+
+def assign_colors(labels: Sequence[str], ordered: bool = False) -> tuple[list[str], Legend]:
     """A colour per point and the legend [(label, colour, count)]. Categorical: the
     most frequent categories get the palette, the rest are grouped as "(other)".
     Ordered (dates): every value on a sequential scale, in order."""
@@ -85,6 +88,8 @@ def spread_sample(coords: np.ndarray, candidates: Sequence[int], m: int) -> list
     """Up to m of the candidate point indices, spread over the map (farthest-point
     sampling), so that thumbnails overlap as little as possible."""
     candidates = list(candidates)
+    if m <= 0:
+        return []
     if len(candidates) <= m:
         return candidates
     pts = coords[candidates]

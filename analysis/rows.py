@@ -176,11 +176,11 @@ class BigQueryRows:
         self.use_vector_search = use_vector_search
         self.description = f"table {table}"
 
-    def query(self, name: str, *, top_k: Optional[int] = None, **params) -> list[dict]:
-        text = sql.text(name)
+    def query(self, sql_file: str, /, *, top_k: Optional[int] = None, **params) -> list[dict]:
+        text = sql.text(sql_file)
         ints = {"top_k": top_k} if top_k is not None else {}
         body = sql.without_comment_lines(sql.render(
-            name, embeddings=self.table, current=self.current_view, **ints))
+            sql_file, embeddings=self.table, current=self.current_view, **ints))
         return run_query(self.client, body, sql.declared_params(text), params)
 
     def fingerprints(self) -> list[tuple[str, int]]:

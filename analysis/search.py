@@ -18,7 +18,6 @@ model fingerprint mismatch.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import sys
@@ -40,9 +39,7 @@ class FingerprintMismatch(Exception):
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="embed-search", description=__doc__.split("\n\n")[0],
-        epilog="Example: embed-search samples/images/people/cat.jpg --output_dir out "
-               "--weights random:0",
+        prog="embed-search", description=__doc__.replace("`embed-search`: ", "", 1),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_source_args(p)
     q = p.add_argument_group("query (one of)")
@@ -112,11 +109,15 @@ def check_source_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
         p.error("--current_view needs --table")
 
 
-@functools.lru_cache(maxsize=2)
+_MODELS: dict[str, Any] = {}
+
+
 def load_model(weights: str):
-    """The pipeline's model (cached: one load per process and weights)."""
-    from streaming import model
-    return model.load_embedding_model(weights)
+    """The pipeline's model for a weights spec, loaded once per process."""
+    if weights not in _MODELS:
+        from streaming import model
+        _MODELS[weights] = model.load_embedding_model(weights)
+    return _MODELS[weights]
 
 
 def embed_uri(uri: str, weights: str, *, policy: str = "center_crop",
@@ -164,8 +165,7 @@ def search(args: argparse.Namespace) -> dict[str, Any]:
             uri = args.object
         else:
             stored = source.lookup(args.bucket, args.name)
-            uri = rows_mod.uri_of({"bucket": args.bucket, "name": args.name,
-                                   "source": "local" if args.bucket.startswith("/") else ""})
+            uri = rows_mod.uri_of({"bucket": args.bucket, "name": args.name})
         query = {"object": uri}
     if stored is not None and stored.get("embedding"):
         vector = np.asarray(stored["embedding"], np.float64)

@@ -40,10 +40,10 @@ CURRENT_VIEW_FILE = "current_embeddings.sql"
 
 # GCP project ids: 6-30 lowercase letters, digits, hyphens, starting with a letter.
 # Datasets: letters, digits, underscores. Tables: letters, digits, underscores, hyphens
-# (BigQuery allows more, e.g. Unicode letters and spaces; the pipeline never makes those).
+# (BigQuery allows more, e.g. Unicode letters and spaces; refused here), no "--".
 _TABLE_ID = re.compile(
     r"^(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])[:.]"
-    r"(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[A-Za-z0-9_-]{1,1024})$")
+    r"(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*)")
 _REQUIRES = re.compile(r"^--[ \t]*requires:[ \t]*(.+?)[ \t]*$", re.M)
 _PARAMS = re.compile(r"^--[ \t]*params:[ \t]*(.*?)[ \t]*$", re.M)
 _PARAM_USE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
@@ -56,8 +56,8 @@ class Fragment(str):
 
 def parse_table_id(table: str) -> tuple[str, str, str]:
     """(project, dataset, table) of `P:D.T` or `P.D.T`; ValueError for anything else."""
-    m = _TABLE_ID.match(table or "")
-    if not m:
+    m = _TABLE_ID.fullmatch(table or "")
+    if not m or len(m.group("table")) > 1024:
         raise ValueError(f"not a BigQuery table id (PROJECT:DATASET.TABLE): {table!r}")
     return m.group("project"), m.group("dataset"), m.group("table")
 

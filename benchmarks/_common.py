@@ -120,6 +120,35 @@ class Meter:
 
 
 # --------------------------------------------------------------------------- subprocesses
+def _tree_pids(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        if p in out:
+            continue
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user+system, own and reaped children) of `pid`'s process tree."""
+    total = 0
+    for p in _tree_pids(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])
+        except (OSError, ValueError, IndexError):
+            continue
+    return total / _CLK
+
+
 def _tree_rss_kib(pid: int) -> int:
     """Sum of VmRSS of `pid` and its descendants."""
     total, todo, seen = 0, [pid], set()
@@ -217,11 +246,24 @@ def run_child(argv: Sequence[str], env: Optional[dict] = None, trace_path: Optio
         output = log.read().decode("utf-8", "replace")
         log.close()
     trace = None
-    if trace_path and os.path.exists(trace_path):
-        with open(trace_path) as f:
-            trace = json.load(f)
+    if trace_path:
+        trace = read_trace(trace_path)
     return ChildRun(list(argv), proc.returncode, meter.wall, started, meter.own_cores,
                     meter.other_cores, rusage.ru_maxrss / 1024, peak[0] / 1024, output, trace)
+
+
+def read_trace(path: str) -> Optional[list]:
+    """The events _child.py recorded (JSON lines), or None."""
+    if not os.path.exists(path):
+        return None
+    events = []
+    with open(path) as f:
+        for line in f:
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass  # a line cut by a kill
+    return events
 
 
 def parse_summary(output: str) -> dict:
@@ -257,3 +299,79 @@ def write_json(path: str, obj) -> None:
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, default=str)
         f.write("\n")
+
+
+class BackgroundChild:
+    """`python benchmarks/_child.py ARGV` (= python -m streaming.main ARGV) running in
+    the background, in its own session, with its log in a file and its peak memory polled."""
+
+    def __init__(self, argv: Sequence[str], log_path: str, env: Optional[dict] = None,
+                 trace_path: Optional[str] = None):
+        full_env = dict(os.environ)
+        full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
+        if env:
+            full_env.update(env)
+        self.trace_path = trace_path
+        if trace_path:
+            full_env["EMBED_BENCH_TRACE"] = trace_path
+            if os.path.exists(trace_path):
+                os.unlink(trace_path)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.started = time.time()
+        self.proc = subprocess.Popen([sys.executable, CHILD, *argv], cwd=ROOT, env=full_env,
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.peak_kib = 0
+        self.cpu_s = 0.0  # CPU seconds of the job's tree, last polled
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, daemon=True)
+        self._poller.start()
+
+    def _poll(self):
+        while not self._stop.is_set():
+            self.peak_kib = max(self.peak_kib, _tree_rss_kib(self.proc.pid))
+            self.cpu_s = max(self.cpu_s, _tree_cpu_s(self.proc.pid))
+            self._stop.wait(0.2)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, n: int = 3000) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")[-n:]
+
+    def stop(self, grace: float = 30.0) -> Optional[list]:
+        """SIGTERM, then SIGKILL after `grace` s; returns the trace."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stop.set()
+        self._poller.join()
+        self._log.close()
+        return read_trace(self.trace_path) if self.trace_path else None
+
+
+QUIET = {"threshold": None, "max_wait": 60.0, "waited": 0.0}
+
+
+def wait_quiet(threshold: Optional[float] = None, max_wait: Optional[float] = None) -> float:
+    """Waits (at most max_wait s) until other processes use less than `threshold` cores
+    over a 1 s sample; returns the last sample. No-op unless configured (--quiet_below)."""
+    threshold = QUIET["threshold"] if threshold is None else threshold
+    if threshold is None:
+        return 0.0
+    max_wait = QUIET["max_wait"] if max_wait is None else max_wait
+    t0 = time.monotonic()
+    while True:
+        b0, o0, w0 = busy_seconds(), self_cpu(), time.perf_counter()
+        time.sleep(1.0)
+        other = max(0.0, (busy_seconds() - b0 - (self_cpu() - o0)) / (time.perf_counter() - w0))
+        if other < threshold or time.monotonic() - t0 > max_wait:
+            QUIET["waited"] += time.monotonic() - t0
+            return other

@@ -115,6 +115,7 @@ def pipeline_rate(workdir: str, img_set: dict, name: str, extra: list[str], env:
             argv = ["--input_dir", img_set[which], "--output_dir", out, "--weights", "random:0",
                     *extra]
             trace = os.path.join(workdir, "out", f"trace-{img_set['label']}-{name}-{which}.json")
+            C.wait_quiet()
             r = C.run_child(argv, env=env, trace_path=trace)
             summ = C.parse_summary(r.output)
             expected = img_set["n"] if which == "all" else img_set["n_head"]
@@ -212,6 +213,7 @@ def measure_limit(keras_model, arrays: np.ndarray, batch_sizes, rounds: int,
     other = 0.0
     for _ in range(rounds):
         for bs in batch_sizes:
+            C.wait_quiet()
             with C.Meter() as m:
                 per[bs].append(time_model(models[bs], arrays, bs, min_images))
             other = max(other, m.other_cores)
@@ -232,6 +234,7 @@ def measure_2020_way(keras_model, files: list[str]) -> dict:
         return keras_model.predict(x[None], verbose=0)[0]
 
     one(files[0])  # builds keras' predict function (not counted)
+    C.wait_quiet()
     with C.Meter() as m:
         for p in files:
             one(p)
@@ -239,28 +242,27 @@ def measure_2020_way(keras_model, files: list[str]) -> dict:
 
 
 # --------------------------------------------------------------------------- levers
+MT2 = ["--runner", "DirectRunner", "--direct_num_workers", "2",
+       "--direct_running_mode", "multi_threading"]
+ONE_TF_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
 PIPELINE_LEVERS = [
-    # name, extra argv, env
-    ("min_batch=32", ["--min_batch_size", "32", "--max_batch_size", "32"], {}),
-    ("min=max_batch=16", ["--min_batch_size", "16", "--max_batch_size", "16"], {}),
-    ("min=max_batch=64", ["--min_batch_size", "64", "--max_batch_size", "64"], {}),
-    ("TF inter=1", [], {"TF_NUM_INTEROP_THREADS": "1"}),
-    ("DirectRunner(FnApi)", ["--runner", "DirectRunner"], {}),
-    ("DirectRunner mt2", ["--runner", "DirectRunner", "--direct_num_workers", "2",
-                          "--direct_running_mode", "multi_threading"], {}),
-    ("DirectRunner mt2 min_batch=32",
-     ["--runner", "DirectRunner", "--direct_num_workers", "2",
-      "--direct_running_mode", "multi_threading", "--min_batch_size", "32"], {}),
-    ("DirectRunner mt2 min_batch=16 intra=1",
-     ["--runner", "DirectRunner", "--direct_num_workers", "2",
-      "--direct_running_mode", "multi_threading", "--min_batch_size", "16",
-      "--max_batch_size", "16"],
-     {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}),
-    ("DirectRunner mp2 min_batch=16 intra=1",
+    # name, extra argv, env, run by default
+    ("min=max_batch=16", ["--min_batch_size", "16", "--max_batch_size", "16"], {}, True),
+    ("min=max_batch=32", ["--min_batch_size", "32", "--max_batch_size", "32"], {}, True),
+    ("min=max_batch=64", ["--min_batch_size", "64", "--max_batch_size", "64"], {}, True),
+    ("TF inter-op threads=1", [], {"TF_NUM_INTEROP_THREADS": "1"}, True),
+    ("DirectRunner (FnApiRunner, 1 worker)", ["--runner", "DirectRunner"], {}, True),
+    ("DirectRunner mt2", MT2, {}, True),
+    ("DirectRunner mt2 min_batch=32", MT2 + ["--min_batch_size", "32"], {}, True),
+    ("DirectRunner mt2 min=max_batch=16 TF threads=1",
+     MT2 + ["--min_batch_size", "16", "--max_batch_size", "16"], ONE_TF_THREAD, True),
+    ("DirectRunner mt2 min_batch=32 TF threads=1",
+     MT2 + ["--min_batch_size", "32"], ONE_TF_THREAD, True),
+    # each worker process loads its own model: slow start, twice the memory; opt-in
+    ("DirectRunner mp2 min=max_batch=16 TF threads=1",
      ["--runner", "DirectRunner", "--direct_num_workers", "2",
       "--direct_running_mode", "multi_processing", "--min_batch_size", "16",
-      "--max_batch_size", "16"],
-     {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}),
+      "--max_batch_size", "16"], ONE_TF_THREAD, False),
 ]
 
 
@@ -272,6 +274,7 @@ def decode_lever(img_set: dict, limit: int) -> dict:
     for name, fn in (("draft (decode_image)", lambda d: decode_image(d).pixels),
                      ("full decode", full_decode)):
         fn(datas[0])
+        C.wait_quiet()
         with C.Meter() as m:
             for d in datas:
                 fn(d)
@@ -313,6 +316,7 @@ def model_levers(keras_model, arrays: np.ndarray, bs: int, rounds: int) -> dict:
                 "keras model.predict(batch)": predict}
     per = {k: [] for k in variants}
     for _ in range(rounds):
+        C.wait_quiet()
         for k, fn in variants.items():
             per[k].append(time_model(fn, arrays, bs, min_images=bs * 2, min_s=2.5))
     return {"batch_size": bs, "img_s": {k: max(v) for k, v in per.items()}, "rounds": per,
@@ -339,6 +343,7 @@ def bf16_lever(keras_model, arrays: np.ndarray, bs: int, rounds: int) -> dict:
     f32m(arrays[:bs]), bfm(arrays[:bs])
     speed = {"float32": [], "mixed_bfloat16": []}
     for _ in range(rounds):
+        C.wait_quiet()
         speed["float32"].append(time_model(f32m, arrays, bs, bs * 2, 2.5))
         speed["mixed_bfloat16"].append(time_model(bfm, arrays, bs, bs * 2, 2.5))
     return {"batch_size": bs, "img_s": {k: max(v) for k, v in speed.items()},
@@ -430,7 +435,7 @@ def levers_report(res: dict) -> str:
                          " ".join(str(x) for x in r.get("batch_sizes", [])[:12]),
                          _f(c["other_cores"])])
     out.append(C.table(["set", "pipeline config", "E img/s", "x baseline", "E/L", "peak GB",
-                        "wall head s", "batch sizes", "other cores"], rows))
+                        "wall head s", "batch sizes", "other cores"], rows, "llrrrrrlr"))
     out.append("")
     rows = []
     for label, d in lv["decode"].items():
@@ -442,6 +447,9 @@ def levers_report(res: dict) -> str:
     m = lv["model"]
     rows = [[k, _f(v), _f(v / res["L"]["L_img_s"])] for k, v in m["img_s"].items()]
     out.append(C.table([f"forward pass variant (bs {m['batch_size']})", "img/s", "/ L"], rows))
+    out.append("")
+    out.append("Best of 3 interleaved rounds; `/ L` against the L above (fixed-shape "
+               "EmbeddingModel at the best batch size, measured earlier in the run).")
     out.append("")
     out.append(f"First call with a second batch shape (reduce_retracing retrace): "
                f"{m['retrace_second_shape_s']:.2f} s; third shape: {m['third_shape_s']:.2f} s "
@@ -463,9 +471,24 @@ def main(argv=None) -> int:
     p.add_argument("--levers", action="store_true", help="also measure the levers")
     p.add_argument("--lever_sets", default="12mp,small",
                    help="image sets for the pipeline levers (comma-separated)")
-    p.add_argument("--images", type=int, default=None, help="images per set (default 64, quick 16)")
+    p.add_argument("--lever_configs", default=None,
+                   help="only the pipeline levers whose name contains one of these "
+                        "comma-separated strings")
+    p.add_argument("--lever_top", type=int, default=3,
+                   help="pipeline levers repeated on the second set: the best N of the first")
+    p.add_argument("--images", type=int, default=None,
+                   help="12 MP images (default 64, quick 16)")
+    p.add_argument("--images_small", type=int, default=None,
+                   help="small images (default 128, quick 16)")
+    p.add_argument("--quiet_below", type=float, default=0.5,
+                   help="before each measurement wait until other processes use fewer cores "
+                        "than this (1 s samples; negative: never wait)")
+    p.add_argument("--quiet_max_wait", type=float, default=60,
+                   help="longest wait for a quiet machine before each measurement (s)")
     p.add_argument("--head", type=int, default=4, help="images of the HEAD run (fixed cost)")
-    p.add_argument("--reps", type=int, default=1, help="repetitions of each pipeline pair")
+    p.add_argument("--reps", type=int, default=None,
+                   help="repetitions of the baseline pipeline pair (default 2, quick 1); "
+                        "E is the median")
     p.add_argument("--batch_sizes", default="8,16,32,64", help="batch sizes tried for L")
     p.add_argument("--sets", default="12mp,small", help="which image sets")
     p.add_argument("--workdir", default=os.path.join("/tmp", "embed-bench"),
@@ -473,12 +496,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=C.RESULTS, help="where throughput.json/.md go")
     args = p.parse_args(argv)
     n = args.images or (16 if args.quick else 64)
+    n_small = args.images_small or (16 if args.quick else 128)
+    args.reps = args.reps or (1 if args.quick else 2)
+    if args.quiet_below >= 0:
+        C.QUIET.update(threshold=args.quiet_below, max_wait=args.quiet_max_wait)
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     sets_wanted = [s for s in args.sets.split(",") if s]
-    settings = {"images_per_set": n, "head_images": args.head, "reps": args.reps,
+    settings = {"images_12mp": n, "images_small": n_small, "head_images": args.head, "reps": args.reps,
                 "L_batch_sizes": batch_sizes, "jpeg_quality": 90, "weights": "random:0",
                 "pipeline": "default options (BundleBasedDirectRunner, min/max batch 1/32)",
-                "quick": args.quick, "levers": args.levers}
+                "quick": args.quick, "levers": args.levers,
+                "quiet_below_cores": args.quiet_below, "quiet_max_wait_s": args.quiet_max_wait}
     info = C.print_header("throughput", settings)
     t_start = time.perf_counter()
 
@@ -488,8 +516,8 @@ def main(argv=None) -> int:
         sets["12mp"] = make_set(args.workdir, f"photos-4000x3000-{n}", n, 4000, 3000,
                                 distinct=min(8, n), n_head=args.head)
     if "small" in sets_wanted:
-        sets["small"] = make_set(args.workdir, f"small-1024x768-{n}", n, 1024, 768,
-                                 distinct=n, n_head=args.head)
+        sets["small"] = make_set(args.workdir, f"small-1024x768-{n_small}", n_small, 1024, 768,
+                                 distinct=n_small, n_head=args.head)
     for k, s in sets.items():
         s["label"] = k
         print(f"  {k}: {s['n']} x {s['size']} JPEG q90, {s['mean_bytes'] / 1e6:.2f} MB avg "
@@ -527,25 +555,35 @@ def main(argv=None) -> int:
             lv["decode"][k] = decode_lever(s, limit=min(n, 32))
             print(f"  {k}: {json.dumps(lv['decode'][k])}", flush=True)
         print("\n-- levers: forward pass variants", flush=True)
-        lv["model"] = model_levers(keras_model, arrays, res["L"]["best_batch_size"], rounds=2)
+        lv["model"] = model_levers(keras_model, arrays, res["L"]["best_batch_size"], rounds=3)
         print("  " + json.dumps(lv["model"]["img_s"]), flush=True)
         lv["bf16"] = bf16_lever(keras_model, arrays, res["L"]["best_batch_size"], rounds=2)
         print("  bf16: " + json.dumps({k: lv["bf16"][k] for k in ("img_s", "cosine_min")}),
               flush=True)
         print("\n-- levers: pipeline options", flush=True)
-        for k in [x for x in args.lever_sets.split(",") if x in sets]:
+        wanted = args.lever_configs.split(",") if args.lever_configs else None
+        chosen = [c for c in PIPELINE_LEVERS
+                  if (any(w in c[0] for w in wanted) if wanted else c[3])]
+        for i, k in enumerate(x for x in args.lever_sets.split(",") if x in sets):
             lv["pipeline"][k] = [res["E"][k]]
-            for name, extra, env in PIPELINE_LEVERS:
-                e = pipeline_rate(args.workdir, sets[k], name, extra, env, reps=args.reps)
+            configs = chosen
+            if i > 0 and not wanted:  # later sets: the best few of the first set
+                first = lv["pipeline"][next(iter(lv["pipeline"]))][1:]
+                best = sorted(first, key=lambda e: -(e["E_img_s"] or 0))[:args.lever_top]
+                configs = [c for c in chosen if c[0] in {e["config"] for e in best}]
+            for name, extra, env, _ in configs:
+                e = pipeline_rate(args.workdir, sets[k], name, extra, env, reps=1)
                 lv["pipeline"][k].append(e)
                 print(f"  {k} {name}: E = {_f(e['E_img_s'])} img/s, peak {e['peak_mib']:.0f} MiB,"
                       f" head wall {e['wall_head_s'][-1]:.1f} s, other {e['other_cores']:.2f}",
                       flush=True)
 
     res["elapsed_s"] = time.perf_counter() - t_start
+    res["waited_for_quiet_s"] = C.QUIET["waited"]
     md = report(res)
     print("\n" + md)
-    print(f"\n(total {res['elapsed_s']:.0f} s)")
+    print(f"\n(total {res['elapsed_s']:.0f} s, of which {res['waited_for_quiet_s']:.0f} s waiting "
+          "for other processes to quieten)")
     os.makedirs(args.out, exist_ok=True)
     C.write_json(os.path.join(args.out, "throughput.json"), res)
     with open(os.path.join(args.out, "throughput.md"), "w") as f:

@@ -10,7 +10,8 @@
 -- (event_type, model_fingerprint), then post-filtered to current rows by joining the
 -- view on row_key. Superseded generations, deleted objects and duplicate deliveries
 -- take candidate slots, so ask for more candidates (top_k) than you keep (@k);
--- embed-search asks for 4 k + 20.
+-- embed-search asks for 4 k + 20. (WHERE TRUE: older releases want a WHERE next to
+-- QUALIFY.)
 -- params: @query_embedding ARRAY<FLOAT64>, @model_fingerprint STRING, @k INT64
 -- placeholders: embeddings, current, top_k
 SELECT
@@ -28,6 +29,7 @@ FROM VECTOR_SEARCH(
   distance_type => 'COSINE'
 ) AS hit
 JOIN {current} AS c ON c.row_key = hit.base.row_key
+WHERE TRUE
 QUALIFY ROW_NUMBER() OVER (PARTITION BY c.bucket, c.name ORDER BY hit.distance) = 1
 ORDER BY hit.distance, c.bucket, c.name
 LIMIT @k

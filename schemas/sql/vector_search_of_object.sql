@@ -20,6 +20,7 @@ FROM VECTOR_SEARCH(
   distance_type => 'COSINE'
 ) AS hit
 JOIN {current} AS c ON c.row_key = hit.base.row_key
+WHERE TRUE
 QUALIFY ROW_NUMBER() OVER (PARTITION BY c.bucket, c.name ORDER BY hit.distance) = 1
 ORDER BY hit.distance, c.bucket, c.name
 LIMIT @k

@@ -16,6 +16,8 @@ one copy sits in another folder than the original, so the name cannot either.
 """
 from __future__ import annotations
 
+import functools
+import hashlib
 import io
 import json
 import os
@@ -46,6 +48,7 @@ def encode(arr: np.ndarray, fmt: str = "JPEG", **kw) -> bytes:
     return buf.getvalue()
 
 
+@functools.lru_cache(maxsize=None)
 def image_files(seed: int = 1) -> dict[str, bytes]:
     """name -> bytes: an original, two near-duplicates and unrelated images."""
     orig = photo_like(640, 480, seed)
@@ -55,7 +58,8 @@ def image_files(seed: int = 1) -> dict[str, bytes]:
     for name in UNRELATED:
         s = int(name.rsplit("-", 1)[1].split(".")[0])
         fmt = "PNG" if name.endswith(".png") else "JPEG"
-        files[name] = encode(photo_like(640, 480, s), fmt, **({"quality": 92} if fmt == "JPEG" else {}))
+        options = {"quality": 92} if fmt == "JPEG" else {}
+        files[name] = encode(photo_like(640, 480, s), fmt, **options)
     return files
 
 
@@ -67,6 +71,18 @@ def write_images(folder: str, files: dict[str, bytes]) -> None:
             f.write(data)
 
 
+_EMBEDDED: dict = {}  # (fingerprint, sha256 of the bytes) -> (decoded, vector), per session
+
+
+def embed_bytes(model, data: bytes):
+    """decode_image + the model, as the pipeline does it; once per image and session."""
+    key = (model.fingerprint, hashlib.sha256(data).hexdigest())
+    if key not in _EMBEDDED:
+        decoded = decode_image(data)
+        _EMBEDDED[key] = decoded, model(decoded.pixels[None])[0]
+    return _EMBEDDED[key]
+
+
 def embedding_rows(model, bucket: str, files: dict[str, bytes], source: str = "local",
                    content_type: str = "image/jpeg") -> list[dict]:
     """Rows exactly as the pipeline makes them, plus a superseded generation and a
@@ -74,13 +90,12 @@ def embedding_rows(model, bucket: str, files: dict[str, bytes], source: str = "l
     items = [(name, data, 1000 + i) for i, (name, data) in enumerate(sorted(files.items()))]
     items += [(SUPERSEDED, files[ORIGINAL], 1), (SUPERSEDED, files[UNRELATED[0]], 2),
               (DELETED, files[ORIGINAL], 7)]
-    decoded = [decode_image(data) for _, data, _ in items]
-    vectors = model(np.stack([d.pixels for d in decoded]))  # one batch, as RunInference
     rows = []
-    for (name, data, generation), dec, vector in zip(items, decoded, vectors):
+    for name, data, generation in items:
+        decoded, vector = embed_bytes(model, data)
         ref = ImageRef(bucket, name, generation, source=source, content_type=content_type,
                        size=len(data), event_time="2026-11-27T10:00:00+00:00")
-        info = ImageInfo(ref, dec.width, dec.height, dec.format)
+        info = ImageInfo(ref, decoded.width, decoded.height, decoded.format)
         rows.append(sinks.embedding_row(info, vector, model.model_id, None))
     rows.append(sinks.tombstone_row(ImageRef(bucket, DELETED, 7, event_type="OBJECT_DELETE",
                                              source=source)))
@@ -97,20 +112,20 @@ def write_rows(out: str, rows: list[dict]) -> None:
             f.write(json.dumps(r) + "\n")
 
 
+def session_embedder(keras_model):
+    """The pipeline's EmbeddingModel around the session's random:0 ResNet50 (the
+    conftest's), registered as embed-search's `random:0` model: one load per session."""
+    from streaming.model import EmbeddingModel
+    if "random:0" not in search._MODELS:
+        model = EmbeddingModel(keras_model)
+        model.warm_up()
+        search._MODELS["random:0"] = model
+    return search._MODELS["random:0"]
+
+
 @pytest.fixture(scope="session")
 def embedder(keras_model):
-    """The pipeline's EmbeddingModel around the session's random:0 ResNet50."""
-    from streaming.model import EmbeddingModel
-    model = EmbeddingModel(keras_model)
-    model.warm_up()
-    return model
-
-
-@pytest.fixture()
-def use_session_model(monkeypatch, embedder):
-    """embed-search loads `random:0` once per process; in tests, the session's copy."""
-    monkeypatch.setattr(search, "load_model", lambda weights: embedder)
-    return embedder
+    return session_embedder(keras_model)
 
 
 @pytest.fixture(scope="session")
@@ -146,13 +161,13 @@ def assert_near_duplicates_first(answer):
 
 
 def test_query_image_finds_itself_then_its_near_duplicates(capsys, local_folder,
-                                                           use_session_model):
+                                                           embedder):
     images, out = local_folder
     code, stdout, _ = run(capsys, os.path.join(images, ORIGINAL), "--output_dir", out,
                           "--weights", "random:0", "-k", "20", "--json")
     assert code == 0
     answer = json.loads(stdout)
-    assert answer["query"]["model_fingerprint"] == use_session_model.fingerprint
+    assert answer["query"]["model_fingerprint"] == embedder.fingerprint
     assert answer["query"]["embedding_from"] == "--weights random:0"
     assert_near_duplicates_first(answer)
     # current rows only: one row per live object (the superseded object once, with its
@@ -181,7 +196,7 @@ def test_object_uses_its_stored_embedding(capsys, local_folder, monkeypatch):
 
 
 def test_a_file_not_in_the_folder_is_embedded(capsys, tmp_path, local_folder,
-                                              use_session_model):
+                                              embedder):
     _, out = local_folder
     path = tmp_path / "fresh.jpg"
     path.write_bytes(image_files()[RESIZED])
@@ -193,7 +208,7 @@ def test_a_file_not_in_the_folder_is_embedded(capsys, tmp_path, local_folder,
     assert ranked_names(answer)[0] == RESIZED
 
 
-def test_table_output(capsys, local_folder, use_session_model):
+def test_table_output(capsys, local_folder, embedder):
     images, out = local_folder
     code, stdout, _ = run(capsys, os.path.join(images, ORIGINAL), "--output_dir", out,
                           "--weights", "random:0", "-k", "3")
@@ -205,7 +220,7 @@ def test_table_output(capsys, local_folder, use_session_model):
 
 
 def test_fingerprint_mismatch_is_refused_with_exit_2(capsys, tmp_path, local_folder,
-                                                     use_session_model):
+                                                     embedder):
     images, out = local_folder
     other = str(tmp_path / "other-model")
     rows = []
@@ -216,11 +231,11 @@ def test_fingerprint_mismatch_is_refused_with_exit_2(capsys, tmp_path, local_fol
                                other, "--weights", "random:0")
     assert code == 2 and stdout == ""
     assert "model fingerprint mismatch" in stderr
-    assert use_session_model.fingerprint in stderr and OTHER_FINGERPRINT in stderr
+    assert embedder.fingerprint in stderr and OTHER_FINGERPRINT in stderr
 
 
 def test_problems_with_the_query_or_the_folder_exit_1(capsys, tmp_path, local_folder,
-                                                      use_session_model):
+                                                      embedder):
     images, out = local_folder
     text = tmp_path / "notes.jpg"
     text.write_text("not an image")
