@@ -54,9 +54,20 @@ def output_prefixes(outputs: Iterable[Optional[str]], local_root: Optional[str])
 
 
 def skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
-    """None if the object should be embedded, else the counter name of why not."""
-    if ref.event_type != "OBJECT_FINALIZE":
-        return f"skipped.event_{ref.event_type}"
+    """None if the object should be embedded, else the counter name of why not.
+
+    The object filters come first: an event about an object the job would never embed
+    (its own .npy outputs, other prefixes or types) is dropped whatever its type, so a
+    deletion of such an object writes no tombstone.
+    """
+    reason = object_skip_reason(ref, config)
+    if reason is None and ref.event_type != "OBJECT_FINALIZE":
+        reason = f"skipped.event_{ref.event_type}"
+    return reason
+
+
+def object_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
+    """Why the object (whatever the event) is not one the job embeds, or None."""
     for bucket, prefix in config.own_outputs:
         if ref.bucket == bucket and ref.name.startswith(prefix):
             return "skipped.own_output"
@@ -95,7 +106,7 @@ class _FilterFn(beam.DoFn):
             yield ref
             return
         metrics.count(reason)
-        if ref.event_type == "OBJECT_DELETE":
+        if reason == "skipped.event_OBJECT_DELETE":
             yield pvalue.TaggedOutput(DELETES, ref)
 
 

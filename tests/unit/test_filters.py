@@ -38,3 +38,17 @@ def test_own_outputs_in_the_watched_bucket_are_never_embedded(tmp_path):
     assert skip_reason(ImageRef(root, "out/vectors/x.jpg", 1, source="local"), local) == \
         "skipped.own_output"
     assert skip_reason(ImageRef(root, "outside.jpg", 1, source="local"), local) is None
+
+
+def test_deleting_an_object_the_job_never_embeds_is_not_an_event_for_it():
+    """The job's own .npy outputs get overwritten (and so deleted) on redelivery; those
+    deletes must not become tombstones."""
+    cfg = FilterConfig(extensions=(".jpg",), content_types=("image/",),
+                       own_outputs=(("bkt", "embeddings/"),))
+    npy = ref("embeddings/bkt/x.jpg@1.npy", event_type="OBJECT_DELETE",
+              content_type="application/octet-stream")
+    assert skip_reason(npy, cfg) == "skipped.own_output"
+    txt = ref("notes.txt", event_type="OBJECT_DELETE", content_type="text/plain")
+    assert skip_reason(txt, cfg) == "skipped.type"
+    img = ref("a.jpg", event_type="OBJECT_DELETE")
+    assert skip_reason(img, cfg) == "skipped.event_OBJECT_DELETE"
