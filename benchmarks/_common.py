@@ -149,26 +149,23 @@ def _tree_cpu_s(pid: int) -> float:
     return total / _CLK
 
 
-def _tree_rss_kib(pid: int) -> int:
-    """Sum of VmRSS of `pid` and its descendants."""
-    total, todo, seen = 0, [pid], set()
-    while todo:
-        p = todo.pop()
-        if p in seen:
-            continue
-        seen.add(p)
+def _tree_rss_kib(pid: int) -> tuple[int, int]:
+    """(sum of VmRSS, largest VmHWM) over `pid` and its descendants, in KiB.
+
+    VmHWM (the process's own peak, reset by exec) catches peaks between two polls.
+    ru_maxrss from wait4 is not used: on Linux it can carry the parent's RSS at fork."""
+    total, hwm = 0, 0
+    for p in _tree_pids(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
                     if line.startswith("VmRSS:"):
                         total += int(line.split()[1])
-                        break
-            for task in os.listdir(f"/proc/{p}/task"):
-                with open(f"/proc/{p}/task/{task}/children") as f:
-                    todo.extend(int(c) for c in f.read().split())
+                    elif line.startswith("VmHWM:"):
+                        hwm = max(hwm, int(line.split()[1]))
         except (OSError, ValueError):
             continue
-    return total
+    return total, hwm
 
 
 @dataclasses.dataclass
@@ -179,14 +176,14 @@ class ChildRun:
     started: float  # time.time() at Popen
     own_cores: float
     other_cores: float
-    maxrss_mib: float  # ru_maxrss of the process (wait4)
-    tree_peak_mib: float  # peak summed RSS of the process tree (polled every 0.1 s)
+    maxrss_mib: float  # ru_maxrss from wait4 (may include the parent's RSS at fork)
+    tree_peak_mib: float  # peak of the tree's summed VmRSS and of each VmHWM (0.1 s poll)
     output: str
     trace: Optional[list] = None
 
     @property
     def peak_mib(self) -> float:
-        return max(self.maxrss_mib, self.tree_peak_mib)
+        return self.tree_peak_mib
 
 
 def run_child(argv: Sequence[str], env: Optional[dict] = None, trace_path: Optional[str] = None,
@@ -213,7 +210,7 @@ def run_child(argv: Sequence[str], env: Optional[dict] = None, trace_path: Optio
 
     def poll():
         while not stop.is_set():
-            peak[0] = max(peak[0], _tree_rss_kib(proc.pid))
+            peak[0] = max(peak[0], *_tree_rss_kib(proc.pid))
             stop.wait(0.1)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -331,7 +328,7 @@ class BackgroundChild:
 
     def _poll(self):
         while not self._stop.is_set():
-            self.peak_kib = max(self.peak_kib, _tree_rss_kib(self.proc.pid))
+            self.peak_kib = max(self.peak_kib, *_tree_rss_kib(self.proc.pid))
             self.cpu_s = max(self.cpu_s, _tree_cpu_s(self.proc.pid))
             self._stop.wait(0.2)
 

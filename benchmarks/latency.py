@@ -1,7 +1,7 @@
 """Upload-to-row latency of the streaming job, against the local emulators.
 
   . .emulators/env.sh && .venv/bin/python benchmarks/latency.py            # 60 s at 1 image/s
-  .venv/bin/python benchmarks/latency.py --duration 30 --job_args="--max_batch_duration_secs 0"
+  .venv/bin/python benchmarks/latency.py --job_args="" --job_args="--max_batch_duration_secs 0"
 
 Needs the emulators running (`bash emulators/start.sh`); it never starts or stops them.
 If the emulator variables are not set, they are read from .emulators/env.sh.
@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import re
 import socket
 import sys
 import threading
@@ -163,6 +164,15 @@ def breakdown(uploads: dict, seen: dict, trace: list) -> list[dict]:
     return out
 
 
+def split_env(job_args: str) -> tuple[dict, list]:
+    """Leading KEY=VALUE words are environment variables for the job, the rest options."""
+    words, env = job_args.split(), {}
+    while words and re.match(r"^[A-Z_][A-Z0-9_]*=", words[0]):
+        k, v = words.pop(0).split("=", 1)
+        env[k] = v
+    return env, words
+
+
 def pct(values, q):
     v = [x for x in values if x is not None]
     return float(np.percentile(v, q)) if v else None
@@ -182,12 +192,14 @@ def run_once(args, cloud, images: list[bytes], label: str) -> dict:
     subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
     workdir = os.path.join(args.workdir, f"latency-{rid}")
     os.makedirs(workdir, exist_ok=True)
+    job_env, extra = split_env(args.job_args)
     job_argv = ["--input_subscription", subscription,
                 "--output_table", f"{project}:{dataset}.embeddings",
                 "--output_gcs", f"gs://{bucket.name}/embeddings/",
-                "--weights", "random:0", "--local_endpoints", *args.job_args.split()]
-    print(f"  [{label}] job: python -m streaming.main {' '.join(job_argv)}", flush=True)
-    job = C.BackgroundChild(job_argv, os.path.join(workdir, "job.log"),
+                "--weights", "random:0", "--local_endpoints", *extra]
+    print(f"  [{label}] job: {' '.join(f'{k}={v}' for k, v in job_env.items())} "
+          f"python -m streaming.main {' '.join(job_argv)}", flush=True)
+    job = C.BackgroundChild(job_argv, os.path.join(workdir, "job.log"), env=job_env,
                             trace_path=os.path.join(workdir, "trace.jsonl"))
     poller = RowPoller(bq, f"`{project}.{dataset}.embeddings`", bucket.name, args.poll)
     uploads: dict[str, tuple[float, float]] = {}
@@ -333,7 +345,9 @@ def main(argv=None) -> int:
     p.add_argument("--width", type=int, default=4000)
     p.add_argument("--height", type=int, default=3000)
     p.add_argument("--job_args", action="append", default=None,
-                   help="extra job options, e.g. '--max_batch_duration_secs 0'; repeat to "
+                   help="extra job options, e.g. '--max_batch_duration_secs 0', optionally "
+                        "after KEY=VALUE environment variables for the job (e.g. "
+                        "EMBED_BENCH_PROTO=signature,reuse_model, see _child.py); repeat to "
                         "compare configurations (one job each); '' = the defaults")
     p.add_argument("--poll", type=float, default=0.25, help="BigQuery poll interval (s)")
     p.add_argument("--warmup", type=int, default=3, help="warm-up images before measuring")
