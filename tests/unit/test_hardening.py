@@ -146,3 +146,16 @@ def test_only_configured_buckets_are_read():
     assert bucket_allowed(ImageRef("photos", "a.jpg", 1), cfg)
     assert not bucket_allowed(ImageRef("secrets", "a.jpg", 1), cfg)
     assert bucket_allowed(ImageRef("secrets", "a.jpg", 1), FilterConfig())
+
+
+def test_ycck_marked_jpeg_decodes_to_rgb():
+    """A JPEG whose Adobe marker says YCCK (transform 2), as Photoshop writes CMYK
+    photos: Pillow opens it as CMYK and the RGB rule applies."""
+    data = bytearray(fixtures.encode(Image.new("CMYK", (48, 32), (10, 200, 30, 0)), "JPEG"))
+    at = data.find(b"Adobe")
+    assert at > 0
+    data[at + 11] = 2  # APP14 transform byte: 0 = CMYK, 2 = YCCK
+    with Image.open(io.BytesIO(bytes(data))) as img:
+        assert img.mode == "CMYK" and img.info.get("adobe_transform") == 2
+    out = decode_image(bytes(data))
+    assert out.pixels.shape == (224, 224, 3) and out.format == "JPEG"
