@@ -8,7 +8,7 @@ Every file names its tables with placeholders, filled here:
                   query (`current_embeddings.sql`) is inlined as a subquery
   {top_k}, {num_lists}  small integers (VECTOR_SEARCH's top_k, the IVF list count)
 
-Rendering is Python's `str.format` (as `schemas.render_sql`): `{{` and `}}` are literal
+Rendering is Python's `str.format`: `{{` and `}}` are literal
 braces, e.g. in JSON option strings. Table ids are checked against a strict pattern
 and back-quoted, integers are range-checked, and unknown or missing placeholders are
 refused, so nothing a user types reaches the SQL text; everything else (vectors,

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import re
 from importlib import resources
 from typing import Any
 
@@ -48,19 +47,3 @@ def notification_contract() -> dict[str, Any]:
 def sql(name: str) -> str:
     """Text of a shipped SQL file under schemas/sql/."""
     return read_text(f"sql/{name}")
-
-
-_TABLE_ID = re.compile(r"^[A-Za-z0-9_-]+[:.][A-Za-z0-9_]+\.[A-Za-z0-9_$-]+$")
-
-
-def quote_table(table: str) -> str:
-    """`project.dataset.table` from P:D.T or P.D.T, refusing anything else (the ids
-    are pasted into SQL)."""
-    if not _TABLE_ID.match(table):
-        raise ValueError(f"not a table id (PROJECT:DATASET.TABLE): {table!r}")
-    return "`" + table.replace(":", ".", 1) + "`"
-
-
-def render_sql(name: str, **tables: str) -> str:
-    """A shipped SQL file with its `{placeholder}` table names filled in."""
-    return sql(name).format(**{k: quote_table(v) for k, v in tables.items()})

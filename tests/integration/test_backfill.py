@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-import schemas
+from analysis import sql
 
 from publisher import backfill
 from streaming.notifications import parse_notification
@@ -83,7 +83,7 @@ def test_backfill_embeds_existing_objects_and_skip_existing_skips_them(stack):
     rerun = run_backfill(f"gs://{stack.old.name}", "--topic", cloud.notify_topic)
     assert rerun["published"] == len(stack.old_names)
     view = f"{cloud.project}.{stack.dataset}.current_backfill"
-    cloud.bq.query(schemas.render_sql("current_embeddings.sql", current=view,
+    cloud.bq.query(sql.render("current_embeddings.sql", current=view,
                                       embeddings=stack.table)).result()
     time.sleep(8)
     keys = stack.query(f"SELECT DISTINCT row_key FROM {stack.rows_sql} "

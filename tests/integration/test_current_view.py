@@ -3,6 +3,7 @@ and deletes."""
 import pytest
 
 import schemas
+from analysis import sql
 from streaming.records import row_key
 
 
@@ -31,7 +32,7 @@ def view(cloud):
     errors = cloud.bq.insert_rows_json(table, rows, retry=None)
     assert errors == []
     current = f"{cloud.project}.{dataset}.current_embeddings"
-    cloud.bq.query(schemas.render_sql("current_embeddings.sql", current=current,
+    cloud.bq.query(sql.render("current_embeddings.sql", current=current,
                                       embeddings=table)).result()
     return current
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-import schemas
+from analysis import sql
 from publisher.messages import notification_for
 from tests import fixtures
 from tests.integration.conftest import pull_all, wait_until
@@ -13,7 +13,7 @@ from tests.integration.conftest import pull_all, wait_until
 @pytest.fixture(scope="module")
 def current(stack):
     view = f"{stack.cloud.project}.{stack.dataset}.current_embeddings"
-    stack.cloud.bq.query(schemas.render_sql(
+    stack.cloud.bq.query(sql.render(
         "current_embeddings.sql", current=view, embeddings=stack.table)).result()
     return f"`{view}`"
 
