@@ -24,6 +24,9 @@ setuptools.setup(
         "google-cloud-storage==3.17.1",
         "google-cloud-bigquery==3.47.0",
         "tqdm==4.70.1",
+        # Encodes a row's 2048 floats in 0.1 ms (json.dumps: 1.8 ms, 2% of the
+        # end-to-end time per image on 2 cores).
+        "orjson==3.13.0",
     ],
     extras_require={
         # embed-search / embed-map; scikit-learn only for `embed-map --method tsne`.

@@ -1,7 +1,7 @@
 """Upload-to-row latency of the streaming job, against the local emulators.
 
   . .emulators/env.sh && .venv/bin/python benchmarks/latency.py            # 60 s at 1 image/s
-  .venv/bin/python benchmarks/latency.py --job_args="" --job_args="--max_batch_duration_secs 0"
+  .venv/bin/python benchmarks/latency.py --job_args="" --job_args="--decode_threads 1 --decode_window 1"
 
 Needs the emulators running (`bash emulators/start.sh`); it never starts or stops them.
 If the emulator variables are not set, they are read from .emulators/env.sh.

@@ -1,8 +1,8 @@
 """Throughput of the embedding pipeline against its limit and against the naive way.
 
-  .venv/bin/python benchmarks/throughput.py            # ~5 min on 2 cores
-  .venv/bin/python benchmarks/throughput.py --quick    # ~2 min, fewer images
-  .venv/bin/python benchmarks/throughput.py --levers   # + the levers (~15 min more)
+  .venv/bin/python benchmarks/throughput.py            # ~8 min on 2 cores
+  .venv/bin/python benchmarks/throughput.py --quick    # ~3 min, fewer images
+  .venv/bin/python benchmarks/throughput.py --levers   # + the levers (~20 min more)
 
 Measured in one run, on the same machine and the same images:
 
@@ -13,12 +13,15 @@ Measured in one run, on the same machine and the same images:
      keras preprocess_input, one model.predict(x[None]).
   E  this project's pipeline end to end in local mode (files in, rows + .npy out): a
      subprocess `python -m streaming.main --input_dir D --output_dir O --weights random:0`
-     (through benchmarks/_child.py, which only records batch timings). Model load and
-     start-up are excluded by difference: the same command runs on a HEAD folder (the
-     first few images) and on the whole set, and
-         E = (N - n_head) / (wall(N) - wall(n_head)),
-     i.e. the marginal cost of an image once the job is up (all per-image work:
-     listing, reading, decoding, batching, inference, writing).
+     (through benchmarks/_child.py, which records the job's own timings: model loads,
+     forward passes, object reads, decodes, file writes). Per run
+         E = images / (last file write - first object read
+                       - model loads and graph tracing in that window),
+     i.e. all per-image work (read, decode, batching, inference, writing) without the
+     start-up and one-off costs; median of the runs. Cross-check for the default
+     configuration: a HEAD run on the first 4 images before each full run, and
+         E_diff = (N - 4) / (wall(N) - wall(4)) of whole processes
+     (noisier: it subtracts two ~20 s start-ups).
   peak memory: the pipeline process tree's peak resident memory (a 0.1 s poll of the
      tree's summed VmRSS and of each process's VmHWM, the larger).
 
@@ -105,81 +108,140 @@ def _set_info(label, all_dir, head_dir, params) -> dict:
 
 # --------------------------------------------------------------------------- E
 def pipeline_rate(workdir: str, img_set: dict, name: str, extra: list[str], env: dict,
-                  reps: int = 1, max_other: float = 1e9, retries: int = 0) -> dict:
-    """E for one configuration (difference of a HEAD run and a full run); a pair during
-    which other processes used more than `max_other` cores is measured again."""
+                  reps: int = 1, head: bool = True, max_other: float = 1e9,
+                  retries: int = 0) -> dict:
+    """E for one configuration: per repetition a full run (E_window from its trace) and,
+    with `head`, a HEAD run before it (E_diff). A repetition during which other processes
+    used more than `max_other` cores is measured again (up to `retries` times)."""
     runs, discarded = [], []
-    for rep in range(reps):
+    for _ in range(reps):
         for attempt in range(retries + 1):
-            pair = _pair(workdir, img_set, name, extra, env)
-            other = max(pair[w]["other_cores"] for w in pair)
+            rep = {w: _run(workdir, img_set, name, extra, env, w)
+                   for w in (("head", "all") if head else ("all",))}
+            other = max(r["other_cores"] for r in rep.values())
             if other <= max_other or attempt == retries:
                 break
             print(f"    ({name}: other processes used {other:.2f} cores; measuring again)",
                   flush=True)
-            discarded.append(pair)
-        runs.append(pair)
+            discarded.append(rep)
+        runs.append(rep)
     out = _combine(img_set, name, extra, env, runs)
     out["discarded_runs"] = discarded
     return out
 
 
-def _pair(workdir, img_set, name, extra, env) -> dict:
-    """One HEAD run and one full run of the pipeline in a configuration."""
+def _run(workdir, img_set, name, extra, env, which) -> dict:
+    """One run of the pipeline on the HEAD folder or on the whole set."""
     slug = re.sub(r"[^A-Za-z0-9_.=-]+", "_", name)
-    pair = {}
-    for which in ("head", "all"):
-        out = os.path.join(workdir, "out", f"{img_set['label']}-{slug}-{which}")
-        shutil.rmtree(out, ignore_errors=True)
-        argv = ["--input_dir", img_set[which], "--output_dir", out, "--weights", "random:0",
-                *extra]
-        trace = os.path.join(workdir, "out", f"trace-{img_set['label']}-{slug}-{which}.jsonl")
-        C.wait_quiet()
-        r = C.run_child(argv, env=env, trace_path=trace)
-        summ = C.parse_summary(r.output)
-        expected = img_set["n"] if which == "all" else img_set["n_head"]
-        ok = r.rc == 0 and summ.get("embedded") == expected
-        if not ok:
-            print(f"    ! {name}/{which}: rc={r.rc} embedded={summ.get('embedded')} "
-                  f"(expected {expected})\n{r.output[-3000:]}", flush=True)
-        pair[which] = {"ok": ok, "wall_s": r.wall, "other_cores": r.other_cores,
-                       "own_cores": r.own_cores, "peak_mib": r.peak_mib,
-                       "maxrss_mib": r.maxrss_mib, "tree_peak_mib": r.tree_peak_mib,
-                       **summ, **_trace_stats(r.trace, r.started)}
-    return pair
+    out = os.path.join(workdir, "out", f"{img_set['label']}-{slug}-{which}")
+    shutil.rmtree(out, ignore_errors=True)
+    argv = ["--input_dir", img_set[which], "--output_dir", out, "--weights", "random:0", *extra]
+    trace = os.path.join(workdir, "out", f"trace-{img_set['label']}-{slug}-{which}.jsonl")
+    C.wait_quiet()
+    r = C.run_child(argv, env=env, trace_path=trace)
+    summ = C.parse_summary(r.output)
+    expected = img_set["n"] if which == "all" else img_set["n_head"]
+    ok = r.rc == 0 and summ.get("embedded") == expected
+    if not ok:
+        print(f"    ! {name}/{which}: rc={r.rc} embedded={summ.get('embedded')} "
+              f"(expected {expected})\n{r.output[-3000:]}", flush=True)
+    return {"ok": ok, "wall_s": r.wall, "other_cores": r.other_cores, "own_cores": r.own_cores,
+            "peak_mib": r.peak_mib, "maxrss_mib_wait4": r.maxrss_mib,
+            **summ, **_trace_stats(r.trace, r.started)}
+
+
+def _overlap(a0, a1, b0, b1) -> float:
+    return max(0.0, min(a1, b1) - max(a0, b0))
 
 
 def _trace_stats(trace, started: float) -> dict:
+    """Per-run numbers from benchmarks/_child.py's trace; see e_window()."""
     if not trace:
         return {}
-    loads = [e for e in trace if e["event"] == "load"]
-    batches = [e for e in trace if e["event"] == "batch"]
+    ev = lambda kind: [e for e in trace if e["event"] == kind]  # noqa: E731
+    loads, batches = ev("load"), ev("batch")
+    reads, decodes, writes = ev("read"), ev("decode"), ev("write")
     out = {"model_loads_s": [round(e["dur"], 2) for e in loads],
            "batch_sizes": [e["n"] for e in batches],
-           "batch_s": [round(e["dur"], 3) for e in batches]}
-    if batches:
-        out["inference_img_s"] = sum(e["n"] for e in batches) / sum(e["dur"] for e in batches)
-        out["first_batch_after_start_s"] = batches[0]["t"] - started
+           "batch_s": [round(e["dur"], 3) for e in batches],
+           "traced_batches": [[e["n"], round(e["dur"], 2)] for e in batches if e.get("traced")]}
+    plain = [e for e in batches if not e.get("traced")]
+    if plain:
+        out["inference_img_s"] = sum(e["n"] for e in plain) / sum(e["dur"] for e in plain)
+    if decodes:
+        out["decode_ms"] = 1000 * float(np.mean([e["dur"] for e in decodes]))
+    if reads and writes and batches:
+        t0 = min(e["t"] for e in reads)
+        t1 = max(e["t"] + e["dur"] for e in writes)
+        out.update(
+            startup_s=t0 - started, window_s=t1 - t0, images_in_window=sum(e["n"] for e in batches),
+            loads_in_window_s=sum(_overlap(t0, t1, e["t"], e["t"] + e["dur"]) for e in loads))
+        out["E_window"] = e_window(out)
     return out
 
 
+def e_window(run: dict):
+    """E of one run:
+
+      images / (last file write - first object read
+                - model loads in that window
+                - the tracing part of graph-tracing forward passes)
+
+    i.e. all per-image work (read, decode, batching, inference, .npy + row writes) from
+    the first read to the last write, without the one-off costs in between. The tracing
+    part of a forward pass that traced a new graph = its duration - its images at the
+    run's own forward-pass rate (the other batches); nothing is removed if there are none."""
+    if run.get("window_s") is None:
+        return None
+    excess = 0.0
+    rate = run.get("inference_img_s")
+    if rate:
+        excess = sum(max(0.0, d - n / rate) for n, d in run.get("traced_batches", []))
+    busy = run["window_s"] - run["loads_in_window_s"] - excess
+    return run["images_in_window"] / busy if busy > 0 else None
+
+
+def recompute(res: dict) -> None:
+    """Recomputes every E from the per-run fields stored in a results JSON (--report_from)."""
+    entries = list(res["E"].values())
+    for configs in res.get("levers", {}).get("pipeline", {}).values():
+        entries += configs
+    for e in entries:
+        for rep in e["runs"]:
+            for run in rep.values():
+                if "window_s" in run and "images_in_window" not in run:  # older field names
+                    run["images_in_window"] = sum(run["batch_sizes"])
+                    run["loads_in_window_s"] = run["one_off_in_window_s"] - sum(
+                        d for _, d in run.get("traced_batches", []))
+                run["E_window"] = e_window(run)
+        windows = [r["all"]["E_window"] for r in e["runs"] if r["all"].get("E_window")]
+        e["E_window_each"] = windows
+        e["E_img_s"] = float(np.median(windows)) if windows else None
+
+
 def _combine(img_set, name, extra, env, runs) -> dict:
-    rates = []
-    for pair in runs:
-        if pair["head"]["ok"] and pair["all"]["ok"]:
-            dt = pair["all"]["wall_s"] - pair["head"]["wall_s"]
-            rates.append((img_set["n"] - img_set["n_head"]) / dt if dt > 0 else float("nan"))
+    diffs = []
+    for rep in runs:
+        if "head" in rep and rep["head"]["ok"] and rep["all"]["ok"]:
+            dt = rep["all"]["wall_s"] - rep["head"]["wall_s"]
+            diffs.append((img_set["n"] - img_set["n_head"]) / dt if dt > 0 else float("nan"))
+    windows = [rep["all"]["E_window"] for rep in runs
+               if rep["all"]["ok"] and rep["all"].get("E_window")]
     last = runs[-1]["all"]
     return {
         "config": name, "args": " ".join(extra), "env": " ".join(f"{k}={v}" for k, v in env.items()),
         "set": img_set["label"], "images": img_set["n"], "head_images": img_set["n_head"],
-        "E_img_s": float(np.median(rates)) if rates else None,
-        "E_each": rates,
-        "wall_all_s": [p["all"]["wall_s"] for p in runs],
-        "wall_head_s": [p["head"]["wall_s"] for p in runs],
+        "E_img_s": float(np.median(windows)) if windows else None,
+        "E_window_each": windows,
+        "E_diff_img_s": float(np.median(diffs)) if diffs else None,
+        "E_diff_each": diffs,
+        "wall_all_s": [r["all"]["wall_s"] for r in runs],
+        "wall_head_s": [r["head"]["wall_s"] for r in runs if "head" in r],
+        "startup_s": float(np.median([r["all"]["startup_s"] for r in runs
+                                      if r["all"].get("startup_s") is not None] or [np.nan])),
         "naive_img_s": (img_set["n"] / last["summary_wall_s"]) if last.get("summary_wall_s") else None,
-        "peak_mib": max(p[w]["peak_mib"] for p in runs for w in ("head", "all")),
-        "other_cores": max(p[w]["other_cores"] for p in runs for w in ("head", "all")),
+        "peak_mib": max(r[w]["peak_mib"] for r in runs for w in r),
+        "other_cores": max(r[w]["other_cores"] for r in runs for w in r),
         "runs": runs,
     }
 
@@ -217,28 +279,37 @@ def time_model(fn, arrays: np.ndarray, bs: int, min_images: int, min_s: float = 
     return done / (time.perf_counter() - t)
 
 
-def measure_limit(keras_model, arrays: np.ndarray, batch_sizes, rounds: int,
-                  min_images: int) -> dict:
-    """L per batch size: a fresh EmbeddingModel per batch size (one fixed-shape trace,
-    as after the warm-up of that shape), best of `rounds` interleaved rounds."""
-    from streaming.model import EmbeddingModel
-    models = {}
-    for bs in batch_sizes:
-        m = EmbeddingModel(keras_model)
-        m(arrays[:bs] if len(arrays) >= bs else np.resize(arrays, (bs, 224, 224, 3)))
-        models[bs] = m
-    per = {bs: [] for bs in batch_sizes}
-    other = 0.0
-    for _ in range(rounds):
+class Limit:
+    """L per batch size: a fresh EmbeddingModel per batch size (one fixed-shape trace, as
+    after the warm-up of that shape); rounds can be spread over the run (before and after
+    the pipeline runs) and the best round counts, which makes E/L conservative."""
+
+    def __init__(self, keras_model, arrays: np.ndarray, batch_sizes, min_images: int):
+        from streaming.model import EmbeddingModel
+        self.arrays, self.batch_sizes, self.min_images = arrays, batch_sizes, min_images
+        self.models = {}
         for bs in batch_sizes:
+            m = EmbeddingModel(keras_model)
+            m(np.resize(arrays, (bs, 224, 224, 3)))
+            self.models[bs] = m
+        self.per = {bs: [] for bs in batch_sizes}
+        self.other = 0.0
+
+    def round(self) -> dict:
+        for bs in self.batch_sizes:
             C.wait_quiet()
             with C.Meter() as m:
-                per[bs].append(time_model(models[bs], arrays, bs, min_images))
-            other = max(other, m.other_cores)
-    best_bs = max(batch_sizes, key=lambda b: max(per[b]))
-    return {"per_batch_size": {str(b): max(v) for b, v in per.items()},
-            "rounds": {str(b): v for b, v in per.items()},
-            "best_batch_size": best_bs, "L_img_s": max(per[best_bs]), "other_cores": other}
+                self.per[bs].append(time_model(self.models[bs], self.arrays, bs,
+                                               self.min_images))
+            self.other = max(self.other, m.other_cores)
+        return {bs: v[-1] for bs, v in self.per.items()}
+
+    def result(self) -> dict:
+        best_bs = max(self.batch_sizes, key=lambda b: max(self.per[b]))
+        return {"per_batch_size": {str(b): max(v) for b, v in self.per.items()},
+                "rounds": {str(b): v for b, v in self.per.items()},
+                "best_batch_size": best_bs, "L_img_s": max(self.per[best_bs]),
+                "other_cores": self.other}
 
 
 def measure_2020_way(keras_model, files: list[str]) -> dict:
@@ -263,9 +334,7 @@ def measure_2020_way(keras_model, files: list[str]) -> dict:
 MT2 = ["--runner", "DirectRunner", "--direct_num_workers", "2",
        "--direct_running_mode", "multi_threading"]
 ONE_TF_THREAD = {"TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1"}
-PROTO_DECODE = {"EMBED_BENCH_PROTO": "decode_threads=2"}
-PROTO_START = {"EMBED_BENCH_PROTO": "signature,reuse_model"}
-PROTO_ALL = {"EMBED_BENCH_PROTO": "decode_threads=2,signature,reuse_model"}
+NO_POOL = ["--decode_threads", "1", "--decode_window", "1"]
 BOTH, BIG = ("12mp", "small"), ("12mp",)
 PIPELINE_LEVERS = [
     # name, extra argv, env, sets it runs on by default (() = only when named)
@@ -284,11 +353,12 @@ PIPELINE_LEVERS = [
      ["--runner", "DirectRunner", "--direct_num_workers", "2",
       "--direct_running_mode", "multi_processing", "--min_batch_size", "16",
       "--max_batch_size", "16"], ONE_TF_THREAD, ()),
-    # prototypes of changes to streaming/ (benchmarks/_child.py), default runner
-    ("PROTO parallel decode x2", [], PROTO_DECODE, BOTH),
-    ("PROTO parallel decode x2 + DirectRunner", ["--runner", "DirectRunner"], PROTO_DECODE, ()),
-    ("PROTO one trace + one model load", [], PROTO_START, BIG),
-    ("PROTO all three", [], PROTO_ALL, BOTH),
+    # the decode pool (LoadImages reads and decodes ahead of the model on threads)
+    ("no decode pool (1 thread, window 1)", NO_POOL, {}, BOTH),
+    ("decode window 8", ["--decode_window", "8"], {}, BIG),
+    ("decode window 64", ["--decode_window", "64"], {}, ()),
+    ("decode threads 1, window 32", ["--decode_threads", "1"], {}, BIG),
+    ("min_batch=8", ["--min_batch_size", "8"], {}, BOTH),
 ]
 
 
@@ -316,9 +386,18 @@ def model_levers(keras_model, arrays: np.ndarray, bs: int, rounds: int) -> dict:
     from keras.applications.resnet50 import preprocess_input
     from streaming.model import EmbeddingModel
 
-    fixed = EmbeddingModel(keras_model)
+    def compiled(**kw):
+        @tf.function(**kw)
+        def fn(b):
+            return keras_model(preprocess_input(tf.cast(b, tf.float32)), training=False)
+        return fn
+    fixed = compiled()
     fixed(arrays[:bs])  # traced on (bs, 224, 224, 3) only
-    relaxed = EmbeddingModel(keras_model)
+    xla = compiled(jit_compile=True)
+    t = time.perf_counter()
+    xla(arrays[:bs])
+    xla_compile_s = time.perf_counter() - t
+    relaxed = compiled(reduce_retracing=True)  # the pipeline before input_signature
     relaxed(arrays[:1])
     t = time.perf_counter()
     relaxed(arrays[:2])  # a second shape: reduce_retracing retraces with a None batch dim
@@ -327,6 +406,11 @@ def model_levers(keras_model, arrays: np.ndarray, bs: int, rounds: int) -> dict:
     relaxed(arrays[:3])
     third_shape_s = time.perf_counter() - t
     relaxed(arrays[:bs])
+    pipeline = EmbeddingModel(keras_model)
+    pipeline.warm_up()  # traced once, (None, 224, 224, 3)
+    t = time.perf_counter()
+    pipeline(arrays[:2])
+    pipeline_second_shape_s = time.perf_counter() - t
 
     def eager(b):
         return keras_model(preprocess_input(tf.cast(b, tf.float32)), training=False)
@@ -336,8 +420,10 @@ def model_levers(keras_model, arrays: np.ndarray, bs: int, rounds: int) -> dict:
                                    verbose=0)
     eager(arrays[:bs])
     predict(arrays[:bs])
-    variants = {"tf.function, fixed shape (bs,224,224,3)": fixed,
-                "tf.function, relaxed shape (None,...) [pipeline today]": relaxed,
+    variants = {"EmbeddingModel, input_signature (None,224,224,3) [pipeline]": pipeline,
+                "tf.function, fixed shape (bs,224,224,3)": fixed,
+                "tf.function, XLA jit_compile": xla,
+                "tf.function, reduce_retracing (traced 2x)": relaxed,
                 "eager keras_model(x)": eager,
                 "keras model.predict(batch)": predict}
     per = {k: [] for k in variants}
@@ -347,7 +433,9 @@ def model_levers(keras_model, arrays: np.ndarray, bs: int, rounds: int) -> dict:
             per[k].append(time_model(fn, arrays, bs, min_images=bs * 2, min_s=2.5))
     return {"batch_size": bs, "img_s": {k: max(v) for k, v in per.items()}, "rounds": per,
             "retrace_second_shape_s": retrace_s, "third_shape_s": third_shape_s,
-            "tracing_count_relaxed": int(relaxed._embed.experimental_get_tracing_count())}
+            "tracing_count_relaxed": int(relaxed.experimental_get_tracing_count()),
+            "pipeline_second_shape_s": pipeline_second_shape_s,
+            "xla_compile_s": xla_compile_s}
 
 
 def bf16_lever(keras_model, arrays: np.ndarray, bs: int, rounds: int) -> dict:
@@ -403,18 +491,25 @@ def report(res: dict) -> str:
         E = e["E_img_s"]
         peak_gb = e["peak_mib"] / 1024
         rows.append([f"{label} ({s['size']}, {s['n']} JPEGs, {s['mean_bytes'] / 1e6:.2f} MB avg)",
-                     _f(L), _f(srate["S_img_s"]), _f(E), _f(e["naive_img_s"]),
+                     _f(L), _f(srate["S_img_s"]), _f(E),
+                     " / ".join(_f(x) for x in e["E_window_each"]),
+                     " / ".join(_f(x) for x in e["E_diff_each"]), _f(e["naive_img_s"]),
                      _f(E / L if E else None), _f(E / srate["S_img_s"] if E else None),
                      f"{peak_gb:.2f}",
                      _f(max(e["other_cores"], srate["other_cores"]))])
-    lines.append(C.table(["image set", "L img/s", "S img/s", "E img/s", "E as printed",
-                          "E/L", "E/S", "peak GB", "other cores"], rows))
+    lines.append(C.table(["image set", "L img/s", "S img/s", "E img/s", "E each run",
+                          "E by difference", "E as printed", "E/L", "E/S", "peak GB",
+                          "other cores"], rows))
     lines.append("")
-    lines.append("E = (N - n_head) / (wall(N) - wall(n_head)) of `python -m streaming.main "
-                 "--input_dir ... --output_dir ... --weights random:0` subprocesses (start-up and "
-                 "model load cancel out); `E as printed` = N / the job's own `wall time` "
-                 "summary, which still includes the in-pipeline model load. `other cores` = CPU "
-                 "used by other processes during the measurement (max).")
+    lines.append("E: `python -m streaming.main --input_dir D --output_dir O --weights random:0` "
+                 "as a subprocess; images / (last file write - first object read - model load "
+                 "and graph tracing in between), from the job's own timings (median of the "
+                 "runs; the tracing part of a forward pass that traced a new graph = its "
+                 "duration - its images at the run's forward-pass rate). `E by difference` = (N - 4) / (wall(N images) - wall(first 4 images)) "
+                 "of whole processes, a cross-check that is noisier here (it subtracts two "
+                 "~20 s start-ups). `E as printed` = N / the job's own summary `wall time` "
+                 "(includes a model load). `other cores` = CPU used by other processes "
+                 "meanwhile (max).")
     lines.append("")
     checks = []
     for label, key in (("12mp", "e_over_l_12mp"), ("small", "e_over_l_small")):
@@ -433,17 +528,37 @@ def report(res: dict) -> str:
     lines.append("")
     rows = []
     for label, e in res["E"].items():
-        r = e["runs"][-1]
-        rows.append([label, _f(r["head"]["wall_s"], 1), _f(r["all"]["wall_s"], 1),
-                     " ".join(str(x) for x in r["all"].get("model_loads_s", [])),
-                     " ".join(str(x) for x in r["all"].get("batch_sizes", [])),
-                     _f(r["all"].get("inference_img_s"))])
-    lines.append(C.table(["pipeline run", "wall head s", "wall all s", "model loads s",
-                          "batch sizes (all)", "img/s inside forward passes"], rows))
+        for r in e["runs"]:
+            a = r["all"]
+            rows.append([label, _f(r["head"]["wall_s"], 1) if "head" in r else "",
+                         _f(a["wall_s"], 1), _f(a.get("startup_s"), 1), _f(a.get("window_s"), 1),
+                         " ".join(str(x) for x in a.get("model_loads_s", [])),
+                         " ".join(f"{n}:{d}s" for n, d in a.get("traced_batches", [])),
+                         _f(a.get("decode_ms"), 1), _f(a.get("inference_img_s")),
+                         _compact(a.get("batch_sizes", []))])
+    lines.append(C.table(["pipeline run", "wall head s", "wall all s", "start-up s",
+                          "window s", "model loads s", "tracing batches", "decode ms/img",
+                          "img/s in forward passes", "batch sizes"], rows, "lrrrrrrrrl"))
+    lines.append("")
+    lines.append("start-up = process start to first object read; window = first read to last "
+                 "write; tracing batches = forward passes that traced a new graph (n:seconds).")
     if res.get("levers"):
         lines.append("")
         lines.append(levers_report(res))
     return "\n".join(lines)
+
+
+def _compact(sizes, limit: int = 48) -> str:
+    """Batch sizes as runs: 1 1 2 32 32 32 -> 1x2 2 32x3 (cut after `limit` characters)."""
+    out, i = [], 0
+    while i < len(sizes):
+        j = i
+        while j < len(sizes) and sizes[j] == sizes[i]:
+            j += 1
+        out.append(f"{sizes[i]}x{j - i}" if j - i > 1 else str(sizes[i]))
+        i = j
+    text = " ".join(out)
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + f" ... ({len(sizes)})"
 
 
 def levers_report(res: dict) -> str:
@@ -455,22 +570,23 @@ def levers_report(res: dict) -> str:
         for c in configs:
             E = c["E_img_s"]
             r = c["runs"][-1]["all"]
-            rows.append([label, c["config"], _f(E), _f(E / base if E and base else None),
+            rows.append([label, c["config"], _f(E),
+                         " / ".join(_f(x) for x in c["E_window_each"]),
+                         _f(E / base if E and base else None),
                          _f(E / res["L"]["L_img_s"] if E else None),
-                         f"{c['peak_mib'] / 1024:.2f}", _f(c["wall_head_s"][-1], 1),
-                         " ".join(str(x) for x in r.get("batch_sizes", [])[:12]),
-                         _f(c["other_cores"])])
-    out.append(C.table(["set", "pipeline config", "E img/s", "x baseline", "E/L", "peak GB",
-                        "wall head s", "batch sizes", "other cores"], rows, "llrrrrrlr"))
+                         f"{c['peak_mib'] / 1024:.2f}", _f(c["startup_s"], 1),
+                         " ".join(f"{n}:{d}s" for n, d in r.get("traced_batches", [])),
+                         _f(r.get("decode_ms"), 1), _f(r.get("inference_img_s")),
+                         _compact(r.get("batch_sizes", [])), _f(c["other_cores"])])
+    out.append(C.table(["set", "pipeline config", "E img/s", "each run", "x baseline", "E/L",
+                        "peak GB", "start-up s", "tracing batches", "decode ms/img",
+                        "img/s in fwd passes", "batch sizes", "other cores"], rows,
+                       "llrrrrrrrrrlr"))
     out.append("")
-    out.append("One HEAD/full pair per lever (`x baseline` against the default row, whose E is "
-               "the median of its pairs); `wall head s` = the whole 4-image run, i.e. start-up. "
+    out.append("E as above (median of the runs; `x baseline` against the default row). "
                "mt2 = `--runner DirectRunner --direct_num_workers 2 --direct_running_mode "
-               "multi_threading`. PROTO rows run prototypes of recommended changes to "
-               "streaming/ (see benchmarks/_child.py): `parallel decode x2` = LoadImages "
-               "decoding 2 images at once on a thread pool; `one trace` = EmbeddingModel's "
-               "tf.function with input_signature (None,224,224,3); `one model load` = the "
-               "start-up check's model reused by RunInference.")
+               "multi_threading`. The default pipeline decodes on a pool (`--decode_threads 2 "
+               "--decode_window 32`): `no decode pool` is the pipeline without it.")
     out.append("")
     rows = []
     for label, d in lv["decode"].items():
@@ -483,12 +599,14 @@ def levers_report(res: dict) -> str:
     rows = [[k, _f(v), _f(v / res["L"]["L_img_s"])] for k, v in m["img_s"].items()]
     out.append(C.table([f"forward pass variant (bs {m['batch_size']})", "img/s", "/ L"], rows))
     out.append("")
-    out.append("Best of 3 interleaved rounds; `/ L` against the L above (fixed-shape "
+    out.append("Best of 3 interleaved rounds; `/ L` against the L above (the pipeline's "
                "EmbeddingModel at the best batch size, measured earlier in the run).")
     out.append("")
-    out.append(f"First call with a second batch shape (reduce_retracing retrace): "
-               f"{m['retrace_second_shape_s']:.2f} s; third shape: {m['third_shape_s']:.2f} s "
-               f"(traces: {m['tracing_count_relaxed']}).")
+    out.append(f"First call with a second batch shape: reduce_retracing retraces, "
+               f"{m['retrace_second_shape_s']:.2f} s (third shape: {m['third_shape_s']:.2f} s, "
+               f"traces: {m['tracing_count_relaxed']}); the pipeline's input_signature "
+               f"function: {m.get('pipeline_second_shape_s', float('nan')):.2f} s. XLA "
+               f"compile on first call: {m.get('xla_compile_s', float('nan')):.1f} s.")
     b = lv["bf16"]
     out.append("")
     out.append(C.table(["precision (bs %d)" % b["batch_size"], "img/s", "cosine vs float32 (min / mean)"],
@@ -509,18 +627,18 @@ def main(argv=None) -> int:
     p.add_argument("--lever_configs", default=None,
                    help="only the pipeline levers whose name contains one of these "
                         "comma-separated strings")
-    p.add_argument("--lever_reps", type=int, default=1,
-                   help="repetitions of each lever's pipeline pair")
+    p.add_argument("--lever_reps", type=int, default=2,
+                   help="runs of each lever's configuration (E is the median)")
     p.add_argument("--max_other", type=float, default=0.3,
-                   help="a pipeline pair during which other processes used more cores than "
+                   help="a pipeline run during which other processes used more cores than "
                         "this is measured again (up to --retries times)")
     p.add_argument("--retries", type=int, default=1)
     p.add_argument("--s_images", type=int, default=64,
                    help="images per set for S (per-image work, no fixed cost)")
     p.add_argument("--images", type=int, default=None,
-                   help="12 MP images (default 64, quick 16)")
+                   help="12 MP images (default 96, quick 16)")
     p.add_argument("--images_small", type=int, default=None,
-                   help="small images (default 128, quick 16)")
+                   help="small images (default 256, quick 16)")
     p.add_argument("--quiet_below", type=float, default=0.5,
                    help="before each measurement wait until other processes use fewer cores "
                         "than this (1 s samples; negative: never wait)")
@@ -528,14 +646,22 @@ def main(argv=None) -> int:
                    help="longest wait for a quiet machine before each measurement (s)")
     p.add_argument("--head", type=int, default=4, help="images of the HEAD run (fixed cost)")
     p.add_argument("--reps", type=int, default=None,
-                   help="repetitions of the baseline pipeline pair (default 2, quick 1); "
-                        "E is the median")
+                   help="runs of the default pipeline, each a HEAD run and a full run "
+                        "(default 2, quick 1); E is the median")
     p.add_argument("--batch_sizes", default="8,16,32,64", help="batch sizes tried for L")
     p.add_argument("--sets", default="12mp,small", help="which image sets")
     p.add_argument("--workdir", default=os.path.join("/tmp", "embed-bench"),
                    help="images and outputs (images are reused between runs)")
     p.add_argument("--out", default=C.RESULTS, help="where throughput.json/.md go")
+    p.add_argument("--report_from", default=None,
+                   help="only rewrite the tables from this results JSON (E recomputed)")
     args = p.parse_args(argv)
+    if args.report_from:
+        with open(args.report_from) as f:
+            res = json.load(f)
+        recompute(res)
+        _save(res, args.out)
+        return 0
     n = args.images or (16 if args.quick else 96)
     n_small = args.images_small or (16 if args.quick else 256)
     retry = {"max_other": args.max_other, "retries": args.retries}
@@ -568,27 +694,32 @@ def main(argv=None) -> int:
     res = {"info": info, "sets": {k: {x: v for x, v in s.items() if x != "files"}
                                   for k, s in sets.items()},
            "targets": TARGETS, "E": {}, "S": {}}
-    print("\n-- E: the pipeline, end to end (subprocesses)", flush=True)
-    for k, s in sets.items():
-        e = pipeline_rate(args.workdir, s, "default", [], {}, reps=args.reps, **retry)
-        res["E"][k] = e
-        print(f"  {k}: E = {_f(e['E_img_s'])} img/s (walls head {e['wall_head_s']}, "
-              f"all {e['wall_all_s']}), peak {e['peak_mib']:.0f} MiB, "
-              f"other cores {e['other_cores']:.2f}", flush=True)
-
-    print("\n-- L: forward passes alone", flush=True)
+    print("\n-- L: forward passes alone (round 1)", flush=True)
     from streaming.model import load_keras_model
     keras_model = load_keras_model("random:0")
     first = next(iter(sets.values()))
     arrays, _ = decode_arrays(first["files"])
-    res["L"] = measure_limit(keras_model, arrays, batch_sizes, rounds=2, min_images=n)
-    print("  " + ", ".join(f"bs {b}: {v:.2f}" for b, v in res["L"]["per_batch_size"].items())
-          + f" -> L = {res['L']['L_img_s']:.2f} img/s", flush=True)
+    limit = Limit(keras_model, arrays, batch_sizes, min_images=n)
+    print("  " + ", ".join(f"bs {b}: {v:.2f}" for b, v in limit.round().items()), flush=True)
+
+    print("\n-- E: the pipeline, end to end (subprocesses)", flush=True)
+    for k, s in sets.items():
+        e = pipeline_rate(args.workdir, s, "default", [], {}, reps=args.reps, **retry)
+        res["E"][k] = e
+        print(f"  {k}: E = {_f(e['E_img_s'])} img/s (runs {[_f(x) for x in e['E_window_each']]};"
+              f" by difference {[_f(x) for x in e['E_diff_each']]}), peak "
+              f"{e['peak_mib']:.0f} MiB, other cores {e['other_cores']:.2f}", flush=True)
 
     print("\n-- S: the 2020 way (per-image predict)", flush=True)
     for k, s in sets.items():
         res["S"][k] = measure_2020_way(keras_model, s["files"][:args.s_images])
         print(f"  {k}: S = {res['S'][k]['S_img_s']:.2f} img/s", flush=True)
+
+    print("\n-- L: forward passes alone (round 2)", flush=True)
+    print("  " + ", ".join(f"bs {b}: {v:.2f}" for b, v in limit.round().items()), flush=True)
+    res["L"] = limit.result()
+    print(f"  -> L = {res['L']['L_img_s']:.2f} img/s at bs {res['L']['best_batch_size']}",
+          flush=True)
 
     if args.levers:
         lv = res["levers"] = {"pipeline": {}, "decode": {}}
@@ -610,25 +741,31 @@ def main(argv=None) -> int:
                        if (any(w in c[0] for w in wanted) if wanted else k in c[3])]
             for name, extra, env, _ in configs:
                 e = pipeline_rate(args.workdir, sets[k], name, extra, env,
-                                  reps=args.lever_reps, **retry)
+                                  reps=args.lever_reps, head=False, **retry)
                 lv["pipeline"][k].append(e)
-                print(f"  {k} {name}: E = {_f(e['E_img_s'])} img/s, peak {e['peak_mib']:.0f} MiB,"
-                      f" head wall {e['wall_head_s'][-1]:.1f} s, other {e['other_cores']:.2f}",
+                print(f"  {k} {name}: E = {_f(e['E_img_s'])} img/s "
+                      f"({[_f(x) for x in e['E_window_each']]}), peak {e['peak_mib']:.0f} MiB,"
+                      f" start-up {_f(e['startup_s'], 1)} s, other {e['other_cores']:.2f}",
                       flush=True)
 
     res["elapsed_s"] = time.perf_counter() - t_start
     res["waited_for_quiet_s"] = C.QUIET["waited"]
+    _save(res, args.out)
+    return 0
+
+
+def _save(res: dict, out: str) -> None:
     md = report(res)
     print("\n" + md)
     print(f"\n(total {res['elapsed_s']:.0f} s, of which {res['waited_for_quiet_s']:.0f} s waiting "
           "for other processes to quieten)")
-    os.makedirs(args.out, exist_ok=True)
-    C.write_json(os.path.join(args.out, "throughput.json"), res)
-    with open(os.path.join(args.out, "throughput.md"), "w") as f:
+    os.makedirs(out, exist_ok=True)
+    C.write_json(os.path.join(out, "throughput.json"), res)
+    settings = res["info"]["settings"]
+    with open(os.path.join(out, "throughput.md"), "w") as f:
         f.write("## Throughput (`benchmarks/throughput.py"
-                + (" --quick" if args.quick else "") + (" --levers" if args.levers else "")
-                + "`)\n\n" + md + "\n")
-    return 0
+                + (" --quick" if settings.get("quick") else "")
+                + (" --levers" if settings.get("levers") else "") + "`)\n\n" + md + "\n")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,26 @@
 """The load stage: read an object's bytes (local path or the exact gs:// generation) and
 decode them with `streaming.decode` into the model's 224x224 RGB input; failures become
 dead letters with a reason.
+
+Reading and decoding run on a small thread pool, a window of images ahead of the
+DoFn's outputs: Pillow and I/O release the GIL, so the next batch is decoded while
+RunInference runs the forward pass of the current one (on two cores this is worth
+6-8% of end-to-end throughput, see benchmarks/). Metrics and outputs stay on the
+DoFn's own thread, in input order.
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import os
+import threading
 from typing import Iterable, Optional
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
+from apache_beam.utils.windowed_value import WindowedValue
 
 from streaming import metrics
 from streaming.decode import (  # noqa: F401 - re-exported: the stage's pure core
@@ -106,13 +116,41 @@ def _is_not_found(e: BaseException) -> bool:
     return "NotFound" in text or "404" in text or "No such file" in text
 
 
+def load_image(ref: ImageRef, read, policy: str, max_pixels: int, max_bytes: int):
+    """Reads and decodes one object: (ref, stage, DecodedImage or None, Rejected or None).
+
+    `read(ref)` returns (ref, bytes); it may refresh the ref (NONE-format metadata)."""
+    stage = "load"
+    try:
+        if ref.size is not None and ref.size > max_bytes:
+            raise Rejected("too_large", f"size {ref.size} > {max_bytes}-byte limit")
+        ref, data = read(ref)
+        stage = "decode"
+        return ref, stage, decode_image(data, policy=policy, max_pixels=max_pixels), None
+    except Rejected as e:
+        return ref, stage, None, e
+
+
 class _LoadFn(beam.DoFn):
-    def __init__(self, policy: str, max_pixels: int, max_bytes: int):
+    def __init__(self, policy: str, max_pixels: int, max_bytes: int,
+                 threads: int = 2, window: int = 32):
         self._policy, self._max_pixels, self._max_bytes = policy, max_pixels, max_bytes
+        self._threads, self._window = max(1, threads), max(1, window)
         self._gcs: Optional[GcsReader] = None
 
     def setup(self):
         self._gcs = None  # created on the first gs:// object: local runs need no client
+        self._gcs_lock = threading.Lock()
+        # At most `threads` raw objects are in memory at once; the window holds only
+        # decoded 224x224 arrays (150 KB each).
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self._threads, thread_name_prefix="decode")
+
+    def teardown(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def start_bundle(self):
+        self._inflight: collections.deque = collections.deque()
 
     def _read(self, ref: ImageRef) -> tuple[ImageRef, bytes]:
         if ref.is_local:
@@ -126,37 +164,54 @@ class _LoadFn(beam.DoFn):
                                              f"generation {ref.generation})")
             return ref, data
         if self._gcs is None:
-            self._gcs = GcsReader()
+            with self._gcs_lock:  # one client per DoFn, shared by the pool's threads
+                if self._gcs is None:
+                    self._gcs = GcsReader()
         if ref.payload_format == "NONE":
             ref = self._gcs.metadata(ref)
             if ref.size is not None and ref.size > self._max_bytes:
                 raise Rejected("too_large", f"size {ref.size} > {self._max_bytes}-byte limit")
         return ref, self._gcs.read(ref, self._max_bytes)
 
-    def process(self, ref: ImageRef) -> Iterable:
-        stage = "load"
-        try:
-            if ref.size is not None and ref.size > self._max_bytes:
-                raise Rejected("too_large", f"size {ref.size} > {self._max_bytes}-byte limit")
-            ref, data = self._read(ref)
-            stage = "decode"
-            decoded = decode_image(data, policy=self._policy, max_pixels=self._max_pixels)
-        except Rejected as e:
-            metrics.dead_letter(stage, e.reason)
-            yield pvalue.TaggedOutput(DEAD, DeadLetter(stage, e.reason, str(e), ref=ref))
+    def _load(self, ref: ImageRef):
+        return load_image(ref, self._read, self._policy, self._max_pixels, self._max_bytes)
+
+    def _outputs(self, future) -> Iterable:
+        ref, stage, decoded, error = future.result()
+        if error is not None:
+            metrics.dead_letter(stage, error.reason)
+            yield pvalue.TaggedOutput(DEAD, DeadLetter(stage, error.reason, str(error), ref=ref))
             return
         metrics.count("images_decoded")
-        info = ImageInfo(ref, decoded.width, decoded.height, decoded.format)
-        yield info, decoded.pixels
+        yield ImageInfo(ref, decoded.width, decoded.height, decoded.format), decoded.pixels
+
+    def process(self, ref: ImageRef, timestamp=beam.DoFn.TimestampParam,
+                window=beam.DoFn.WindowParam) -> Iterable:
+        self._inflight.append((self._pool.submit(self._load, ref), timestamp, window))
+        while len(self._inflight) > self._window:
+            yield from self._emit(*self._inflight.popleft())
+
+    def finish_bundle(self) -> Iterable:
+        while self._inflight:
+            yield from self._emit(*self._inflight.popleft())
+
+    def _emit(self, future, timestamp, window) -> Iterable:
+        # Outputs of earlier elements carry their own timestamp and window, as
+        # finish_bundle must (and process may) emit them.
+        for out in self._outputs(future):
+            if isinstance(out, pvalue.TaggedOutput):
+                yield pvalue.TaggedOutput(out.tag, WindowedValue(out.value, timestamp, [window]))
+            else:
+                yield WindowedValue(out, timestamp, [window])
 
 
 class LoadImages(beam.PTransform):
     """ImageRef -> (ImageInfo, uint8 224x224x3 pixels); failures -> dead letters."""
 
     def __init__(self, policy: str = "center_crop", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES):
+                 max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2, window: int = 32):
         super().__init__()
-        self._fn = _LoadFn(policy, max_pixels, max_bytes)
+        self._fn = _LoadFn(policy, max_pixels, max_bytes, threads, window)
 
     def expand(self, refs):
         return refs | "Read and decode" >> beam.ParDo(self._fn).with_outputs(DEAD, main="images")

@@ -73,9 +73,9 @@ def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
     if opts.local_endpoints:
         endpoints.use_local_endpoints()
     # Fail fast, once: an unloadable model must stop the job here, not per element.
+    # A local run's RunInference then reuses this copy (load_embedding_model caches it).
     preflight = model.load_embedding_model(opts.weights)
     print(f"model: {preflight.model_id} (weights {opts.weights})", file=sys.stderr)
-    del preflight
     started = time.monotonic()
     pipeline = beam.Pipeline(options=opts)
     build_pipeline(pipeline, opts)

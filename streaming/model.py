@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -128,7 +129,9 @@ class EmbeddingModel:
         self.fingerprint = weights_fingerprint(keras_model)
         self.model_id = f"{MODEL_NAME}@{self.fingerprint}"
 
-        @tf.function(reduce_retracing=True)
+        # One signature, traced once at warm-up: every batch size reuses the graph (a new
+        # shape would otherwise trace again, seconds, on the first batch of that size).
+        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8)])
         def embed(batch_uint8):
             x = preprocess_input(tf.cast(batch_uint8, tf.float32))
             return keras_model(x, training=False)
@@ -144,11 +147,22 @@ class EmbeddingModel:
         self(np.zeros((1, 224, 224, 3), np.uint8))
 
 
+_LOADED: dict[str, EmbeddingModel] = {}
+_LOAD_LOCK = threading.Lock()
+
+
 def load_embedding_model(spec: str) -> EmbeddingModel:
-    model = EmbeddingModel(load_keras_model(spec))
-    model.warm_up()
-    _LOG.info("Loaded %s with weights %s", model.model_id, spec)
-    return model
+    """The model for `spec`, loaded once per process: the job's start-up check and
+    RunInference (and every RunInference in the process) share one copy. Only the
+    latest spec is kept, so a process never holds two ResNet50s."""
+    with _LOAD_LOCK:
+        if spec not in _LOADED:
+            _LOADED.clear()
+            model = EmbeddingModel(load_keras_model(spec))
+            model.warm_up()
+            _LOG.info("Loaded %s with weights %s", model.model_id, spec)
+            _LOADED[spec] = model
+        return _LOADED[spec]
 
 
 def embed_batch(model: EmbeddingModel, batch: Sequence[np.ndarray],

@@ -58,6 +58,12 @@ class EmbedOptions(PipelineOptions):
                          help="Images with more pixels are dead-lettered before decoding.")
         img.add_argument("--max_bytes", type=int, default=images.DEFAULT_MAX_BYTES,
                          help="Objects larger than this are dead-lettered unread.")
+        img.add_argument("--decode_threads", type=int, default=2,
+                         help="Threads per DoFn that read and decode images while the "
+                              "model runs (Pillow releases the GIL).")
+        img.add_argument("--decode_window", type=int, default=32,
+                         help="Images read and decoded ahead of the model (default: one "
+                              "full batch); only decoded 224x224 arrays wait in it.")
         img.add_argument("--extensions", type=str, default=DEFAULT_EXTENSIONS,
                          help="Comma-separated accepted name suffixes ('' accepts all). "
                               "An object passes if its suffix OR its content type is accepted.")
@@ -85,5 +91,7 @@ def validate(opts: EmbedOptions) -> None:
         raise ValueError("give at least one of --output_dir, --output_table, --output_gcs")
     if opts.min_batch_size < 1 or opts.max_batch_size < opts.min_batch_size:
         raise ValueError("need 1 <= --min_batch_size <= --max_batch_size")
+    if opts.decode_threads < 1 or opts.decode_window < 1:
+        raise ValueError("--decode_threads and --decode_window must be at least 1")
     if opts.max_pixels < 1 or opts.max_bytes < 1:
         raise ValueError("--max_pixels and --max_bytes must be positive")

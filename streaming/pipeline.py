@@ -70,7 +70,8 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
         max_batch_duration_secs=(opts.max_batch_duration_secs or None) if streaming else None)
     kept = refs | "Filter objects" >> filters.FilterObjects(filter_config(opts))
     loaded = kept.accepted | "Load and resize" >> images.LoadImages(
-        opts.resize_policy, opts.max_pixels, opts.max_bytes)
+        opts.resize_policy, opts.max_pixels, opts.max_bytes,
+        threads=opts.decode_threads, window=opts.decode_window)
     results, embed_dead = loaded.images | "Embed with ResNet50" >> model.EmbedImages(handler)
     vector_root = opts.output_gcs or (
         sinks.FileSystems.join(opts.output_dir, sinks.VECTORS_DIR) if opts.output_dir else None)

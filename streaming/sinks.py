@@ -15,6 +15,7 @@ import tempfile
 from typing import Any, Iterable
 
 import numpy as np
+import orjson
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -45,7 +46,7 @@ def embedding_row(info: ImageInfo, embedding: np.ndarray, model_id: str,
     model_name, _, fingerprint = (model_id or "").partition("@")
     row = _ref_row(info.ref)
     row.update(width=info.width, height=info.height, format=info.format,
-               embedding=[float(x) for x in np.asarray(embedding, dtype=np.float32)],
+               embedding=np.asarray(embedding, dtype=np.float32).tolist(),
                model_name=model_name, model_fingerprint=fingerprint, vector_uri=vector_uri)
     return row
 
@@ -83,6 +84,11 @@ def _ref_row(ref: ImageRef) -> dict[str, Any]:
         "event_time": ref.event_time,
         "processing_time": utcnow_iso(),
     }
+
+
+def ndjson_line(row: dict[str, Any]) -> bytes:
+    """One row as a UTF-8 JSON line, the format BigQuery and DuckDB load."""
+    return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
 
 
 def write_atomically(path: str, data: bytes) -> None:
@@ -164,7 +170,7 @@ class _WriteJsonFileFn(beam.DoFn):
         else:
             rel = row["row_key"] + ".json"
         path = FileSystems.join(self._root, rel)
-        write_atomically(path, (json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
+        write_atomically(path, ndjson_line(row))
         yield path
 
 

@@ -75,3 +75,20 @@ def test_cli_with_unusable_weights_fails_at_start_up_with_one_message(tmp_path, 
     assert message in proc.stderr
     assert "random:SEED" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_every_batch_size_reuses_the_graph_traced_at_warm_up():
+    loaded = model.load_embedding_model("random:0")
+    for n in (1, 3, 7, 32):
+        assert loaded(np.zeros((n, 224, 224, 3), np.uint8)).shape == (n, model.EMBEDDING_DIM)
+    assert loaded._embed.experimental_get_tracing_count() == 1
+
+
+def test_a_process_loads_each_model_once_and_keeps_only_the_latest():
+    first = model.load_embedding_model("random:0")
+    assert model.load_embedding_model("random:0") is first
+    other = model.load_embedding_model("random:1")
+    assert other is not first and other.fingerprint != first.fingerprint
+    assert list(model._LOADED) == ["random:1"]
+    again = model.load_embedding_model("random:0")
+    assert again is not first and again.fingerprint == first.fingerprint

@@ -1,0 +1,103 @@
+"""The load stage's decode pool: images decoded ahead of the model, outputs unchanged."""
+import threading
+
+import apache_beam as beam
+import apache_beam.utils.timestamp
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+from apache_beam.transforms import window
+from apache_beam.utils.windowed_value import WindowedValue
+
+from streaming import images
+from streaming.decode import decode_image
+from streaming.local_source import local_ref
+from tests import fixtures
+
+
+def write_folder(tmp_path, good=6):
+    for i in range(good):
+        (tmp_path / f"img-{i}.jpg").write_bytes(fixtures.jpeg(200 + i, 150, seed=i))
+    (tmp_path / "broken.jpg").write_bytes(b"not an image at all")
+    (tmp_path / "cut.jpg").write_bytes(fixtures.truncated_jpeg())
+    return [local_ref(str(tmp_path), str(p)) for p in sorted(tmp_path.iterdir())]
+
+
+def summarize(result):
+    """(name, pixel checksum) for images; (name, reason) for dead letters."""
+    if isinstance(result, tuple):
+        info, pixels = result
+        return info.ref.name, int(pixels.astype(np.int64).sum())
+    return result.ref.name, result.reason
+
+
+@pytest.mark.parametrize("threads,window_size", [(1, 1), (2, 4), (3, 32)])
+def test_pooled_loading_gives_the_same_images_and_dead_letters(tmp_path, threads, window_size):
+    refs = write_folder(tmp_path)
+    expected = []
+    for ref in refs:
+        try:
+            out = decode_image((tmp_path / ref.name).read_bytes())
+            expected.append((ref.name, int(out.pixels.astype(np.int64).sum())))
+        except images.Rejected as e:
+            expected.append((ref.name, e.reason))
+    with TestPipeline() as p:
+        loaded = (p | beam.Create(refs)
+                  | images.LoadImages(threads=threads, window=window_size))
+        both = (loaded.images, loaded.dead_letters) | beam.Flatten()
+        assert_that(both | beam.Map(summarize), equal_to(expected))
+
+
+class _GatedLoadFn(images._LoadFn):
+    """Reads meet at a barrier: it only opens when `parties` reads run at once."""
+
+    def __init__(self, parties, **kw):
+        super().__init__("center_crop", images.DEFAULT_MAX_PIXELS, images.DEFAULT_MAX_BYTES,
+                         **kw)
+        self.barrier = threading.Barrier(parties, timeout=10)
+
+    def _read(self, ref):
+        self.barrier.wait()
+        return super()._read(ref)
+
+
+def run_fn(fn, refs):
+    fn.setup()
+    fn.start_bundle()
+    outs = []
+    try:
+        for i, ref in enumerate(refs):
+            outs += list(fn.process(ref, timestamp=beam.utils.timestamp.Timestamp(i),
+                                    window=window.GlobalWindow()))
+        outs += list(fn.finish_bundle())
+    finally:
+        fn.teardown()
+    return outs
+
+
+def test_images_are_read_and_decoded_in_parallel_ahead_of_the_outputs(tmp_path):
+    refs = [r for r in write_folder(tmp_path, good=4) if r.name.startswith("img-")]
+    # Two reads must be in flight together, before the DoFn has emitted anything.
+    fn = _GatedLoadFn(2, threads=2, window=4)
+    outs = run_fn(fn, refs)
+    assert [o.value[0].ref.name for o in outs] == [r.name for r in refs]
+    serial = _GatedLoadFn(2, threads=1, window=4)
+    with pytest.raises(threading.BrokenBarrierError):
+        serial.barrier._timeout = 0.5
+        run_fn(serial, refs)
+
+
+def test_outputs_keep_their_own_timestamp_and_window(tmp_path):
+    refs = write_folder(tmp_path, good=3)
+    outs = run_fn(images._LoadFn("center_crop", images.DEFAULT_MAX_PIXELS,
+                                 images.DEFAULT_MAX_BYTES, threads=2, window=8), refs)
+    assert len(outs) == len(refs)
+    by_name = {}
+    for out in outs:
+        value = out.value if isinstance(out, beam.pvalue.TaggedOutput) else out
+        assert isinstance(value, WindowedValue)
+        record = value.value
+        name = record[0].ref.name if isinstance(record, tuple) else record.ref.name
+        by_name[name] = value.timestamp.micros
+    assert by_name == {r.name: i * 1_000_000 for i, r in enumerate(refs)}
