@@ -280,18 +280,19 @@ def time_model(fn, arrays: np.ndarray, bs: int, min_images: int, min_s: float = 
 
 
 class Limit:
-    """L per batch size: a fresh EmbeddingModel per batch size (one fixed-shape trace, as
-    after the warm-up of that shape); rounds can be spread over the run (before and after
-    the pipeline runs) and the best round counts, which makes E/L conservative."""
+    """L per batch size: the pipeline's own compiled function (`EmbeddingModel`, traced
+    once), fed decoded uint8 arrays. This machine's speed drifts by 10-30% over minutes
+    (shared host), so rounds are spread over the run, between the pipeline runs they are
+    compared with, and L is the median round at the batch size with the best median;
+    the best single round is reported too."""
 
     def __init__(self, keras_model, arrays: np.ndarray, batch_sizes, min_images: int):
         from streaming.model import EmbeddingModel
         self.arrays, self.batch_sizes, self.min_images = arrays, batch_sizes, min_images
-        self.models = {}
+        self.model = EmbeddingModel(keras_model)
+        self.model.warm_up()
         for bs in batch_sizes:
-            m = EmbeddingModel(keras_model)
-            m(np.resize(arrays, (bs, 224, 224, 3)))
-            self.models[bs] = m
+            self.model(np.resize(arrays, (bs, 224, 224, 3)))
         self.per = {bs: [] for bs in batch_sizes}
         self.other = 0.0
 
@@ -299,17 +300,17 @@ class Limit:
         for bs in self.batch_sizes:
             C.wait_quiet()
             with C.Meter() as m:
-                self.per[bs].append(time_model(self.models[bs], self.arrays, bs,
-                                               self.min_images))
+                self.per[bs].append(time_model(self.model, self.arrays, bs, self.min_images))
             self.other = max(self.other, m.other_cores)
         return {bs: v[-1] for bs, v in self.per.items()}
 
     def result(self) -> dict:
-        best_bs = max(self.batch_sizes, key=lambda b: max(self.per[b]))
-        return {"per_batch_size": {str(b): max(v) for b, v in self.per.items()},
+        best_bs = max(self.batch_sizes, key=lambda b: float(np.median(self.per[b])))
+        return {"per_batch_size": {str(b): float(np.median(v)) for b, v in self.per.items()},
                 "rounds": {str(b): v for b, v in self.per.items()},
-                "best_batch_size": best_bs, "L_img_s": max(self.per[best_bs]),
-                "other_cores": self.other}
+                "best_batch_size": best_bs, "L_img_s": float(np.median(self.per[best_bs])),
+                "L_best_round_img_s": max(max(v) for v in self.per.values()),
+                "statistic": "median of rounds", "other_cores": self.other}
 
 
 def measure_2020_way(keras_model, files: list[str]) -> dict:
@@ -355,10 +356,9 @@ PIPELINE_LEVERS = [
       "--max_batch_size", "16"], ONE_TF_THREAD, ()),
     # the decode pool (LoadImages reads and decodes ahead of the model on threads)
     ("no decode pool (1 thread, window 1)", NO_POOL, {}, BOTH),
-    ("decode window 8", ["--decode_window", "8"], {}, BIG),
-    ("decode window 64", ["--decode_window", "64"], {}, ()),
-    ("decode threads 1, window 32", ["--decode_threads", "1"], {}, BIG),
-    ("min_batch=8", ["--min_batch_size", "8"], {}, BOTH),
+    ("decode window 32", ["--decode_window", "32"], {}, BOTH),
+    ("decode threads 1", ["--decode_threads", "1"], {}, BIG),
+    ("min_batch=1 (BatchElements ramp from 1)", ["--min_batch_size", "1"], {}, BOTH),
 ]
 
 
@@ -480,10 +480,19 @@ def report(res: dict) -> str:
     lines.append(f"Settings: " + ", ".join(f"{k}={v}" for k, v in res["info"]["settings"].items())
                  + f". Date: {res['info']['date']}.")
     lines.append("")
-    lines.append("**L** (limit: forward passes on decoded uint8, images/s by batch size): "
+    rounds = res["L"].get("rounds", {})
+    lines.append("**L** (limit: forward passes on decoded uint8, images/s by batch size, "
+                 f"{res['L'].get('statistic', 'best of rounds')}): "
                  + ", ".join(f"bs {b}: {v:.2f}" for b, v in res["L"]["per_batch_size"].items())
                  + f" -> L = {L:.2f} img/s at bs {res['L']['best_batch_size']} "
                  f"(other processes used up to {res['L']['other_cores']:.2f} cores meanwhile).")
+    if rounds:
+        lines.append("")
+        lines.append("L rounds, in order (round 1 before the pipeline runs, then one after "
+                     "each set's E runs, one after S): " + "; ".join(
+                         f"bs {b}: " + " ".join(f"{x:.2f}" for x in v) for b, v in rounds.items())
+                     + (f". Best single round: {res['L']['L_best_round_img_s']:.2f}."
+                        if "L_best_round_img_s" in res["L"] else ""))
     lines.append("")
     rows = []
     for label, s in res["sets"].items():
@@ -583,10 +592,11 @@ def levers_report(res: dict) -> str:
                         "img/s in fwd passes", "batch sizes", "other cores"], rows,
                        "llrrrrrrrrrlr"))
     out.append("")
-    out.append("E as above (median of the runs; `x baseline` against the default row). "
+    out.append("E as above (median of the runs; `x baseline` against the default row, whose "
+               "runs alternate with the levers' runs). "
                "mt2 = `--runner DirectRunner --direct_num_workers 2 --direct_running_mode "
                "multi_threading`. The default pipeline decodes on a pool (`--decode_threads 2 "
-               "--decode_window 32`): `no decode pool` is the pipeline without it.")
+               "--decode_window 8`): `no decode pool` is the pipeline without it.")
     out.append("")
     rows = []
     for label, d in lv["decode"].items():
@@ -672,7 +682,7 @@ def main(argv=None) -> int:
     sets_wanted = [s for s in args.sets.split(",") if s]
     settings = {"images_12mp": n, "images_small": n_small, "head_images": args.head, "reps": args.reps,
                 "L_batch_sizes": batch_sizes, "jpeg_quality": 90, "weights": "random:0",
-                "pipeline": "default options (BundleBasedDirectRunner, min/max batch 1/32)",
+                "pipeline": "default options (BundleBasedDirectRunner, min/max batch 8/32, decode threads/window 2/8)",
                 "quick": args.quick, "levers": args.levers,
                 "quiet_below_cores": args.quiet_below, "quiet_max_wait_s": args.quiet_max_wait}
     info = C.print_header("throughput", settings)
@@ -694,32 +704,35 @@ def main(argv=None) -> int:
     res = {"info": info, "sets": {k: {x: v for x, v in s.items() if x != "files"}
                                   for k, s in sets.items()},
            "targets": TARGETS, "E": {}, "S": {}}
-    print("\n-- L: forward passes alone (round 1)", flush=True)
+    print("\n-- L (forward passes alone) and E (the pipeline end to end, subprocesses), "
+          "L rounds between the E runs", flush=True)
     from streaming.model import load_keras_model
     keras_model = load_keras_model("random:0")
     first = next(iter(sets.values()))
     arrays, _ = decode_arrays(first["files"])
     limit = Limit(keras_model, arrays, batch_sizes, min_images=n)
-    print("  " + ", ".join(f"bs {b}: {v:.2f}" for b, v in limit.round().items()), flush=True)
 
-    print("\n-- E: the pipeline, end to end (subprocesses)", flush=True)
+    def l_round(label):
+        print(f"  L ({label}): " + ", ".join(f"bs {b}: {v:.2f}"
+                                            for b, v in limit.round().items()), flush=True)
+    l_round("round 1")
     for k, s in sets.items():
         e = pipeline_rate(args.workdir, s, "default", [], {}, reps=args.reps, **retry)
         res["E"][k] = e
-        print(f"  {k}: E = {_f(e['E_img_s'])} img/s (runs {[_f(x) for x in e['E_window_each']]};"
+        print(f"  E {k}: {_f(e['E_img_s'])} img/s (runs {[_f(x) for x in e['E_window_each']]};"
               f" by difference {[_f(x) for x in e['E_diff_each']]}), peak "
               f"{e['peak_mib']:.0f} MiB, other cores {e['other_cores']:.2f}", flush=True)
+        l_round(f"after E {k}")
 
     print("\n-- S: the 2020 way (per-image predict)", flush=True)
     for k, s in sets.items():
         res["S"][k] = measure_2020_way(keras_model, s["files"][:args.s_images])
         print(f"  {k}: S = {res['S'][k]['S_img_s']:.2f} img/s", flush=True)
-
-    print("\n-- L: forward passes alone (round 2)", flush=True)
-    print("  " + ", ".join(f"bs {b}: {v:.2f}" for b, v in limit.round().items()), flush=True)
+    l_round("after S")
     res["L"] = limit.result()
-    print(f"  -> L = {res['L']['L_img_s']:.2f} img/s at bs {res['L']['best_batch_size']}",
-          flush=True)
+    print(f"  -> L = {res['L']['L_img_s']:.2f} img/s at bs {res['L']['best_batch_size']} "
+          f"(median of {len(limit.per[res['L']['best_batch_size']])} rounds; best round "
+          f"{res['L']['L_best_round_img_s']:.2f})", flush=True)
 
     if args.levers:
         lv = res["levers"] = {"pipeline": {}, "decode": {}}
@@ -736,17 +749,26 @@ def main(argv=None) -> int:
         print("\n-- levers: pipeline options", flush=True)
         wanted = args.lever_configs.split(",") if args.lever_configs else None
         for k in [x for x in args.lever_sets.split(",") if x in sets]:
-            lv["pipeline"][k] = [res["E"][k]]
-            configs = [c for c in PIPELINE_LEVERS
-                       if (any(w in c[0] for w in wanted) if wanted else k in c[3])]
-            for name, extra, env, _ in configs:
-                e = pipeline_rate(args.workdir, sets[k], name, extra, env,
-                                  reps=args.lever_reps, head=False, **retry)
-                lv["pipeline"][k].append(e)
-                print(f"  {k} {name}: E = {_f(e['E_img_s'])} img/s "
-                      f"({[_f(x) for x in e['E_window_each']]}), peak {e['peak_mib']:.0f} MiB,"
-                      f" start-up {_f(e['startup_s'], 1)} s, other {e['other_cores']:.2f}",
-                      flush=True)
+            configs = [("default", [], {})] + [
+                c[:3] for c in PIPELINE_LEVERS
+                if (any(w in c[0] for w in wanted) if wanted else k in c[3])]
+            # Interleaved (default, lever, lever, ..., default, lever, ...): each lever is
+            # compared with default runs from the same minutes.
+            runs = {name: [] for name, _, _ in configs}
+            for _ in range(args.lever_reps):
+                for name, extra, env in configs:
+                    e = pipeline_rate(args.workdir, sets[k], name, extra, env, reps=1,
+                                      head=False, **retry)
+                    runs[name].append(e)
+                    print(f"  {k} {name}: E = {_f(e['E_img_s'])} img/s, peak "
+                          f"{e['peak_mib']:.0f} MiB, start-up {_f(e['startup_s'], 1)} s, "
+                          f"other {e['other_cores']:.2f}", flush=True)
+            lv["pipeline"][k] = []
+            for name, extra, env in configs:
+                merged = _combine(sets[k], name, extra, env,
+                                  [r for e in runs[name] for r in e["runs"]])
+                merged["discarded_runs"] = [r for e in runs[name] for r in e["discarded_runs"]]
+                lv["pipeline"][k].append(merged)
 
     res["elapsed_s"] = time.perf_counter() - t_start
     res["waited_for_quiet_s"] = C.QUIET["waited"]

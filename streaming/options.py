@@ -43,8 +43,11 @@ class EmbedOptions(PipelineOptions):
         model.add_argument("--weights", type=str, default="imagenet",
                            help="imagenet (default, downloaded by Keras), a local or gs:// "
                                 ".weights.h5/.keras file, or random:SEED (offline smoke test).")
-        model.add_argument("--min_batch_size", type=int, default=1,
-                           help="RunInference minimum batch size.")
+        model.add_argument("--min_batch_size", type=int, default=None,
+                           help="RunInference minimum batch size (default: 8 for a "
+                                "folder, where BatchElements would otherwise start at 1 "
+                                "and double; 1 in streaming, where a lone image must not "
+                                "wait for company).")
         model.add_argument("--max_batch_size", type=int, default=32,
                            help="RunInference maximum batch size.")
         model.add_argument("--max_batch_duration_secs", type=int, default=1,
@@ -61,9 +64,9 @@ class EmbedOptions(PipelineOptions):
         img.add_argument("--decode_threads", type=int, default=2,
                          help="Threads per DoFn that read and decode images while the "
                               "model runs (Pillow releases the GIL).")
-        img.add_argument("--decode_window", type=int, default=32,
-                         help="Images read and decoded ahead of the model (default: one "
-                              "full batch); only decoded 224x224 arrays wait in it.")
+        img.add_argument("--decode_window", type=int, default=8,
+                         help="Images read and decoded ahead of the model; only decoded "
+                              "224x224 arrays wait in it.")
         img.add_argument("--extensions", type=str, default=DEFAULT_EXTENSIONS,
                          help="Comma-separated accepted name suffixes ('' accepts all). "
                               "An object passes if its suffix OR its content type is accepted.")
@@ -89,7 +92,8 @@ def validate(opts: EmbedOptions) -> None:
         raise ValueError("--watch needs --input_dir")
     if not (opts.output_dir or opts.output_table or opts.output_gcs):
         raise ValueError("give at least one of --output_dir, --output_table, --output_gcs")
-    if opts.min_batch_size < 1 or opts.max_batch_size < opts.min_batch_size:
+    if (opts.min_batch_size is not None and opts.min_batch_size < 1) or \
+            opts.max_batch_size < (opts.min_batch_size or 1):
         raise ValueError("need 1 <= --min_batch_size <= --max_batch_size")
     if opts.decode_threads < 1 or opts.decode_window < 1:
         raise ValueError("--decode_threads and --decode_window must be at least 1")

@@ -33,6 +33,17 @@ def test_invalid_option_combinations_are_refused(argv, message):
         main.make_options(argv)
 
 
+@pytest.mark.parametrize("argv, expected", [
+    (["--input_dir", "i"], 8),  # a folder: no BatchElements ramp from 1
+    (["--input_dir", "i", "--max_batch_size", "4"], 4),
+    (["--input_subscription", "projects/p/subscriptions/s", "--streaming"], 1),
+    (["--input_dir", "i", "--min_batch_size", "2"], 2),
+])
+def test_minimum_batch_size_depends_on_the_source(argv, expected):
+    from streaming.pipeline import min_batch_size
+    assert min_batch_size(main.make_options(argv + ["--output_dir", "o"])) == expected
+
+
 def test_summary_lists_dead_letters_by_reason_and_rate():
     text = main.summary({"images_embedded": 20, "dead_letter.not_an_image": 2,
                          "dead_letter.empty_object": 1, "skipped.type": 4}, 10.0)
