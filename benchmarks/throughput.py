@@ -358,6 +358,8 @@ PIPELINE_LEVERS = [
     ("no decode pool (1 thread, window 1)", NO_POOL, {}, BOTH),
     ("decode window 32", ["--decode_window", "32"], {}, BOTH),
     ("decode threads 1", ["--decode_threads", "1"], {}, BIG),
+    ("max_batch=8", ["--max_batch_size", "8"], {}, BOTH),
+    ("max_batch=16", ["--max_batch_size", "16"], {}, BOTH),
     ("min_batch=1 (BatchElements ramp from 1)", ["--min_batch_size", "1"], {}, BOTH),
 ]
 
