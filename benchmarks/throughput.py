@@ -8,7 +8,8 @@ Measured in one run, on the same machine and the same images:
 
   L  the limit: ResNet50 forward passes alone (streaming.model.EmbeddingModel, random:0
      weights: weights do not change speed) on already decoded uint8 224x224 arrays, at
-     its best batch size (each batch size traced once, on its own shape; best of 2 rounds).
+     its best batch size (each batch size in every round; L rounds run before, between
+     and after the pipeline runs, and each batch size's rate is the median of its rounds).
   S  "the 2020 way": per image, full Pillow decode (no draft), resize to 224x224,
      keras preprocess_input, one model.predict(x[None]).
   E  this project's pipeline end to end in local mode (files in, rows + .npy out): a
@@ -356,11 +357,13 @@ PIPELINE_LEVERS = [
       "--max_batch_size", "16"], ONE_TF_THREAD, ()),
     # the decode pool (LoadImages reads and decodes ahead of the model on threads)
     ("no decode pool (1 thread, window 1)", NO_POOL, {}, BOTH),
-    ("decode window 32", ["--decode_window", "32"], {}, BOTH),
-    ("decode threads 1", ["--decode_threads", "1"], {}, BIG),
-    ("max_batch=8", ["--max_batch_size", "8"], {}, BOTH),
+    ("decode window 32", ["--decode_window", "32"], {}, ()),
+    ("decode threads 1", ["--decode_threads", "1"], {}, ()),
+    ("decode threads 3", ["--decode_threads", "3"], {}, BIG),
+    # the default before stop 9 was 32: ResNet50's activations spill out of cache
+    ("max_batch=32 (the old default)", ["--max_batch_size", "32"], {}, BOTH),
     ("max_batch=16", ["--max_batch_size", "16"], {}, BOTH),
-    ("min_batch=1 (BatchElements ramp from 1)", ["--min_batch_size", "1"], {}, BOTH),
+    ("min_batch=1 (BatchElements ramp from 1)", ["--min_batch_size", "1"], {}, BIG),
 ]
 
 
@@ -429,11 +432,18 @@ def model_levers(keras_model, arrays: np.ndarray, bs: int, rounds: int) -> dict:
                 "eager keras_model(x)": eager,
                 "keras model.predict(batch)": predict}
     per = {k: [] for k in variants}
-    for _ in range(rounds):
+    names = list(variants)
+    for r in range(rounds):
+        # Each round starts with a different variant: the first after a quiet wait
+        # runs on a cooler, less contended machine, and a fixed order biased the table.
         C.wait_quiet()
-        for k, fn in variants.items():
-            per[k].append(time_model(fn, arrays, bs, min_images=bs * 2, min_s=2.5))
-    return {"batch_size": bs, "img_s": {k: max(v) for k, v in per.items()}, "rounds": per,
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            per[k].append(time_model(variants[k], arrays, bs, min_images=bs * 2, min_s=2.5))
+    base = per[names[0]]
+    return {"batch_size": bs, "img_s": {k: float(np.median(v)) for k, v in per.items()},
+            "vs_pipeline": {k: float(np.median([a / b for a, b in zip(v, base)]))
+                            for k, v in per.items()},
+            "rounds": per,
             "retrace_second_shape_s": retrace_s, "third_shape_s": third_shape_s,
             "tracing_count_relaxed": int(relaxed.experimental_get_tracing_count()),
             "pipeline_second_shape_s": pipeline_second_shape_s,
@@ -608,11 +618,16 @@ def levers_report(res: dict) -> str:
                        rows))
     out.append("")
     m = lv["model"]
-    rows = [[k, _f(v), _f(v / res["L"]["L_img_s"])] for k, v in m["img_s"].items()]
-    out.append(C.table([f"forward pass variant (bs {m['batch_size']})", "img/s", "/ L"], rows))
+    ratio = m.get("vs_pipeline", {})
+    rows = [[k, _f(v), _f(ratio.get(k)), _f(v / res["L"]["L_img_s"])]
+            for k, v in m["img_s"].items()]
+    out.append(C.table([f"forward pass variant (bs {m['batch_size']})", "img/s",
+                        "x pipeline's", "/ L"], rows))
     out.append("")
-    out.append("Best of 3 interleaved rounds; `/ L` against the L above (the pipeline's "
-               "EmbeddingModel at the best batch size, measured earlier in the run).")
+    out.append(f"Median of {len(next(iter(m['rounds'].values())))} rounds, each starting with "
+               "a different variant; `x pipeline's` = median of the per-round ratios to the "
+               "first row; `/ L` against the L above (the pipeline's EmbeddingModel at the "
+               "best batch size, measured earlier in the run).")
     out.append("")
     out.append(f"First call with a second batch shape: reduce_retracing retraces, "
                f"{m['retrace_second_shape_s']:.2f} s (third shape: {m['third_shape_s']:.2f} s, "
@@ -630,6 +645,17 @@ def levers_report(res: dict) -> str:
 
 
 # --------------------------------------------------------------------------- main
+def default_pipeline() -> str:
+    """The default job's runner and batching, read from the code that decides them."""
+    from apache_beam.options.pipeline_options import StandardOptions
+    from streaming.main import make_options
+    from streaming.pipeline import min_batch_size
+    o = make_options(["--input_dir", "in", "--output_dir", "out"])
+    return (f"default options ({o.view_as(StandardOptions).runner}, min/max batch "
+            f"{min_batch_size(o)}/{o.max_batch_size}, decode threads/window "
+            f"{o.decode_threads}/{o.decode_window})")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer images (a smoke run, ~2 min)")
@@ -637,8 +663,8 @@ def main(argv=None) -> int:
     p.add_argument("--lever_sets", default="12mp,small",
                    help="image sets for the pipeline levers (comma-separated)")
     p.add_argument("--lever_configs", default=None,
-                   help="only the pipeline levers whose name contains one of these "
-                        "comma-separated strings")
+                   help="only these pipeline levers: exact names from PIPELINE_LEVERS, "
+                        "separated by ';'")
     p.add_argument("--lever_reps", type=int, default=2,
                    help="runs of each lever's configuration (E is the median)")
     p.add_argument("--max_other", type=float, default=0.3,
@@ -660,7 +686,7 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=None,
                    help="runs of the default pipeline, each a HEAD run and a full run "
                         "(default 2, quick 1); E is the median")
-    p.add_argument("--batch_sizes", default="8,16,32,64", help="batch sizes tried for L")
+    p.add_argument("--batch_sizes", default="4,8,16,32,64", help="batch sizes tried for L")
     p.add_argument("--sets", default="12mp,small", help="which image sets")
     p.add_argument("--workdir", default=os.path.join("/tmp", "embed-bench"),
                    help="images and outputs (images are reused between runs)")
@@ -684,7 +710,7 @@ def main(argv=None) -> int:
     sets_wanted = [s for s in args.sets.split(",") if s]
     settings = {"images_12mp": n, "images_small": n_small, "head_images": args.head, "reps": args.reps,
                 "L_batch_sizes": batch_sizes, "jpeg_quality": 90, "weights": "random:0",
-                "pipeline": "default options (BundleBasedDirectRunner, min/max batch 8/32, decode threads/window 2/8)",
+                "pipeline": default_pipeline(),
                 "quick": args.quick, "levers": args.levers,
                 "quiet_below_cores": args.quiet_below, "quiet_max_wait_s": args.quiet_max_wait}
     info = C.print_header("throughput", settings)
@@ -743,22 +769,27 @@ def main(argv=None) -> int:
             lv["decode"][k] = decode_lever(s, limit=min(n, 32))
             print(f"  {k}: {json.dumps(lv['decode'][k])}", flush=True)
         print("\n-- levers: forward pass variants", flush=True)
-        lv["model"] = model_levers(keras_model, arrays, res["L"]["best_batch_size"], rounds=3)
+        lv["model"] = model_levers(keras_model, arrays, res["L"]["best_batch_size"], rounds=4)
         print("  " + json.dumps(lv["model"]["img_s"]), flush=True)
         lv["bf16"] = bf16_lever(keras_model, arrays, res["L"]["best_batch_size"], rounds=2)
         print("  bf16: " + json.dumps({k: lv["bf16"][k] for k in ("img_s", "cosine_min")}),
               flush=True)
         print("\n-- levers: pipeline options", flush=True)
-        wanted = args.lever_configs.split(",") if args.lever_configs else None
+        wanted = [w.strip() for w in args.lever_configs.split(";")] if args.lever_configs else None
+        unknown = set(wanted or ()) - {c[0] for c in PIPELINE_LEVERS}
+        if unknown:
+            raise SystemExit(f"unknown --lever_configs {sorted(unknown)}; known: "
+                             + "; ".join(c[0] for c in PIPELINE_LEVERS))
         for k in [x for x in args.lever_sets.split(",") if x in sets]:
             configs = [("default", [], {})] + [
                 c[:3] for c in PIPELINE_LEVERS
-                if (any(w in c[0] for w in wanted) if wanted else k in c[3])]
+                if (c[0] in wanted if wanted else k in c[3])]
             # Interleaved (default, lever, lever, ..., default, lever, ...): each lever is
             # compared with default runs from the same minutes.
+            # Odd repetitions run in reverse order, so no lever always follows the default.
             runs = {name: [] for name, _, _ in configs}
-            for _ in range(args.lever_reps):
-                for name, extra, env in configs:
+            for rep in range(args.lever_reps):
+                for name, extra, env in (configs if rep % 2 == 0 else configs[::-1]):
                     e = pipeline_rate(args.workdir, sets[k], name, extra, env, reps=1,
                                       head=False, **retry)
                     runs[name].append(e)

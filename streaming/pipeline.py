@@ -73,14 +73,19 @@ def min_batch_size(opts: EmbedOptions) -> int:
     return min(BOUNDED_MIN_BATCH, opts.max_batch_size)
 
 
-def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
-    """The stages after the source, on a PCollection of ImageRef."""
+def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
+    """RunInference's handler for `--weights`, batching as the options say."""
     # Stateful batching across bundles (max_batch_duration_secs) is for streaming, where
     # a quiet stream must still flush; a bounded run batches within bundles.
     streaming = opts.view_as(StandardOptions).streaming
-    handler = handler or model.make_model_handler(
+    return model.make_model_handler(
         opts.weights, min_batch_size=min_batch_size(opts), max_batch_size=opts.max_batch_size,
         max_batch_duration_secs=(opts.max_batch_duration_secs or None) if streaming else None)
+
+
+def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
+    """The stages after the source, on a PCollection of ImageRef."""
+    handler = handler or model_handler(opts)
     kept = refs | "Filter objects" >> filters.FilterObjects(filter_config(opts))
     loaded = kept.accepted | "Load and resize" >> images.LoadImages(
         opts.resize_policy, opts.max_pixels, opts.max_bytes,

@@ -44,6 +44,19 @@ def test_minimum_batch_size_depends_on_the_source(argv, expected):
     assert min_batch_size(main.make_options(argv + ["--output_dir", "o"])) == expected
 
 
+@pytest.mark.parametrize("argv, expected", [
+    # ResNet50 on CPU is fastest at batch 8 (benchmarks/): a folder runs batches of 8.
+    (["--input_dir", "i"], {"min_batch_size": 8, "max_batch_size": 8}),
+    (["--input_subscription", "projects/p/subscriptions/s"],
+     {"min_batch_size": 1, "max_batch_size": 8, "max_batch_duration_secs": 1}),
+    (["--input_dir", "i", "--max_batch_size", "64"], {"min_batch_size": 8, "max_batch_size": 64}),
+])
+def test_runinference_batches_as_the_options_say(argv, expected):
+    from streaming.pipeline import model_handler
+    kwargs = model_handler(main.make_options(argv + ["--output_dir", "o"])).batch_elements_kwargs()
+    assert {k: kwargs.get(k) for k in expected} == expected
+
+
 def test_summary_lists_dead_letters_by_reason_and_rate():
     text = main.summary({"images_embedded": 20, "dead_letter.not_an_image": 2,
                          "dead_letter.empty_object": 1, "skipped.type": 4}, 10.0)
