@@ -604,10 +604,12 @@ def levers_report(res: dict) -> str:
                         "img/s in fwd passes", "batch sizes", "other cores"], rows,
                        "llrrrrrrrrrlr"))
     out.append("")
+    mt2 = any("mt2" in c["config"] for cs in lv["pipeline"].values() for c in cs)
     out.append("E as above (median of the runs; `x baseline` against the default row, whose "
                "runs alternate with the levers' runs). "
-               "mt2 = `--runner DirectRunner --direct_num_workers 2 --direct_running_mode "
-               "multi_threading`. The default pipeline decodes on a pool (`--decode_threads 2 "
+               + ("mt2 = `--runner DirectRunner --direct_num_workers 2 --direct_running_mode "
+                  "multi_threading`. " if mt2 else "")
+               + "The default pipeline decodes on a pool (`--decode_threads 2 "
                "--decode_window 8`): `no decode pool` is the pipeline without it.")
     out.append("")
     rows = []
