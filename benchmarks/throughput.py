@@ -438,7 +438,7 @@ def model_levers(keras_model, arrays: np.ndarray, bs: int, rounds: int) -> dict:
         # runs on a cooler, less contended machine, and a fixed order biased the table.
         C.wait_quiet()
         for k in names[r % len(names):] + names[:r % len(names)]:
-            per[k].append(time_model(variants[k], arrays, bs, min_images=bs * 2, min_s=2.5))
+            per[k].append(time_model(variants[k], arrays, bs, min_images=bs, min_s=1.0))
     base = per[names[0]]
     return {"batch_size": bs, "img_s": {k: float(np.median(v)) for k, v in per.items()},
             "vs_pipeline": {k: float(np.median([a / b for a, b in zip(v, base)]))
@@ -771,7 +771,9 @@ def main(argv=None) -> int:
             lv["decode"][k] = decode_lever(s, limit=min(n, 32))
             print(f"  {k}: {json.dumps(lv['decode'][k])}", flush=True)
         print("\n-- levers: forward pass variants", flush=True)
-        lv["model"] = model_levers(keras_model, arrays, res["L"]["best_batch_size"], rounds=4)
+        # Many short rounds: each ratio compares measurements seconds apart, which the
+        # VM's drift (10-30 % over minutes) affects less than a few long rounds.
+        lv["model"] = model_levers(keras_model, arrays, res["L"]["best_batch_size"], rounds=12)
         print("  " + json.dumps(lv["model"]["img_s"]), flush=True)
         lv["bf16"] = bf16_lever(keras_model, arrays, res["L"]["best_batch_size"], rounds=2)
         print("  bf16: " + json.dumps({k: lv["bf16"][k] for k in ("img_s", "cosine_min")}),
