@@ -360,7 +360,7 @@ PIPELINE_LEVERS = [
     ("decode window 32", ["--decode_window", "32"], {}, ()),
     ("decode threads 1", ["--decode_threads", "1"], {}, ()),
     ("decode threads 3", ["--decode_threads", "3"], {}, BIG),
-    # the default before stop 9 was 32: ResNet50's activations spill out of cache
+    # the default before stop 9 was 32; larger batches run slower per image on CPU
     ("max_batch=32 (the old default)", ["--max_batch_size", "32"], {}, BOTH),
     ("max_batch=16", ["--max_batch_size", "16"], {}, BOTH),
     ("min_batch=1 (BatchElements ramp from 1)", ["--min_batch_size", "1"], {}, BIG),
@@ -609,8 +609,8 @@ def levers_report(res: dict) -> str:
                "runs alternate with the levers' runs). "
                + ("mt2 = `--runner DirectRunner --direct_num_workers 2 --direct_running_mode "
                   "multi_threading`. " if mt2 else "")
-               + "The default pipeline decodes on a pool (`--decode_threads 2 "
-               "--decode_window 8`): `no decode pool` is the pipeline without it.")
+               + "The default pipeline decodes on a pool (`--decode_threads` / "
+               "`--decode_window`, see Settings): `no decode pool` is the pipeline without it.")
     out.append("")
     rows = []
     for label, d in lv["decode"].items():

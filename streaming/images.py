@@ -29,6 +29,9 @@ from streaming.decode import (  # noqa: F401 - re-exported: the stage's pure cor
 from streaming.records import DeadLetter, ImageInfo, ImageRef, Rejected
 
 DEAD = "dead_letters"
+# --decode_threads / --decode_window: on 2 cores, 2 threads keep both cores decoding.
+DEFAULT_DECODE_THREADS = 2
+DEFAULT_DECODE_WINDOW = 8
 
 
 class GcsReader:
@@ -133,7 +136,7 @@ def load_image(ref: ImageRef, read, policy: str, max_pixels: int, max_bytes: int
 
 class _LoadFn(beam.DoFn):
     def __init__(self, policy: str, max_pixels: int, max_bytes: int,
-                 threads: int = 2, window: int = 8):
+                 threads: int, window: int):
         self._policy, self._max_pixels, self._max_bytes = policy, max_pixels, max_bytes
         self._threads, self._window = max(1, threads), max(1, window)
         self._gcs: Optional[GcsReader] = None
@@ -204,7 +207,8 @@ class LoadImages(beam.PTransform):
     """ImageRef -> (ImageInfo, uint8 224x224x3 pixels); failures -> dead letters."""
 
     def __init__(self, policy: str = "center_crop", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, threads: int = 2, window: int = 8):
+                 max_bytes: int = DEFAULT_MAX_BYTES, threads: int = DEFAULT_DECODE_THREADS,
+                 window: int = DEFAULT_DECODE_WINDOW):
         super().__init__()
         self._fn = _LoadFn(policy, max_pixels, max_bytes, threads, window)
 

@@ -184,8 +184,8 @@ class EmbeddingModelHandler(TFModelHandlerNumpy):
         return "BeamML_ResNet50"
 
 
-def make_model_handler(weights: str, *, min_batch_size: int = 1, max_batch_size: int = 8,
-                       max_batch_duration_secs: Optional[int] = 1) -> EmbeddingModelHandler:
+def make_model_handler(weights: str, *, min_batch_size: int, max_batch_size: int,
+                       max_batch_duration_secs: Optional[int]) -> EmbeddingModelHandler:
     """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
     return EmbeddingModelHandler(
         weights, ModelType.SAVED_WEIGHTS, create_model_fn=build_resnet50,

@@ -64,10 +64,10 @@ class EmbedOptions(PipelineOptions):
                          help="Images with more pixels are dead-lettered before decoding.")
         img.add_argument("--max_bytes", type=int, default=images.DEFAULT_MAX_BYTES,
                          help="Objects larger than this are dead-lettered unread.")
-        img.add_argument("--decode_threads", type=int, default=2,
+        img.add_argument("--decode_threads", type=int, default=images.DEFAULT_DECODE_THREADS,
                          help="Threads per DoFn that read and decode images while the "
                               "model runs (Pillow releases the GIL).")
-        img.add_argument("--decode_window", type=int, default=8,
+        img.add_argument("--decode_window", type=int, default=images.DEFAULT_DECODE_WINDOW,
                          help="Images read and decoded ahead of the model; only decoded "
                               "224x224 arrays wait in it.")
         img.add_argument("--extensions", type=str, default=DEFAULT_EXTENSIONS,
