@@ -83,8 +83,7 @@ def load_keras_model(spec: str):
             seed = int(spec.split(":", 1)[1])
         except ValueError:
             raise WeightsUnavailableError(f"--weights {spec!r}: expected random:<integer seed>")
-        keras.utils.set_random_seed(seed)
-        return build_resnet50(None)
+        return _seeded(build_resnet50(None), seed)
     local = _local_copy(spec)
     try:
         if local.endswith(".keras"):
@@ -97,6 +96,24 @@ def load_keras_model(spec: str):
             f"Cannot load ResNet50 weights from {spec!r} ({type(e).__name__}: {e}). "
             "Expected a Keras .weights.h5 or .keras file for ResNet50(include_top=False, "
             "pooling='avg'); alternatives: --weights imagenet or random:SEED.") from e
+
+
+def _seeded(model, seed: int):
+    """Gives every kernel Glorot-uniform values from a private generator.
+
+    Keras draws its initial seeds from Python's global `random`, which any other
+    thread (a retry's jitter, a Beam worker) may advance mid-build, so `random:0`
+    would not name one model. Biases and batch-norm statistics start as constants.
+    """
+    rng = np.random.default_rng(seed)
+    for var in model.weights:
+        shape = tuple(var.shape)
+        if len(shape) < 2:
+            continue
+        receptive = int(np.prod(shape[:-2]))
+        limit = np.sqrt(6.0 / (receptive * (shape[-2] + shape[-1])))
+        var.assign((rng.random(shape, dtype=np.float32) * 2.0 - 1.0) * np.float32(limit))
+    return model
 
 
 def _local_copy(spec: str) -> str:

@@ -1,6 +1,9 @@
 import os
+import random
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +20,26 @@ def test_random_weights_are_deterministic_and_fingerprinted(keras_model):
     assert model.weights_fingerprint(again) == fp
     assert model.weights_fingerprint(other) != fp
     assert keras_model.output_shape == (None, model.EMBEDDING_DIM)
+
+
+def test_random_weights_ignore_other_threads_drawing_from_random(keras_model):
+    """Keras seeds from Python's global `random`; a thread using it mid-build (a retry's
+    jitter) once made `random:0` two different models in one CI run."""
+    stop = threading.Event()
+
+    def draw():
+        while not stop.is_set():
+            random.random()
+            time.sleep(0.0001)
+
+    thread = threading.Thread(target=draw, daemon=True)
+    thread.start()
+    try:
+        rebuilt = model.load_keras_model("random:0")
+    finally:
+        stop.set()
+        thread.join()
+    assert model.weights_fingerprint(rebuilt) == model.weights_fingerprint(keras_model)
 
 
 def test_weights_file_round_trip_keeps_the_fingerprint(tmp_path, keras_model):
