@@ -18,12 +18,16 @@ def test_a_drifting_machine_pairs_each_run_with_the_l_rounds_around_it():
     res = {"L": {"best_batch_size": 8, "L_img_s": 10.0,
                  "rounds": {"4": [9.0, 9.0, 9.0], "8": [10.0, 10.0, 14.0]}},
            "E": {"12mp": {"runs": [_run(8.0, 10.0), _run(9.6, 12.0)],
-                          "l_rounds_around": [[0, 1], [1, 2]]}}}
+                          "l_rounds_around": [[0, 1], [1, 2]]}},
+           "S": {"12mp": {"S_img_s": 3.0, "S_each": [2.0, 4.0]}}}
     throughput.pair_with_l(res)
     e = res["E"]["12mp"]
     assert e["E_over_L_paired_each"] == pytest.approx([0.8, 0.8])
     assert e["E_over_L_paired"] == pytest.approx(0.8)
     assert e["E_over_own_fwd_each"] == pytest.approx([0.8, 0.8])
+    # S slices pair with the run just before them: 8 / 2, 9.6 / 4
+    assert e["E_over_S_paired_each"] == pytest.approx([4.0, 2.4])
+    assert e["E_over_S_paired"] == pytest.approx(3.2)
 
 
 def test_failed_runs_and_results_without_rounds_give_no_paired_ratio():
