@@ -1,13 +1,15 @@
 """Throughput of the embedding pipeline against its limit and against the naive way.
 
-  .venv/bin/python benchmarks/throughput.py            # ~8 min on 2 cores
-  .venv/bin/python benchmarks/throughput.py --quick    # ~3 min, fewer images
+  .venv/bin/python benchmarks/throughput.py            # ~15 min on 2 cores
+  .venv/bin/python benchmarks/throughput.py --quick    # ~3 min, fewer images, one run
   .venv/bin/python benchmarks/throughput.py --levers   # + the levers (~20 min more)
 
 Measured in one run, on the same machine and the same images:
 
   L  the limit: ResNet50 forward passes alone (streaming.model.EmbeddingModel, random:0
-     weights: weights do not change speed) on already decoded uint8 224x224 arrays, at
+     weights, as E uses: Keras' own random initialisation ran batches of 8 at
+     0.87-0.96x random:0's rate in two A/Bs, so compare L and E only on the same
+     weights; ImageNet's cannot be downloaded here) on already decoded uint8 224x224 arrays, at
      its best batch size (each batch size in every round; one L round before the
      pipeline runs and one after each pipeline run; each batch size's rate is the median
      of its rounds).
@@ -735,8 +737,9 @@ def main(argv=None) -> int:
                    help="longest wait for a quiet machine before each measurement (s)")
     p.add_argument("--head", type=int, default=4, help="images of the HEAD run (fixed cost)")
     p.add_argument("--reps", type=int, default=None,
-                   help="runs of the default pipeline, each a HEAD run and a full run "
-                        "(default 2, quick 1); E is the median")
+                   help="runs of the default pipeline on each set, the sets alternating; "
+                        "each is a HEAD run and a full run, then an L round and an S slice "
+                        "(default 5, quick 1); E is the median")
     p.add_argument("--batch_sizes", default="4,8,16,32,64", help="batch sizes tried for L")
     p.add_argument("--sets", default="12mp,small", help="which image sets")
     p.add_argument("--workdir", default=os.path.join("/tmp", "embed-bench"),
@@ -754,7 +757,7 @@ def main(argv=None) -> int:
     n = args.images or (16 if args.quick else 96)
     n_small = args.images_small or (16 if args.quick else 256)
     retry = {"max_other": args.max_other, "retries": args.retries}
-    args.reps = args.reps or (1 if args.quick else 3)
+    args.reps = args.reps or (1 if args.quick else 5)
     if args.quiet_below >= 0:
         C.QUIET.update(threshold=args.quiet_below, max_wait=args.quiet_max_wait)
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
