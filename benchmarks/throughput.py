@@ -8,7 +8,7 @@ Measured in one run, on the same machine and the same images:
 
   L  the limit: ResNet50 forward passes alone (streaming.model.EmbeddingModel, random:0
      weights, as E uses: Keras' own random initialisation ran batches of 8 at
-     0.87-0.96x random:0's rate in two A/Bs, so compare L and E only on the same
+     0.86-0.95x random:0's rate in two A/Bs, so compare L and E only on the same
      weights; ImageNet's cannot be downloaded here) on already decoded uint8 224x224 arrays, at
      its best batch size (each batch size in every round; one L round before the
      pipeline runs and one after each pipeline run; each batch size's rate is the median
