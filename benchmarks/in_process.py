@@ -17,7 +17,6 @@ throughput.py generates under /tmp/embed-bench (made here if missing).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -33,10 +32,6 @@ import throughput as T  # noqa: E402
 C.quiet_tf()
 
 
-def forward_rate(embed, arrays: np.ndarray, bs: int, seconds: float) -> float:
-    return T.time_model(embed, arrays, bs, min_images=bs, min_s=seconds)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -48,8 +43,7 @@ def main(argv=None) -> int:
     settings = {"reps": args.reps, "L_batch_size": 8, "L_seconds": args.l_seconds,
                 "weights": "random:0", "pipeline": T.default_pipeline()}
     info = C.print_header("E/L in one process", settings)
-    sets = {"12mp": T.make_set(args.workdir, "photos-4000x3000-96", 96, 4000, 3000, 8, 4),
-            "small": T.make_set(args.workdir, "small-1024x768-256", 256, 1024, 768, 256, 4)}
+    sets = T.image_sets(args.workdir, ("12mp", "small"), n=96, n_small=256, head=4)
     trace = os.path.join(args.workdir, "out", "trace-in-process.jsonl")
     os.makedirs(os.path.dirname(trace), exist_ok=True)
     _child._install_trace(trace)
@@ -61,15 +55,15 @@ def main(argv=None) -> int:
     for rep in range(args.reps):
         for label, s in sets.items():
             C.wait_quiet()
-            before = forward_rate(embed, arrays[label], 8, args.l_seconds)
+            before = T.time_model(embed, arrays[label], 8, min_images=8, min_s=args.l_seconds)
             open(trace, "w").close()
             out = os.path.join(args.workdir, "out", f"in-process-{label}")
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.time()
             job.main(["--input_dir", s["all"], "--output_dir", out, "--weights", "random:0"])
             stats = T._trace_stats(C.read_trace(trace), t0)
-            e = T.e_window(stats)
-            after = forward_rate(embed, arrays[label], 8, args.l_seconds)
+            e = stats.get("E_window")
+            after = T.time_model(embed, arrays[label], 8, min_images=8, min_s=args.l_seconds)
             L = (before + after) / 2
             run = {"set": label, "rep": rep + 1, "L_before": before, "L_after": after,
                    "E": e, "own_fwd": stats.get("inference_img_s"),
@@ -86,7 +80,7 @@ def main(argv=None) -> int:
                      _median(r["E"] / r["own_fwd"] for r in mine if r["own_fwd"]),
                      _median(r["own_fwd"] / ((r["L_before"] + r["L_after"]) / 2)
                              for r in mine if r["own_fwd"]),
-                     TARGETS_BY_SET[label]])
+                     f">= {T.TARGETS['e_over_l_' + label]}"])
     md = "\n".join([
         f"Machine: {info['machine']['cores']} cores, {info['machine']['cpu_model']}. "
         f"Date: {info['date']}. Settings: "
@@ -103,10 +97,6 @@ def main(argv=None) -> int:
     with open(os.path.join(args.out, "in_process.md"), "w") as f:
         f.write("## E/L in one process (`benchmarks/in_process.py`)\n\n" + md + "\n")
     return 0
-
-
-TARGETS_BY_SET = {"12mp": f">= {T.TARGETS['e_over_l_12mp']}",
-                  "small": f">= {T.TARGETS['e_over_l_small']}"}
 
 
 def _median(values) -> str:

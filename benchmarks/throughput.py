@@ -106,6 +106,18 @@ def make_set(workdir: str, label: str, count: int, width: int, height: int,
     return _set_info(label, all_dir, head_dir, params)
 
 
+def image_sets(workdir: str, wanted, n: int, n_small: int, head: int) -> dict:
+    """The benchmark's image sets by name: `12mp` photos and `small` 1 MP images."""
+    sets = {}
+    if "12mp" in wanted:
+        sets["12mp"] = make_set(workdir, f"photos-4000x3000-{n}", n, 4000, 3000,
+                                distinct=min(8, n), n_head=head)
+    if "small" in wanted:
+        sets["small"] = make_set(workdir, f"small-1024x768-{n_small}", n_small, 1024, 768,
+                                 distinct=n_small, n_head=head)
+    return sets
+
+
 def _set_info(label, all_dir, head_dir, params) -> dict:
     files = sorted(os.path.join(all_dir, f) for f in os.listdir(all_dir))
     return {"label": label, "all": all_dir, "head": head_dir, "files": files,
@@ -235,24 +247,24 @@ def pair_with_l(res: dict) -> None:
     drifts by 10-30 % over minutes; a ratio of numbers taken minutes apart carries that
     drift, a paired one mostly does not. Each set's figure is the median of its runs."""
     rounds = res["L"]["rounds"][str(res["L"]["best_batch_size"])]
-    for e in res["E"].values():
-        paired, own = [], []
-        for rep, around in zip(e["runs"], e.get("l_rounds_around", [])):
+    for label, e in res["E"].items():
+        s_each = res.get("S", {}).get(label, {}).get("S_each", [])
+        by_l, by_own, by_s = [], [], []
+        for i, rep in enumerate(e["runs"]):
             a = rep["all"]
             if not (a.get("ok") and a.get("E_window")):
                 continue
-            paired.append(a["E_window"] / float(np.mean([rounds[i] for i in around])))
+            if i < len(e.get("l_rounds_around", [])):
+                around = e["l_rounds_around"][i]
+                by_l.append(a["E_window"] / float(np.mean([rounds[j] for j in around])))
             if a.get("inference_img_s"):
-                own.append(a["E_window"] / a["inference_img_s"])
-        e["E_over_L_paired_each"], e["E_over_own_fwd_each"] = paired, own
-        e["E_over_L_paired"] = float(np.median(paired)) if paired else None
-        e["E_over_own_fwd"] = float(np.median(own)) if own else None
-    for label, e in res["E"].items():
-        s_each = res.get("S", {}).get(label, {}).get("S_each", [])
-        pairs = [rep["all"]["E_window"] / s for rep, s in zip(e["runs"], s_each)
-                 if rep["all"].get("ok") and rep["all"].get("E_window")]
-        e["E_over_S_paired_each"] = pairs
-        e["E_over_S_paired"] = float(np.median(pairs)) if pairs else None
+                by_own.append(a["E_window"] / a["inference_img_s"])
+            if i < len(s_each):
+                by_s.append(a["E_window"] / s_each[i])
+        for key, values in (("E_over_L_paired", by_l), ("E_over_own_fwd", by_own),
+                            ("E_over_S_paired", by_s)):
+            e[key + "_each"] = values
+            e[key] = float(np.median(values)) if values else None
 
 
 def _combine(img_set, name, extra, env, runs) -> dict:
@@ -771,13 +783,7 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
 
     print("\n-- images", flush=True)
-    sets = {}
-    if "12mp" in sets_wanted:
-        sets["12mp"] = make_set(args.workdir, f"photos-4000x3000-{n}", n, 4000, 3000,
-                                distinct=min(8, n), n_head=args.head)
-    if "small" in sets_wanted:
-        sets["small"] = make_set(args.workdir, f"small-1024x768-{n_small}", n_small, 1024, 768,
-                                 distinct=n_small, n_head=args.head)
+    sets = image_sets(args.workdir, sets_wanted, n, n_small, args.head)
     for k, s in sets.items():
         s["label"] = k
         print(f"  {k}: {s['n']} x {s['size']} JPEG q90, {s['mean_bytes'] / 1e6:.2f} MB avg "
@@ -805,6 +811,7 @@ def main(argv=None) -> int:
     last = l_round("round 1")
     e_runs = {k: [] for k in sets}
     s_segments = {k: [] for k in sets}
+    s_slice = max(1, args.s_images // args.reps)
     for rep in range(args.reps):
         for k, s in sets.items():
             e = pipeline_rate(args.workdir, s, "default", [], {}, reps=1, **retry)
@@ -815,8 +822,7 @@ def main(argv=None) -> int:
             e_runs[k].append((e, [last, after]))
             last = after
             # S on this set's next slice of images, in the same minutes as this E run
-            per = max(1, args.s_images // args.reps)
-            seg = measure_2020_way(keras_model, s["files"][rep * per:(rep + 1) * per])
+            seg = measure_2020_way(keras_model, s["files"][rep * s_slice:(rep + 1) * s_slice])
             s_segments[k].append(seg)
             print(f"  S {k} slice {rep + 1}: {seg['S_img_s']:.2f} img/s", flush=True)
     for k, s in sets.items():
