@@ -2,7 +2,8 @@
 
   embed-backfill gs://BUCKET[/prefix] --topic projects/P/topics/T [--dry-run]
       [--rate N] [--content-type image/] [--updated-since T] [--updated-until T]
-      [--skip-existing --table P:D.T] [--resume FILE]
+      [--skip-existing --table P:D.T [--dead-letter-table P:D.T] [--fingerprint FP]]
+      [--resume FILE]
 
 Lists the bucket page by page (lexicographic order), publishes one notification per
 object in exactly the format the bucket sends (plus `backfill=true`), batched and under
@@ -70,8 +71,9 @@ class Checkpoint:
     """The resume state: every name <= `after` is done; `failed` lists names whose
     publish failed (retried first on resume). Saved atomically."""
 
-    def __init__(self, path: Optional[str], source: str, topic: str):
+    def __init__(self, path: Optional[str], source: str, topic: str, read_only: bool = False):
         self.path, self.source, self.topic = path, source, topic
+        self.read_only = read_only  # a dry run reads the checkpoint and never moves it
         self.after: Optional[str] = None
         self.failed: list[str] = []
         self._saved_at = 0.0
@@ -84,7 +86,8 @@ class Checkpoint:
             self.after, self.failed = state.get("after"), list(state.get("failed", []))
 
     def save(self, force: bool = False) -> None:
-        if not self.path or (not force and time.monotonic() - self._saved_at < 0.5):
+        if not self.path or self.read_only or (
+                not force and time.monotonic() - self._saved_at < 0.5):
             return
         state = {"source": self.source, "topic": self.topic, "after": self.after,
                  "failed": self.failed, "saved": dt.datetime.now(dt.timezone.utc).isoformat()}
@@ -156,31 +159,6 @@ class RateLimiter:
             time.sleep(ahead)
 
 
-def existing_generations(bq_client, table: str, bucket: str, prefix: str) -> set:
-    """(name, generation) pairs that already have an embedding row in BigQuery."""
-    from google.cloud import bigquery
-    table_sql = table.replace(":", ".")
-    query = (f"SELECT DISTINCT name, generation FROM `{table_sql}` "
-             "WHERE bucket = @bucket AND event_type = 'OBJECT_FINALIZE' "
-             "AND STARTS_WITH(name, @prefix)")
-    config = bigquery.QueryJobConfig(query_parameters=[
-        bigquery.ScalarQueryParameter("bucket", "STRING", bucket),
-        bigquery.ScalarQueryParameter("prefix", "STRING", prefix)])
-    return {(r["name"], int(r["generation"]))
-            for r in bq_client.query(query, job_config=config).result(page_size=100_000)}
-
-
-def list_resources(storage_client, bucket: str, prefix: str, after: Optional[str],
-                   page_size: int) -> Iterator[dict[str, Any]]:
-    """Object resources in name order, strictly after `after` (paged listing)."""
-    blobs = storage_client.list_blobs(bucket, prefix=prefix or None, page_size=page_size,
-                                      start_offset=after or None)
-    for blob in blobs:
-        if after is not None and blob.name <= after:
-            continue
-        yield dict(blob._properties)
-
-
 def split_uri(uri: str) -> tuple[str, str]:
     if not uri.startswith("gs://") or len(uri) <= 5:
         raise ValueError(f"expected gs://BUCKET[/prefix], got {uri!r}")
@@ -190,7 +168,7 @@ def split_uri(uri: str) -> tuple[str, str]:
 
 def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     """Runs one backfill; returns the counts (listed, published, failed, skipped...)."""
-    from streaming import endpoints
+    from streaming import endpoints, reconcile
     if args.local_endpoints:
         endpoints.use_local_endpoints()
     bucket, prefix = split_uri(args.source)
@@ -199,14 +177,14 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
                       extensions=split(args.extensions),
                       updated_since=parse_time(args.updated_since),
                       updated_until=parse_time(args.updated_until))
-    checkpoint = Checkpoint(args.resume, args.source, args.topic)
+    checkpoint = Checkpoint(args.resume, args.source, args.topic, read_only=args.dry_run)
     counts: collections.Counter = collections.Counter()
-    existing: set = set()
-    if args.skip_existing:
-        if not args.table:
-            raise ValueError("--skip-existing needs --table P:D.T")
-        existing = existing_generations(endpoints.bigquery_client(args.local_endpoints),
-                                        args.table, bucket, prefix)
+    if args.skip_existing and not args.table:
+        raise ValueError("--skip-existing needs --table P:D.T")
+    if (args.fingerprint or args.dead_letter_table or args.retry_dead_letters) \
+            and not args.skip_existing:
+        raise ValueError("--fingerprint, --dead-letter-table and --retry-dead-letters "
+                         "refine --skip-existing; add it")
     storage = endpoints.storage_client(args.local_endpoints)
     publisher = None if args.dry_run else make_publisher(args.max_in_flight)
     in_flight = InFlight(checkpoint, counts)
@@ -215,24 +193,36 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     started = time.monotonic()
     progress = make_progress(args)
 
-    def resources() -> Iterator[dict[str, Any]]:
+    def resources() -> Iterator[tuple[dict[str, Any], bool]]:
+        """(resource, already done) in publishing order."""
         for name in sorted(retry_names):  # failures of the previous run first
             blob = storage.bucket(bucket).get_blob(name)
             if blob is not None:
-                yield dict(blob._properties)
+                yield dict(blob._properties), False
             else:
                 checkpoint.failed.remove(name)  # gone since: nothing to publish
-        yield from list_resources(storage, bucket, prefix, checkpoint.after, args.page_size)
+        listing = reconcile.list_resources(storage, bucket, prefix, checkpoint.after,
+                                           args.page_size)
+        if not args.skip_existing:
+            yield from ((resource, False) for resource in listing)
+            return
+        # One query, merged with the listing in name order: memory stays bounded.
+        known = reconcile.known_generations(
+            endpoints.bigquery_client(args.local_endpoints), args.table,
+            reconcile.Scope(bucket, prefix), fingerprint=args.fingerprint,
+            dead_letter_table=None if args.retry_dead_letters else args.dead_letter_table,
+            after=checkpoint.after)
+        yield from reconcile.mark_known(listing, known)
 
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        for resource in resources():
+        for resource, done in resources():
             counts["listed"] += 1
             progress.update(1)
             if not filters.accepts(resource):
                 counts["skipped_filter"] += 1
-            elif (resource["name"], int(resource["generation"])) in existing:
+            elif done:
                 counts["skipped_existing"] += 1
             elif args.dry_run:
                 counts["would_publish"] += 1
@@ -313,8 +303,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--updated-since", type=str, default=None, help="RFC 3339; inclusive.")
     p.add_argument("--updated-until", type=str, default=None, help="RFC 3339; exclusive.")
     p.add_argument("--skip-existing", action="store_true",
-                   help="Skip object generations that already have a row in --table.")
+                   help="Skip object generations that already have a row in --table (or "
+                        "a dead letter in --dead-letter-table): the reconciliation that "
+                        "finds what notifications missed. One listing pass and one query.")
     p.add_argument("--table", type=str, default=None, help="BigQuery table P:D.T of rows.")
+    p.add_argument("--dead-letter-table", type=str, default=None,
+                   help="With --skip-existing: generations with a dead letter here are "
+                        "skipped too.")
+    p.add_argument("--retry-dead-letters", action="store_true",
+                   help="With --skip-existing: publish dead-lettered generations again.")
+    p.add_argument("--fingerprint", type=str, default=None,
+                   help="With --skip-existing: only rows of this model fingerprint count, "
+                        "so objects embedded by older weights are re-embedded.")
     p.add_argument("--resume", type=str, default=None,
                    help="Checkpoint file: created if missing, continued if present.")
     p.add_argument("--max-in-flight", type=int, default=1000,

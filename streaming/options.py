@@ -25,6 +25,17 @@ class EmbedOptions(PipelineOptions):
         src.add_argument("--input_topic", type=str, default=None,
                          help="projects/P/topics/T of storage notifications (Beam creates "
                               "a temporary subscription; prefer --input_subscription).")
+        src.add_argument("--catch_up", type=str, default="auto",
+                         choices=("auto", "always", "never"),
+                         help="At start, embed every object under --buckets (and "
+                              "--include_prefix) that has neither a row in "
+                              "--output_table nor a dead letter: what a killed local job "
+                              "had in flight, or notifications that never arrived. auto "
+                              "(default): on the local runner, where Pub/Sub messages are "
+                              "acknowledged when pulled; always: on Dataflow too.")
+        src.add_argument("--catch_up_every_minutes", type=float, default=0.0,
+                         help="Also catch up every N minutes while streaming (0: only "
+                              "at start).")
         out = parser.add_argument_group("sinks")
         out.add_argument("--output_dir", type=str, default=None,
                          help="Local folder (or gs:// prefix) for vectors/, rows/ and "
@@ -98,6 +109,10 @@ def validate(opts: EmbedOptions) -> None:
     if (opts.min_batch_size is not None and opts.min_batch_size < 1) or \
             opts.max_batch_size < (opts.min_batch_size or 1):
         raise ValueError("need 1 <= --min_batch_size <= --max_batch_size")
+    if opts.catch_up == "always" and not (opts.buckets and opts.output_table):
+        raise ValueError("--catch_up always needs --buckets and --output_table")
+    if opts.catch_up_every_minutes < 0:
+        raise ValueError(f"--catch_up_every_minutes must be >= 0, not {opts.catch_up_every_minutes}")
     if opts.decode_threads < 1 or opts.decode_window < 1:
         raise ValueError("--decode_threads and --decode_window must be at least 1")
     if opts.max_pixels < 1 or opts.max_bytes < 1:

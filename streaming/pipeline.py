@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 import schemas
-from streaming import filters, images, model, sinks
+from streaming import bigquery, filters, images, model, reconcile, sinks
 from streaming.local_source import ReadLocalFolder
 from streaming.notifications import ParseNotifications
 from streaming.options import EmbedOptions
@@ -42,7 +42,27 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
     messages = pipeline | "Read notifications" >> beam.io.ReadFromPubSub(
         subscription=opts.input_subscription, topic=opts.input_topic, with_attributes=True)
     parsed = messages | "Parse notifications" >> ParseNotifications()
-    return parsed.refs, parsed.dead_letters
+    if not catch_up_enabled(opts):
+        return parsed.refs, parsed.dead_letters
+    missed = pipeline | "Catch up" >> reconcile.CatchUp(
+        reconcile.scopes(split_keep_case(opts.buckets), opts.include_prefix),
+        opts.output_table, opts.dead_letter_table, local=opts.local_endpoints,
+        every_secs=opts.catch_up_every_minutes * 60 or None)
+    refs = (parsed.refs, missed) | "Notified and missed" >> beam.Flatten()
+    return refs, parsed.dead_letters
+
+
+def catch_up_enabled(opts: EmbedOptions) -> bool:
+    """Whether a Pub/Sub job starts by embedding what the tables lack (see --catch_up).
+
+    Needs --buckets (what to list) and --output_table (what is done). `auto` turns it
+    on where the runner acknowledges messages before they are processed: the local
+    runner; Dataflow acknowledges after a durable checkpoint.
+    """
+    if opts.input_dir or opts.catch_up == "never" or not (opts.buckets and opts.output_table):
+        return False
+    runner = opts.view_as(StandardOptions).runner or ""
+    return opts.catch_up == "always" or not runner.endswith("DataflowRunner")
 
 
 def build_pipeline(pipeline: beam.Pipeline, opts: EmbedOptions, handler=None) -> dict:
@@ -102,14 +122,15 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
         dead["parse"] = extra_dead[0]
     if opts.output_table:
         rejected = (tuple(rows.values()) | "All rows" >> beam.Flatten()
-                    | "Write to BigQuery" >> sinks.WriteToBigQueryWithIds(opts.output_table))
+                    | "Write to BigQuery" >> bigquery.WriteRows(
+                        opts.output_table, local=opts.local_endpoints))
         dead["bigquery"] = rejected | "Dead-letter rejected rows" >> beam.Map(
             sinks.rejected_row_to_dead_letter)
     all_dead = tuple(dead.values()) | "Gather dead letters" >> beam.Flatten()
     if opts.dead_letter_table:
         (sinks.dead_letter_rows(all_dead)
-         | "Write dead letters to BigQuery" >> sinks.WriteToBigQueryWithIds(
-             opts.dead_letter_table, schemas.DEAD_LETTERS))
+         | "Write dead letters to BigQuery" >> bigquery.WriteRows(
+             opts.dead_letter_table, schemas.DEAD_LETTERS, local=opts.local_endpoints))
     if opts.output_dir:
         # One file sink per input, not one after a Flatten: the local --watch run executes
         # on the FnApiRunner, where a Flatten waits for its (never-ending) inputs.

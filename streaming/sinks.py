@@ -20,11 +20,7 @@ import orjson
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.gcp.bigquery import BigQueryDisposition, BigQueryWriteFn
-from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 from apache_beam.utils import retry
-
-import schemas
 
 from streaming import metrics
 from streaming.records import DeadLetter, ImageInfo, ImageRef, object_file_name, utcnow_iso
@@ -187,49 +183,6 @@ class WriteJsonFiles(beam.PTransform):
 
 def dead_letter_rows(dead_letters):
     return dead_letters | "To dead-letter rows" >> beam.Map(DeadLetter.to_row)
-
-
-def _partitioning(schema_file: str) -> dict[str, Any]:
-    """Day partitions on processing time; clustering for the analysts' usual filters."""
-    if schema_file == schemas.EMBEDDINGS:
-        return {"timePartitioning": {"type": "DAY", "field": "processing_time"},
-                "clustering": {"fields": ["bucket", "model_fingerprint", "name"]}}
-    return {"timePartitioning": {"type": "DAY", "field": "processing_time"},
-            "clustering": {"fields": ["stage", "reason"]}}
-
-
-class WriteToBigQueryWithIds(beam.PTransform):
-    """Streaming inserts through Beam's `BigQueryWriteFn` (the writer inside
-    `WriteToBigQuery`), with each row's `row_key` as its insert id.
-
-    `WriteToBigQuery` makes random insert ids and reshuffles to make them stable;
-    deterministic ids make a redelivered notification hit BigQuery's best-effort
-    de-duplication and need no reshuffle. The table is created if missing from the
-    schema in `schemas/`, day-partitioned and clustered. Returns the rows BigQuery
-    rejected as `(table, row, errors)`.
-    """
-
-    def __init__(self, table: str, schema_file: str = schemas.EMBEDDINGS,
-                 batch_size: int = 500):
-        super().__init__()
-        self._table, self._schema_file, self._batch_size = table, schema_file, batch_size
-
-    def expand(self, rows):
-        write_fn = BigQueryWriteFn(
-            batch_size=self._batch_size,
-            schema=schemas.beam_table_schema(self._schema_file),
-            create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
-            write_disposition=BigQueryDisposition.WRITE_APPEND,
-            kms_key=None,
-            retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
-            additional_bq_parameters=_partitioning(self._schema_file))
-        table = self._table
-        result = (rows
-                  | "With insert ids" >> beam.Map(lambda r: (table, (r, r["row_key"])))
-                  | "StreamInsertRows" >> beam.ParDo(write_fn).with_outputs(
-                      BigQueryWriteFn.FAILED_ROWS, BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS,
-                      main="main"))
-        return result[BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS]
 
 
 def rejected_row_to_dead_letter(failure) -> DeadLetter:

@@ -143,3 +143,84 @@ def test_publish_failures_are_counted_reported_and_kept_for_resume(stack, tmp_pa
     assert f"failed={len(stack.old_names)}".encode() in proc.stdout
     assert b"publishes failed" in proc.stderr
     assert sorted(json.load(open(resume))["failed"]) == sorted(stack.old_names)
+
+
+def test_a_dry_run_never_moves_the_resume_checkpoint(stack, probe, tmp_path):
+    topic, sub = probe
+    resume = str(tmp_path / "resume.json")
+    source = f"gs://{stack.old.name}"
+    dry = run_backfill(source, "--topic", topic, "--dry-run", "--resume", resume)
+    assert dry["would_publish"] == len(stack.old_names)
+    assert not os.path.exists(resume)
+    real = run_backfill(source, "--topic", topic, "--resume", resume)
+    assert real["published"] == len(stack.old_names)
+    got = sorted(m.attributes["objectId"] for m in pull_all(stack.cloud, sub))
+    assert got == sorted(stack.old_names)
+    again = run_backfill(source, "--topic", topic, "--dry-run", "--resume", resume)
+    assert again["would_publish"] == 0  # a dry run still reads the checkpoint
+
+
+@pytest.fixture(scope="module")
+def reconciled(cloud):
+    """A bucket whose objects are in every state the reconciliation tells apart, and
+    tables that say so: rows of two model fingerprints, a dead letter, a row for an
+    older generation only, and nothing at all."""
+    from google.cloud import bigquery
+    import schemas
+    from streaming.bigquery import make_table
+    from streaming.records import row_key
+    bucket = cloud.storage.create_bucket(f"recon-{cloud.run_id}")
+    gens = {}
+    for name in ("new-fp.jpg", "old-fp.jpg", "dead.jpg", "nothing.jpg", "older-gen.jpg"):
+        blob = bucket.blob(name)
+        blob.upload_from_string(b"x", content_type="image/jpeg")
+        gens[name] = blob.generation
+    dataset = f"recon_{cloud.run_id}"
+    cloud.bq.create_dataset(dataset)
+    table, dead = f"{cloud.project}.{dataset}.embeddings", f"{cloud.project}.{dataset}.dead"
+    cloud.bq.create_table(make_table(table, schemas.EMBEDDINGS))
+    cloud.bq.create_table(make_table(dead, schemas.DEAD_LETTERS))
+    now = "2026-01-01T00:00:00Z"
+
+    def row(name, generation, fingerprint):
+        return {"row_key": row_key(bucket.name, name, generation), "bucket": bucket.name,
+                "name": name, "generation": generation, "event_type": "OBJECT_FINALIZE",
+                "source": "notification", "embedding": [0.5], "model_fingerprint": fingerprint,
+                "processing_time": now}
+    assert cloud.bq.insert_rows_json(table, [
+        row("new-fp.jpg", gens["new-fp.jpg"], "NEW"), row("old-fp.jpg", gens["old-fp.jpg"], "OLD"),
+        row("older-gen.jpg", gens["older-gen.jpg"] - 1, "NEW")], retry=None) == []
+    assert cloud.bq.insert_rows_json(dead, [{
+        "row_key": "d", "bucket": bucket.name, "name": "dead.jpg",
+        "generation": gens["dead.jpg"], "stage": "decode", "reason": "not_an_image",
+        "processing_time": now}], retry=None) == []
+    topic, sub = cloud.topic("recon"), cloud.subscription("recon")
+    cloud.publisher.create_topic(name=topic)
+    cloud.subscriber.create_subscription(name=sub, topic=topic)
+
+    def published(*extra) -> list[str]:
+        counts = run_backfill(f"gs://{bucket.name}", "--topic", topic, "--skip-existing",
+                              "--table", table.replace(".", ":", 1), *extra)
+        names = sorted(m.attributes["objectId"] for m in pull_all(cloud, sub))
+        assert counts["published"] == len(names)
+        assert counts["skipped_existing"] == 5 - len(names)
+        return names
+    return published, dead.replace(".", ":", 1)
+
+
+def test_skip_existing_publishes_only_generations_without_a_row(reconciled):
+    published, _ = reconciled
+    assert published() == ["dead.jpg", "nothing.jpg", "older-gen.jpg"]
+
+
+def test_skip_existing_also_skips_dead_letters_unless_asked_to_retry(reconciled):
+    published, dead = reconciled
+    assert published("--dead-letter-table", dead) == ["nothing.jpg", "older-gen.jpg"]
+    assert published("--dead-letter-table", dead, "--retry-dead-letters") == [
+        "dead.jpg", "nothing.jpg", "older-gen.jpg"]
+
+
+def test_a_new_fingerprint_re_embeds_objects_whose_row_has_an_older_one(reconciled):
+    published, dead = reconciled
+    assert published("--dead-letter-table", dead, "--fingerprint", "NEW") == [
+        "nothing.jpg", "old-fp.jpg", "older-gen.jpg"]
