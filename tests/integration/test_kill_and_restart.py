@@ -3,8 +3,9 @@ uploaded image ends with exactly one current row.
 
 Beam's local runner acknowledges Pub/Sub messages when it pulls them, so the images in
 flight at the kill never come back from Pub/Sub; the restarted job finds them by its
-start-up catch-up (the bucket listed against the tables). The table is then deleted
-under the running job: it is re-created and no valid row becomes a dead letter.
+start-up catch-up (the bucket listed against the tables). The dataset is then deleted
+and re-created under the running job: its tables come back and no valid row becomes a
+dead letter.
 """
 import concurrent.futures
 import os
@@ -67,7 +68,8 @@ def killable(stack, tmp_path_factory):
             timeout=300, what=f"current rows for all {len(want)} uploads", job=job)
 
     ns = dict(start=start, kill=kill, upload=upload, all_current=all_current, state=state,
-              table=table, dead_sql=sql.table_ref(dead_table), bucket=bucket, cloud=cloud)
+              table=table, dead_sql=sql.table_ref(dead_table), bucket=bucket, cloud=cloud,
+              query=stack.query)
     start()
     upload("warmup.jpg", 1)
     all_current(state["job"])
@@ -107,15 +109,16 @@ def test_a_burst_then_a_sigkill_within_a_second_and_a_half(killable):
     job = k["start"]()
     rows = k["all_current"](job)
     assert_exactly_one_current_row_each(rows, k["state"]["uploaded"])
-    dead = k["cloud"].bq.query(f"SELECT name, reason FROM {k['dead_sql']} "
-                               f"WHERE STARTS_WITH(name, 'burst/')").result()
-    assert [dict(d) for d in dead] == []
+    assert k["query"](f"SELECT name, reason FROM {k['dead_sql']} "
+                      "WHERE STARTS_WITH(name, 'burst/')") == []
 
 
-def test_a_table_deleted_under_the_running_job_is_recreated(killable):
+def test_a_dataset_recreated_under_the_running_job_gets_its_tables_back(killable):
     k = killable
     job = k["state"]["job"]
-    k["cloud"].bq.delete_table(k["table"].replace(":", "."))
+    dataset = k["table"].split(":")[1].split(".")[0]
+    k["cloud"].bq.delete_dataset(dataset, delete_contents=True)
+    k["cloud"].bq.create_dataset(dataset)
     k["state"]["uploaded"].clear()
     for i in range(3):
         k["upload"](f"after-delete/{i}.jpg", 300 + i)
@@ -126,7 +129,6 @@ def test_a_table_deleted_under_the_running_job_is_recreated(killable):
     table = k["cloud"].bq.get_table(k["table"].replace(":", "."))
     assert table.time_partitioning.field == "processing_time"
     assert table.clustering_fields == ["bucket", "model_fingerprint", "name"]
-    rejected = k["cloud"].bq.query(f"SELECT name FROM {k['dead_sql']} "
-                                   "WHERE reason = 'bigquery_rejected'").result()
-    assert [dict(r) for r in rejected] == []
+    assert k["query"](f"SELECT name FROM {k['dead_sql']} "
+                      "WHERE reason = 'bigquery_rejected'") == []
     assert job.poll() is None
