@@ -329,8 +329,8 @@ def time_model(fn, arrays: np.ndarray, bs: int, min_images: int, min_s: float = 
 
 class Limit:
     """L per batch size: the pipeline's own compiled function (`EmbeddingModel`, traced
-    once), fed decoded uint8 arrays. This machine's speed drifts by 10-30% over minutes
-    (shared host), so rounds are spread over the run, between the pipeline runs they are
+    once), fed decoded uint8 arrays. A shared VM's speed can drift by 10-30% over minutes,
+    so rounds are spread over the run, between the pipeline runs they are
     compared with, and L is the median round at the batch size with the best median;
     the best single round is reported too."""
 
