@@ -38,7 +38,6 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "embed-stream=streaming.main:main",
-            "embed-samples=streaming.samples:main",
             "embed-backfill=publisher.backfill:main",
             "embed-search=analysis.search:main",
             "embed-map=analysis.map:main",

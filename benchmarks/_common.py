@@ -2,13 +2,16 @@
 subprocess with its peak memory, tables."""
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from typing import Optional, Sequence
@@ -17,6 +20,20 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results")
 CHILD = os.path.join(HERE, "_child.py")
+if ROOT not in sys.path:  # tools.samples (the synthetic images) lives at the repository root
+    sys.path.append(ROOT)
+
+
+def work_dir(path: Optional[str], prefix: str = "embed-bench-") -> str:
+    """The folder for generated images and job outputs: `path` when given (kept, so the
+    next run with the same `--workdir` reuses its images), else a new temporary folder
+    that is removed when the script exits."""
+    if path:
+        os.makedirs(path, exist_ok=True)
+        return path
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
 _CLK = os.sysconf("SC_CLK_TCK")
 
 

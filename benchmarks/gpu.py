@@ -1,8 +1,7 @@
 """GPU check: does decoding keep one GPU fed? L and an end-to-end E per GPU.
 
-Runs where TensorFlow and Beam are not installed (the lent GPU machines have PyTorch and
-JAX, and TensorFlow's wheel is too large to carry), so it uses the same pieces the
-pipeline uses without Beam: `streaming.decode.decode_image` (draft JPEG decoding, RGB
+Runs without TensorFlow and Beam (on a GPU machine that has PyTorch or JAX), so it uses
+the same pieces the pipeline uses, without Beam: `streaming.decode.decode_image` (draft JPEG decoding, RGB
 rules, the ResNet evaluation crop) in a process pool, and the same Keras ResNet50 trunk
 (`include_top=False, pooling="avg"`) with ResNet50's `preprocess_input`, on the GPU
 through a Keras backend that is there (`KERAS_BACKEND=torch` by default).
@@ -17,12 +16,15 @@ Measures, in one run: decode images/s per CPU core and with all cores (12 MP JPE
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -32,7 +34,7 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from streaming.decode import decode_image  # noqa: E402
-from streaming.samples import photo_like  # noqa: E402
+from tools.samples import photo_like  # noqa: E402
 
 
 def _make(args):
@@ -116,9 +118,13 @@ def main():
     ap.add_argument("--n-small", type=int, default=512, help="1 MP JPEGs")
     ap.add_argument("--batches", type=str, default="32,64,128,256")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
-    ap.add_argument("--dir", type=str, default="/tmp/gpu-bench")
+    ap.add_argument("--dir", type=str, default=None,
+                    help="generated images (default: a temporary folder, removed at exit)")
     ap.add_argument("--out", type=str, default=None, help="folder for gpu.json / gpu.md")
     args = ap.parse_args()
+    if args.dir is None:
+        args.dir = tempfile.mkdtemp(prefix="gpu-bench-")
+        atexit.register(shutil.rmtree, args.dir, ignore_errors=True)
     # Fork the decode workers before Keras/TF/torch start their threads.
     pool = mp.get_context("fork").Pool(args.workers)
     import keras

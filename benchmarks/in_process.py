@@ -11,8 +11,8 @@ per process), then L again. E comes from the job's own timings as in throughput.
 (images / (last write - first read - model loads and tracing)); E/L divides it by the
 mean of the L before and after. `own fwd` is the job's own forward-pass rate.
 
-Writes benchmarks/results/in_process.json and in_process.md. Uses the images
-throughput.py generates under /tmp/embed-bench (made here if missing).
+Writes benchmarks/results/in_process.json and in_process.md (`--out`). Generates
+throughput.py's image sets under `--workdir` (reused when throughput.py made them there).
 """
 from __future__ import annotations
 
@@ -37,12 +37,15 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--l_seconds", type=float, default=6.0)
-    p.add_argument("--workdir", default=os.path.join("/tmp", "embed-bench"))
+    p.add_argument("--workdir", default=None,
+                   help="images and outputs (default: a temporary folder, removed at exit; "
+                        "the same --workdir as throughput.py reuses its images)")
     p.add_argument("--out", default=C.RESULTS)
     args = p.parse_args(argv)
     settings = {"reps": args.reps, "L_batch_size": 8, "L_seconds": args.l_seconds,
                 "weights": "random:0", "pipeline": T.default_pipeline()}
     info = C.print_header("E/L in one process", settings)
+    args.workdir = C.work_dir(args.workdir)
     sets = T.image_sets(args.workdir, ("12mp", "small"), n=96, n_small=256, head=4)
     trace = os.path.join(args.workdir, "out", "trace-in-process.jsonl")
     os.makedirs(os.path.dirname(trace), exist_ok=True)

@@ -74,7 +74,7 @@ def load_emulator_env() -> dict:
 def make_images(count: int, width: int, height: int, distinct: int = 4) -> list[bytes]:
     """`count` distinct JPEGs (q90): flips/shifts of a few photo-like bases."""
     from PIL import Image
-    from streaming.samples import photo_like
+    from tools.samples import photo_like
     bases = [photo_like(width, height, seed=2000 + i) for i in range(min(distinct, count))]
     out = []
     for i in range(count):
@@ -190,7 +190,7 @@ def run_once(args, cloud, images: list[bytes], label: str) -> dict:
     topic = f"projects/{project}/topics/{os.environ.get('EMU_NOTIFY_TOPIC', 'gcs-notifications')}"
     subscription = f"projects/{project}/subscriptions/lat-{rid}"
     subscriber.create_subscription(name=subscription, topic=topic, ack_deadline_seconds=60)
-    workdir = os.path.join(args.workdir, f"latency-{rid}")
+    workdir = os.path.join(C.work_dir(args.workdir), f"latency-{rid}")
     os.makedirs(workdir, exist_ok=True)
     job_env, extra = split_env(args.job_args)
     job_argv = ["--input_subscription", subscription,
@@ -353,7 +353,9 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3, help="warm-up images before measuring")
     p.add_argument("--startup_timeout", type=float, default=240)
     p.add_argument("--drain_timeout", type=float, default=90)
-    p.add_argument("--workdir", default=os.path.join("/tmp", "embed-bench"))
+    p.add_argument("--workdir", default=None,
+                   help="the job's logs and traces (default: a temporary folder, removed "
+                        "at exit)")
     p.add_argument("--keep", action="store_true", help="keep bucket and dataset")
     p.add_argument("--out", default=C.RESULTS)
     p.add_argument("--no_save", action="store_true")

@@ -9,7 +9,7 @@ Measured in one run, on the same machine and the same images:
   L  the limit: ResNet50 forward passes alone (streaming.model.EmbeddingModel, random:0
      weights, as E uses: Keras' own random initialisation ran batches of 8 at
      0.86-0.95x random:0's rate in two A/Bs, so compare L and E only on the same
-     weights; ImageNet's cannot be downloaded here) on already decoded uint8 224x224 arrays, at
+     weights; ImageNet's need a download) on already decoded uint8 224x224 arrays, at
      its best batch size (each batch size in every round; one L round before the
      pipeline runs and one after each pipeline run; each batch size's rate is the median
      of its rounds).
@@ -78,7 +78,7 @@ def make_set(workdir: str, label: str, count: int, width: int, height: int,
              distinct: int, n_head: int, quality: int = 90) -> dict:
     """JPEG set `label` under workdir (reused when the same parameters made it)."""
     from PIL import Image
-    from streaming.samples import photo_like
+    from tools.samples import photo_like
     root = os.path.join(workdir, label)
     params = {"count": count, "width": width, "height": height, "distinct": distinct,
               "n_head": n_head, "quality": quality, "v": 1}
@@ -329,8 +329,8 @@ def time_model(fn, arrays: np.ndarray, bs: int, min_images: int, min_s: float = 
 
 class Limit:
     """L per batch size: the pipeline's own compiled function (`EmbeddingModel`, traced
-    once), fed decoded uint8 arrays. This machine's speed drifts by 10-30% over minutes
-    (shared host), so rounds are spread over the run, between the pipeline runs they are
+    once), fed decoded uint8 arrays. A shared VM's speed can drift by 10-30% over minutes,
+    so rounds are spread over the run, between the pipeline runs they are
     compared with, and L is the median round at the batch size with the best median;
     the best single round is reported too."""
 
@@ -407,7 +407,7 @@ PIPELINE_LEVERS = [
     ("decode window 32", ["--decode_window", "32"], {}, ()),
     ("decode threads 1", ["--decode_threads", "1"], {}, ()),
     ("decode threads 3", ["--decode_threads", "3"], {}, BIG),
-    # the default before stop 9 was 32; larger batches run slower per image on CPU
+    # the earlier default was 32; larger batches run slower per image on CPU
     ("max_batch=32 (the old default)", ["--max_batch_size", "32"], {}, BOTH),
     ("max_batch=16", ["--max_batch_size", "16"], {}, BOTH),
     ("min_batch=1 (BatchElements ramp from 1)", ["--min_batch_size", "1"], {}, BIG),
@@ -754,8 +754,9 @@ def main(argv=None) -> int:
                         "(default 5, quick 1); E is the median")
     p.add_argument("--batch_sizes", default="4,8,16,32,64", help="batch sizes tried for L")
     p.add_argument("--sets", default="12mp,small", help="which image sets")
-    p.add_argument("--workdir", default=os.path.join("/tmp", "embed-bench"),
-                   help="images and outputs (images are reused between runs)")
+    p.add_argument("--workdir", default=None,
+                   help="images and outputs (default: a temporary folder, removed at exit; "
+                        "give a folder to keep the generated images for later runs)")
     p.add_argument("--out", default=C.RESULTS, help="where throughput.json/.md go")
     p.add_argument("--report_from", default=None,
                    help="only rewrite the tables from this results JSON (E recomputed)")
@@ -783,13 +784,15 @@ def main(argv=None) -> int:
     t_start = time.perf_counter()
 
     print("\n-- images", flush=True)
+    args.workdir = C.work_dir(args.workdir)
     sets = image_sets(args.workdir, sets_wanted, n, n_small, args.head)
     for k, s in sets.items():
         s["label"] = k
         print(f"  {k}: {s['n']} x {s['size']} JPEG q90, {s['mean_bytes'] / 1e6:.2f} MB avg "
               f"({s['all']})")
 
-    res = {"info": info, "sets": {k: {x: v for x, v in s.items() if x != "files"}
+    res = {"info": info, "sets": {k: {x: v for x, v in s.items()
+                                      if x not in ("files", "all", "head")}
                                   for k, s in sets.items()},
            "targets": TARGETS, "E": {}, "S": {}}
     print("\n-- L (forward passes alone) and E (the pipeline end to end, subprocesses), "

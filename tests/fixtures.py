@@ -6,7 +6,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from streaming.samples import photo_like
+from tools.samples import photo_like
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:

@@ -1,5 +1,5 @@
 -- Dead letters of the last @days days by stage and reason (the codes are listed in
--- the README): how many, how many distinct objects, first and last seen, and one
+-- docs/reliability.md): how many, how many distinct objects, first and last seen, and one
 -- example object and error to start from.
 -- params: @days INT64
 -- placeholders: dead_letters

@@ -17,7 +17,7 @@ from analysis import map as map_cli
 from analysis import projection, render
 from analysis import rows as rows_mod
 from streaming.records import object_file_name, row_key
-from streaming.samples import photo_like
+from tools.samples import photo_like
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -31,7 +31,7 @@ from analysis import search
 from streaming import sinks
 from streaming.images import decode_image
 from streaming.records import ImageInfo, ImageRef, object_file_name, row_key
-from streaming.samples import photo_like
+from tools.samples import photo_like
 
 ORIGINAL = "people/original.jpg"
 RESIZED = "people/original-small.jpg"

@@ -1,5 +1,9 @@
-"""`embed-samples`: generate photo-like sample images (CC0, made here) for smoke tests,
-the README quick start and benchmarks, so nothing has to be downloaded."""
+"""Synthetic photo-like images and broken files for tests, benchmarks and demos.
+
+A developer tool, not part of the installed package (Dataflow workers do not need it):
+run it from the repository root, `.venv/bin/python tools/samples.py DIR --count N
+[--with-bad]`, or import `photo_like` from tests and benchmarks. The images are
+generated, so any number of any size can be made without downloading anything."""
 from __future__ import annotations
 
 import argparse
@@ -46,7 +50,7 @@ def write_samples(directory: str, count: int, width: int, height: int,
 
 def write_bad_files(directory: str) -> list[str]:
     """Hostile and broken files, one per dead-letter reason the decoder knows, for demos
-    and the hardening run (see README "Bad input")."""
+    and the hardening run (see docs/reliability.md)."""
     import io
     import struct
     import zlib

@@ -1,0 +1,1 @@
+"""Developer tools: synthetic sample images for tests, benchmarks and demos (not shipped)."""
