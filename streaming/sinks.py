@@ -20,13 +20,11 @@ import orjson
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.gcp.bigquery import BigQueryDisposition, BigQueryWriteFn
-from apache_beam.io.gcp.bigquery_tools import RetryStrategy
 from apache_beam.utils import retry
 
 import schemas
 
-from streaming import metrics
+from streaming import adapters, metrics
 from streaming.records import DeadLetter, ImageInfo, ImageRef, object_file_name, utcnow_iso
 
 DEAD = "dead_letters"
@@ -137,7 +135,7 @@ class _WriteVectorFn(beam.DoFn):
             try:
                 write_with_retries(uri, npy_bytes(vector))
             except Exception as e:  # noqa: BLE001 - after retries inside FileSystems
-                metrics.dead_letter("write", "vector_write_error")
+                metrics.dead_letter("vector_write_error")
                 yield pvalue.TaggedOutput(DEAD, DeadLetter(
                     "write", "vector_write_error", f"{type(e).__name__}: {e}", ref=info.ref))
                 return
@@ -185,8 +183,11 @@ class WriteJsonFiles(beam.PTransform):
         return rows | "Write JSON" >> beam.ParDo(_WriteJsonFileFn(self._root, self._kind))
 
 
-def dead_letter_rows(dead_letters):
-    return dead_letters | "To dead-letter rows" >> beam.Map(DeadLetter.to_row)
+class DeadLetterRows(beam.PTransform):
+    """DeadLetter -> its row (schemas/dead_letters.json), for BigQuery and the files."""
+
+    def expand(self, dead_letters):
+        return dead_letters | "To row" >> beam.Map(DeadLetter.to_row)
 
 
 def _partitioning(schema_file: str) -> dict[str, Any]:
@@ -200,7 +201,8 @@ def _partitioning(schema_file: str) -> dict[str, Any]:
 
 class WriteToBigQueryWithIds(beam.PTransform):
     """Streaming inserts through Beam's `BigQueryWriteFn` (the writer inside
-    `WriteToBigQuery`), with each row's `row_key` as its insert id.
+    `WriteToBigQuery`, see `adapters.bigquery_insert_fn`), with each row's `row_key`
+    as its insert id.
 
     `WriteToBigQuery` makes random insert ids and reshuffles to make them stable;
     deterministic ids make a redelivered notification hit BigQuery's best-effort
@@ -215,27 +217,21 @@ class WriteToBigQueryWithIds(beam.PTransform):
         self._table, self._schema_file, self._batch_size = table, schema_file, batch_size
 
     def expand(self, rows):
-        write_fn = BigQueryWriteFn(
-            batch_size=self._batch_size,
-            schema=schemas.beam_table_schema(self._schema_file),
-            create_disposition=BigQueryDisposition.CREATE_IF_NEEDED,
-            write_disposition=BigQueryDisposition.WRITE_APPEND,
-            kms_key=None,
-            retry_strategy=RetryStrategy.RETRY_ON_TRANSIENT_ERROR,
-            additional_bq_parameters=_partitioning(self._schema_file))
+        write_fn = adapters.bigquery_insert_fn(
+            schemas.beam_table_schema(self._schema_file), self._batch_size,
+            _partitioning(self._schema_file))
         table = self._table
         result = (rows
                   | "With insert ids" >> beam.Map(lambda r: (table, (r, r["row_key"])))
                   | "StreamInsertRows" >> beam.ParDo(write_fn).with_outputs(
-                      BigQueryWriteFn.FAILED_ROWS, BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS,
-                      main="main"))
-        return result[BigQueryWriteFn.FAILED_ROWS_WITH_ERRORS]
+                      adapters.FAILED_ROWS_WITH_ERRORS, main="main"))
+        return result[adapters.FAILED_ROWS_WITH_ERRORS]
 
 
 def rejected_row_to_dead_letter(failure) -> DeadLetter:
     """A row BigQuery refused, as a dead letter (reason `bigquery_rejected`)."""
     _table, row, errors = failure
-    metrics.dead_letter("write", "bigquery_rejected")
+    metrics.dead_letter("bigquery_rejected")
     ref = None
     if row.get("bucket") is not None and row.get("name") is not None:
         ref = ImageRef(row["bucket"], row["name"], int(row.get("generation") or 0),
