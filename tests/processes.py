@@ -8,6 +8,7 @@ grace period. Waiting is for a condition (`wait_until`), not for a fixed time.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -75,14 +76,20 @@ class Child:
     def stop(self, grace: float = 20.0) -> Optional[int]:
         """SIGTERM, then SIGKILL after `grace` s; returns the exit status."""
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self._signal_group(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=grace)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal_group(signal.SIGKILL)
                 self.proc.wait()
         self._log.close()
         return self.proc.returncode
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def remove_log(self) -> None:
         if self._own_log and os.path.exists(self.log_path):
