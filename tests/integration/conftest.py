@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from streaming import endpoints
-from tests.processes import ROOT, Child, python_module, wait_until  # noqa: F401 - for tests
+from tests.processes import Child, python_module, wait_until  # noqa: F401 - for tests
 
 
 def pytest_collection_modifyitems(items):
@@ -62,7 +62,7 @@ def pull_all(cloud, subscription: str, quiet_for: float = 2.0, limit: float = 60
     return messages
 
 
-def Job(argv: list[str], log_path: str, env: dict | None = None) -> Child:
+def start_job(argv: list[str], log_path: str, env: dict | None = None) -> Child:
     """A streaming embed-stream process, its output in `log_path`."""
     return Child(python_module("streaming.main", *argv), log_path, env=env)
 
@@ -105,7 +105,7 @@ def stack(cloud, tmp_path_factory):
     cloud.subscriber.create_subscription(name=s.subscription, topic=cloud.notify_topic,
                                          ack_deadline_seconds=60)
     log = str(tmp_path_factory.mktemp("job") / "job.log")
-    s.job = Job(["--input_subscription", s.subscription, "--output_table", s.table,
+    s.job = start_job(["--input_subscription", s.subscription, "--output_table", s.table,
                  "--dead_letter_table", s.dead_table,
                  "--output_gcs", f"gs://img-{rid}/embeddings/", "--weights", "random:0",
                  "--local_endpoints", "--max_batch_size", "8",

@@ -10,7 +10,7 @@ import pytest
 
 import schemas
 from tests import fixtures
-from tests.integration.conftest import Job, wait_until
+from tests.integration.conftest import start_job, wait_until
 from tests.integration.tcp_proxy import TcpProxy
 
 
@@ -32,7 +32,7 @@ def job_behind_proxies(stack, tmp_path):
                                          ack_deadline_seconds=60)
     env = {"BIGQUERY_EMULATOR_HOST": f"http://127.0.0.1:{bq.port}",
            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ps.port}"}
-    job = Job(["--input_subscription", sub, "--output_table", table.replace(".", ":", 1),
+    job = start_job(["--input_subscription", sub, "--output_table", table.replace(".", ":", 1),
                "--output_gcs", f"gs://{bucket.name}/embeddings/", "--weights", "random:0",
                "--local_endpoints", "--buckets", bucket.name], str(tmp_path / "job.log"),
               env=env)
