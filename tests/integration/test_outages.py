@@ -33,9 +33,9 @@ def job_behind_proxies(stack, tmp_path):
     env = {"BIGQUERY_EMULATOR_HOST": f"http://127.0.0.1:{bq.port}",
            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ps.port}"}
     job = start_job(["--input_subscription", sub, "--output_table", table.replace(".", ":", 1),
-               "--output_gcs", f"gs://{bucket.name}/embeddings/", "--weights", "random:0",
-               "--local_endpoints", "--buckets", bucket.name], str(tmp_path / "job.log"),
-              env=env)
+                     "--output_gcs", f"gs://{bucket.name}/embeddings/", "--weights", "random:0",
+                     "--local_endpoints", "--buckets", bucket.name], str(tmp_path / "job.log"),
+                    env=env)
     yield bucket, table, job, bq, ps
     job.stop()
     bq.stop()
