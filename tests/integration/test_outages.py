@@ -13,6 +13,9 @@ from tests import fixtures
 from tests.integration.conftest import start_job, wait_until
 from tests.integration.tcp_proxy import TcpProxy
 
+# How long both services stay away: the length of the outage, not a wait for a condition.
+OUTAGE_S = 10
+
 
 @pytest.fixture
 def job_behind_proxies(stack, tmp_path):
@@ -54,7 +57,7 @@ def test_rows_written_during_a_bigquery_and_pubsub_outage_all_arrive(stack, job_
     for i, name in enumerate(during):
         bucket.blob(name).upload_from_string(fixtures.jpeg(seed=10 + i),
                                              content_type="image/jpeg")
-    time.sleep(10)
+    time.sleep(OUTAGE_S)
     assert job.poll() is None, job.log_tail()
     bq.start()
     ps.start()
