@@ -19,6 +19,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from analysis import sql
+from streaming.records import object_uri
 
 FINALIZE, DELETE = "OBJECT_FINALIZE", "OBJECT_DELETE"
 # Columns a result carries (everything but the embedding and the bulky metadata).
@@ -34,10 +35,8 @@ class SourceError(Exception):
 def uri_of(row: dict[str, Any]) -> str:
     """Where the object's bytes are: the local path for local rows (the bucket is the
     absolute input folder, the name the relative path), else gs://bucket/name."""
-    bucket, name = row["bucket"], row["name"]
-    if row.get("source") == "local" or bucket.startswith("/"):
-        return bucket.rstrip("/") + "/" + name
-    return f"gs://{bucket}/{name}"
+    bucket = row["bucket"]
+    return object_uri(bucket, row["name"], row.get("source") == "local" or bucket.startswith("/"))
 
 
 def split_gs_uri(uri: str) -> tuple[str, str]:

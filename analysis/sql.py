@@ -67,14 +67,6 @@ def table_ref(table: str) -> Fragment:
     return Fragment("`%s.%s.%s`" % parse_table_id(table))
 
 
-def sibling(table: str, name: str) -> str:
-    """`P.D.name`: another table of the same dataset (e.g. the current view)."""
-    project, dataset, _ = parse_table_id(table)
-    result = f"{project}.{dataset}.{name}"
-    parse_table_id(result)
-    return result
-
-
 def list_files() -> list[str]:
     """The shipped SQL files, sorted."""
     root = resources.files(schemas).joinpath("sql")

@@ -3,13 +3,12 @@ subprocess with its peak memory, tables."""
 from __future__ import annotations
 
 import atexit
+import shutil
 import dataclasses
 import json
 import os
 import platform
 import resource
-import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -18,6 +17,9 @@ from typing import Optional, Sequence
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+from tests.processes import Child  # noqa: E402 - the one child-process runner
 RESULTS = os.path.join(HERE, "results")
 CHILD = os.path.join(HERE, "_child.py")
 if ROOT not in sys.path:  # tools.samples (the synthetic images) lives at the repository root
@@ -207,21 +209,10 @@ def run_child(argv: Sequence[str], env: Optional[dict] = None, trace_path: Optio
               timeout: float = 900, log_path: Optional[str] = None) -> ChildRun:
     """Runs `python benchmarks/_child.py ARGV` (= python -m streaming.main ARGV) and
     measures its wall time, CPU, peak memory and the CPU used by others meanwhile."""
-    full_env = dict(os.environ)
-    full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
-    if env:
-        full_env.update(env)
-    if trace_path:
-        full_env["EMBED_BENCH_TRACE"] = trace_path
-        if os.path.exists(trace_path):
-            os.unlink(trace_path)
-    cmd = [sys.executable, CHILD, *argv]
-    log = open(log_path, "w+b") if log_path else None
     meter = Meter().__enter__()
     started = time.time()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=log or subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    child = Child([sys.executable, CHILD, *argv], log_path, env=_child_env(env, trace_path))
+    proc = child.proc
     peak = [0]
     stop = threading.Event()
 
@@ -232,10 +223,6 @@ def run_child(argv: Sequence[str], env: Optional[dict] = None, trace_path: Optio
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    chunks = []
-    if log is None:
-        reader = threading.Thread(target=lambda: chunks.append(proc.stdout.read()), daemon=True)
-        reader.start()
     deadline = time.monotonic() + timeout
     status, rusage = 0, None
     while True:
@@ -252,13 +239,9 @@ def run_child(argv: Sequence[str], env: Optional[dict] = None, trace_path: Optio
     poller.join()
     meter.child_cpu = rusage.ru_utime + rusage.ru_stime
     meter.__exit__(None, None, None)
-    if log is None:
-        reader.join()
-        output = (chunks[0] if chunks else b"").decode("utf-8", "replace")
-    else:
-        log.seek(0)
-        output = log.read().decode("utf-8", "replace")
-        log.close()
+    child.stop()
+    output = child.output()
+    child.remove_log()
     trace = None
     if trace_path:
         trace = read_trace(trace_path)
@@ -315,28 +298,27 @@ def write_json(path: str, obj) -> None:
         f.write("\n")
 
 
-class BackgroundChild:
+def _child_env(env: Optional[dict], trace_path: Optional[str]) -> dict:
+    """The variables _child.py runs with on top of this process's environment."""
+    full_env = {"TF_CPP_MIN_LOG_LEVEL": os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2"),
+                "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    full_env.update(env or {})
+    if trace_path:
+        full_env["EMBED_BENCH_TRACE"] = trace_path
+        if os.path.exists(trace_path):
+            os.unlink(trace_path)
+    return full_env
+
+
+class BackgroundChild(Child):
     """`python benchmarks/_child.py ARGV` (= python -m streaming.main ARGV) running in
     the background, in its own session, with its log in a file and its peak memory polled."""
 
     def __init__(self, argv: Sequence[str], log_path: str, env: Optional[dict] = None,
                  trace_path: Optional[str] = None):
-        full_env = dict(os.environ)
-        full_env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-        full_env["PYTHONPATH"] = ROOT + os.pathsep + full_env.get("PYTHONPATH", "")
-        if env:
-            full_env.update(env)
         self.trace_path = trace_path
-        if trace_path:
-            full_env["EMBED_BENCH_TRACE"] = trace_path
-            if os.path.exists(trace_path):
-                os.unlink(trace_path)
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.started = time.time()
-        self.proc = subprocess.Popen([sys.executable, CHILD, *argv], cwd=ROOT, env=full_env,
-                                     stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        super().__init__([sys.executable, CHILD, *argv], log_path,
+                         env=_child_env(env, trace_path))
         self.peak_kib = 0
         self.cpu_s = 0.0  # CPU seconds of the job's tree, last polled
         self._stop = threading.Event()
@@ -349,25 +331,11 @@ class BackgroundChild:
             self.cpu_s = max(self.cpu_s, _tree_cpu_s(self.proc.pid))
             self._stop.wait(0.2)
 
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_tail(self, n: int = 3000) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")[-n:]
-
     def stop(self, grace: float = 30.0) -> Optional[list]:
         """SIGTERM, then SIGKILL after `grace` s; returns the trace."""
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().stop(grace)
         self._stop.set()
         self._poller.join()
-        self._log.close()
         return read_trace(self.trace_path) if self.trace_path else None
 
 

@@ -26,8 +26,8 @@ import time
 from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
 
 from publisher.messages import notification_for
-
-DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
+from streaming.adapters import object_resource
+from streaming.filters import DEFAULT_EXTENSIONS, split_list, type_accepted
 
 
 @dataclasses.dataclass
@@ -43,12 +43,9 @@ class Filters:
         name = resource.get("name", "")
         if not name.startswith(self.prefix) or name.endswith("/"):
             return False
-        if self.content_types or self.extensions:
-            ext_ok = bool(self.extensions) and name.lower().endswith(self.extensions)
-            type_ok = bool(self.content_types) and (
-                resource.get("contentType") or "").lower().startswith(self.content_types)
-            if not (ext_ok or type_ok):
-                return False
+        if not type_accepted(name, resource.get("contentType"), self.extensions,
+                             self.content_types):
+            return False
         if self.updated_since or self.updated_until:
             updated = parse_time(resource.get("updated") or resource.get("timeCreated"))
             if updated is None:
@@ -172,9 +169,8 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     if args.local_endpoints:
         endpoints.use_local_endpoints()
     bucket, prefix = split_uri(args.source)
-    split = lambda s: tuple(x.strip().lower() for x in (s or "").split(",") if x.strip())
-    filters = Filters(prefix=prefix, content_types=split(args.content_type),
-                      extensions=split(args.extensions),
+    filters = Filters(prefix=prefix, content_types=split_list(args.content_type, lower=True),
+                      extensions=split_list(args.extensions, lower=True),
                       updated_since=parse_time(args.updated_since),
                       updated_until=parse_time(args.updated_until))
     checkpoint = Checkpoint(args.resume, args.source, args.topic, read_only=args.dry_run)
@@ -198,7 +194,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
         for name in sorted(retry_names):  # failures of the previous run first
             blob = storage.bucket(bucket).get_blob(name)
             if blob is not None:
-                yield dict(blob._properties), False
+                yield object_resource(blob), False
             else:
                 checkpoint.failed.remove(name)  # gone since: nothing to publish
         listing = reconcile.list_resources(storage, bucket, prefix, checkpoint.after,

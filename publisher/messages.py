@@ -21,8 +21,8 @@ def notification_for(resource: Mapping[str, Any], *, event_type: str = "OBJECT_F
     """The (data, attributes) of the notification for one object resource.
 
     Args:
-      resource: the object's JSON API resource (`Blob._properties` of
-        google-cloud-storage: name, bucket, generation, size, ... as strings).
+      resource: the object's JSON API resource (`streaming.adapters.object_resource`
+        of a google-cloud-storage Blob: name, bucket, generation, size, ... as strings).
       event_type: the event to announce.
       config_id: the notificationConfig id to name.
 

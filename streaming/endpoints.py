@@ -4,14 +4,12 @@ One switch (`--local_endpoints`) reads the standard variables
 
   PUBSUB_EMULATOR_HOST=127.0.0.1:8085          (google-cloud-pubsub honours it)
   STORAGE_EMULATOR_HOST=http://127.0.0.1:4443  (google-cloud-storage, Beam's GcsIO)
-  BIGQUERY_EMULATOR_HOST=http://127.0.0.1:9050 (google-cloud-bigquery; Beam's apitools
-                                                client gets it here)
+  BIGQUERY_EMULATOR_HOST=http://127.0.0.1:9050 (google-cloud-bigquery)
 
-and makes every Google client use anonymous credentials. Beam's own BigQuery client
-(apitools) has a hard-coded endpoint and Beam's credential lookup would retry Google's
-default credentials for ~30 s before going anonymous, so both are set here, once, in
-the process that runs the pipeline (the DirectRunner runs it in-process). Production
-never calls this.
+and makes every Google client use anonymous credentials: Beam's credential lookup
+would retry Google's default credentials for ~30 s before going anonymous, so it is
+set here (through `streaming.adapters`), once, in the process that runs the pipeline
+(the DirectRunner runs it in-process). Production never calls this.
 """
 from __future__ import annotations
 
@@ -45,21 +43,8 @@ def use_local_endpoints() -> dict[str, Optional[str]]:
     for var in ("GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT"):
         os.environ.setdefault(var, "127.0.0.1:1")
 
-    import google.auth
-    from google.auth.credentials import AnonymousCredentials
-    project = project_from_env()
-
-    def anonymous_default(*_args, **_kwargs):
-        return AnonymousCredentials(), project
-    google.auth.default = anonymous_default
-
-    from apache_beam.internal.gcp import auth
-    auth._Credentials._credentials = auth._ApitoolsCredentialsAdapter(AnonymousCredentials())
-    auth._Credentials._credentials_init = True
-    if endpoints["BIGQUERY_EMULATOR_HOST"]:
-        from apache_beam.io.gcp.internal.clients.bigquery import bigquery_v2_client
-        bigquery_v2_client.BigqueryV2.BASE_URL = (
-            endpoints["BIGQUERY_EMULATOR_HOST"].rstrip("/") + "/bigquery/v2/")
+    from streaming import adapters
+    adapters.use_anonymous_credentials(project_from_env())
     _applied = True
     return endpoints
 

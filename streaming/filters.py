@@ -18,6 +18,28 @@ from streaming.records import DeadLetter, ImageRef
 
 DELETES = "deletes"
 DEAD = "dead_letters"
+# Accepted name suffixes by default (--extensions of embed-stream and embed-backfill).
+DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
+
+
+def split_list(value: Optional[str], lower: bool = False) -> tuple[str, ...]:
+    """The items of a comma-separated flag, stripped, empty ones dropped ('' -> ())."""
+    items = (x.strip() for x in (value or "").split(","))
+    return tuple(x.lower() if lower else x for x in items if x)
+
+
+def type_accepted(name: str, content_type: Optional[str], extensions: tuple[str, ...],
+                  content_types: tuple[str, ...]) -> bool:
+    """An object is an image to embed if its name ends with an accepted extension OR
+    its content type starts with an accepted prefix; with neither list, anything is.
+
+    Both lists are lower-case (`split_list(..., lower=True)`); the job and the backfill
+    apply this same rule, so a backfill publishes exactly what the job would embed.
+    """
+    if not (extensions or content_types):
+        return True
+    return (bool(extensions) and name.lower().endswith(extensions)) or (
+        bool(content_types) and (content_type or "").lower().startswith(content_types))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,13 +97,8 @@ def object_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
         return "skipped.prefix"
     if config.exclude_prefixes and ref.name.startswith(config.exclude_prefixes):
         return "skipped.prefix"
-    if config.extensions or config.content_types:
-        lowered = ref.name.lower()
-        ext_ok = bool(config.extensions) and lowered.endswith(config.extensions)
-        type_ok = bool(config.content_types) and (ref.content_type or "").lower().startswith(
-            config.content_types)
-        if not (ext_ok or type_ok):
-            return "skipped.type"
+    if not type_accepted(ref.name, ref.content_type, config.extensions, config.content_types):
+        return "skipped.type"
     return None
 
 
@@ -96,7 +113,7 @@ class _FilterFn(beam.DoFn):
 
     def process(self, ref: ImageRef):
         if not bucket_allowed(ref, self._config):
-            metrics.dead_letter("filter", "bucket_not_allowed")
+            metrics.dead_letter("bucket_not_allowed")
             yield pvalue.TaggedOutput(DEAD, DeadLetter(
                 "filter", "bucket_not_allowed",
                 f"bucket {ref.bucket!r} is not in --buckets", ref=ref))

@@ -23,20 +23,27 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.windowed_value import WindowedValue
 
 from streaming import metrics
+from streaming.adapters import object_resource
 from streaming.decode import (  # noqa: F401 - re-exported: the stage's pure core
     BACKGROUND, CENTER_CROP_FRACTION, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, INPUT_SIZE,
     RESIZE_POLICIES, DecodedImage, decode_image, resize, to_rgb)
+from streaming.notifications import payload_fields
 from streaming.records import DeadLetter, ImageInfo, ImageRef, Rejected
 
 DEAD = "dead_letters"
 # --decode_threads / --decode_window: on 2 cores, 2 threads keep both cores decoding.
 DEFAULT_DECODE_THREADS = 2
 DEFAULT_DECODE_WINDOW = 8
+# What a NONE-payload ref learns from the object's metadata: the payload's fields but
+# the identity, which stays the notification's.
+METADATA_FIELDS = ("metageneration", "content_type", "size", "md5_hash", "crc32c",
+                   "time_created", "updated", "metadata")
 
 
 class GcsReader:
-    """Reads the exact object generation a notification names, through the storage
-    client of Beam's GcsIO (its credentials and endpoint), with bounded retries.
+    """Reads the exact object generation a notification names, through a
+    google-cloud-storage client (default credentials; anonymous against
+    STORAGE_EMULATOR_HOST), with bounded retries.
 
     Beam's FileSystems can only open the live generation; a notification is about one
     generation, so an object replaced before the job reads it is dead-lettered as
@@ -44,9 +51,9 @@ class GcsReader:
     """
 
     def __init__(self, attempts: int = 4, initial_delay: float = 0.5):
-        from apache_beam.io.gcp.gcsio import GcsIO
         from google.api_core import retry as api_retry
-        self._client = GcsIO().client
+        from google.cloud import storage
+        self._client = storage.Client()
         self._retry = api_retry.Retry(initial=initial_delay, maximum=8.0, multiplier=2.0,
                                       timeout=initial_delay * (2 ** attempts))
 
@@ -56,13 +63,8 @@ class GcsReader:
             ref.name, generation=ref.generation or None, retry=self._retry)
         if blob is None:
             raise self._gone(ref)
-        p = blob._properties
-        return dataclasses.replace(
-            ref, content_type=p.get("contentType"), size=_opt_int(p.get("size")),
-            md5_hash=p.get("md5Hash"), crc32c=p.get("crc32c"),
-            metageneration=_opt_int(p.get("metageneration")),
-            time_created=p.get("timeCreated"), updated=p.get("updated"),
-            metadata=tuple(sorted((p.get("metadata") or {}).items())) or None)
+        fields = payload_fields(object_resource(blob))
+        return dataclasses.replace(ref, **{k: fields.get(k) for k in METADATA_FIELDS})
 
     def read(self, ref: ImageRef, max_bytes: int) -> bytes:
         from google.api_core import exceptions as gexc
@@ -76,8 +78,7 @@ class GcsReader:
             return b""  # a zero-byte object has no byte 0
         except Exception as e:  # noqa: BLE001 - retries exhausted
             raise Rejected("read_error", f"{type(e).__name__}: {e}") from None
-        if len(data) > max_bytes:
-            raise Rejected("too_large", f"object is larger than the {max_bytes}-byte limit")
+        check_size(len(data), max_bytes)
         return data
 
     def _gone(self, ref: ImageRef) -> Rejected:
@@ -89,8 +90,16 @@ class GcsReader:
                                        "no longer exists")
 
 
-def _opt_int(value) -> Optional[int]:
-    return int(value) if value not in (None, "") else None
+def check_size(size: Optional[int], max_bytes: int) -> None:
+    """Rejects an object over --max_bytes, by the size its notification or metadata
+    declares (before reading) or by what a read of at most `max_bytes + 1` returned.
+
+    Raises:
+      Rejected: `too_large`.
+    """
+    if size is not None and size > max_bytes:
+        raise Rejected("too_large", f"object is larger than the {max_bytes}-byte limit "
+                                    f"(at least {size} bytes)")
 
 
 def read_bytes(uri: str, max_bytes: int) -> bytes:
@@ -109,8 +118,7 @@ def read_bytes(uri: str, max_bytes: int) -> bytes:
         if _is_not_found(e):
             raise Rejected("object_gone", f"{type(e).__name__}: {e}") from None
         raise Rejected("read_error", f"{type(e).__name__}: {e}") from None
-    if len(data) > max_bytes:
-        raise Rejected("too_large", f"object is larger than the {max_bytes}-byte limit")
+    check_size(len(data), max_bytes)
     return data
 
 
@@ -125,8 +133,7 @@ def load_image(ref: ImageRef, read, policy: str, max_pixels: int, max_bytes: int
     `read(ref)` returns (ref, bytes); it may refresh the ref (NONE-format metadata)."""
     stage = "load"
     try:
-        if ref.size is not None and ref.size > max_bytes:
-            raise Rejected("too_large", f"size {ref.size} > {max_bytes}-byte limit")
+        check_size(ref.size, max_bytes)
         ref, data = read(ref)
         stage = "decode"
         return ref, stage, decode_image(data, policy=policy, max_pixels=max_pixels), None
@@ -172,8 +179,7 @@ class _LoadFn(beam.DoFn):
                     self._gcs = GcsReader()
         if ref.payload_format == "NONE":
             ref = self._gcs.metadata(ref)
-            if ref.size is not None and ref.size > self._max_bytes:
-                raise Rejected("too_large", f"size {ref.size} > {self._max_bytes}-byte limit")
+            check_size(ref.size, self._max_bytes)
         return ref, self._gcs.read(ref, self._max_bytes)
 
     def _load(self, ref: ImageRef):
@@ -194,7 +200,7 @@ class _LoadFn(beam.DoFn):
         # finish_bundle must (and process may) emit them.
         ref, stage, decoded, error = future.result()
         if error is not None:
-            metrics.dead_letter(stage, error.reason)
+            metrics.dead_letter(error.reason)
             yield pvalue.TaggedOutput(DEAD, WindowedValue(
                 DeadLetter(stage, error.reason, str(error), ref=ref), timestamp, [window]))
             return

@@ -11,6 +11,6 @@ def count(name: str, n: int = 1) -> None:
     Metrics.counter(NAMESPACE, name).inc(n)
 
 
-def dead_letter(stage: str, reason: str) -> None:
+def dead_letter(reason: str) -> None:
     """Counts a dead letter under its reason (the stage is in the row)."""
     count(DEAD_PREFIX + reason)

@@ -231,6 +231,6 @@ class EmbedImages(beam.PTransform):
 def _failed_batch_to_dead_letters(failure) -> Iterable[DeadLetter]:
     batch, error = failure
     for info, _ in batch:
-        metrics.dead_letter("embed", "inference_error")
+        metrics.dead_letter("inference_error")
         yield DeadLetter("embed", "inference_error", f"{type(error).__name__}: {error}",
                          ref=info.ref)

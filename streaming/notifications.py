@@ -90,8 +90,6 @@ def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
         time_created=fields.get("time_created"),
         updated=fields.get("updated"),
         event_time=attributes.get("eventTime"),
-        overwrote_generation=_int(attributes.get("overwroteGeneration"), "overwroteGeneration"),
-        notification_config=attributes.get("notificationConfig"),
         payload_format=payload_format,
         metadata=fields.get("metadata"),
     )
@@ -105,6 +103,15 @@ def _parse_payload(data: bytes) -> dict[str, Any]:
     if not isinstance(resource, dict) or not isinstance(resource.get("name"), str) \
             or not isinstance(resource.get("bucket"), str):
         raise Rejected("not_object_resource", "payload is not a storage object resource")
+    return payload_fields(resource)
+
+
+def payload_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The ImageRef fields of an object resource (the contract's `payload`), typed.
+
+    Raises:
+      Rejected: `bad_attribute` or `not_object_resource` for a wrongly typed value.
+    """
     fields: dict[str, Any] = {}
     for key, spec in PAYLOAD_FIELDS.items():
         value = resource.get(key)
@@ -138,7 +145,7 @@ class _ParseFn(beam.DoFn):
         try:
             ref = parse_notification(data, attributes)
         except Rejected as e:
-            metrics.dead_letter("parse", e.reason)
+            metrics.dead_letter(e.reason)
             yield pvalue.TaggedOutput(DEAD, DeadLetter("parse", e.reason, str(e),
                                                        raw=raw_prefix(data, attributes)))
             return

@@ -4,8 +4,7 @@ from __future__ import annotations
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from streaming import images
-
-DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
+from streaming.filters import DEFAULT_EXTENSIONS
 
 
 class EmbedOptions(PipelineOptions):

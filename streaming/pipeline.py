@@ -14,22 +14,16 @@ from streaming import bigquery, filters, images, model, reconcile, sinks
 from streaming.local_source import ReadLocalFolder
 from streaming.notifications import ParseNotifications
 from streaming.options import EmbedOptions
-from streaming.records import DeadLetter
-
-
-def split_keep_case(value) -> tuple:
-    return tuple(x.strip() for x in (value or "").split(",") if x.strip())
 
 
 def filter_config(opts: EmbedOptions) -> filters.FilterConfig:
-    split = lambda s: tuple(x.strip().lower() for x in (s or "").split(",") if x.strip())
     return filters.FilterConfig(
         include_prefixes=tuple(opts.include_prefix or ()),
         exclude_prefixes=tuple(opts.exclude_prefix or ()),
-        extensions=split(opts.extensions),
-        content_types=split(opts.content_types),
+        extensions=filters.split_list(opts.extensions, lower=True),
+        content_types=filters.split_list(opts.content_types, lower=True),
         own_outputs=filters.output_prefixes([opts.output_dir, opts.output_gcs], opts.input_dir),
-        allowed_buckets=split_keep_case(opts.buckets),
+        allowed_buckets=filters.split_list(opts.buckets),
     )
 
 
@@ -128,7 +122,8 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
             sinks.rejected_row_to_dead_letter)
     all_dead = tuple(dead.values()) | "Gather dead letters" >> beam.Flatten()
     if opts.dead_letter_table:
-        (sinks.dead_letter_rows(all_dead)
+        (all_dead
+         | "Dead-letter rows" >> sinks.DeadLetterRows()
          | "Write dead letters to BigQuery" >> bigquery.WriteRows(
              opts.dead_letter_table, schemas.DEAD_LETTERS, local=opts.local_endpoints))
     if opts.output_dir:
@@ -139,7 +134,7 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
                 sinks.FileSystems.join(opts.output_dir, sinks.ROWS_DIR), "rows")
         for stage, part in dead.items():
             (part
-             | f"Dead-letter rows ({stage})" >> beam.Map(DeadLetter.to_row)
+             | f"Dead-letter rows ({stage})" >> sinks.DeadLetterRows()
              | f"Write dead letters ({stage})" >> sinks.WriteJsonFiles(
                  sinks.FileSystems.join(opts.output_dir, sinks.DEAD_LETTERS_DIR),
                  "dead_letters"))

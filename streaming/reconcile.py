@@ -21,6 +21,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 import apache_beam as beam
 
 from streaming import metrics
+from streaming.adapters import object_resource
 
 _LOG = logging.getLogger(__name__)
 
@@ -91,7 +92,7 @@ def list_resources(storage_client, bucket: str, prefix: str, after: Optional[str
     for blob in blobs:
         if (after is not None and blob.name <= after) or blob.name.endswith("/"):
             continue
-        yield dict(blob._properties)
+        yield object_resource(blob)
 
 
 def mark_known(resources: Iterable[dict[str, Any]], known: Iterable[tuple[str, int]]

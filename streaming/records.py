@@ -43,8 +43,6 @@ class ImageRef:
     time_created: Optional[str] = None
     updated: Optional[str] = None
     event_time: Optional[str] = None
-    overwrote_generation: Optional[int] = None
-    notification_config: Optional[str] = None
     payload_format: Optional[str] = None
     metadata: Optional[tuple[tuple[str, str], ...]] = None  # sorted items, hashable
 
@@ -55,13 +53,19 @@ class ImageRef:
     @property
     def uri(self) -> str:
         """Where the bytes are: gs://bucket/name, or the local path."""
-        if self.is_local:
-            return self.bucket.rstrip("/") + "/" + self.name
-        return f"gs://{self.bucket}/{self.name}"
+        return object_uri(self.bucket, self.name, self.is_local)
 
     @property
     def key(self) -> str:
         return row_key(self.bucket, self.name, self.generation, self.event_type)
+
+
+def object_uri(bucket: str, name: str, local: bool) -> str:
+    """Where an object's bytes are: the local path (the bucket is the input folder, the
+    name the relative path), else gs://bucket/name."""
+    if local:
+        return bucket.rstrip("/") + "/" + name
+    return f"gs://{bucket}/{name}"
 
 
 def row_key(bucket: str, name: str, generation: int,

@@ -133,7 +133,7 @@ class _WriteVectorFn(beam.DoFn):
             try:
                 write_with_retries(uri, npy_bytes(vector))
             except Exception as e:  # noqa: BLE001 - after retries inside FileSystems
-                metrics.dead_letter("write", "vector_write_error")
+                metrics.dead_letter("vector_write_error")
                 yield pvalue.TaggedOutput(DEAD, DeadLetter(
                     "write", "vector_write_error", f"{type(e).__name__}: {e}", ref=info.ref))
                 return
@@ -181,14 +181,17 @@ class WriteJsonFiles(beam.PTransform):
         return rows | "Write JSON" >> beam.ParDo(_WriteJsonFileFn(self._root, self._kind))
 
 
-def dead_letter_rows(dead_letters):
-    return dead_letters | "To dead-letter rows" >> beam.Map(DeadLetter.to_row)
+class DeadLetterRows(beam.PTransform):
+    """DeadLetter -> its row (schemas/dead_letters.json), for BigQuery and the files."""
+
+    def expand(self, dead_letters):
+        return dead_letters | "To row" >> beam.Map(DeadLetter.to_row)
 
 
 def rejected_row_to_dead_letter(failure) -> DeadLetter:
     """A row BigQuery refused, as a dead letter (reason `bigquery_rejected`)."""
     _table, row, errors = failure
-    metrics.dead_letter("write", "bigquery_rejected")
+    metrics.dead_letter("bigquery_rejected")
     ref = None
     if row.get("bucket") is not None and row.get("name") is not None:
         ref = ImageRef(row["bucket"], row["name"], int(row.get("generation") or 0),

@@ -3,8 +3,6 @@ notifications) and bqemulator, started by tests/run.sh; one streaming job per se
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 import types
 import uuid
@@ -12,29 +10,13 @@ import uuid
 import pytest
 
 from streaming import endpoints
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tests.processes import Child, python_module, wait_until  # noqa: F401 - for tests
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
-
-
-def wait_until(predicate, timeout: float, interval: float = 0.5, what: str = "condition",
-               job=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        if job is not None and job.poll() is not None:
-            raise AssertionError(f"the streaming job exited ({job.returncode}) while waiting "
-                                 f"for {what}:\n{job.log_tail()}")
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                         + (f":\n{job.log_tail()}" if job is not None else ""))
 
 
 @pytest.fixture(scope="session")
@@ -80,36 +62,9 @@ def pull_all(cloud, subscription: str, quiet_for: float = 2.0, limit: float = 60
     return messages
 
 
-class Job:
-    """A streaming embed-stream process and its log."""
-
-    def __init__(self, argv: list[str], log_path: str, env: dict | None = None):
-        self.log_path = log_path
-        self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "streaming.main", *argv],
-                                     cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True, env={**os.environ, **(env or {})})
-
-    def poll(self):
-        return self.proc.poll()
-
-    @property
-    def returncode(self):
-        return self.proc.returncode
-
-    def log_tail(self, n: int = 4000) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")[-n:]
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
+def start_job(argv: list[str], log_path: str, env: dict | None = None) -> Child:
+    """A streaming embed-stream process, its output in `log_path`."""
+    return Child(python_module("streaming.main", *argv), log_path, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -122,11 +77,19 @@ def stack(cloud, tmp_path_factory):
     s.images = cloud.storage.create_bucket(f"img-{rid}")
     s.old = cloud.storage.create_bucket(f"old-{rid}")
     s.old_names = ["2019/a.jpg", "2019/b.png", "2020/c.jpg"]
+    # Their notifications go by before the job subscribes: seen on a subscription of
+    # our own, they have been published.
+    before = cloud.subscription("before-job")
+    cloud.subscriber.create_subscription(name=before, topic=cloud.notify_topic)
     for i, name in enumerate(s.old_names):
         data = fixtures.png(seed=40 + i) if name.endswith(".png") else fixtures.jpeg(seed=40 + i)
         s.old.blob(name).upload_from_string(
             data, content_type="image/png" if name.endswith(".png") else "image/jpeg")
-    time.sleep(2)  # let those notifications go by before the job subscribes
+    seen: set = set()
+    wait_until(lambda: seen.update(m.attributes.get("objectId") for m in pull_all(
+        cloud, before, quiet_for=0.5, limit=5)) or seen >= set(s.old_names),
+        timeout=30, what="the notifications of the objects that predate the job")
+    cloud.subscriber.delete_subscription(subscription=before)
     s.dataset = f"ds_{rid}"
     cloud.bq.create_dataset(s.dataset)
     s.table = f"{cloud.project}:{s.dataset}.embeddings"
@@ -142,7 +105,7 @@ def stack(cloud, tmp_path_factory):
     cloud.subscriber.create_subscription(name=s.subscription, topic=cloud.notify_topic,
                                          ack_deadline_seconds=60)
     log = str(tmp_path_factory.mktemp("job") / "job.log")
-    s.job = Job(["--input_subscription", s.subscription, "--output_table", s.table,
+    s.job = start_job(["--input_subscription", s.subscription, "--output_table", s.table,
                  "--dead_letter_table", s.dead_table,
                  "--output_gcs", f"gs://img-{rid}/embeddings/", "--weights", "random:0",
                  "--local_endpoints", "--max_batch_size", "8",

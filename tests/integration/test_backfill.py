@@ -3,9 +3,6 @@ import collections
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
@@ -13,7 +10,8 @@ from analysis import sql
 
 from publisher import backfill
 from streaming.notifications import parse_notification
-from tests.integration.conftest import ROOT, pull_all, wait_until
+from tests.integration.conftest import pull_all
+from tests.processes import Child, python_module, run, wait_until
 
 
 def run_backfill(*argv):
@@ -85,7 +83,11 @@ def test_backfill_embeds_existing_objects_and_skip_existing_skips_them(stack):
     view = f"{cloud.project}.{stack.dataset}.current_backfill"
     cloud.bq.query(sql.render("current_embeddings.sql", current=view,
                                       embeddings=stack.table)).result()
-    time.sleep(8)
+    # The re-run's rows are in (the emulator keeps rows with a repeated insert id).
+    wait_until(lambda: len(stack.query(f"SELECT name FROM {stack.rows_sql} "
+                                       f"WHERE bucket = '{stack.old.name}'"))
+               >= 2 * len(stack.old_names),
+               timeout=180, what="rows for the re-run", job=stack.job)
     keys = stack.query(f"SELECT DISTINCT row_key FROM {stack.rows_sql} "
                        f"WHERE bucket = '{stack.old.name}'")
     assert len(keys) == len(stack.old_names)
@@ -109,24 +111,25 @@ def test_stopped_backfill_resumes_and_covers_every_object(cloud, tmp_path, how):
     cloud.publisher.create_topic(name=topic)
     cloud.subscriber.create_subscription(name=sub, topic=topic)
     resume = str(tmp_path / "resume.json")
-    argv = [sys.executable, "-m", "publisher.backfill", f"gs://{bucket.name}", "--topic", topic,
-            "--content-type", "", "--extensions", "", "--rate", "25", "--max-in-flight", "10",
-            "--resume", resume, "--local-endpoints", "--no-progress"]
-    first = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_until(lambda: os.path.exists(resume) and json.load(open(resume)).get("after"),
-               timeout=60, what="a first checkpoint")
-    if how == "interrupt":
-        first.send_signal(signal.SIGINT)
-        out, err = first.communicate(timeout=60)
-        assert first.returncode == 130, err.decode()[-2000:]
-        assert b"interrupted" in out
-    else:
-        time.sleep(0.7)
-        first.kill()
-        first.communicate()
+    argv = python_module(
+        "publisher.backfill", f"gs://{bucket.name}", "--topic", topic, "--content-type", "",
+        "--extensions", "", "--rate", "25", "--max-in-flight", "10", "--resume", resume,
+        "--local-endpoints", "--no-progress")
+    checkpoint = lambda: os.path.exists(resume) and json.load(open(resume)).get("after")
+    with Child(argv) as first:
+        reached = wait_until(checkpoint, timeout=60, what="a first checkpoint", job=first)
+        if how == "interrupt":
+            first.send_signal(signal.SIGINT)
+            assert first.wait(60) == 130, first.log_tail()
+            assert "interrupted" in first.output()
+        else:  # killed right after a later periodic checkpoint
+            wait_until(lambda: checkpoint() != reached, timeout=60, interval=0.05,
+                       what="a second checkpoint", job=first)
+            first.send_signal(signal.SIGKILL)
+            first.wait(60)
     assert json.load(open(resume))["after"] < names[-1]
-    second = subprocess.run(argv, cwd=ROOT, capture_output=True, timeout=120)
-    assert second.returncode == 0, second.stderr.decode()[-2000:]
+    code, output = run(argv, timeout=120)
+    assert code == 0, output[-2000:]
     got = collections.Counter(m.attributes["objectId"] for m in pull_all(cloud, sub))
     assert set(got) == set(names)
     assert sum(n - 1 for n in got.values()) <= (10 if how == "interrupt" else 10 + 25)
@@ -135,13 +138,12 @@ def test_stopped_backfill_resumes_and_covers_every_object(cloud, tmp_path, how):
 def test_publish_failures_are_counted_reported_and_kept_for_resume(stack, tmp_path):
     resume = str(tmp_path / "resume.json")
     missing = stack.cloud.topic("does-not-exist")
-    proc = subprocess.run(
-        [sys.executable, "-m", "publisher.backfill", f"gs://{stack.old.name}", "--topic", missing,
-         "--resume", resume, "--local-endpoints", "--no-progress"],
-        cwd=ROOT, capture_output=True, timeout=180)
-    assert proc.returncode == 1
-    assert f"failed={len(stack.old_names)}".encode() in proc.stdout
-    assert b"publishes failed" in proc.stderr
+    code, output = run(python_module(
+        "publisher.backfill", f"gs://{stack.old.name}", "--topic", missing, "--resume", resume,
+        "--local-endpoints", "--no-progress"), timeout=180)
+    assert code == 1
+    assert f"failed={len(stack.old_names)}" in output
+    assert "publishes failed" in output
     assert sorted(json.load(open(resume))["failed"]) == sorted(stack.old_names)
 
 

@@ -10,8 +10,11 @@ import pytest
 
 import schemas
 from tests import fixtures
-from tests.integration.conftest import Job, wait_until
+from tests.integration.conftest import start_job, wait_until
 from tests.integration.tcp_proxy import TcpProxy
+
+# How long both services stay away: the length of the outage, not a wait for a condition.
+OUTAGE_S = 10
 
 
 @pytest.fixture
@@ -32,10 +35,10 @@ def job_behind_proxies(stack, tmp_path):
                                          ack_deadline_seconds=60)
     env = {"BIGQUERY_EMULATOR_HOST": f"http://127.0.0.1:{bq.port}",
            "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ps.port}"}
-    job = Job(["--input_subscription", sub, "--output_table", table.replace(".", ":", 1),
-               "--output_gcs", f"gs://{bucket.name}/embeddings/", "--weights", "random:0",
-               "--local_endpoints", "--buckets", bucket.name], str(tmp_path / "job.log"),
-              env=env)
+    job = start_job(["--input_subscription", sub, "--output_table", table.replace(".", ":", 1),
+                     "--output_gcs", f"gs://{bucket.name}/embeddings/", "--weights", "random:0",
+                     "--local_endpoints", "--buckets", bucket.name], str(tmp_path / "job.log"),
+                    env=env)
     yield bucket, table, job, bq, ps
     job.stop()
     bq.stop()
@@ -54,7 +57,7 @@ def test_rows_written_during_a_bigquery_and_pubsub_outage_all_arrive(stack, job_
     for i, name in enumerate(during):
         bucket.blob(name).upload_from_string(fixtures.jpeg(seed=10 + i),
                                              content_type="image/jpeg")
-    time.sleep(10)
+    time.sleep(OUTAGE_S)
     assert job.poll() is None, job.log_tail()
     bq.start()
     ps.start()

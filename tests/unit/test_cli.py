@@ -2,10 +2,6 @@
 import glob
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 
 import pytest
 import apache_beam as beam
@@ -16,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from streaming import main
 from streaming.notifications import ParseNotifications
 from tests import fixtures
+from tests.processes import Child, python_module, wait_until
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -78,35 +75,27 @@ def test_parse_stage_in_a_pipeline_splits_refs_and_dead_letters():
                     equal_to([("parse", "not_a_notification")]), label="dead")
 
 
+@pytest.mark.slow
 def test_watch_embeds_files_that_appear_later(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     (src / "first.jpg").write_bytes(fixtures.jpeg(seed=1))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.main", "--input_dir", str(src), "--output_dir",
-         str(out), "--weights", "random:0", "--watch", "--watch_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
 
-    def rows():
-        return sorted(os.path.basename(p) for p in glob.glob(str(out / "rows" / "*" / "*")))
+    def rows(n):
+        got = sorted(os.path.basename(p) for p in glob.glob(str(out / "rows" / "*" / "*")))
+        return got if len(got) >= n else None
 
-    def wait_for(n, limit=180):
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline and len(rows()) < n and proc.poll() is None:
-            time.sleep(0.5)
-        return rows()
-    try:
-        assert len(wait_for(1)) == 1, proc.stderr.read1().decode()[-2000:] if proc.poll() else ""
+    def dead_letters():
+        return [json.load(open(p)) for p in glob.glob(str(out / "dead_letters" / "*.json"))]
+
+    with Child(python_module("streaming.main", "--input_dir", str(src), "--output_dir",
+                             str(out), "--weights", "random:0", "--watch",
+                             "--watch_interval", "1")) as job:
+        wait_until(lambda: rows(1), timeout=180, what="the first row", job=job)
         (src / "later.png").write_bytes(fixtures.png(seed=2))
         (src / "later-bad.jpg").write_bytes(b"not an image")
-        got = wait_for(2, limit=60)
+        got = wait_until(lambda: rows(2), timeout=60, what="the later file's row", job=job)
         assert [g.split("@")[0] for g in got] == ["first.jpg", "later.png"]
-        deadline = time.monotonic() + 30
-        while not glob.glob(str(out / "dead_letters" / "*.json")) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        dead = [json.load(open(p)) for p in glob.glob(str(out / "dead_letters" / "*.json"))]
+        dead = wait_until(dead_letters, timeout=30, what="the dead letter", job=job)
         assert [(d["name"], d["reason"]) for d in dead] == [("later-bad.jpg", "not_an_image")]
-        assert proc.poll() is None  # still watching
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=30)
+        assert job.alive()  # still watching

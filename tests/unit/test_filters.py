@@ -1,4 +1,5 @@
-from streaming.filters import FilterConfig, output_prefixes, skip_reason
+from streaming.filters import (DEFAULT_EXTENSIONS, FilterConfig, output_prefixes, skip_reason,
+                               split_list, type_accepted)
 from streaming.records import ImageRef
 
 IMAGES = FilterConfig(extensions=(".jpg", ".png"), content_types=("image/",))
@@ -52,3 +53,24 @@ def test_deleting_an_object_the_job_never_embeds_is_not_an_event_for_it():
     assert skip_reason(txt, cfg) == "skipped.type"
     img = ref("a.jpg", event_type="OBJECT_DELETE")
     assert skip_reason(img, cfg) == "skipped.event_OBJECT_DELETE"
+
+
+def test_comma_separated_flags_split_one_way():
+    assert split_list(" .JPG, .png ,,") == (".JPG", ".png")
+    assert split_list(" .JPG, .png ,,", lower=True) == (".jpg", ".png")
+    assert split_list("") == () and split_list(None) == ()
+
+
+def test_the_job_and_the_backfill_accept_the_same_objects():
+    """One rule for both: a backfill publishes exactly what the job would embed."""
+    from publisher.backfill import Filters
+    exts, types = split_list(DEFAULT_EXTENSIONS, lower=True), ("image/",)
+    job = FilterConfig(extensions=exts, content_types=types)
+    backfill = Filters(extensions=exts, content_types=types)
+    for name, content_type in [("a.JPG", None), ("a.tiff", "text/plain"), ("noext", "image/png"),
+                               ("notes.txt", "text/plain"), ("a.jpg.txt", None),
+                               ("x.bin", "IMAGE/webp"), ("x.bin", None)]:
+        expected = type_accepted(name, content_type, exts, types)
+        assert (skip_reason(ref(name, content_type=content_type), job) is None) == expected
+        assert backfill.accepts({"name": name, "contentType": content_type}) == expected
+    assert type_accepted("notes.txt", "text/plain", (), ())  # no lists: anything goes

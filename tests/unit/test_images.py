@@ -6,7 +6,7 @@ from PIL import Image
 
 from streaming import images
 from streaming.images import decode_image
-from streaming.records import Rejected
+from streaming.records import ImageRef, Rejected
 from tests import fixtures
 
 
@@ -151,3 +151,21 @@ def test_read_bytes_reports_missing_and_large_objects(tmp_path):
         images.read_bytes(str(big), 100)
     assert e.value.reason == "too_large"
     assert images.read_bytes(str(big), 101) == b"x" * 101
+
+
+@pytest.mark.parametrize("size, ok", [(None, True), (100, True), (101, False)])
+def test_one_size_check_for_declared_and_read_sizes(size, ok):
+    if ok:
+        images.check_size(size, 100)
+        return
+    with pytest.raises(Rejected) as e:
+        images.check_size(size, 100)
+    assert e.value.reason == "too_large" and "100-byte limit" in str(e.value)
+
+
+def test_a_declared_size_over_the_limit_is_rejected_unread():
+    def read(ref):
+        raise AssertionError("read an object whose declared size is over the limit")
+    ref, stage, decoded, error = images.load_image(
+        ImageRef("b", "big.jpg", 1, size=101), read, "center_crop", 10**6, 100)
+    assert (stage, decoded, error.reason) == ("load", None, "too_large")

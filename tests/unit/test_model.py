@@ -76,6 +76,7 @@ def test_corrupt_weights_file_is_refused(tmp_path):
         model.load_keras_model(str(bad))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights, message", [
     ("imagenet", "Cannot load the ImageNet weights"),
     ("corrupt.weights.h5", "Cannot load ResNet50 weights"),
@@ -100,6 +101,7 @@ def test_cli_with_unusable_weights_fails_at_start_up_with_one_message(tmp_path, 
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_every_batch_size_reuses_the_graph_traced_at_warm_up():
     loaded = model.load_embedding_model("random:0")
     for n in (1, 3, 7, 32):
@@ -107,6 +109,7 @@ def test_every_batch_size_reuses_the_graph_traced_at_warm_up():
     assert loaded._embed.experimental_get_tracing_count() == 1
 
 
+@pytest.mark.slow
 def test_a_process_loads_each_model_once_and_keeps_only_the_latest():
     first = model.load_embedding_model("random:0")
     assert model.load_embedding_model("random:0") is first

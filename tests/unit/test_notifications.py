@@ -26,14 +26,15 @@ def test_parses_a_real_format_finalize_notification():
     assert ref.event_time == "2026-11-27T00:00:00.123456Z"
     assert ref.metadata == (("camera", "X100"),)
     assert ref.uri == "gs://my-images/uploads/2026/cat.jpg"
-    assert ref.notification_config.endswith("notificationConfigs/1")
 
 
-def test_overwrite_and_backfill_attributes():
+def test_backfill_attribute_marks_the_source_and_unused_attributes_are_ignored():
+    """overwroteGeneration and notificationConfig reach no row: they are not parsed, so a
+    malformed one costs no embedding."""
     data, attrs = example()
-    attrs.update(overwroteGeneration="17", backfill="true")
+    attrs.update(overwroteGeneration="not-a-number", backfill="true")
     ref = parse_notification(data, attrs)
-    assert ref.overwrote_generation == 17 and ref.source == "backfill"
+    assert ref.source == "backfill" and ref.generation == 1764201600123456
 
 
 def test_payload_format_none_needs_no_body():

@@ -18,6 +18,8 @@ from streaming.options import EmbedOptions
 from streaming.records import object_file_name
 from tests import fixtures
 
+pytestmark = pytest.mark.slow  # the whole job, with the model
+
 GOOD = {
     "a/cat.jpg": fixtures.jpeg(320, 240, seed=1),
     "b/cat.jpg": fixtures.jpeg(320, 240, seed=2),

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from streaming.records import DeadLetter, ImageRef, object_file_name, row_key
+from streaming.records import DeadLetter, ImageRef, object_file_name, object_uri, row_key
 
 
 def test_same_basename_in_two_folders_gives_two_paths():
@@ -42,3 +42,13 @@ def test_dead_letter_row_is_bounded_and_keyed():
     assert row["row_key"] == ref.key and row["reason"] == "not_an_image"
     assert len(row["error"]) == 1000 and len(row["raw"]) == 1000
     assert row["uri"] == "gs://b/x.jpg"
+
+
+def test_object_uri_is_the_one_rule_for_refs_and_rows():
+    from analysis.rows import uri_of
+    cloud = ImageRef("bkt", "a/b.jpg", 1)
+    local = ImageRef("/data/in/", "a/b.jpg", 1, source="local")
+    assert cloud.uri == "gs://bkt/a/b.jpg" == object_uri("bkt", "a/b.jpg", local=False)
+    assert local.uri == "/data/in/a/b.jpg" == object_uri("/data/in/", "a/b.jpg", local=True)
+    assert uri_of({"bucket": "bkt", "name": "a/b.jpg", "source": "backfill"}) == cloud.uri
+    assert uri_of({"bucket": "/data/in/", "name": "a/b.jpg", "source": "local"}) == local.uri

@@ -41,3 +41,15 @@ def test_local_writes_are_atomic_and_idempotent(tmp_path):
     sinks.write_atomically(path, sinks.npy_bytes(np.ones(3)))
     assert os.listdir(tmp_path / "v") == ["x.npy"]  # no temporary files left behind
     np.testing.assert_array_equal(np.load(path), np.ones(3, np.float32))
+
+
+def test_dead_letter_rows_transform_gives_the_table_rows():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    letters = [DeadLetter("decode", "not_an_image", "x", ref=REF),
+               DeadLetter("parse", "not_json", "y", raw="{")]
+    with TestPipeline(runner="BundleBasedDirectRunner") as p:
+        rows = p | beam.Create(letters) | sinks.DeadLetterRows()
+        assert_that(rows | beam.Map(lambda r: (r["row_key"], r["stage"], r["reason"], r["uri"])),
+                    equal_to([(d.key, d.stage, d.reason, d.to_row()["uri"]) for d in letters]))

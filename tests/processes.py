@@ -1,0 +1,138 @@
+"""Child processes of the tests and the benchmarks (embed-stream, embed-backfill).
+
+A child writes its output to a log file as it runs, never to a pipe nobody reads (a
+full pipe blocks the child: Beam and TensorFlow log a lot); it runs in its own session,
+so stopping it stops what it started; `stop()` sends SIGTERM, then SIGKILL after a
+grace period. Waiting is for a condition (`wait_until`), not for a fixed time.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Callable, Optional, Sequence, TypeVar
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+T = TypeVar("T")
+
+
+class Child:
+    """`argv` running in the background with its stdout and stderr in one log file.
+
+    Args:
+      argv: the command; `python_module(...)` builds one for `python -m MODULE`.
+      log_path: where the output goes (default: a temporary file, removed on `stop`).
+      env: variables added to this process's environment.
+    """
+
+    def __init__(self, argv: Sequence[str], log_path: Optional[str] = None,
+                 env: Optional[dict] = None, cwd: str = ROOT):
+        self._own_log = log_path is None
+        if log_path is None:
+            fd, log_path = tempfile.mkstemp(prefix="child-", suffix=".log")
+            os.close(fd)
+        self.log_path = log_path
+        self._log = open(log_path, "wb")
+        self.started = time.time()
+        self.proc = subprocess.Popen(list(argv), cwd=cwd, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     env={**os.environ, **(env or {})})
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.proc.returncode
+
+    def poll(self) -> Optional[int]:
+        return self.proc.poll()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def output(self) -> str:
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def log_tail(self, n: int = 4000) -> str:
+        return self.output()[-n:]
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """The exit status; kills the child and raises TimeoutExpired after `timeout` s."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.stop(grace=0)
+            raise
+
+    def stop(self, grace: float = 20.0) -> Optional[int]:
+        """SIGTERM, then SIGKILL after `grace` s; returns the exit status."""
+        if self.proc.poll() is None:
+            self._signal_group(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def _signal_group(self, sig: int) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def remove_log(self) -> None:
+        if self._own_log and os.path.exists(self.log_path):
+            os.unlink(self.log_path)
+
+    def __enter__(self) -> "Child":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self.stop()
+        self.remove_log()
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    """`python -m MODULE ARGS` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
+
+
+def run(argv: Sequence[str], timeout: float, env: Optional[dict] = None) -> tuple[int, str]:
+    """Runs `argv` to the end: (exit status, stdout and stderr interleaved)."""
+    with Child(argv, env=env) as child:
+        code = child.wait(timeout)
+        return code, child.output()
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str = "condition",
+               job: Optional[Child] = None, interval: float = 0.5) -> T:
+    """Polls `predicate` until it returns something truthy, and returns that.
+
+    Raises:
+      AssertionError: after `timeout` s, or as soon as the child `job` exits (with its
+        log).
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if job is not None and job.poll() is not None:
+            raise AssertionError(f"{' '.join(job.proc.args[1:4])}... exited "
+                                 f"({job.returncode}) while waiting for {what}:\n"
+                                 f"{job.log_tail()}")
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
+                                 + (f":\n{job.log_tail()}" if job is not None else ""))
+        time.sleep(interval)
