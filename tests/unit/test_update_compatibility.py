@@ -63,9 +63,12 @@ def test_step_names_match_the_committed_list(production_names):
 @pytest.mark.parametrize("changes, keeps_names", [
     ({"--weights": "gs://my-models/resnet50_v2.weights.h5"}, True),
     ({"--max_batch_size": "64", "--min_batch_size": "4"}, True),
-    ({"--include_prefix": "uploads/", "--buckets": "photos", "--extensions": ".jpg"}, True),
-    ({"--resize_policy": "pad", "--decode_threads": "8", "--max_pixels": "1000000"}, True),
+    ({"--include_prefix": "uploads/", "--exclude_prefix": "thumbs/", "--buckets": "photos",
+      "--extensions": ".jpg", "--content_types": "image/jpeg"}, True),
+    ({"--resize_policy": "pad", "--decode_threads": "8", "--decode_window": "32",
+      "--max_pixels": "1000000", "--max_bytes": "1000000"}, True),
     ({"--dead_letter_table": None}, False),
+    ({"--output_table": None}, False),
     ({"--output_dir": "gs://my-vectors/files/"}, False),
     ({"--max_batch_duration_secs": "0"}, False),
 ], ids=lambda x: ",".join(f"{k}={v}" for k, v in x.items()) if isinstance(x, dict) else str(x))
