@@ -11,29 +11,33 @@ setuptools.setup(
                                                "publisher.*", "schemas", "schemas.*",
                                                "analysis", "analysis.*"]),
     package_data={"schemas": ["*.json", "sql/*.sql"]},
+    # Compatible ranges: the package installs next to other code. The exact set that CI,
+    # the worker image and the Flex Template launcher install is requirements.lock
+    # (regenerate it with tools/lock.sh).
     install_requires=[
-        "apache-beam[gcp]==2.77.0",
-        "tensorflow==2.21.0",
-        # Beam's TF model handler imports tensorflow_hub; 0.16.1 is the one that
-        # imports with TF 2.21 (Beam's own extra pins 0.15.0, which does not).
-        "tensorflow-hub==0.16.1",
+        # The worker image's tag (Dockerfile) must name the same Beam release.
+        "apache-beam[gcp]>=2.77,<2.78",
+        "tensorflow>=2.21,<2.22",
+        "keras>=3.15,<4",
         # >=10.3 fixes the known decoder CVEs (e.g. CVE-2024-28219, CVE-2023-50447).
-        "pillow==12.3.0",
-        "numpy==2.4.6",
-        "google-cloud-pubsub==2.44.0",
-        "google-cloud-storage==3.17.1",
-        "google-cloud-bigquery==3.47.0",
-        "tqdm==4.70.1",
+        "pillow>=10.3,<13",
+        "numpy>=2.0,<3",
+        "google-cloud-pubsub>=2.44,<3",
+        "google-cloud-storage>=3.17,<4",
+        "google-cloud-bigquery>=3.47,<4",
+        "tqdm>=4.66,<5",
         # Encodes a row's 2048 floats in 0.1 ms (json.dumps: 1.8 ms, 2% of the
         # end-to-end time per image on 2 cores).
-        "orjson==3.13.0",
+        "orjson>=3.10,<4",
     ],
     extras_require={
         # embed-search / embed-map; scikit-learn only for `embed-map --method tsne`.
-        "analysis": ["duckdb==1.5.5", "pyarrow==25.0.1", "matplotlib==3.11.2",
-                     "scikit-learn==1.9.1"],
-        "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "duckdb==1.5.5", "pyarrow==25.0.1",
-                "matplotlib==3.11.2"],
+        "analysis": ["duckdb>=1.5,<1.6", "pyarrow>=21,<26", "matplotlib>=3.9,<4",
+                     "scikit-learn>=1.5,<2"],
+        "dev": ["pytest>=9.2,<10", "hypothesis>=6.170,<7", "duckdb>=1.5,<1.6",
+                "pyarrow>=21,<26", "matplotlib>=3.9,<4", "scikit-learn>=1.5,<2"],
+        # GPU workers (Dockerfile --build-arg EXTRAS=gpu): TensorFlow with its CUDA wheels.
+        "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },
     entry_points={
         "console_scripts": [

@@ -4,6 +4,10 @@
 what the notification said about it; every source (Pub/Sub, backfill, local folder)
 produces it, so the later stages have one input shape. `DeadLetter` is the one
 shape of every failure, whatever the stage.
+
+Records that cross a shuffle or wait in state (Dataflow persists them between stages
+and across a streaming `--update`) travel in one versioned wire form, `encode_record`,
+never as pickled class layouts: see "Wire form" below.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import json
 import re
 from typing import Any, Optional
 from urllib.parse import quote
+
+from apache_beam import coders
 
 ERROR_CHARS = 1000  # bound on error text and raw message prefixes kept in dead letters
 _MAX_ENCODED_NAME = 180  # keeps file names under common 255-byte limits
@@ -164,3 +170,125 @@ class Rejected(Exception):
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
+
+
+# --- Wire form -------------------------------------------------------------------------
+# One byte of format version, then JSON: {"t": <record class>, "f": {<non-default fields>}}.
+# A running job's buffered records (state, shuffles) must decode in the job that replaces
+# it with `--update`. Adding a field with a default keeps the format; removing, renaming
+# or retyping one bumps RECORD_FORMAT, and the job is then drained and replaced, not
+# updated (docs/dataflow.md). A mismatch fails loudly instead of guessing.
+RECORD_FORMAT = 1
+
+
+class RecordFormatError(ValueError):
+    """Bytes that this code cannot decode into a record: another format or class layout."""
+
+
+def _record_types() -> dict[str, type]:
+    return {cls.__name__: cls for cls in (ImageRef, ImageInfo, DeadLetter)}
+
+
+def _to_wire(record) -> dict[str, Any]:
+    fields = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if f.default is not dataclasses.MISSING and value == f.default:
+            continue  # defaults are implied: a field added later reads old bytes
+        fields[f.name] = _to_wire(value) if dataclasses.is_dataclass(value) else value
+    return {"t": type(record).__name__, "f": fields}
+
+
+def _from_wire(obj: dict[str, Any]):
+    cls = _record_types().get(obj.get("t"))
+    if cls is None:
+        raise RecordFormatError(f"unknown record type {obj.get('t')!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(obj["f"]) - known)
+    if unknown:
+        raise RecordFormatError(
+            f"{cls.__name__} in format {RECORD_FORMAT} has no field(s) {', '.join(unknown)}: "
+            "the record layout changed without a RECORD_FORMAT bump")
+    values = {}
+    for name, value in obj["f"].items():
+        if isinstance(value, dict) and "t" in value:
+            value = _from_wire(value)
+        elif isinstance(value, list):
+            value = _tuples(value)
+        values[name] = value
+    return cls(**values)
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def encode_record(record) -> bytes:
+    """ImageRef / ImageInfo / DeadLetter -> versioned bytes (deterministic)."""
+    body = json.dumps(_to_wire(record), ensure_ascii=False, sort_keys=True,
+                      separators=(",", ":"))
+    return bytes([RECORD_FORMAT]) + body.encode("utf-8")
+
+
+def decode_record(data: bytes):
+    """The inverse of `encode_record`.
+
+    Raises:
+      RecordFormatError: the bytes are of another format version or record layout
+        (a job updated across an incompatible change: drain and replace it instead).
+    """
+    if not data or data[0] != RECORD_FORMAT:
+        found = data[0] if data else "empty"
+        raise RecordFormatError(
+            f"record bytes are format {found}, this code reads format {RECORD_FORMAT}: "
+            "a job cannot be updated across a record format change; drain it and start "
+            "the new one")
+    try:
+        obj = json.loads(data[1:].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RecordFormatError(f"record bytes are not format {RECORD_FORMAT}: {e}") from e
+    return _from_wire(obj)
+
+
+def _reduce(record):
+    # Beam's default coder pickles objects it has no coder for; this makes that pickle
+    # the versioned wire form too, instead of the class's attribute layout.
+    return decode_record, (encode_record(record),)
+
+
+class RecordCoder(coders.Coder):
+    """Beam coder for the record classes, registered for each of them below."""
+
+    def __init__(self, record_type: Optional[type] = None):
+        self._type = record_type
+
+    @classmethod
+    def from_type_hint(cls, typehint, unused_registry):
+        return cls(typehint)
+
+    def encode(self, value) -> bytes:
+        return encode_record(value)
+
+    def decode(self, encoded: bytes):
+        record = decode_record(encoded)
+        if self._type is not None and not isinstance(record, self._type):
+            raise RecordFormatError(
+                f"expected {self._type.__name__}, got {type(record).__name__}")
+        return record
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self):
+        return self._type or Any
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self._type == other._type
+
+    def __hash__(self):
+        return hash((type(self), self._type))
+
+
+for _cls in _record_types().values():
+    _cls.__reduce__ = _reduce
+    coders.registry.register_coder(_cls, RecordCoder)

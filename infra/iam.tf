@@ -1,0 +1,148 @@
+# Identities with the least privilege each needs: every grant is on the one resource it
+# concerns, except the two roles that only exist at project level.
+
+resource "google_service_account" "embedder" {
+  account_id   = "embedder"
+  display_name = "Image embedding job (Dataflow workers and Flex Template launcher)"
+}
+
+resource "google_service_account" "backfill" {
+  account_id   = "embed-backfill"
+  display_name = "embed-backfill: publishes notifications for existing objects"
+}
+
+locals {
+  embedder = "serviceAccount:${google_service_account.embedder.email}"
+  backfill = "serviceAccount:${google_service_account.backfill.email}"
+}
+
+# --- The job -------------------------------------------------------------------------
+resource "google_project_iam_member" "embedder_dataflow_worker" {
+  project = var.project_id
+  role    = "roles/dataflow.worker"
+  member  = local.embedder
+}
+
+resource "google_pubsub_subscription_iam_member" "embedder_subscriber" {
+  subscription = google_pubsub_subscription.embed.id
+  role         = "roles/pubsub.subscriber"
+  member       = local.embedder
+}
+
+# Dataflow reads the subscription's configuration (ack deadline, backlog) before pulling.
+resource "google_pubsub_subscription_iam_member" "embedder_subscription_viewer" {
+  subscription = google_pubsub_subscription.embed.id
+  role         = "roles/pubsub.viewer"
+  member       = local.embedder
+}
+
+resource "google_storage_bucket_iam_member" "embedder_reads_images" {
+  bucket = var.images_bucket
+  role   = "roles/storage.objectViewer"
+  member = local.embedder
+}
+
+# objectUser, not objectCreator: a redelivered notification rewrites the same .npy name.
+resource "google_storage_bucket_iam_member" "embedder_writes_vectors" {
+  bucket = google_storage_bucket.vectors.name
+  role   = "roles/storage.objectUser"
+  member = local.embedder
+}
+
+# Temp and staging files, the template spec, and the weights under models/.
+resource "google_storage_bucket_iam_member" "embedder_dataflow_files" {
+  bucket = google_storage_bucket.dataflow.name
+  role   = "roles/storage.objectAdmin"
+  member = local.embedder
+}
+
+# Streaming inserts and creating a missing table; the job runs no BigQuery jobs.
+resource "google_bigquery_dataset_iam_member" "embedder_writes_rows" {
+  dataset_id = google_bigquery_dataset.images.dataset_id
+  role       = "roles/bigquery.dataEditor"
+  member     = local.embedder
+}
+
+resource "google_artifact_registry_repository_iam_member" "embedder_pulls_image" {
+  location   = google_artifact_registry_repository.images.location
+  repository = google_artifact_registry_repository.images.name
+  role       = "roles/artifactregistry.reader"
+  member     = local.embedder
+}
+
+# --- The backfill --------------------------------------------------------------------
+resource "google_storage_bucket_iam_member" "backfill_lists_images" {
+  bucket = var.images_bucket
+  role   = "roles/storage.objectViewer"
+  member = local.backfill
+}
+
+resource "google_pubsub_topic_iam_member" "backfill_publishes" {
+  topic  = google_pubsub_topic.notifications.id
+  role   = "roles/pubsub.publisher"
+  member = local.backfill
+}
+
+# --skip-existing queries the embeddings table.
+resource "google_bigquery_dataset_iam_member" "backfill_reads_rows" {
+  dataset_id = google_bigquery_dataset.images.dataset_id
+  role       = "roles/bigquery.dataViewer"
+  member     = local.backfill
+}
+
+resource "google_project_iam_member" "backfill_runs_queries" {
+  project = var.project_id
+  role    = "roles/bigquery.jobUser"
+  member  = local.backfill
+}
+
+# --- People --------------------------------------------------------------------------
+resource "google_project_iam_member" "deployers_run_dataflow" {
+  for_each = toset(var.deployers)
+  project  = var.project_id
+  role     = "roles/dataflow.developer"
+  member   = each.value
+}
+
+resource "google_service_account_iam_member" "deployers_act_as_embedder" {
+  for_each           = toset(var.deployers)
+  service_account_id = google_service_account.embedder.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = each.value
+}
+
+resource "google_artifact_registry_repository_iam_member" "deployers_push_image" {
+  for_each   = toset(var.deployers)
+  location   = google_artifact_registry_repository.images.location
+  repository = google_artifact_registry_repository.images.name
+  role       = "roles/artifactregistry.writer"
+  member     = each.value
+}
+
+resource "google_storage_bucket_iam_member" "deployers_write_templates" {
+  for_each = toset(var.deployers)
+  bucket   = google_storage_bucket.dataflow.name
+  role     = "roles/storage.objectAdmin"
+  member   = each.value
+}
+
+resource "google_bigquery_dataset_iam_member" "analysts_read_rows" {
+  for_each   = toset(var.analysts)
+  dataset_id = google_bigquery_dataset.images.dataset_id
+  role       = "roles/bigquery.dataViewer"
+  member     = each.value
+}
+
+resource "google_project_iam_member" "analysts_run_queries" {
+  for_each = toset(var.analysts)
+  project  = var.project_id
+  role     = "roles/bigquery.jobUser"
+  member   = each.value
+}
+
+resource "google_storage_bucket_iam_member" "analysts_read_vectors" {
+  for_each = toset(var.analysts)
+  bucket   = google_storage_bucket.vectors.name
+  role     = "roles/storage.objectViewer"
+  member   = each.value
+}

@@ -1,0 +1,170 @@
+"""infra/ declares everything the job needs, with least-privilege grants.
+
+Terraform cannot download its provider here, so `terraform validate`/`plan` cannot run;
+these checks read the .tf files as text instead (plus `terraform fmt -check` when the
+binary is installed).
+"""
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+INFRA = ROOT / "infra"
+TEXT = "\n".join(p.read_text() for p in sorted(INFRA.glob("*.tf")))
+
+
+def _body(text: str, start: int) -> str:
+    depth, i = 1, start
+    while depth:
+        depth += {"{": 1, "}": -1}.get(text[i], 0)
+        i += 1
+    return text[start:i - 1]
+
+
+def blocks(kind: str, type_: str = None) -> dict:
+    """{name: body} of `kind "type" "name" {...}` (or `variable "name"`) blocks."""
+    found = {}
+    for m in re.finditer(rf'^{kind}\s+((?:"[^"]*"\s*)+)\{{', TEXT, re.M):
+        labels = re.findall(r'"([^"]*)"', m.group(1))
+        if type_ is None or labels[0] == type_:
+            found[labels[-1]] = _body(TEXT, m.end())
+    return found
+
+
+def attr(body: str, name: str):
+    m = re.search(rf"^\s*{name}\s*=\s*(.+?)\s*(#.*)?$", body, re.M)
+    return m.group(1) if m else None
+
+
+def nested(body: str, name: str) -> str:
+    m = re.search(rf"^\s*{name}\s*\{{", body, re.M)
+    assert m, f"no {name} block"
+    return _body(body, m.end())
+
+
+def default(var: str):
+    return json.loads(attr(blocks("variable")[var], "default"))
+
+
+def only(kind_type: str) -> tuple[str, str]:
+    found = blocks("resource", kind_type)
+    assert len(found) == 1, f"{kind_type}: {sorted(found)}"
+    return next(iter(found.items()))
+
+
+def topic_ref(value: str) -> str:
+    return re.fullmatch(r"google_pubsub_topic\.(\w+)\.id", value).group(1)
+
+
+@pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+def test_terraform_fmt():
+    run = subprocess.run(["terraform", "fmt", "-check", "-diff", str(INFRA)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout
+
+
+def test_bucket_notifies_the_topic_for_the_images_prefix_only():
+    _, note = only("google_storage_notification")
+    assert attr(note, "bucket") == "var.images_bucket"
+    assert topic_ref(attr(note, "topic")) in blocks("resource", "google_pubsub_topic")
+    assert attr(note, "payload_format") == '"JSON_API_V1"'
+    assert json.loads(attr(note, "event_types")) == ["OBJECT_FINALIZE", "OBJECT_DELETE"]
+    assert attr(note, "object_name_prefix") == "var.images_prefix"
+    assert default("images_prefix") and "length(var.images_prefix) > 0" in \
+        blocks("variable")["images_prefix"]
+    # Vectors go elsewhere: the job's own writes never notify.
+    outputs = blocks("output")
+    assert "google_storage_bucket.vectors.name" in attr(outputs["output_gcs"], "value")
+    assert "images_bucket" not in attr(outputs["output_gcs"], "value")
+
+
+def test_subscription_has_deadline_retention_and_dead_letters():
+    _, note = only("google_storage_notification")
+    topics = blocks("resource", "google_pubsub_topic")
+    subs = blocks("resource", "google_pubsub_subscription")
+    main_topic = topic_ref(attr(note, "topic"))
+    (name, sub), = [(n, b) for n, b in subs.items() if topic_ref(attr(b, "topic")) == main_topic]
+    assert 60 <= int(attr(sub, "ack_deadline_seconds")) <= 600
+    assert int(attr(sub, "message_retention_duration").strip('"s')) >= 86400
+    policy = nested(sub, "dead_letter_policy")
+    dead_topic = topic_ref(attr(policy, "dead_letter_topic"))
+    assert dead_topic in topics and dead_topic != main_topic
+    assert attr(policy, "max_delivery_attempts") == "var.max_delivery_attempts"
+    assert 5 <= default("max_delivery_attempts") <= 100
+    # Something keeps the poison messages, and Pub/Sub's agent may move them.
+    assert any(topic_ref(attr(b, "topic")) == dead_topic for b in subs.values())
+    grants = iam_grants()
+    assert ("local.pubsub_agent", "roles/pubsub.publisher", f"google_pubsub_topic.{dead_topic}") \
+        in grants
+    assert ("local.pubsub_agent", "roles/pubsub.subscriber",
+            f"google_pubsub_subscription.{name}") in grants
+
+
+@pytest.mark.parametrize("table, schema_file", [("embeddings", "embeddings.json"),
+                                                ("dead_letters", "dead_letters.json")])
+def test_tables_come_from_the_schema_files(table, schema_file):
+    tables = blocks("resource", "google_bigquery_table")
+    body = tables[table]
+    assert attr(body, "dataset_id") == "google_bigquery_dataset.images.dataset_id"
+    path = re.fullmatch(r'jsonencode\(jsondecode\(file\("\$\{path\.module\}/(.+)"\)\)\)',
+                        attr(body, "schema")).group(1)
+    schema_path = (INFRA / path).resolve()
+    assert schema_path == ROOT / "schemas" / schema_file
+    fields = {f["name"] for f in json.loads(schema_path.read_text())}
+    assert set(json.loads(attr(body, "clustering"))) <= fields
+    assert attr(nested(body, "time_partitioning"), "field").strip('"') in fields
+    assert set(tables) == {"embeddings", "dead_letters"}
+
+
+def iam_grants() -> set[tuple[str, str, str]]:
+    """(member, role, target resource) of every *_iam_member grant."""
+    grants = set()
+    for m in re.finditer(r'^resource\s+"(google_\w+)_iam_member"\s+"\w+"\s*\{', TEXT, re.M):
+        body = _body(TEXT, m.end())
+        target = next((v for k in ("topic", "subscription", "bucket", "dataset_id",
+                                   "repository", "service_account_id", "project")
+                       if (v := attr(body, k))), None)
+        target = re.sub(r"\.(id|name|dataset_id|email)$", "", target)
+        grants.add((attr(body, "member"), attr(body, "role").strip('"'), target))
+    return grants
+
+
+def test_job_service_account_has_exactly_its_least_privilege_roles():
+    job = {(role, target) for member, role, target in iam_grants() if member == "local.embedder"}
+    assert job == {
+        ("roles/dataflow.worker", "var.project_id"),
+        ("roles/pubsub.subscriber", "google_pubsub_subscription.embed"),
+        ("roles/pubsub.viewer", "google_pubsub_subscription.embed"),
+        ("roles/storage.objectViewer", "var.images_bucket"),
+        ("roles/storage.objectUser", "google_storage_bucket.vectors"),
+        ("roles/storage.objectAdmin", "google_storage_bucket.dataflow"),
+        ("roles/bigquery.dataEditor", "google_bigquery_dataset.images"),
+        ("roles/artifactregistry.reader", "google_artifact_registry_repository.images"),
+    }
+
+
+def test_no_broad_roles():
+    for member, role, target in iam_grants():
+        assert role not in {"roles/owner", "roles/editor", "roles/viewer"}, (member, role)
+        if target == "var.project_id":  # project-wide only where no narrower grant exists
+            assert role in {"roles/dataflow.worker", "roles/dataflow.developer",
+                            "roles/bigquery.jobUser"}, (member, role)
+
+
+def test_service_accounts_and_image_repository():
+    assert {"embedder", "backfill"} <= set(blocks("resource", "google_service_account"))
+    _, repo = only("google_artifact_registry_repository")
+    assert attr(repo, "format") == '"DOCKER"'
+
+
+def test_outputs_named_for_job_options_are_job_options():
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from streaming.options import EmbedOptions  # noqa: F401 (registers the job's options)
+    known = PipelineOptions().get_all_options()
+    for name in ("input_subscription", "output_table", "dead_letter_table", "output_gcs",
+                 "service_account_email"):
+        assert name in blocks("output") and name in known
