@@ -32,7 +32,7 @@ class EmbedOptions(PipelineOptions):
                               "had in flight, or notifications that never arrived. auto "
                               "(default): on the local runner, where Pub/Sub messages are "
                               "acknowledged when pulled; always: on Dataflow too.")
-        src.add_argument("--catch_up_every_minutes", type=float, default=0.0,
+        src.add_argument("--catch_up_every_minutes", type=int, default=0,
                          help="Also catch up every N minutes while streaming (0: only "
                               "at start).")
         out = parser.add_argument_group("sinks")

@@ -24,6 +24,6 @@ def test_streaming_job_builds_for_dataflow_offline():
     urns = {t.unique_name: t.spec.urn for t in transforms}
     assert urns["Read notifications/Read"] == "beam:transform:pubsub_read:v1"
     assert any(n.endswith("Embed with ResNet50/RunInference") for n in names)
-    assert any("Write to BigQuery/StreamInsertRows" in n for n in names)
-    assert any("Write dead letters to BigQuery/StreamInsertRows" in n for n in names)
+    assert any("Write to BigQuery/Insert rows" in n for n in names)
+    assert any("Write dead letters to BigQuery/Insert rows" in n for n in names)
     assert any(n.startswith("Write vectors") for n in names)
