@@ -23,7 +23,7 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from publisher.messages import notification_for
 from streaming.adapters import object_resource

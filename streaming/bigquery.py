@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue

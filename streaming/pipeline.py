@@ -39,7 +39,7 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
     if not catch_up_enabled(opts):
         return parsed.refs, parsed.dead_letters
     missed = pipeline | "Catch up" >> reconcile.CatchUp(
-        reconcile.scopes(split_keep_case(opts.buckets), opts.include_prefix),
+        reconcile.scopes(filters.split_list(opts.buckets), opts.include_prefix),
         opts.output_table, opts.dead_letter_table, local=opts.local_endpoints,
         every_secs=opts.catch_up_every_minutes * 60 or None)
     refs = (parsed.refs, missed) | "Notified and missed" >> beam.Flatten()

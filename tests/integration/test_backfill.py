@@ -167,7 +167,6 @@ def reconciled(cloud):
     """A bucket whose objects are in every state the reconciliation tells apart, and
     tables that say so: rows of two model fingerprints, a dead letter, a row for an
     older generation only, and nothing at all."""
-    from google.cloud import bigquery
     import schemas
     from streaming.bigquery import make_table
     from streaming.records import row_key
