@@ -55,8 +55,12 @@ def catch_up_enabled(opts: EmbedOptions) -> bool:
     """
     if opts.input_dir or opts.catch_up == "never" or not (opts.buckets and opts.output_table):
         return False
-    runner = opts.view_as(StandardOptions).runner or ""
-    return opts.catch_up == "always" or not runner.endswith("DataflowRunner")
+    dataflow = (opts.view_as(StandardOptions).runner or "").endswith("DataflowRunner")
+    if opts.catch_up_every_minutes and not dataflow:
+        # The local streaming runner cannot expand PeriodicImpulse (a splittable DoFn).
+        raise ValueError("--catch_up_every_minutes runs on Dataflow; locally the catch-up "
+                         "runs at each start (or schedule embed-backfill --skip-existing)")
+    return opts.catch_up == "always" or not dataflow
 
 
 def build_pipeline(pipeline: beam.Pipeline, opts: EmbedOptions, handler=None) -> dict:

@@ -76,3 +76,44 @@ def test_a_catch_up_ref_is_what_the_notification_would_give():
     ref = reconcile.ref_of(resource, "catchup")
     assert (ref.bucket, ref.name, ref.generation, ref.size) == ("b", "x/cat.jpg", 17, 10)
     assert ref.content_type == "image/jpeg" and ref.source == "catchup"
+
+
+def catch_up_opts(*extra):
+    from streaming.main import make_options
+    return make_options(["--input_subscription", "projects/my-project/subscriptions/s",
+                         "--output_table", "my-project:ds.t", *extra])
+
+
+@pytest.mark.parametrize("extra, runner, expected", [
+    (["--buckets", "b"], None, True),  # local runner: messages acked when pulled
+    (["--buckets", "b"], "DataflowRunner", False),  # Dataflow redelivers by itself
+    (["--buckets", "b", "--catch_up", "always"], "DataflowRunner", True),
+    (["--buckets", "b", "--catch_up", "never"], None, False),
+    ([], None, False),  # nothing to list
+])
+def test_catch_up_runs_where_the_runner_acks_before_processing(extra, runner, expected):
+    from streaming.pipeline import catch_up_enabled
+    opts = catch_up_opts(*extra, *(["--runner", runner] if runner else []))
+    assert catch_up_enabled(opts) is expected
+
+
+def test_periodic_catch_up_is_refused_on_the_local_runner_in_one_line():
+    from streaming.pipeline import catch_up_enabled
+    with pytest.raises(ValueError, match="--catch_up_every_minutes runs on Dataflow"):
+        catch_up_enabled(catch_up_opts("--buckets", "b", "--catch_up_every_minutes", "5"))
+
+
+def test_a_dataflow_job_can_catch_up_at_start_and_periodically():
+    import apache_beam as beam
+    from streaming.pipeline import build_pipeline
+    opts = catch_up_opts(
+        "--buckets", "my-images", "--include_prefix", "uploads/", "--catch_up", "always",
+        "--catch_up_every_minutes", "60", "--runner", "DataflowRunner", "--dry_run", "True",
+        "--project", "my-project", "--region", "us-central1",
+        "--temp_location", "gs://my-temp-bucket/tmp", "--weights", "random:0")
+    pipeline = beam.Pipeline(options=opts)
+    build_pipeline(pipeline, opts)
+    names = {t.unique_name for t in
+             pipeline.run().job.proto_pipeline.components.transforms.values()}
+    assert {"Catch up/Every interval", "Catch up/Find unprocessed",
+            "Notified and missed"} <= names
