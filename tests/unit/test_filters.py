@@ -1,4 +1,4 @@
-from streaming.filters import FilterConfig, output_prefixes, skip_reason
+from streaming.filters import FilterConfig, output_prefixes, skip_reason, type_skip_reason
 from streaming.records import ImageRef
 
 IMAGES = FilterConfig(extensions=(".jpg", ".png"), content_types=("image/",))
@@ -52,3 +52,21 @@ def test_deleting_an_object_the_job_never_embeds_is_not_an_event_for_it():
     assert skip_reason(txt, cfg) == "skipped.type"
     img = ref("a.jpg", event_type="OBJECT_DELETE")
     assert skip_reason(img, cfg) == "skipped.event_OBJECT_DELETE"
+
+
+def test_none_format_refs_wait_for_their_content_type():
+    """A NONE-format notification has no content type: an extension-less name is not
+    skipped here; the load stage applies `type_skip_reason` once it has the metadata.
+    Prefixes and the job's own outputs are still decided by name, first."""
+    cfg = FilterConfig(extensions=(".jpg",), content_types=("image/",),
+                       include_prefixes=("in/",), own_outputs=(("bkt", "in/out/"),))
+    none = dict(payload_format="NONE")
+    assert skip_reason(ref("in/photo", **none), cfg) is None
+    assert skip_reason(ref("other/photo", **none), cfg) == "skipped.prefix"
+    assert skip_reason(ref("in/out/x.npy", **none), cfg) == "skipped.own_output"
+    assert skip_reason(ref("in/photo", payload_format="JSON_API_V1"), cfg) == "skipped.type"
+    fetched = ref("in/photo", content_type="image/jpeg", **none)
+    assert type_skip_reason(fetched, cfg) is None
+    assert type_skip_reason(ref("in/notes", content_type="text/plain", **none), cfg) == \
+        "skipped.type"
+    assert type_skip_reason(ref("in/a.jpg", content_type="text/plain", **none), cfg) is None
