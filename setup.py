@@ -33,7 +33,7 @@ setuptools.setup(
         "analysis": ["duckdb==1.5.5", "pyarrow==25.0.1", "matplotlib==3.11.2",
                      "scikit-learn==1.9.1"],
         "dev": ["pytest==9.2.0", "hypothesis==6.170.17", "duckdb==1.5.5", "pyarrow==25.0.1",
-                "matplotlib==3.11.2"],
+                "matplotlib==3.11.2", "sqlglot>=30.11,<31"],
     },
     entry_points={
         "console_scripts": [
