@@ -108,7 +108,7 @@ def read_bytes(uri: str, max_bytes: int) -> bytes:
 
     Raises:
       Rejected: `object_gone` if it does not exist, `too_large` above the limit,
-        `read_error` for other I/O failures.
+        `permission_denied` if it may not be read, `read_error` for other failures.
     """
     try:
         with FileSystems.open(uri, compression_type="uncompressed") as f:
@@ -118,7 +118,7 @@ def read_bytes(uri: str, max_bytes: int) -> bytes:
     except Exception as e:  # noqa: BLE001
         if _is_not_found(e):
             raise Rejected("object_gone", f"{type(e).__name__}: {e}") from None
-        raise Rejected("read_error", f"{type(e).__name__}: {e}") from None
+        raise rejected_from(e, "read_error") from None
     if len(data) > max_bytes:
         raise Rejected("too_large", f"object is larger than the {max_bytes}-byte limit")
     return data
@@ -150,7 +150,8 @@ def load_image(ref: ImageRef, read, policy: str, max_pixels: int, max_bytes: int
 
 class _LoadFn(beam.DoFn):
     def __init__(self, policy: str, max_pixels: int, max_bytes: int,
-                 threads: int, window: int, accept: filters.FilterConfig):
+                 threads: int, window: int,
+                 accept: filters.FilterConfig = filters.FilterConfig()):
         self._policy, self._max_pixels, self._max_bytes = policy, max_pixels, max_bytes
         self._accept = accept
         self._threads, self._window = max(1, threads), max(1, window)

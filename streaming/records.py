@@ -175,10 +175,13 @@ _REASON_BY_STATUS = {401: "permission_denied", 403: "permission_denied", 404: "n
 def rejected_from(error: BaseException, default: str) -> Rejected:
     """Any exception as a `Rejected`, so that no per-element failure escapes a stage
     (a failed streaming bundle is retried forever and stalls its key): 401/403 from
-    a Google API -> `permission_denied`, 404 -> `not_found`, anything else `default`.
+    a Google API or a local PermissionError -> `permission_denied`, 404 ->
+    `not_found`, anything else `default`.
     """
     if isinstance(error, Rejected):
         return error
     status = getattr(error, "code", None)
+    if isinstance(error, PermissionError):  # a local file
+        status = 403
     reason = _REASON_BY_STATUS.get(status, default) if isinstance(status, int) else default
     return Rejected(reason, f"{type(error).__name__}: {error}")

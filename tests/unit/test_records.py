@@ -42,3 +42,22 @@ def test_dead_letter_row_is_bounded_and_keyed():
     assert row["row_key"] == ref.key and row["reason"] == "not_an_image"
     assert len(row["error"]) == 1000 and len(row["raw"]) == 1000
     assert row["uri"] == "gs://b/x.jpg"
+
+
+def test_unexpected_errors_become_rejections_with_a_reason():
+    from google.api_core import exceptions as gexc
+
+    from streaming.records import Rejected, rejected_from
+    cases = [(gexc.Forbidden("no storage.objects.get"), "permission_denied"),
+             (gexc.Unauthorized("expired"), "permission_denied"),
+             (PermissionError(13, "Permission denied"), "permission_denied"),
+             (gexc.NotFound("no such bucket"), "not_found"),
+             (gexc.ServiceUnavailable("backend"), "read_error"),
+             (gexc.RetryError("deadline exceeded", None), "read_error"),
+             (KeyError("size"), "read_error")]
+    for error, reason in cases:
+        rejected = rejected_from(error, "read_error")
+        assert rejected.reason == reason, error
+        assert type(error).__name__ in str(rejected)
+    already = Rejected("too_large", "big")
+    assert rejected_from(already, "read_error") is already

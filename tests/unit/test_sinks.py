@@ -41,3 +41,13 @@ def test_local_writes_are_atomic_and_idempotent(tmp_path):
     sinks.write_atomically(path, sinks.npy_bytes(np.ones(3)))
     assert os.listdir(tmp_path / "v") == ["x.npy"]  # no temporary files left behind
     np.testing.assert_array_equal(np.load(path), np.ones(3, np.float32))
+
+
+def test_vector_writes_retry_what_may_pass_and_not_a_permission_refusal():
+    from google.api_core import exceptions as gexc
+    assert sinks._retryable(gexc.ServiceUnavailable("busy"))
+    assert sinks._retryable(gexc.NotFound("bucket being created"))
+    assert sinks._retryable(ConnectionError("reset"))
+    assert not sinks._retryable(gexc.Forbidden("objectCreator cannot overwrite"))
+    assert not sinks._retryable(gexc.Unauthorized("expired"))
+    assert not sinks._retryable(TypeError("bug"))
