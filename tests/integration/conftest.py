@@ -146,10 +146,7 @@ def stack(cloud, tmp_path_factory):
                  "--dead_letter_table", s.dead_table,
                  "--output_gcs", f"gs://img-{rid}/embeddings/", "--weights", "random:0",
                  "--local_endpoints", "--max_batch_size", "8",
-                 "--max_batch_duration_secs", "1",
-                 # The job's .npy outputs (application/octet-stream) pass the type
-                 # filter: only the own-output rule keeps the job from reading them.
-                 "--content_types", "image/,application/octet-stream"], log)
+                 "--max_batch_duration_secs", "1"], log)
 
     def query(sql: str) -> list[dict]:
         from google.api_core.exceptions import NotFound

@@ -78,10 +78,10 @@ def test_vectors_are_in_cloud_storage_and_equal_a_direct_model_call(stack, uploa
 
 
 def test_the_job_never_embeds_its_own_outputs(stack, uploaded, tap):
-    """The job writes its .npy under gs://img-.../embeddings/, in the bucket it watches,
-    as application/octet-stream, a content type it accepts (see conftest): only the
-    own-output rule keeps them out. Asserted once their notifications are out and a
-    later upload has gone all the way through the job."""
+    """The job writes its .npy under gs://img-.../embeddings/, in the bucket it watches.
+    Asserted once their notifications are out and a later upload has gone all the way
+    through the job. (The type filter would drop them too; that the own-output rule
+    does, whatever the type, is tested in test_stages_on_storage.py.)"""
     _, embedded = uploaded
     prefix = f"gs://{stack.images.name}/"
     vectors = {r["vector_uri"][len(prefix):] for r in embedded}

@@ -1,10 +1,10 @@
 """The job's stages after the source (`pipeline.embed_refs`, the real ResNet50 on
-`random:0`) on notifications built as a bucket sends them, against fake-gcs-server
-behind `http_proxy.HttpProxy`: what Cloud Storage does and the emulator does not
-(IAM refusals, create-only roles) is answered by the proxy on the wire.
+`random:0`) on storage notifications, against fake-gcs-server; where Cloud Storage
+does what the emulator does not (IAM refusals, create-only roles), a proxy in front
+of it (`http_proxy.HttpProxy`) answers on the wire.
 
-Each test runs one bounded pipeline in this process and reads its rows and dead
-letters (written to --output_dir) and its counters.
+Each test runs bounded pipelines in this process and reads their rows and dead
+letters (written to --output_dir) and their counters.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from streaming import main, pipeline, sinks
 from streaming.notifications import ParseNotifications
 from streaming.options import EmbedOptions
 from tests import fixtures
+from tests.integration.conftest import pull_all, wait_until
 from tests.integration.http_proxy import HttpProxy, gcs_error, object_creator_rule
 
 
@@ -149,3 +150,32 @@ def test_a_vector_that_already_exists_does_not_cost_the_row(bucket, proxy, tmp_p
     np.testing.assert_allclose(stored, np.float32(rows[0]["embedding"]), rtol=1e-5, atol=1e-5)
     uploads = proxy.uploads("vectors/")
     assert len(uploads) == 3 and all(u.query.get("ifGenerationMatch") == "0" for u in uploads)
+
+
+def test_notifications_of_the_jobs_own_vectors_are_dropped_by_name(cloud, bucket, tmp_path):
+    """The job writes its .npy into the bucket it reads, and the bucket notifies it of
+    them. With a type filter that accepts them (application/octet-stream), only the
+    own-output rule drops those real notifications: counted as skipped.own_output, no
+    row, no dead letter."""
+    tap = cloud.subscription(f"tap-{bucket.name}")
+    cloud.subscriber.create_subscription(name=tap, topic=cloud.notify_topic)
+    blob = upload(bucket, "own/x.jpg", fixtures.jpeg(seed=9), "image/jpeg")
+    argv = ("--output_gcs", f"gs://{bucket.name}/embeddings/",
+            "--content_types", "image/,application/octet-stream")
+    rows, dead, _ = run_job([json_message(blob)], tmp_path / "first", *argv)
+    assert [r["name"] for r in rows] == ["own/x.jpg"] and dead == []
+    vector = rows[0]["vector_uri"][len(f"gs://{bucket.name}/"):]
+    received: list = []
+
+    def notified():
+        received.extend(m for m in pull_all(cloud, tap, quiet_for=0.5, limit=5)
+                        if m.attributes.get("bucketId") == bucket.name
+                        and m.attributes.get("objectId") == vector)
+        return received
+    wait_until(notified, timeout=60, what="the notification of the job's .npy")
+    rows, dead, counters = run_job(
+        [PubsubMessage(m.data, dict(m.attributes)) for m in received], tmp_path / "second",
+        *argv)
+    assert rows == [] and dead == []
+    assert counters.get("skipped.own_output") == len(received)
+    cloud.subscriber.delete_subscription(subscription=tap)
