@@ -70,3 +70,12 @@ def test_none_format_refs_wait_for_their_content_type():
     assert type_skip_reason(ref("in/notes", content_type="text/plain", **none), cfg) == \
         "skipped.type"
     assert type_skip_reason(ref("in/a.jpg", content_type="text/plain", **none), cfg) is None
+
+
+def test_a_none_format_deletion_gets_its_tombstone_whatever_the_name():
+    """The deleted object's type cannot be read any more: an extension-less image
+    must not stay in the current view, so the tombstone is written (a tombstone for a
+    never-embedded object only hides what the view never showed)."""
+    cfg = FilterConfig(extensions=(".jpg",), content_types=("image/",))
+    gone = ref("photo", event_type="OBJECT_DELETE", payload_format="NONE")
+    assert skip_reason(gone, cfg) == "skipped.event_OBJECT_DELETE"
