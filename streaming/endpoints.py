@@ -67,3 +67,12 @@ def bigquery_client(local: bool, project: Optional[str] = None):
         return bigquery.Client(project=project or project_from_env(),
                                credentials=AnonymousCredentials())
     return bigquery.Client(project=project)
+
+
+def beam_storage_client():
+    """The google-cloud-storage client inside Beam's GcsIO, for DoFns that need more
+    than FileSystems (an exact generation, a create-only precondition): the worker's
+    credentials on Dataflow; the emulator (STORAGE_EMULATOR_HOST) and anonymous
+    credentials after `use_local_endpoints`."""
+    from apache_beam.io.gcp.gcsio import GcsIO
+    return GcsIO().client

@@ -2,7 +2,9 @@
 
 Only OBJECT_FINALIZE is embedded; names must pass the include/exclude prefixes and
 carry an accepted extension or content type; and the job never embeds its own outputs
-(any name under an output prefix in the same bucket or folder is excluded).
+(any name under an output prefix in the same bucket or folder is excluded). A
+NONE-format notification has no content type: its type is checked in the load stage,
+with the same rule, once the object's metadata is read.
 """
 from __future__ import annotations
 
@@ -97,9 +99,26 @@ def object_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
         return "skipped.prefix"
     if config.exclude_prefixes and ref.name.startswith(config.exclude_prefixes):
         return "skipped.prefix"
-    if not type_accepted(ref.name, ref.content_type, config.extensions, config.content_types):
-        return "skipped.type"
-    return None
+    reason = type_skip_reason(ref, config)
+    if reason is not None and awaits_metadata(ref):
+        return None  # the load stage decides once it has read the content type
+    return reason
+
+
+def type_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
+    """`skipped.type` unless the name has an accepted extension or the content type
+    is an accepted one, else None. The filter and the load stage (after it fetched a
+    NONE-format notification's metadata) both decide with this rule."""
+    if type_accepted(ref.name, ref.content_type, config.extensions, config.content_types):
+        return None
+    return "skipped.type"
+
+
+def awaits_metadata(ref: ImageRef) -> bool:
+    """A NONE-format notification carries no content type: the object's metadata,
+    read in the load stage, has it. (A deletion's object cannot be read any more: its
+    tombstone is written whatever the type, and the current view hides the object.)"""
+    return ref.payload_format == "NONE" and ref.content_type is None and not ref.is_local
 
 
 def bucket_allowed(ref: ImageRef, config: FilterConfig) -> bool:

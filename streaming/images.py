@@ -22,13 +22,13 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils.windowed_value import WindowedValue
 
-from streaming import metrics
+from streaming import endpoints, filters, metrics
 from streaming.adapters import object_resource
 from streaming.decode import (  # noqa: F401 - re-exported: the stage's pure core
     BACKGROUND, CENTER_CROP_FRACTION, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, INPUT_SIZE,
     RESIZE_POLICIES, DecodedImage, decode_image, resize, to_rgb)
 from streaming.notifications import payload_fields
-from streaming.records import DeadLetter, ImageInfo, ImageRef, Rejected
+from streaming.records import DeadLetter, ImageInfo, ImageRef, Rejected, Skipped, rejected_from
 
 DEAD = "dead_letters"
 # --decode_threads / --decode_window: on 2 cores, 2 threads keep both cores decoding.
@@ -52,15 +52,22 @@ class GcsReader:
 
     def __init__(self, attempts: int = 4, initial_delay: float = 0.5):
         from google.api_core import retry as api_retry
-        from google.cloud import storage
-        self._client = storage.Client()
+        self._client = endpoints.beam_storage_client()
         self._retry = api_retry.Retry(initial=initial_delay, maximum=8.0, multiplier=2.0,
                                       timeout=initial_delay * (2 ** attempts))
 
     def metadata(self, ref: ImageRef) -> ImageRef:
-        """Fills a NONE-payload ref from the object's metadata (one GET)."""
-        blob = self._client.bucket(ref.bucket).get_blob(
-            ref.name, generation=ref.generation or None, retry=self._retry)
+        """Fills a NONE-payload ref from the object's metadata (one GET).
+
+        Raises:
+          Rejected: `object_gone` or `superseded` if the generation no longer exists,
+            `permission_denied` (401/403), else `read_error` once retries are spent.
+        """
+        try:
+            blob = self._client.bucket(ref.bucket).get_blob(
+                ref.name, generation=ref.generation or None, retry=self._retry)
+        except Exception as e:  # noqa: BLE001 - retries exhausted or not retryable
+            raise rejected_from(e, "read_error") from None
         if blob is None:
             raise self._gone(ref)
         fields = payload_fields(object_resource(blob))
@@ -76,13 +83,16 @@ class GcsReader:
             raise self._gone(ref) from None
         except gexc.RequestRangeNotSatisfiable:
             return b""  # a zero-byte object has no byte 0
-        except Exception as e:  # noqa: BLE001 - retries exhausted
-            raise Rejected("read_error", f"{type(e).__name__}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - retries exhausted or not retryable
+            raise rejected_from(e, "read_error") from None
         check_size(len(data), max_bytes)
         return data
 
     def _gone(self, ref: ImageRef) -> Rejected:
-        live = self._client.bucket(ref.bucket).get_blob(ref.name, retry=self._retry)
+        try:
+            live = self._client.bucket(ref.bucket).get_blob(ref.name, retry=self._retry)
+        except Exception as e:  # noqa: BLE001 - cannot tell gone from superseded
+            return rejected_from(e, "read_error")
         if live is not None and live.generation and live.generation > ref.generation:
             return Rejected("superseded", f"generation {ref.generation} was replaced by "
                                           f"{live.generation} before it was read")
@@ -107,7 +117,7 @@ def read_bytes(uri: str, max_bytes: int) -> bytes:
 
     Raises:
       Rejected: `object_gone` if it does not exist, `too_large` above the limit,
-        `read_error` for other I/O failures.
+        `permission_denied` if it may not be read, `read_error` for other failures.
     """
     try:
         with FileSystems.open(uri, compression_type="uncompressed") as f:
@@ -117,7 +127,7 @@ def read_bytes(uri: str, max_bytes: int) -> bytes:
     except Exception as e:  # noqa: BLE001
         if _is_not_found(e):
             raise Rejected("object_gone", f"{type(e).__name__}: {e}") from None
-        raise Rejected("read_error", f"{type(e).__name__}: {e}") from None
+        raise rejected_from(e, "read_error") from None
     check_size(len(data), max_bytes)
     return data
 
@@ -130,21 +140,27 @@ def _is_not_found(e: BaseException) -> bool:
 def load_image(ref: ImageRef, read, policy: str, max_pixels: int, max_bytes: int):
     """Reads and decodes one object: (ref, stage, DecodedImage or None, Rejected or None).
 
-    `read(ref)` returns (ref, bytes); it may refresh the ref (NONE-format metadata)."""
+    `read(ref)` returns (ref, bytes); it may refresh the ref (NONE-format metadata) and
+    raise `Skipped` for an object that turns out not to be an image. Every error
+    comes back as a `Rejected` (see `records.rejected_from`): one unreadable object
+    must become a dead letter, not a failed bundle that the runner retries forever."""
     stage = "load"
     try:
         check_size(ref.size, max_bytes)
         ref, data = read(ref)
         stage = "decode"
         return ref, stage, decode_image(data, policy=policy, max_pixels=max_pixels), None
-    except Rejected as e:
-        return ref, stage, None, e
+    except Exception as e:  # noqa: BLE001 - see the docstring
+        return ref, stage, None, rejected_from(e, "read_error" if stage == "load"
+                                               else "decode_error")
 
 
 class _LoadFn(beam.DoFn):
     def __init__(self, policy: str, max_pixels: int, max_bytes: int,
-                 threads: int, window: int):
+                 threads: int, window: int,
+                 accept: filters.FilterConfig = filters.FilterConfig()):
         self._policy, self._max_pixels, self._max_bytes = policy, max_pixels, max_bytes
+        self._accept = accept
         self._threads, self._window = max(1, threads), max(1, window)
         self._gcs: Optional[GcsReader] = None
 
@@ -179,6 +195,9 @@ class _LoadFn(beam.DoFn):
                     self._gcs = GcsReader()
         if ref.payload_format == "NONE":
             ref = self._gcs.metadata(ref)
+            skipped = filters.type_skip_reason(ref, self._accept)
+            if skipped:
+                raise Skipped(skipped, f"content type {ref.content_type!r}")
             check_size(ref.size, self._max_bytes)
         return ref, self._gcs.read(ref, self._max_bytes)
 
@@ -199,6 +218,9 @@ class _LoadFn(beam.DoFn):
         # Outputs of earlier elements carry their own timestamp and window, as
         # finish_bundle must (and process may) emit them.
         ref, stage, decoded, error = future.result()
+        if isinstance(error, Skipped):
+            metrics.count(error.reason)
+            return
         if error is not None:
             metrics.dead_letter(error.reason)
             yield pvalue.TaggedOutput(DEAD, WindowedValue(
@@ -210,13 +232,18 @@ class _LoadFn(beam.DoFn):
 
 
 class LoadImages(beam.PTransform):
-    """ImageRef -> (ImageInfo, uint8 224x224x3 pixels); failures -> dead letters."""
+    """ImageRef -> (ImageInfo, uint8 224x224x3 pixels); failures -> dead letters.
+
+    `accept` is the job's filter: objects whose type the filter could not know (NONE
+    notifications) are checked against it once their metadata is read, and skipped
+    (counted, no dead letter) if they are not images."""
 
     def __init__(self, policy: str = "center_crop", max_pixels: int = DEFAULT_MAX_PIXELS,
                  max_bytes: int = DEFAULT_MAX_BYTES, threads: int = DEFAULT_DECODE_THREADS,
-                 window: int = DEFAULT_DECODE_WINDOW):
+                 window: int = DEFAULT_DECODE_WINDOW,
+                 accept: filters.FilterConfig = filters.FilterConfig()):
         super().__init__()
-        self._fn = _LoadFn(policy, max_pixels, max_bytes, threads, window)
+        self._fn = _LoadFn(policy, max_pixels, max_bytes, threads, window, accept)
 
     def expand(self, refs):
         return refs | "Read and decode" >> beam.ParDo(self._fn).with_outputs(DEAD, main="images")

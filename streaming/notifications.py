@@ -13,7 +13,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 import schemas
-from streaming.records import DeadLetter, ImageRef, Rejected, ERROR_CHARS
+from streaming.records import DeadLetter, ImageRef, Rejected, ERROR_CHARS, rejected_from
 from streaming import metrics
 
 DEAD = "dead_letters"
@@ -144,10 +144,11 @@ class _ParseFn(beam.DoFn):
         attributes = getattr(message, "attributes", None) or {}
         try:
             ref = parse_notification(data, attributes)
-        except Rejected as e:
-            metrics.dead_letter(e.reason)
-            yield pvalue.TaggedOutput(DEAD, DeadLetter("parse", e.reason, str(e),
-                                                       raw=raw_prefix(data, attributes)))
+        except Exception as e:  # noqa: BLE001 - no message may fail the bundle
+            rejected = rejected_from(e, "parse_error")
+            metrics.dead_letter(rejected.reason)
+            yield pvalue.TaggedOutput(DEAD, DeadLetter(
+                "parse", rejected.reason, str(rejected), raw=raw_prefix(data, attributes)))
             return
         metrics.count(f"event.{ref.event_type}")
         yield ref

@@ -104,10 +104,11 @@ def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
 def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     """The stages after the source, on a PCollection of ImageRef."""
     handler = handler or model_handler(opts)
-    kept = refs | "Filter objects" >> filters.FilterObjects(filter_config(opts))
+    accept = filter_config(opts)
+    kept = refs | "Filter objects" >> filters.FilterObjects(accept)
     loaded = kept.accepted | "Load and resize" >> images.LoadImages(
         opts.resize_policy, opts.max_pixels, opts.max_bytes,
-        threads=opts.decode_threads, window=opts.decode_window)
+        threads=opts.decode_threads, window=opts.decode_window, accept=accept)
     results, embed_dead = loaded.images | "Embed with ResNet50" >> model.EmbedImages(handler)
     vector_root = opts.output_gcs or (
         sinks.FileSystems.join(opts.output_dir, sinks.VECTORS_DIR) if opts.output_dir else None)

@@ -292,3 +292,28 @@ class RecordCoder(coders.Coder):
 for _cls in _record_types().values():
     _cls.__reduce__ = _reduce
     coders.registry.register_coder(_cls, RecordCoder)
+
+
+class Skipped(Rejected):
+    """Not a failure: the element is not one the job embeds, found out late (e.g. the
+    content type of a NONE-format notification, known once the metadata is read).
+    Counted under its reason; no dead letter."""
+
+
+# HTTP statuses of Google API errors (google.api_core exceptions carry `.code`).
+_REASON_BY_STATUS = {401: "permission_denied", 403: "permission_denied", 404: "not_found"}
+
+
+def rejected_from(error: BaseException, default: str) -> Rejected:
+    """Any exception as a `Rejected`, so that no per-element failure escapes a stage
+    (a failed streaming bundle is retried forever and stalls its key): 401/403 from
+    a Google API or a local PermissionError -> `permission_denied`, 404 ->
+    `not_found`, anything else `default`.
+    """
+    if isinstance(error, Rejected):
+        return error
+    status = getattr(error, "code", None)
+    if isinstance(error, PermissionError):  # a local file
+        status = 403
+    reason = _REASON_BY_STATUS.get(status, default) if isinstance(status, int) else default
+    return Rejected(reason, f"{type(error).__name__}: {error}")

@@ -2,9 +2,10 @@
 
 Every write is idempotent: paths and row keys derive from bucket + name + generation
 (`records.row_key`, `records.object_file_name`), so a redelivered notification
-overwrites what it wrote before. Files are written whole or not at all: a local file
-goes to a temporary name and is renamed; a Cloud Storage object only appears when
-its upload completes.
+overwrites what it wrote before, or, for a .npy in Cloud Storage, finds it already
+there (`create_object`). Files are written whole or not at all: a local file goes to
+a temporary name and is renamed; a Cloud Storage object only appears when its upload
+completes.
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import retry
 
-from streaming import metrics
-from streaming.records import DeadLetter, ImageInfo, ImageRef, object_file_name, utcnow_iso
+from streaming import endpoints, metrics
+from streaming.records import (DeadLetter, ImageInfo, ImageRef, object_file_name,
+                               rejected_from, utcnow_iso)
 
 DEAD = "dead_letters"
 VECTORS_DIR = "vectors"
@@ -106,12 +108,47 @@ def write_atomically(path: str, data: bytes) -> None:
         raise
 
 
+def create_object(client, uri: str, data: bytes) -> bool:
+    """Creates the gs:// object `uri` unless it exists (`if_generation_match=0`).
+
+    Returns True if this call created it, False if it was already there: a work item
+    re-run after a failed bundle or a restarted worker, a redelivery or a re-embed
+    writes the same path (it derives from the image's generation). A create-only
+    write needs no more than `roles/storage.objectCreator`, which cannot overwrite;
+    the row carries its own embedding, so an existing .npy never costs the row.
+
+    Raises:
+      google.api_core.exceptions.GoogleAPICallError: any other refusal or failure.
+    """
+    from google.api_core import exceptions as gexc
+    bucket, _, name = uri[len("gs://"):].partition("/")
+    try:
+        # No retry inside: write_with_retries bounds the attempts, and an attempt whose
+        # answer was lost after the object was created sees 412 on the next one.
+        client.bucket(bucket).blob(name).upload_from_string(
+            data, content_type="application/octet-stream", if_generation_match=0, retry=None)
+    except gexc.PreconditionFailed:
+        return False
+    return True
+
+
+def _retryable(error: BaseException) -> bool:
+    """Worth another attempt: not a programming error, not a permission refusal."""
+    if isinstance(error, (TypeError, ValueError)):
+        return False
+    return getattr(error, "code", None) not in (401, 403)
+
+
 @retry.with_exponential_backoff(num_retries=3, initial_delay_secs=0.5,
-                                retry_filter=lambda e: not isinstance(e, (TypeError, ValueError)))
-def write_with_retries(path: str, data: bytes) -> None:
-    """`write_atomically`, retried with backoff a bounded number of times (then the
-    caller dead-letters): transient storage errors should not cost an embedding."""
-    write_atomically(path, data)
+                                retry_filter=_retryable)
+def write_with_retries(path: str, data: bytes, gcs=None) -> None:
+    """`create_object` for gs:// when given a storage client, else `write_atomically`;
+    retried with backoff a bounded number of times (then the caller dead-letters):
+    transient storage errors should not cost an embedding."""
+    if gcs is not None and path.startswith("gs://"):
+        create_object(gcs, path, data)
+    else:
+        write_atomically(path, data)
 
 
 def npy_bytes(vector: np.ndarray) -> bytes:
@@ -124,6 +161,11 @@ class _WriteVectorFn(beam.DoFn):
     def __init__(self, root: str | None):
         self._root = root
 
+    def setup(self):
+        # One storage client per DoFn instance, for create-only writes to gs://.
+        self._gcs = endpoints.beam_storage_client() \
+            if (self._root or "").startswith("gs://") else None
+
     def process(self, element) -> Iterable:
         info, result = element
         vector = np.asarray(result.inference, dtype=np.float32)
@@ -131,11 +173,12 @@ class _WriteVectorFn(beam.DoFn):
         if self._root:
             uri = vector_path(self._root, info)
             try:
-                write_with_retries(uri, npy_bytes(vector))
-            except Exception as e:  # noqa: BLE001 - after retries inside FileSystems
-                metrics.dead_letter("vector_write_error")
+                write_with_retries(uri, npy_bytes(vector), self._gcs)
+            except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle
+                rejected = rejected_from(e, "vector_write_error")
+                metrics.dead_letter(rejected.reason)
                 yield pvalue.TaggedOutput(DEAD, DeadLetter(
-                    "write", "vector_write_error", f"{type(e).__name__}: {e}", ref=info.ref))
+                    "write", rejected.reason, str(rejected), ref=info.ref))
                 return
             if "://" not in uri:
                 uri = os.path.abspath(uri)

@@ -20,6 +20,7 @@ from analysis import map as map_cli
 from analysis import search
 from analysis import sql
 from analysis.rows import BigQueryRows, run_query
+from tests import sql_check
 from tests.unit.test_analysis_map import check_png, parse_page
 
 # The unit module's helpers and per-session caches (the module pytest already
@@ -170,15 +171,22 @@ def test_deleted_object_has_no_current_row(cloud, dataset):
     assert run_file(cloud, "object_current_row.sql", dataset, bucket="bk", name="d.jpg") == []
 
 
-def test_vector_search_files_are_refused_by_the_emulator(cloud, dataset):
-    """They need BigQuery (marked `-- requires: VECTOR_SEARCH`); the emulator says no,
-    and embed-search reports it as an error (exit 1), not a crash."""
-    from google.api_core.exceptions import BadRequest
-    with pytest.raises(BadRequest):
-        body = sql.without_comment_lines(sql.render(
-            "vector_search.sql", embeddings=dataset["embeddings"], top_k=10))
-        run_query(cloud.bq, body, sql.declared_params(sql.text("vector_search.sql")),
-                  dict(query_embedding=[1.0, 0.0, 0.0], model_fingerprint="fp1", k=3))
+@pytest.mark.parametrize("name, params", [
+    ("vector_search.sql", dict(query_embedding=[1.0, 0.0, 0.0], model_fingerprint="fp1", k=3)),
+    ("vector_search_of_object.sql", dict(bucket="bk", name="a.jpg", model_fingerprint="fp1",
+                                         k=3)),
+])
+def test_vector_search_files_find_the_known_neighbours(cloud, dataset, name, params):
+    """The emulator has no VECTOR_SEARCH (tests/unit/test_analysis_sql.py parses these
+    files with a BigQuery parser). Here the function is replaced by its exact answer
+    (tests/sql_check.py: cosine distance by brute force, what BigQuery computes on a
+    table without an index) and the rest of the shipped query runs for real: the
+    pre-filter, the join to current rows on base.row_key (d.jpg is deleted, a.jpg
+    delivered twice), one row per object, the order and @k."""
+    text = sql.text(name)
+    body = sql_check.exact_vector_search(sql.without_comment_lines(sql.render(
+        name, embeddings=dataset["embeddings"], top_k=10)))
+    check_nearest(run_query(cloud.bq, body, sql.declared_params(text), params))
 
 
 # --- embed-search and embed-map on a table, images in Cloud Storage ------------------

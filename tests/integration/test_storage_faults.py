@@ -9,17 +9,27 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from streaming import sinks
 from streaming.records import ImageInfo, ImageRef
+from tests.integration.http_proxy import HttpProxy
 
 
-def test_vector_write_to_a_missing_bucket_is_retried_then_dead_lettered(cloud):
+def test_vector_write_to_a_missing_bucket_is_retried_then_dead_lettered(cloud, monkeypatch):
+    """The attempts are counted where they arrive, by a recording proxy in front of
+    fake-gcs-server: more than one, then a dead letter and no row."""
+    proxy = HttpProxy(os.environ["STORAGE_EMULATOR_HOST"]).start()
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+    bucket = f"no-such-bucket-{cloud.run_id}"
     info = ImageInfo(ImageRef("img", "a.jpg", 3), 10, 10, "JPEG")
     element = (info, PredictionResult(None, np.ones(4, np.float32), "resnet50-avgpool@ab"))
-    with TestPipeline(runner="BundleBasedDirectRunner") as p:
-        out = (p | beam.Create([element])
-               | sinks.WriteVectors(f"gs://no-such-bucket-{cloud.run_id}/v/"))
-        assert_that(out.rows, equal_to([]), label="no row")
-        assert_that(out.dead_letters | beam.Map(lambda d: (d.stage, d.reason, d.ref.name)),
-                    equal_to([("write", "vector_write_error", "a.jpg")]), label="dead")
+    try:
+        with TestPipeline(runner="BundleBasedDirectRunner") as p:
+            out = p | beam.Create([element]) | sinks.WriteVectors(f"gs://{bucket}/v/")
+            assert_that(out.rows, equal_to([]), label="no row")
+            assert_that(out.dead_letters | beam.Map(lambda d: (d.stage, d.reason, d.ref.name)),
+                        equal_to([("write", "not_found", "a.jpg")]), label="dead")
+    finally:
+        proxy.stop()
+    attempts = [r for r in proxy.uploads() if r.bucket_and_object[0] == bucket]
+    assert len(attempts) > 1
 
 
 def test_reads_are_retried_with_backoff_then_dead_lettered(cloud, monkeypatch):

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+import schemas
 from analysis import sql
+from tests import sql_check
 
 FILES = sql.list_files()
 # What the emulator cannot run, and why (tests/integration/test_analysis.py runs
@@ -20,6 +22,18 @@ EXACT_FALLBACK = {"vector_search.sql": "nearest_neighbours.sql",
                   "vector_search_of_object.sql": "nearest_neighbours_of_object.sql"}
 TABLES = dict(embeddings="my-project:images.embeddings",
               dead_letters="my-project.images.dead_letters")
+VIEW = "my-project:images.current_embeddings"
+# Each table's columns, for sqlglot: schemas/ is what the job creates.
+SCHEMAS = {"my-project.images.embeddings": schemas.EMBEDDINGS,
+           "my-project.images.current_embeddings": schemas.EMBEDDINGS,
+           "my-project.images.dead_letters": schemas.DEAD_LETTERS}
+
+
+def rendered(name: str, current=VIEW) -> str:
+    """A shipped file rendered on the tables above (the view, or its query inlined),
+    its comment lines removed as when it is sent."""
+    ints = {k: 10 for k in sql.INT_PLACEHOLDERS if k in sql.placeholders(sql.text(name))}
+    return sql.without_comment_lines(sql.render(name, **TABLES, current=current, **ints))
 
 
 def test_the_expected_files_ship():
@@ -162,3 +176,44 @@ def test_sql_command_lists_and_renders(capsys):
                      "--dead_letters", TABLES["dead_letters"]]) == 0
     assert "`my-project.images.dead_letters`" in capsys.readouterr().out
     assert sql.main(["daily_counts.sql", "--embeddings", "x; DROP"]) == 2
+
+
+QUERIES = [n for n in FILES if n != "create_vector_index.sql"]
+
+
+@pytest.mark.parametrize("current", [VIEW, None], ids=["view", "inlined"])
+@pytest.mark.parametrize("name", QUERIES)
+def test_every_query_is_bigquery_sql_on_the_tables_columns(name, current):
+    """Parsed with sqlglot's BigQuery dialect, every column resolved against
+    schemas/, VECTOR_SEARCH calls checked (the emulator cannot run them)."""
+    if current is None and "current" not in sql.placeholders(sql.text(name)):
+        pytest.skip("no {current} in this file")
+    if current is None and name == sql.CURRENT_VIEW_FILE:
+        pytest.skip("the view's own file needs its name")
+    assert sql_check.problems(rendered(name, current), SCHEMAS) == []
+
+
+def test_the_vector_index_ddl_follows_bigquery_grammar():
+    assert sql_check.vector_index_problems(rendered("create_vector_index.sql"), SCHEMAS) == []
+
+
+@pytest.mark.parametrize("name, old, new, problem", [
+    ("vector_search.sql", "hit.base.row_key", "hit.base.rowkey", "base has no column"),
+    ("vector_search.sql", "hit.distance)", "hit.dist)", "no field 'dist'"),
+    ("vector_search.sql", "'embedding',", "'embeding',", "does not select 'embeding'"),
+    ("vector_search.sql", "AS embedding)", "AS query)", "query table has no column"),
+    ("vector_search.sql", "'COSINE'", "'COSIN'", "distance_type"),
+    ("vector_search_of_object.sql", "c.format,", "c.fmt,", "Unknown column: fmt"),
+    ("nearest_neighbours.sql", "LIMIT @k", "LIMT @k", "nvalid expression"),
+    ("create_vector_index.sql", "(embedding)", "(width)", "ARRAY<FLOAT64>"),
+    ("create_vector_index.sql", "STORING (row_key", "STORING (rowkey", "unknown column"),
+    ("create_vector_index.sql", "OPTIONS (", "OPTIONS ((", "expected"),
+    ("create_vector_index.sql", "index_type", "index_typ", "unknown option"),
+])
+def test_the_sql_checks_catch_broken_sql(name, old, new, problem):
+    text = rendered(name)
+    assert old in text
+    check = sql_check.vector_index_problems if name.startswith("create_vector") \
+        else sql_check.problems
+    found = check(text.replace(old, new), SCHEMAS)
+    assert any(problem in p for p in found), found

@@ -1,5 +1,5 @@
 from streaming.filters import (DEFAULT_EXTENSIONS, FilterConfig, output_prefixes, skip_reason,
-                               split_list, type_accepted)
+                               split_list, type_accepted, type_skip_reason)
 from streaming.records import ImageRef
 
 IMAGES = FilterConfig(extensions=(".jpg", ".png"), content_types=("image/",))
@@ -74,3 +74,30 @@ def test_the_job_and_the_backfill_accept_the_same_objects():
         assert (skip_reason(ref(name, content_type=content_type), job) is None) == expected
         assert backfill.accepts({"name": name, "contentType": content_type}) == expected
     assert type_accepted("notes.txt", "text/plain", (), ())  # no lists: anything goes
+
+
+def test_none_format_refs_wait_for_their_content_type():
+    """A NONE-format notification has no content type: an extension-less name is not
+    skipped here; the load stage applies `type_skip_reason` once it has the metadata.
+    Prefixes and the job's own outputs are still decided by name, first."""
+    cfg = FilterConfig(extensions=(".jpg",), content_types=("image/",),
+                       include_prefixes=("in/",), own_outputs=(("bkt", "in/out/"),))
+    none = dict(payload_format="NONE")
+    assert skip_reason(ref("in/photo", **none), cfg) is None
+    assert skip_reason(ref("other/photo", **none), cfg) == "skipped.prefix"
+    assert skip_reason(ref("in/out/x.npy", **none), cfg) == "skipped.own_output"
+    assert skip_reason(ref("in/photo", payload_format="JSON_API_V1"), cfg) == "skipped.type"
+    fetched = ref("in/photo", content_type="image/jpeg", **none)
+    assert type_skip_reason(fetched, cfg) is None
+    assert type_skip_reason(ref("in/notes", content_type="text/plain", **none), cfg) == \
+        "skipped.type"
+    assert type_skip_reason(ref("in/a.jpg", content_type="text/plain", **none), cfg) is None
+
+
+def test_a_none_format_deletion_gets_its_tombstone_whatever_the_name():
+    """The deleted object's type cannot be read any more: an extension-less image
+    must not stay in the current view, so the tombstone is written (a tombstone for a
+    never-embedded object only hides what the view never showed)."""
+    cfg = FilterConfig(extensions=(".jpg",), content_types=("image/",))
+    gone = ref("photo", event_type="OBJECT_DELETE", payload_format="NONE")
+    assert skip_reason(gone, cfg) == "skipped.event_OBJECT_DELETE"

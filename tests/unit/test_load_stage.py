@@ -83,9 +83,11 @@ def test_images_are_read_and_decoded_in_parallel_ahead_of_the_outputs(tmp_path):
     outs = run_fn(fn, refs)
     assert [o.value[0].ref.name for o in outs] == [r.name for r in refs]
     serial = _GatedLoadFn(2, threads=1, window=4)
-    with pytest.raises(threading.BrokenBarrierError):
-        serial.barrier._timeout = 0.5
-        run_fn(serial, refs)
+    serial.barrier._timeout = 0.5
+    # One read at a time never opens the barrier: each read fails, as a dead letter.
+    dead = [o.value.value for o in run_fn(serial, refs)]
+    assert dead and all(d.reason == "read_error" and "BrokenBarrierError" in d.error
+                        for d in dead)
 
 
 def test_outputs_keep_their_own_timestamp_and_window(tmp_path):
@@ -101,3 +103,28 @@ def test_outputs_keep_their_own_timestamp_and_window(tmp_path):
         name = record[0].ref.name if isinstance(record, tuple) else record.ref.name
         by_name[name] = value.timestamp.micros
     assert by_name == {r.name: i * 1_000_000 for i, r in enumerate(refs)}
+
+
+def test_any_read_error_is_a_dead_letter_and_a_late_type_check_a_skip():
+    """A read that raises anything (a 403, spent retries, a bug) gives a Rejected, never
+    an exception out of the stage; `Skipped` (a NONE-format object that is not an
+    image) comes back as such, for the stage to count without a dead letter."""
+    from google.api_core import exceptions as gexc
+    from streaming.records import ImageRef, Skipped
+
+    ref = ImageRef("bkt", "photo", 1)
+
+    def failing(error):
+        def read(_ref):
+            raise error
+        return read
+    load = lambda read: images.load_image(ref, read, "center_crop", 10 ** 6, 10 ** 6)
+    for error, reason in [(gexc.Forbidden("denied"), "permission_denied"),
+                          (gexc.RetryError("deadline", None), "read_error"),
+                          (RuntimeError("bug"), "read_error")]:
+        _, stage, decoded, rejected = load(failing(error))
+        assert (stage, decoded, rejected.reason) == ("load", None, reason)
+    _, _, _, skipped = load(failing(Skipped("skipped.type", "text/plain")))
+    assert isinstance(skipped, Skipped) and skipped.reason == "skipped.type"
+    _, stage, _, rejected = load(lambda r: (r, fixtures.jpeg(seed=3)))
+    assert (stage, rejected) == ("decode", None)

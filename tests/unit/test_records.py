@@ -52,3 +52,22 @@ def test_object_uri_is_the_one_rule_for_refs_and_rows():
     assert local.uri == "/data/in/a/b.jpg" == object_uri("/data/in/", "a/b.jpg", local=True)
     assert uri_of({"bucket": "bkt", "name": "a/b.jpg", "source": "backfill"}) == cloud.uri
     assert uri_of({"bucket": "/data/in/", "name": "a/b.jpg", "source": "local"}) == local.uri
+
+
+def test_unexpected_errors_become_rejections_with_a_reason():
+    from google.api_core import exceptions as gexc
+
+    from streaming.records import Rejected, rejected_from
+    cases = [(gexc.Forbidden("no storage.objects.get"), "permission_denied"),
+             (gexc.Unauthorized("expired"), "permission_denied"),
+             (PermissionError(13, "Permission denied"), "permission_denied"),
+             (gexc.NotFound("no such bucket"), "not_found"),
+             (gexc.ServiceUnavailable("backend"), "read_error"),
+             (gexc.RetryError("deadline exceeded", None), "read_error"),
+             (KeyError("size"), "read_error")]
+    for error, reason in cases:
+        rejected = rejected_from(error, "read_error")
+        assert rejected.reason == reason, error
+        assert type(error).__name__ in str(rejected)
+    already = Rejected("too_large", "big")
+    assert rejected_from(already, "read_error") is already

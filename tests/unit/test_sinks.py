@@ -53,3 +53,13 @@ def test_dead_letter_rows_transform_gives_the_table_rows():
         rows = p | beam.Create(letters) | sinks.DeadLetterRows()
         assert_that(rows | beam.Map(lambda r: (r["row_key"], r["stage"], r["reason"], r["uri"])),
                     equal_to([(d.key, d.stage, d.reason, d.to_row()["uri"]) for d in letters]))
+
+
+def test_vector_writes_retry_what_may_pass_and_not_a_permission_refusal():
+    from google.api_core import exceptions as gexc
+    assert sinks._retryable(gexc.ServiceUnavailable("busy"))
+    assert sinks._retryable(gexc.NotFound("bucket being created"))
+    assert sinks._retryable(ConnectionError("reset"))
+    assert not sinks._retryable(gexc.Forbidden("objectCreator cannot overwrite"))
+    assert not sinks._retryable(gexc.Unauthorized("expired"))
+    assert not sinks._retryable(TypeError("bug"))
