@@ -33,8 +33,12 @@ ROWS_DIR = "rows"
 DEAD_LETTERS_DIR = "dead_letters"
 
 
-def vector_path(root: str, info_or_ref, suffix: str = ".npy") -> str:
+def vector_path(root: str, info_or_ref, fingerprint: str = "") -> str:
+    """`<root>/<bucket>/<name>@<generation>.<fingerprint>.npy`: the weights are part of
+    the path, so a re-embedding with new weights never finds (and keeps) the old
+    weights' vector under a create-only write."""
     ref = getattr(info_or_ref, "ref", info_or_ref)
+    suffix = f".{fingerprint}.npy" if fingerprint else ".npy"
     return FileSystems.join(root, object_file_name(ref.bucket, ref.name, ref.generation, suffix))
 
 
@@ -171,7 +175,7 @@ class _WriteVectorFn(beam.DoFn):
         vector = np.asarray(result.inference, dtype=np.float32)
         uri = None
         if self._root:
-            uri = vector_path(self._root, info)
+            uri = vector_path(self._root, info, result.model_id.partition("@")[2])
             try:
                 write_with_retries(uri, npy_bytes(vector), self._gcs)
             except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle

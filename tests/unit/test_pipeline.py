@@ -149,5 +149,6 @@ def test_streaming_with_test_stream(tmp_path):
                     equal_to([("one.jpg", 2048), ("two.png", 2048)]), label="rows")
         assert_that(out["dead_letters"] | beam.Map(lambda d: (d.ref.name, d.reason)),
                     equal_to([("bad.jpg", "not_an_image")]), label="dead")
-    rel = object_file_name(os.path.abspath(src), "one.jpg", refs[0].generation, ".npy")
-    assert os.path.exists(os.path.join(tmp_path, "out", "vectors", rel))
+    rel = object_file_name(os.path.abspath(src), "one.jpg", refs[0].generation, ".")
+    written = glob.glob(os.path.join(tmp_path, "out", "vectors", rel + "*.npy"))
+    assert len(written) == 1 and len(os.path.basename(written[0]).split(".")) == 4  # .<fp>.npy

@@ -63,3 +63,10 @@ def test_vector_writes_retry_what_may_pass_and_not_a_permission_refusal():
     assert not sinks._retryable(gexc.Forbidden("objectCreator cannot overwrite"))
     assert not sinks._retryable(gexc.Unauthorized("expired"))
     assert not sinks._retryable(TypeError("bug"))
+
+
+def test_the_vector_path_names_the_weights_so_new_weights_never_meet_old_vectors():
+    old = sinks.vector_path("gs://v/", REF, "aaaa")
+    new = sinks.vector_path("gs://v/", REF, "bbbb")
+    assert old != new and old.endswith(".aaaa.npy") and new.endswith(".bbbb.npy")
+    assert sinks.vector_path("gs://v/", REF, "aaaa") == old  # a redelivery: same path
