@@ -14,9 +14,6 @@ setuptools.setup(
     install_requires=[
         "apache-beam[gcp]==2.77.0",
         "tensorflow==2.21.0",
-        # Beam's TF model handler imports tensorflow_hub; 0.16.1 is the one that
-        # imports with TF 2.21 (Beam's own extra pins 0.15.0, which does not).
-        "tensorflow-hub==0.16.1",
         # >=10.3 fixes the known decoder CVEs (e.g. CVE-2024-28219, CVE-2023-50447).
         "pillow==12.3.0",
         "numpy==2.4.6",

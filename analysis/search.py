@@ -109,17 +109,6 @@ def check_source_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
         p.error("--current_view needs --table")
 
 
-_MODELS: dict[str, Any] = {}
-
-
-def load_model(weights: str):
-    """The pipeline's model for a weights spec, loaded once per process."""
-    if weights not in _MODELS:
-        from streaming import model
-        _MODELS[weights] = model.load_embedding_model(weights)
-    return _MODELS[weights]
-
-
 def embed_uri(uri: str, weights: str, *, policy: str = "center_crop",
               max_pixels: int = 100_000_000, max_bytes: int = 64 * 1024 * 1024):
     """(embedding, model) of the image at a local path or gs:// URI, preprocessed
@@ -131,7 +120,8 @@ def embed_uri(uri: str, weights: str, *, policy: str = "center_crop",
         decoded = decode_image(data, policy=policy, max_pixels=max_pixels)
     except Rejected as e:
         raise SourceError(f"cannot use {uri} as a query image ({e.reason}: {e})") from None
-    model = load_model(weights)
+    from streaming.model import load_embedding_model
+    model = load_embedding_model(weights)
     return model(decoded.pixels[None])[0], model
 
 

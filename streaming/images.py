@@ -24,14 +24,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from streaming import metrics
 from streaming.decode import (  # noqa: F401 - re-exported: the stage's pure core
-    BACKGROUND, CENTER_CROP_FRACTION, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, INPUT_SIZE,
-    RESIZE_POLICIES, DecodedImage, decode_image, resize, to_rgb)
+    BACKGROUND, CENTER_CROP_FRACTION, DEFAULT_DECODE_THREADS, DEFAULT_DECODE_WINDOW,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, INPUT_SIZE, RESIZE_POLICIES, DecodedImage,
+    decode_image, resize, to_rgb)
 from streaming.records import DeadLetter, ImageInfo, ImageRef, Rejected
 
 DEAD = "dead_letters"
-# --decode_threads / --decode_window: on 2 cores, 2 threads keep both cores decoding.
-DEFAULT_DECODE_THREADS = 2
-DEFAULT_DECODE_WINDOW = 8
 
 
 class GcsReader:

@@ -20,10 +20,10 @@ from tests import fixtures
 
 @pytest.mark.parametrize("argv, message", [
     (["--output_dir", "o"], "exactly one of"),
-    (["--input_dir", "i", "--input_topic", "projects/p/topics/t", "--output_dir", "o"],
+    (["--input_dir", "i", "--input_topic", "projects/my-project/topics/topic", "--output_dir", "o"],
      "exactly one of"),
     (["--input_dir", "i"], "at least one of"),
-    (["--input_subscription", "projects/p/subscriptions/s", "--watch", "--output_dir", "o"],
+    (["--input_subscription", "projects/my-project/subscriptions/subs", "--watch", "--output_dir", "o"],
      "--watch needs --input_dir"),
     (["--input_dir", "i", "--output_dir", "o", "--min_batch_size", "8",
       "--max_batch_size", "4"], "min_batch_size"),
@@ -36,7 +36,7 @@ def test_invalid_option_combinations_are_refused(argv, message):
 @pytest.mark.parametrize("argv, expected", [
     (["--input_dir", "i"], 8),  # a folder: no BatchElements ramp from 1
     (["--input_dir", "i", "--max_batch_size", "4"], 4),
-    (["--input_subscription", "projects/p/subscriptions/s", "--streaming"], 1),
+    (["--input_subscription", "projects/my-project/subscriptions/subs", "--streaming"], 1),
     (["--input_dir", "i", "--min_batch_size", "2"], 2),
 ])
 def test_minimum_batch_size_depends_on_the_source(argv, expected):
@@ -47,7 +47,7 @@ def test_minimum_batch_size_depends_on_the_source(argv, expected):
 @pytest.mark.parametrize("argv, expected", [
     # ResNet50 on CPU is fastest at batch 8 (benchmarks/): a folder runs batches of 8.
     (["--input_dir", "i"], {"min_batch_size": 8, "max_batch_size": 8}),
-    (["--input_subscription", "projects/p/subscriptions/s"],
+    (["--input_subscription", "projects/my-project/subscriptions/subs"],
      {"min_batch_size": 1, "max_batch_size": 8, "max_batch_duration_secs": 1}),
     (["--input_dir", "i", "--max_batch_size", "64"], {"min_batch_size": 8, "max_batch_size": 64}),
 ])
