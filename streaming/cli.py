@@ -10,6 +10,7 @@ TensorFlow.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import logging
 import os
@@ -174,8 +175,32 @@ def setup_logging(verbose: bool) -> None:
         handler.addFilter(_DropNoise())
     # INFO for the tools' own progress lines; libraries speak at WARNING and up.
     root.setLevel(logging.WARNING)
-    for name in ("embed-stream", "embed-backfill", "streaming", "publisher", "analysis"):
+    for name in ("embed-stream", "embed-backfill"):
         logging.getLogger(name).setLevel(logging.INFO)
+
+
+@contextlib.contextmanager
+def quiet_native_stderr(enabled: bool = True):
+    """Drops what native code writes to file descriptor 2 inside the block (TensorFlow's
+    C++ start-up lines such as "Could not find cuda drivers" or "failed call to cuInit",
+    printed before its log level applies) while Python's own stderr keeps working."""
+    if not enabled:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    python_stderr = sys.stderr
+    sys.stderr = open(os.dup(saved), "w", buffering=1, encoding="utf-8", errors="replace")
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+        sys.stderr.close()
+        sys.stderr = python_stderr
 
 
 def check_credentials() -> None:

@@ -167,7 +167,8 @@ class Run:
             return {}
         # Fail fast, once: an unloadable model must stop the job here, not per element.
         # RunInference then reuses this copy (load_embedding_model caches it).
-        loaded = model.load_embedding_model(opts.weights)
+        with cli.quiet_native_stderr(enabled=not opts.verbose):
+            loaded = model.load_embedding_model(opts.weights)
         print(f"model: {loaded.model_id} (weights {opts.weights})", file=sys.stderr, flush=True)
         bounded = not (opts.watch or opts.input_subscription or opts.input_topic)
         total = progress.count_files(opts.input_dir) if bounded else None

@@ -18,6 +18,10 @@ NAMESPACE = "embeddings"
 DEAD_PREFIX = "dead_letter."
 SKIPPED_PREFIX = "skipped."
 EMBEDDED = "images_embedded"
+# Local tally only (Beam's RunInference counts its own `num_inferences`): a runner that
+# hands whole bundles from stage to stage writes rows only at the end, so a folder
+# run's progress is measured where the time goes, at the model.
+INFERRED = "images_inferred"
 LATENCY = "notification_to_row_ms"
 
 

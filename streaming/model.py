@@ -213,7 +213,9 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
     def run_inference(self, batch: Sequence[np.ndarray], model: EmbeddingModel,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
-        return embed_batch(model, batch)
+        results = embed_batch(model, batch)
+        metrics.TALLY.add(metrics.INFERRED, len(results))
+        return results
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
         return sum(int(np.asarray(x).nbytes) for x in batch)

@@ -26,9 +26,14 @@ def dead_letters(counts: Mapping[str, int]) -> dict[str, int]:
             if k.startswith(metrics.DEAD_PREFIX)}
 
 
+def embedded(counts: Mapping[str, int]) -> int:
+    """Images through the model (rows follow; some runners write them per stage)."""
+    return max(counts.get(metrics.EMBEDDED, 0), counts.get(metrics.INFERRED, 0))
+
+
 def done(counts: Mapping[str, int]) -> int:
     """Files finished one way or another: embedded, dead-lettered or skipped."""
-    return (counts.get(metrics.EMBEDDED, 0) + sum(dead_letters(counts).values())
+    return (embedded(counts) + sum(dead_letters(counts).values())
             + sum(v for k, v in counts.items() if k.startswith(metrics.SKIPPED_PREFIX)))
 
 
@@ -44,7 +49,7 @@ def status_line(counts: Mapping[str, int], latencies: Sequence[float],
     """`embedded 12, dead letters 3 (empty_object=1, not_an_image=2), 2.40 images/s,
     latency p50 1.2 s p95 3.4 s` (latency only where known)."""
     dead = dead_letters(counts)
-    text = f"embedded {counts.get(metrics.EMBEDDED, 0)}, dead letters {sum(dead.values())}"
+    text = f"embedded {embedded(counts)}, dead letters {sum(dead.values())}"
     if dead:
         text += " (" + ", ".join(f"{r}={n}" for r, n in sorted(dead.items())) + ")"
     text += f", {images_per_s:.2f} images/s"
@@ -83,17 +88,16 @@ class Reporter:
         return self
 
     def _loop(self) -> None:
-        last_t, last_embedded = time.monotonic(), metrics.TALLY.snapshot()[0].get(
-            metrics.EMBEDDED, 0)
+        last_t, last_embedded = time.monotonic(), embedded(metrics.TALLY.snapshot()[0])
         tick = 0.5 if self._bar else self._interval
         while not self._stop.wait(tick):
             counts, latencies = metrics.TALLY.snapshot()
             if self._bar is not None:
                 self._update_bar(counts)
                 continue
-            now, embedded = time.monotonic(), counts.get(metrics.EMBEDDED, 0)
-            rate = (embedded - last_embedded) / max(now - last_t, 1e-9)
-            last_t, last_embedded = now, embedded
+            now, n = time.monotonic(), embedded(counts)
+            rate = (n - last_embedded) / max(now - last_t, 1e-9)
+            last_t, last_embedded = now, n
             line = status_line(counts, latencies, rate)
             if self._total is not None:
                 line = f"{done(counts)}/{self._total} files: {line}"
@@ -101,7 +105,7 @@ class Reporter:
 
     def _update_bar(self, counts: Mapping[str, int]) -> None:
         self._bar.n = done(counts)
-        self._bar.set_postfix(embedded=counts.get(metrics.EMBEDDED, 0),
+        self._bar.set_postfix(embedded=embedded(counts),
                               dead_letters=sum(dead_letters(counts).values()), refresh=False)
         self._bar.refresh()
 
