@@ -32,6 +32,7 @@ from importlib import resources
 from typing import Optional, Sequence
 
 import schemas
+from streaming import cli
 from streaming.names import parse_table_id  # noqa: F401 - the one grammar, re-exported
 
 TABLE_PLACEHOLDERS = ("embeddings", "dead_letters", "current")
@@ -269,7 +270,7 @@ def suggest_num_lists(rows: int) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m analysis.sql",
         description="Print a shipped SQL file with its table placeholders filled in.")
     parser.add_argument("name", nargs="?", help="file under schemas/sql/ (omit to list them)")

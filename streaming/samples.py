@@ -2,13 +2,14 @@
 the README quick start and benchmarks, so nothing has to be downloaded."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from streaming import cli
 
 
 def photo_like(width: int, height: int, seed: int) -> np.ndarray:
@@ -84,7 +85,7 @@ def write_bad_files(directory: str) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(prog="embed-samples", description=__doc__)
     parser.add_argument("directory", type=str, help="Folder to write into.")
     parser.add_argument("--count", type=int, default=24, help="Number of images.")
     parser.add_argument("--width", type=int, default=640, help="Width in pixels.")
