@@ -24,7 +24,6 @@ rendered file (to pipe into `bq query --use_legacy_sql=false`).
 """
 from __future__ import annotations
 
-import argparse
 import re
 import string
 import sys

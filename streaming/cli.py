@@ -208,7 +208,13 @@ def check_credentials() -> None:
     missing, instead of letting a client retry or open an interactive prompt."""
     import google.auth
     from google.auth import exceptions as auth_exc
+    auth_log = logging.getLogger("google.auth")
+    level = auth_log.level
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        auth_log.setLevel(logging.ERROR)  # its warnings say what the line below says
     try:
         google.auth.default()
     except auth_exc.DefaultCredentialsError:
         raise UsageError(CREDENTIALS_HINT) from None
+    finally:
+        auth_log.setLevel(level)
