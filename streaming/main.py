@@ -117,7 +117,7 @@ def is_remote(opts) -> bool:
 
 def check_before_start(opts) -> None:
     """Everything that can fail before the model loads (see streaming/preflight.py)."""
-    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    from apache_beam.options.pipeline_options import TestOptions
 
     from streaming import endpoints, preflight
     remote = is_remote(opts)
@@ -131,7 +131,7 @@ def check_before_start(opts) -> None:
     if opts.local_endpoints:
         endpoints.use_local_endpoints()
     preflight.check(opts, local=opts.local_endpoints,
-                    dry_run=remote and bool(opts.view_as(GoogleCloudOptions).dry_run))
+                    dry_run=remote and bool(opts.view_as(TestOptions).dry_run))
 
 
 class Run:

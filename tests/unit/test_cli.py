@@ -82,31 +82,67 @@ def test_watch_embeds_files_that_appear_later(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     src.mkdir()
     (src / "first.jpg").write_bytes(fixtures.jpeg(seed=1))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streaming.main", "--input_dir", str(src), "--output_dir",
-         str(out), "--weights", "random:0", "--watch", "--watch_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streaming.main", "--input_dir", str(src), "--output_dir",
+             str(out), "--weights", "random:0", "--watch", "--watch_interval", "1",
+             "--progress_interval", "1"],
+            stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
 
     def rows():
         return sorted(os.path.basename(p) for p in glob.glob(str(out / "rows" / "*" / "*")))
 
-    def wait_for(n, limit=180):
+    def wait_for(predicate, limit=180):
         deadline = time.monotonic() + limit
-        while time.monotonic() < deadline and len(rows()) < n and proc.poll() is None:
+        while time.monotonic() < deadline and not predicate() and proc.poll() is None:
             time.sleep(0.5)
-        return rows()
+        return predicate()
     try:
-        assert len(wait_for(1)) == 1, proc.stderr.read1().decode()[-2000:] if proc.poll() else ""
+        assert wait_for(lambda: len(rows()) >= 1), log.read_text()[-2000:]
         (src / "later.png").write_bytes(fixtures.png(seed=2))
         (src / "later-bad.jpg").write_bytes(b"not an image")
-        got = wait_for(2, limit=60)
-        assert [g.split("@")[0] for g in got] == ["first.jpg", "later.png"]
-        deadline = time.monotonic() + 30
-        while not glob.glob(str(out / "dead_letters" / "*.json")) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        dead = [json.load(open(p)) for p in glob.glob(str(out / "dead_letters" / "*.json"))]
+        wait_for(lambda: len(rows()) >= 2, limit=60)
+        assert [g.split("@")[0] for g in rows()] == ["first.jpg", "later.png"]
+        dead_files = lambda: glob.glob(str(out / "dead_letters" / "*.json"))
+        wait_for(dead_files, limit=30)
+        dead = [json.load(open(p)) for p in dead_files()]
         assert [(d["name"], d["reason"]) for d in dead] == [("later-bad.jpg", "not_an_image")]
+        # The periodic line shows the same numbers while the job keeps watching.
+        line = "INFO embed-stream: embedded 2, dead letters 1 (not_an_image=1)"
+        assert wait_for(lambda: line in log.read_text(), limit=30), log.read_text()[-2000:]
         assert proc.poll() is None  # still watching
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+    # SIGTERM: a clean stop with the summary so far, exit 0.
+    assert proc.returncode == 0, log.read_text()[-2000:]
+    assert "Traceback" not in log.read_text()
+
+
+def test_ctrl_c_on_a_folder_run_prints_the_summary_so_far(tmp_path):
+    """SIGINT mid-run: exit 130, the summary of what was done, no traceback."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(200):  # far more than embeds before the first progress line
+        (src / f"{i:03d}.jpg").write_bytes(fixtures.jpeg(64, 48, seed=i))
+    log = tmp_path / "stderr.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "streaming.main", "--input_dir", str(src), "--output_dir",
+             str(tmp_path / "out"), "--weights", "random:0", "--progress_interval", "0.5"],
+            stdout=subprocess.PIPE, stderr=stderr, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while "/200 files:" not in log.read_text() and time.monotonic() < deadline:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = log.read_text()
+    assert proc.returncode == 130, err[-2000:]
+    assert "images embedded:" in out and "interrupted: stopped before the end" in out
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
