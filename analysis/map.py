@@ -24,14 +24,14 @@ from analysis import projection, render
 from analysis import rows as rows_mod
 from analysis.rows import SourceError
 from analysis.search import add_source_args, check_source_args
+from streaming import cli
 
 COLOR_BY = ("prefix", "bucket", "content_type", "date", "format", "source")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="embed-map",
-                                description=__doc__.replace("`embed-map`: ", "", 1),
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="embed-map",
+                           description=__doc__.replace("`embed-map`: ", "", 1))
     add_source_args(p)
     p.add_argument("--png", default="embedding-map.png", help="PNG to write "
                    "(default embedding-map.png; '' for none)")
@@ -155,6 +155,7 @@ def _makedirs(path: str) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    cli.setup_logging(args.verbose)
     try:
         summary = build_map(args)
     except (SourceError, ValueError) as e:
@@ -167,10 +168,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               "); --png '' writes the HTML page only", file=sys.stderr)
         return 1
     except Exception as e:  # noqa: BLE001 - e.g. BigQuery NotFound / Forbidden
-        if type(e).__module__.startswith("google."):
-            print(f"embed-map: {type(e).__name__}: {e}", file=sys.stderr)
-            return 1
-        raise
+        return cli.fail("embed-map", e)
     print(f"{summary['points']} points ({summary['thumbnails']} thumbnails), "
           f"{summary['projection']}: " + ", ".join(summary["written"]))
     return 0

@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from analysis import rows as rows_mod  # noqa: E402
 from analysis.rows import SourceError  # noqa: E402
+from streaming import cli  # noqa: E402
 
 EXIT_SOURCE, EXIT_USAGE = 1, 2
 
@@ -38,9 +39,8 @@ class FingerprintMismatch(Exception):
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="embed-search", description=__doc__.replace("`embed-search`: ", "", 1),
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(
+        prog="embed-search", description=__doc__.replace("`embed-search`: ", "", 1))
     add_source_args(p)
     q = p.add_argument_group("query (one of)")
     q.add_argument("image", nargs="?", help="query image: local path or gs:// URI")
@@ -92,6 +92,8 @@ def add_source_args(p: argparse.ArgumentParser) -> None:
                    action="store_true",
                    help="use the emulators named by BIGQUERY_EMULATOR_HOST and "
                         "STORAGE_EMULATOR_HOST (see emulators/README.md)")
+    p.add_argument("--verbose", action="store_true",
+                   help="debug logging, with the traceback of an error")
 
 
 def check_source_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -109,17 +111,6 @@ def check_source_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> N
         p.error("--current_view needs --table")
 
 
-_MODELS: dict[str, Any] = {}
-
-
-def load_model(weights: str):
-    """The pipeline's model for a weights spec, loaded once per process."""
-    if weights not in _MODELS:
-        from streaming import model
-        _MODELS[weights] = model.load_embedding_model(weights)
-    return _MODELS[weights]
-
-
 def embed_uri(uri: str, weights: str, *, policy: str = "center_crop",
               max_pixels: int = 100_000_000, max_bytes: int = 64 * 1024 * 1024):
     """(embedding, model) of the image at a local path or gs:// URI, preprocessed
@@ -131,7 +122,8 @@ def embed_uri(uri: str, weights: str, *, policy: str = "center_crop",
         decoded = decode_image(data, policy=policy, max_pixels=max_pixels)
     except Rejected as e:
         raise SourceError(f"cannot use {uri} as a query image ({e.reason}: {e})") from None
-    model = load_model(weights)
+    from streaming.model import load_embedding_model
+    model = load_embedding_model(weights)
     return model(decoded.pixels[None])[0], model
 
 
@@ -214,8 +206,10 @@ def format_table(answer: dict[str, Any]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    cli.setup_logging(args.verbose)
     try:
-        answer = search(args)
+        with cli.quiet_native_stderr(enabled=not args.verbose):
+            answer = search(args)
     except FingerprintMismatch as e:
         print(f"embed-search: {e}", file=sys.stderr)
         return EXIT_USAGE
@@ -227,10 +221,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if isinstance(e, WeightsUnavailableError):
             print(f"embed-search: {e}", file=sys.stderr)
             return EXIT_USAGE
-        if type(e).__module__.startswith("google."):
-            print(f"embed-search: {type(e).__name__}: {e}", file=sys.stderr)
-            return EXIT_SOURCE
-        raise
+        return cli.fail("embed-search", e)
     if args.json:
         print(json.dumps(answer, indent=2, default=str))
     else:

@@ -24,7 +24,6 @@ rendered file (to pipe into `bq query --use_legacy_sql=false`).
 """
 from __future__ import annotations
 
-import argparse
 import re
 import string
 import sys
@@ -32,18 +31,14 @@ from importlib import resources
 from typing import Optional, Sequence
 
 import schemas
+from streaming import cli
+from streaming.names import parse_table_id  # noqa: F401 - the one grammar, re-exported
 
 TABLE_PLACEHOLDERS = ("embeddings", "dead_letters", "current")
 INT_PLACEHOLDERS = {"top_k": (1, 10_000), "num_lists": (1, 5_000)}
 KNOWN_PLACEHOLDERS = TABLE_PLACEHOLDERS + tuple(INT_PLACEHOLDERS)
 CURRENT_VIEW_FILE = "current_embeddings.sql"
 
-# GCP project ids: 6-30 lowercase letters, digits, hyphens, starting with a letter.
-# Datasets: letters, digits, underscores. Tables: letters, digits, underscores, hyphens
-# (BigQuery allows more, e.g. Unicode letters and spaces; refused here), no "--".
-_TABLE_ID = re.compile(
-    r"^(?P<project>[a-z][a-z0-9-]{4,28}[a-z0-9])[:.]"
-    r"(?P<dataset>[A-Za-z0-9_]{1,1024})\.(?P<table>[A-Za-z0-9_]+(?:-[A-Za-z0-9_]+)*)")
 _REQUIRES = re.compile(r"^--[ \t]*requires:[ \t]*(.+?)[ \t]*$", re.M)
 _PARAMS = re.compile(r"^--[ \t]*params:[ \t]*(.*?)[ \t]*$", re.M)
 _PARAM_USE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
@@ -52,14 +47,6 @@ _PARAM_USE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
 class Fragment(str):
     """SQL text made here (a quoted table id, the current view's query), never raw
     user input; `render` inserts it as is."""
-
-
-def parse_table_id(table: str) -> tuple[str, str, str]:
-    """(project, dataset, table) of `P:D.T` or `P.D.T`; ValueError for anything else."""
-    m = _TABLE_ID.fullmatch(table or "")
-    if not m or len(m.group("table")) > 1024:
-        raise ValueError(f"not a BigQuery table id (PROJECT:DATASET.TABLE): {table!r}")
-    return m.group("project"), m.group("dataset"), m.group("table")
 
 
 def table_ref(table: str) -> Fragment:
@@ -274,7 +261,7 @@ def suggest_num_lists(rows: int) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m analysis.sql",
         description="Print a shipped SQL file with its table placeholders filled in.")
     parser.add_argument("name", nargs="?", help="file under schemas/sql/ (omit to list them)")

@@ -7,6 +7,8 @@
 #   bqemulator       :9050 (REST) :9060 (gRPC, Storage API)   project $EMU_PROJECT
 #
 # PIDs -> .emulators/pids/*.pid, logs -> .emulators/logs/*.log, client exports -> .emulators/env.sh
+# A port that is already taken by another process is replaced by the next free one (logged); the
+# ports in use are in .emulators/env.sh, so `. .emulators/env.sh` is all a client needs.
 # Each process runs in its own session (setsid), so its PID is also its process-group id; stop.sh
 # signals that group.
 #
@@ -100,6 +102,35 @@ wait_port() { # name port
   done
   log "$name up on $HOST:$port ($(took "$t"))"
 }
+
+# ------------------------------------------------------------------ ports
+# A running emulator keeps the port it was started on (.emulators/ports.sh); a port held by
+# another process is replaced by the next free one.
+PORTS_FILE="$EMU/ports.sh"
+CHOSEN=()
+free_port() { # first port >= $1 that nothing listens on and this run has not chosen
+  local p=$1 limit=$(($1 + 200))
+  while port_open "$p" || [[ " ${CHOSEN[*]} " == *" $p "* ]]; do
+    p=$((p + 1)); ((p < limit)) || { log "ERROR: no free port in $1..$limit"; exit 1; }
+  done
+  echo "$p"
+}
+pick_port() { # VAR service
+  local var=$1 name=$2 want=${!1} saved
+  if alive "$name" && [[ -f "$PORTS_FILE" ]] && saved="$(grep "^$var=" "$PORTS_FILE" | cut -d= -f2)" && [[ -n "$saved" ]]; then
+    printf -v "$var" '%s' "$saved"
+  elif ! alive "$name" && { port_open "$want" || [[ " ${CHOSEN[*]} " == *" $want "* ]]; }; then
+    printf -v "$var" '%s' "$(free_port "$((want + 1))")"
+    log "port $want is in use by another process; $name uses ${!var}"
+  fi
+  CHOSEN+=("${!var}")
+}
+pick_port PUBSUB_PORT pubsub
+pick_port GCS_PORT gcs
+pick_port BQ_PORT bigquery
+pick_port BQ_GRPC_PORT bigquery
+printf 'PUBSUB_PORT=%s\nGCS_PORT=%s\nBQ_PORT=%s\nBQ_GRPC_PORT=%s\n' \
+  "$PUBSUB_PORT" "$GCS_PORT" "$BQ_PORT" "$BQ_GRPC_PORT" > "$PORTS_FILE"
 
 # ------------------------------------------------------------------ Pub/Sub: which one
 official_pubsub() {

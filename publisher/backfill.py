@@ -26,6 +26,7 @@ import time
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 from publisher.messages import notification_for
+from streaming import cli
 from streaming.adapters import object_resource
 from streaming.filters import DEFAULT_EXTENSIONS, split_list, type_accepted
 
@@ -102,6 +103,7 @@ class InFlight:
     def __init__(self, checkpoint: Checkpoint, counts: collections.Counter):
         self._queue: collections.deque = collections.deque()
         self._checkpoint, self._counts = checkpoint, counts
+        self.last_error: Optional[BaseException] = None  # why the latest failure failed
 
     def add(self, name: str, future, ordered: bool = True) -> None:
         """`ordered`: the name comes from the listing (moves the checkpoint); retries
@@ -134,6 +136,7 @@ class InFlight:
                     failed.remove(name)
             else:
                 self._counts["failed"] += 1
+                self.last_error = future.exception()
                 if name not in failed:
                     failed.append(name)
             if ordered:
@@ -183,6 +186,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
                          "refine --skip-existing; add it")
     storage = endpoints.storage_client(args.local_endpoints)
     publisher = None if args.dry_run else make_publisher(args.max_in_flight)
+    check_targets(storage, publisher, bucket, args.topic)
     in_flight = InFlight(checkpoint, counts)
     limiter = RateLimiter(args.rate)
     retry_names = set(checkpoint.failed)  # stay listed until re-published
@@ -235,15 +239,14 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
                 checkpoint.save()
             else:
                 in_flight.advance()
-            progress.set_postfix(published=counts["published"], failed=counts["failed"],
-                                 skipped=counts["skipped_filter"] + counts["skipped_existing"],
-                                 refresh=False)
+            show_counts(progress, counts)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         signal.signal(signal.SIGTERM, previous)
         in_flight.advance(block=True, timeout=60)
         checkpoint.save(force=True)
+        show_counts(progress, counts)  # the bar ends on the summary's numbers
         progress.close()
         if publisher is not None:
             publisher.stop()
@@ -251,7 +254,30 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     counts["seconds"] = round(time.monotonic() - started, 2)
     counts["interrupted"] = int(interrupted)
     print(summary(counts, args), file=out)
+    if counts.get("failed") or counts.get("in_flight_abandoned"):
+        print(f"embed-backfill: error: {failure_message(counts, args, in_flight.last_error)}",
+              file=sys.stderr)
     return counts
+
+
+def show_counts(progress, counts: Mapping[str, int]) -> None:
+    """The bar's counts: the same keys and values as the summary line."""
+    progress.set_postfix(published=counts["published"], failed=counts["failed"],
+                         skipped=counts["skipped_filter"] + counts["skipped_existing"],
+                         refresh=False)
+
+
+def check_targets(storage, publisher, bucket: str, topic: str) -> None:
+    """The bucket and (unless a dry run) the topic exist: a wrong name stops the run
+    before listing, in one line, instead of one failed publish per object."""
+    from google.api_core import exceptions as gexc
+    if not storage.bucket(bucket).exists(timeout=30):
+        raise cli.UsageError(f"bucket gs://{bucket} not found")
+    if publisher is not None:
+        try:
+            publisher.get_topic(topic=topic, timeout=30)
+        except gexc.NotFound:
+            raise cli.UsageError(f"--topic {topic}: topic not found") from None
 
 
 def _raise_interrupt(*_):
@@ -285,8 +311,7 @@ def summary(counts: Mapping[str, int], args) -> str:
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="embed-backfill", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(prog="embed-backfill", description=__doc__)
     p.add_argument("source", type=str, help="gs://BUCKET[/prefix] to list.")
     p.add_argument("--topic", type=str, required=True, help="projects/P/topics/T to publish to.")
     p.add_argument("--dry-run", action="store_true", help="List and count; publish nothing.")
@@ -323,21 +348,40 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def failure_message(counts: Mapping[str, int], args, error: Optional[BaseException]) -> str:
+    """One line: how many publishes failed, why, and what happens to them."""
+    text = (f"{counts['failed']} publishes failed "
+            f"({counts['in_flight_abandoned']} unconfirmed)")
+    if error is not None:
+        text += f"; last error: {cli.describe(error)}"
+    if args.resume:
+        return text + f"; they are listed in {args.resume} and retried first on the next run"
+    return text + "; run again (with --resume FILE to retry only what failed)"
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
+    cli.setup_logging(args.verbose)
+    from streaming import names
+    try:
+        names.split_gcs_uri(args.source)
+        names.pubsub_path(args.topic, "topics")
+    except ValueError as e:
+        return cli.fail("embed-backfill", e, usage=True)
+    if not args.local_endpoints:
+        try:
+            cli.check_credentials()
+        except cli.UsageError as e:
+            return cli.fail("embed-backfill", e)
     try:
         counts = run(args)
-    except ValueError as e:
-        print(f"embed-backfill: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - one line; the traceback at debug level
+        return cli.fail("embed-backfill", e, usage=isinstance(e, ValueError))
     if counts.get("interrupted"):
-        return 130
+        return cli.EXIT_INTERRUPTED
     if counts.get("failed") or counts.get("in_flight_abandoned"):
-        print(f"embed-backfill: {counts['failed']} publishes failed "
-              f"({counts['in_flight_abandoned']} unconfirmed); they are listed in the "
-              "--resume file and retried first on the next run", file=sys.stderr)
-        return 1
-    return 0
+        return cli.EXIT_RUNTIME
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -28,6 +28,9 @@ CENTER_CROP_FRACTION = INPUT_SIZE / 256
 BACKGROUND = (255, 255, 255)  # alpha is composited over white
 DEFAULT_MAX_PIXELS = 100_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# --decode_threads / --decode_window: on 2 cores, 2 threads keep both cores decoding.
+DEFAULT_DECODE_THREADS = 2
+DEFAULT_DECODE_WINDOW = 8
 
 # We enforce our own pixel limit before decoding; Pillow's warning/raise thresholds
 # (89 / 179 MP) would only warn below ours, so silence the warning and keep the raise.

@@ -16,12 +16,12 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from streaming import metrics
+from streaming.flags import DEFAULT_EXTENSIONS  # noqa: F401 - the rule's home is here
 from streaming.records import DeadLetter, ImageRef
 
 DELETES = "deletes"
 DEAD = "dead_letters"
 # Accepted name suffixes by default (--extensions of embed-stream and embed-backfill).
-DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
 
 
 def split_list(value: Optional[str], lower: bool = False) -> tuple[str, ...]:

@@ -25,15 +25,13 @@ from apache_beam.utils.windowed_value import WindowedValue
 from streaming import endpoints, filters, metrics
 from streaming.adapters import object_resource
 from streaming.decode import (  # noqa: F401 - re-exported: the stage's pure core
-    BACKGROUND, CENTER_CROP_FRACTION, DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, INPUT_SIZE,
-    RESIZE_POLICIES, DecodedImage, decode_image, resize, to_rgb)
+    BACKGROUND, CENTER_CROP_FRACTION, DEFAULT_DECODE_THREADS, DEFAULT_DECODE_WINDOW,
+    DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, INPUT_SIZE, RESIZE_POLICIES, DecodedImage,
+    decode_image, resize, to_rgb)
 from streaming.notifications import payload_fields
 from streaming.records import DeadLetter, ImageInfo, ImageRef, Rejected, Skipped, rejected_from
 
 DEAD = "dead_letters"
-# --decode_threads / --decode_window: on 2 cores, 2 threads keep both cores decoding.
-DEFAULT_DECODE_THREADS = 2
-DEFAULT_DECODE_WINDOW = 8
 # What a NONE-payload ref learns from the object's metadata: the payload's fields but
 # the identity, which stays the notification's.
 METADATA_FIELDS = ("metageneration", "content_type", "size", "md5_hash", "crc32c",

@@ -2,31 +2,49 @@
 
   embed-stream --input_dir images/ --output_dir out/            # embed a folder, exit
   embed-stream --input_dir images/ --output_dir out/ --watch    # keep embedding new files
-  embed-stream --input_subscription projects/P/subscriptions/S \
+  embed-stream --input_subscription projects/P/subscriptions/S \\
       --output_table P:D.T --output_gcs gs://B/vectors/ --runner DataflowRunner ...
+
+Every option is checked before the model loads; a wrong one is one line on stderr
+(exit 2). Ctrl-C prints the summary so far (exit 130); SIGTERM stops the same way
+(exit 0).
 """
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import time
 from typing import Optional, Sequence
 
-import apache_beam as beam
-from apache_beam.metrics.metric import MetricsFilter
-from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
+from streaming import cli, flags
 
-from streaming import endpoints, metrics, model
-from streaming.options import EmbedOptions, validate
-from streaming.pipeline import build_pipeline
+PROG = "embed-stream"
+BEAM_NOTE = ("Beam and Dataflow pipeline options (--runner, --project, --region, "
+             "--temp_location, --max_num_workers, ...) are accepted too.")
+_LOG = logging.getLogger(PROG)
+# Beam's runners that execute in this process; any other runner submits the job.
+LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
-_LOG = logging.getLogger("embed-stream")
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TF's C++ start-up chatter
+
+class Terminated(BaseException):
+    """SIGTERM: stop like Ctrl-C, but exit 0 (a deliberate stop, e.g. a service manager)."""
+
+
+def help_parser() -> cli.ArgumentParser:
+    """The job's own options; `--help` prints them without importing Beam."""
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__,
+                                epilog=BEAM_NOTE + " " + cli.SPELLING_NOTE)
+    flags.add_job_arguments(parser)
+    return parser
 
 
 def counters(result) -> dict[str, int]:
     """The job's own counters (namespace `embeddings`), committed values."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from streaming import metrics
     query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
     totals: dict[str, int] = {}
     for c in query["counters"]:
@@ -37,10 +55,11 @@ def counters(result) -> dict[str, int]:
 
 def summary(totals: dict[str, int], seconds: float) -> str:
     """A short human summary: images embedded, dead letters by reason, images/s."""
-    embedded = totals.get("images_embedded", 0)
+    from streaming import metrics
+    embedded = totals.get(metrics.EMBEDDED, 0)
     dead = {k[len(metrics.DEAD_PREFIX):]: v for k, v in totals.items()
             if k.startswith(metrics.DEAD_PREFIX)}
-    skipped = {k: v for k, v in totals.items() if k.startswith("skipped.")}
+    skipped = {k: v for k, v in totals.items() if k.startswith(metrics.SKIPPED_PREFIX)}
     lines = [f"images embedded: {embedded}",
              f"dead letters: {sum(dead.values())}"
              + "".join(f"\n  {reason}: {n}" for reason, n in sorted(dead.items()))]
@@ -50,8 +69,31 @@ def summary(totals: dict[str, int], seconds: float) -> str:
     return "\n".join(lines)
 
 
-def make_options(argv: Optional[Sequence[str]]) -> EmbedOptions:
+def unknown_options(opts, argv: Sequence[str]) -> list[str]:
+    """Options no PipelineOptions class defines (Beam would drop them with a log line),
+    as the user typed them."""
+    known = opts.get_all_options(drop_default=False)
+    every = opts.get_all_options(drop_default=False, retain_unknown_options=True)
+    typed = {t.partition("=")[0].lstrip("-").replace("-", "_"): t.partition("=")[0]
+             for t in argv if t.startswith("--")}
+    return [typed.get(k, "--" + k) for k in every if k not in known]
+
+
+def make_options(argv: Optional[Sequence[str]]):
+    """Parses and validates the options (no network); picks the local runner.
+
+    Raises:
+      cli.UsageError: an unknown option, a bad combination, a name that does not parse.
+    """
+    from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
+
+    from streaming.options import EmbedOptions, validate
+    argv = cli.respell(list(argv or ()), help_parser().long_options())
     opts = EmbedOptions(argv)
+    unknown = unknown_options(opts, argv)
+    if unknown:
+        known = ["--" + k for k in opts.get_all_options(drop_default=False)]
+        raise cli.UsageError(cli.unknown_option_message(unknown, known))
     validate(opts)
     std = opts.view_as(StandardOptions)
     if opts.input_subscription or opts.input_topic:
@@ -67,36 +109,134 @@ def make_options(argv: Optional[Sequence[str]]) -> EmbedOptions:
     return opts
 
 
-def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
-    """Builds and runs the job; returns its counters (empty for Dataflow)."""
-    opts = make_options(argv)
+def is_remote(opts) -> bool:
+    from apache_beam.options.pipeline_options import StandardOptions
+    runner = opts.view_as(StandardOptions).runner
+    return (runner if isinstance(runner, str) else type(runner).__name__) not in LOCAL_RUNNERS
+
+
+def check_before_start(opts) -> None:
+    """Everything that can fail before the model loads (see streaming/preflight.py)."""
+    from apache_beam.options.pipeline_options import TestOptions
+
+    from streaming import endpoints, preflight
+    remote = is_remote(opts)
+    if remote and opts.weights not in ("imagenet",) and not opts.weights.startswith(
+            ("random:", "gs://")):
+        raise cli.UsageError(f"--weights {opts.weights}: Dataflow workers cannot read a "
+                             "local file; copy it to gs:// and pass that URI")
+    if remote and (opts.input_dir or (opts.output_dir and "://" not in opts.output_dir)):
+        raise cli.UsageError("--input_dir and a local --output_dir work only locally; "
+                             "use Pub/Sub and gs:// with a remote runner")
     if opts.local_endpoints:
         endpoints.use_local_endpoints()
-    # Fail fast, once: an unloadable model must stop the job here, not per element.
-    # A local run's RunInference then reuses this copy (load_embedding_model caches it).
-    preflight = model.load_embedding_model(opts.weights)
-    print(f"model: {preflight.model_id} (weights {opts.weights})", file=sys.stderr)
-    started = time.monotonic()
-    pipeline = beam.Pipeline(options=opts)
-    build_pipeline(pipeline, opts)
-    result = pipeline.run()
-    if opts.view_as(StandardOptions).runner.endswith("DataflowRunner"):
-        print(f"submitted Dataflow job {getattr(result, 'job_id', lambda: '?')()}")
-        return {}
-    result.wait_until_finish()
-    totals = counters(result)
-    print(summary(totals, time.monotonic() - started))
-    return totals
+    preflight.check(opts, local=opts.local_endpoints,
+                    dry_run=remote and bool(opts.view_as(TestOptions).dry_run))
+
+
+class Run:
+    """One run of the job: options, timing, and what to say when it stops."""
+
+    def __init__(self):
+        self.started: Optional[float] = None
+        self.result = None
+        self.reporter = None
+
+    def seconds(self) -> float:
+        return time.monotonic() - self.started if self.started else 0.0
+
+    def execute(self, argv: Sequence[str]) -> dict[str, int]:
+        """Checks, builds and runs the job; returns its counters (empty when submitted)."""
+        import apache_beam as beam
+
+        from streaming import model, progress
+        from streaming.pipeline import build_pipeline, catch_up_enabled
+        opts = make_options(argv)
+        check_before_start(opts)
+        if (opts.input_subscription or opts.input_topic) and not is_remote(opts) \
+                and not catch_up_enabled(opts):
+            print(f"{PROG}: warning: no catch-up at start (--catch_up needs --buckets and "
+                  "--output_table): images in flight if this job is killed are not "
+                  "embedded again", file=sys.stderr, flush=True)
+        pipeline = beam.Pipeline(options=opts)
+        build_pipeline(pipeline, opts)
+        if is_remote(opts):
+            # The launcher never builds the model: workers load it (RunInference).
+            result = pipeline.run()
+            job = getattr(result, "job", None)
+            job_id = getattr(result, "job_id", lambda: None)()
+            print(f"submitted job {job_id}" if job_id else
+                  f"built the job ({len(job.proto_pipeline.components.transforms)} "
+                  "transforms); nothing submitted (dry run)" if job is not None else
+                  "submitted the job")
+            return {}
+        # Fail fast, once: an unloadable model must stop the job here, not per element.
+        # RunInference then reuses this copy (load_embedding_model caches it).
+        with cli.quiet_native_stderr(enabled=not opts.verbose):
+            loaded = model.load_embedding_model(opts.weights)
+        print(f"model: {loaded.model_id} (weights {opts.weights})", file=sys.stderr, flush=True)
+        bounded = not (opts.watch or opts.input_subscription or opts.input_topic)
+        total = progress.count_files(opts.input_dir) if bounded else None
+        self.started = time.monotonic()
+        self.reporter = progress.Reporter(opts.progress_interval, total=total,
+                                          bar=bounded and sys.stderr.isatty()).start()
+        self.result = pipeline.run()
+        self.result.wait_until_finish()
+        self.reporter.stop()
+        totals = counters(self.result)
+        print(summary(totals, self.seconds()), flush=True)
+        return totals
+
+    def stop(self, why: str) -> None:
+        """After Ctrl-C or SIGTERM: cancel what runs, print the summary so far."""
+        from streaming import metrics
+        if self.reporter is not None:
+            self.reporter.stop()
+        if self.result is not None:
+            try:
+                self.result.cancel()
+            except Exception:  # noqa: BLE001 - some runners cannot cancel; we exit anyway
+                _LOG.debug("cancel failed", exc_info=True)
+        print(summary(metrics.TALLY.snapshot()[0], self.seconds())
+              + f"\n{why}: stopped before the end (summary so far)", flush=True)
+
+
+def _terminate(*_):
+    raise Terminated
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = help_parser()
+    if {"-h", "--help"} & set(cli.respell(argv, parser.long_options())):
+        parser.print_help()
+        return cli.EXIT_OK
+    cli.setup_logging("--verbose" in argv)
+    run = Run()
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    code, stopped = None, False
     try:
-        run(argv)
-    except (ValueError, model.WeightsUnavailableError) as e:
-        print(f"embed-stream: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+        run.execute(argv)
+        code = cli.EXIT_OK
+    except KeyboardInterrupt:
+        run.stop("interrupted")
+        code, stopped = cli.EXIT_INTERRUPTED, True
+    except Terminated:
+        run.stop("terminated")
+        code, stopped = cli.EXIT_OK, True
+    except Exception as e:  # noqa: BLE001 - one line, the traceback at debug level
+        from streaming.model import WeightsUnavailableError
+        usage = run.started is None and isinstance(e, (ValueError, WeightsUnavailableError))
+        code = cli.fail(PROG, e, usage=usage)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stopped or (run.result is not None and code != cli.EXIT_OK):
+        # Beam's local runners keep non-daemon worker threads after a cancel; the
+        # summary is out, so leave now rather than wait for them.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

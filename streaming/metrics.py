@@ -1,16 +1,84 @@
-"""Beam metrics of the pipeline: one namespace, one counter per outcome and reason."""
+"""Beam metrics of the pipeline: one namespace, one counter per outcome and reason,
+and a distribution of notification-to-row latency.
+
+On Dataflow these are the job's numbers (the console's "Job metrics"). A local run
+also keeps the same counts in a process-local tally (`TALLY`) for its progress lines:
+a DirectRunner's Beam metrics can only be read once the pipeline has finished.
+"""
 from __future__ import annotations
+
+import collections
+import datetime as dt
+import threading
+from typing import Any, Iterable, Mapping, Optional
 
 from apache_beam.metrics import Metrics
 
 NAMESPACE = "embeddings"
 DEAD_PREFIX = "dead_letter."
+SKIPPED_PREFIX = "skipped."
+EMBEDDED = "images_embedded"
+# Local tally only (Beam's RunInference counts its own `num_inferences`): a runner that
+# hands whole bundles from stage to stage writes rows only at the end, so a folder
+# run's progress is measured where the time goes, at the model.
+INFERRED = "images_inferred"
+LATENCY = "notification_to_row_ms"
+
+
+class Tally:
+    """Thread-safe counts and the latest latencies of this process."""
+
+    def __init__(self, keep: int = 4096):
+        self._lock = threading.Lock()
+        self._counts: collections.Counter = collections.Counter()
+        self._latencies: collections.deque = collections.deque(maxlen=keep)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def observe(self, ms: float) -> None:
+        with self._lock:
+            self._latencies.append(ms)
+
+    def snapshot(self) -> tuple[dict[str, int], list[float]]:
+        with self._lock:
+            return dict(self._counts), list(self._latencies)
+
+
+TALLY = Tally()
 
 
 def count(name: str, n: int = 1) -> None:
     Metrics.counter(NAMESPACE, name).inc(n)
+    TALLY.add(name, n)
 
 
 def dead_letter(reason: str) -> None:
     """Counts a dead letter under its reason (the stage is in the row)."""
     count(DEAD_PREFIX + reason)
+
+
+def latency_ms(row: Mapping[str, Any], now: Optional[dt.datetime] = None) -> Optional[float]:
+    """Milliseconds from the notification's event time to now, for rows that came
+    from a notification; None for local files (their mtime is no notification)."""
+    event_time = row.get("event_time")
+    if row.get("source") == "local" or not event_time:
+        return None
+    try:
+        then = dt.datetime.fromisoformat(str(event_time).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if then.tzinfo is None:
+        then = then.replace(tzinfo=dt.timezone.utc)
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return max(0.0, (now - then).total_seconds() * 1000.0)
+
+
+def observe_row(row: Mapping[str, Any]) -> Iterable:
+    """Records a written row's latency (a Beam Distribution); emits nothing."""
+    ms = latency_ms(row)
+    if ms is not None:
+        Metrics.distribution(NAMESPACE, LATENCY).update(int(ms))
+        TALLY.observe(ms)
+    return ()

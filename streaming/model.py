@@ -1,9 +1,11 @@
 """ResNet50 embeddings through Beam's RunInference.
 
-`EmbeddingModelHandler` is Beam's `TFModelHandlerNumpy` with one loader for every
-weights source (`imagenet`, a local or gs:// `.weights.h5`/`.keras` file, or
-`random:SEED` for offline smoke tests). RunInference loads the model once per worker
-and shares it across threads; batches of uint8 images go through one compiled
+`EmbeddingModelHandler` implements Beam's plain `ModelHandler` contract with one
+loader for every weights source (`imagenet`, a local or gs:// `.weights.h5`/`.keras`
+file, or `random:SEED` for offline smoke tests). It imports neither TensorFlow nor
+Beam's TensorFlow handler (which needs tensorflow_hub): Keras is imported only where a
+model is built, so the launcher and `--help` start without it. RunInference loads the
+model once per worker and shares it across threads; batches of uint8 images go through one compiled
 `tf.function` that applies ResNet50's own `preprocess_input` and the average-pooled
 ResNet50 (2048 float32 per image). Every result carries `resnet50-avgpool@<fingerprint>`
 as its model id, the fingerprint being a hash of the weights actually loaded.
@@ -21,8 +23,8 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
-from apache_beam.ml.inference.tensorflow_inference import ModelType, TFModelHandlerNumpy
+from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, PredictionResult,
+                                           RunInference)
 
 from streaming import metrics
 from streaming.records import DeadLetter
@@ -169,8 +171,9 @@ _LOAD_LOCK = threading.Lock()
 
 
 def load_embedding_model(spec: str) -> EmbeddingModel:
-    """The model for `spec`, loaded once per process: the job's start-up check and
-    RunInference (and every RunInference in the process) share one copy. Only the
+    """The model for `spec`, loaded once per process. This is the only model cache:
+    the job's start-up check, RunInference (whose shared handle keeps a reference to
+    this object for its threads) and embed-search all get the same copy. Only the
     latest spec is kept, so a process never holds two ResNet50s."""
     with _LOAD_LOCK:
         if spec not in _LOADED:
@@ -182,20 +185,40 @@ def load_embedding_model(spec: str) -> EmbeddingModel:
         return _LOADED[spec]
 
 
-def embed_batch(model: EmbeddingModel, batch: Sequence[np.ndarray],
-                inference_args: dict[str, Any],
-                model_id: Optional[str] = None) -> Iterable[PredictionResult]:
-    """RunInference `inference_fn`: one forward pass per batch; the model id names
-    the weights' fingerprint, whatever URI the handler was given."""
+def embed_batch(model: EmbeddingModel, batch: Sequence[np.ndarray]) -> list[PredictionResult]:
+    """One forward pass per batch; the model id names the weights' fingerprint,
+    whatever spec the handler was given."""
     vectors = model(np.stack(batch, axis=0))
     return [PredictionResult(x, v, model.model_id) for x, v in zip(batch, vectors)]
 
 
-class EmbeddingModelHandler(TFModelHandlerNumpy):
-    """Beam's TensorFlow handler, loading ResNet50 from any weights spec."""
+class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, EmbeddingModel]):
+    """RunInference's handler: uint8 224x224x3 images -> 2048-d ResNet50 vectors.
 
-    def load_model(self) -> EmbeddingModel:  # type: ignore[override]
-        return load_embedding_model(self._model_uri)
+    Beam's base class carries the batching arguments (`batch_elements_kwargs`). The
+    model is not shared across processes (`share_model_across_processes`): a copy per
+    process serves each batch without a proxy hop.
+    """
+
+    def __init__(self, weights: str, *, min_batch_size: Optional[int] = None,
+                 max_batch_size: Optional[int] = None,
+                 max_batch_duration_secs: Optional[int] = None):
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         max_batch_duration_secs=max_batch_duration_secs)
+        self.weights = weights
+
+    def load_model(self) -> EmbeddingModel:
+        return load_embedding_model(self.weights)
+
+    def run_inference(self, batch: Sequence[np.ndarray], model: EmbeddingModel,
+                      inference_args: Optional[dict[str, Any]] = None
+                      ) -> Iterable[PredictionResult]:
+        results = embed_batch(model, batch)
+        metrics.TALLY.add(metrics.INFERRED, len(results))
+        return results
+
+    def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
+        return sum(int(np.asarray(x).nbytes) for x in batch)
 
     def get_metrics_namespace(self) -> str:
         return "BeamML_ResNet50"
@@ -205,9 +228,8 @@ def make_model_handler(weights: str, *, min_batch_size: int, max_batch_size: int
                        max_batch_duration_secs: Optional[int]) -> EmbeddingModelHandler:
     """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
     return EmbeddingModelHandler(
-        weights, ModelType.SAVED_WEIGHTS, create_model_fn=build_resnet50,
-        inference_fn=embed_batch, min_batch_size=min_batch_size,
-        max_batch_size=max_batch_size, max_batch_duration_secs=max_batch_duration_secs)
+        weights, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+        max_batch_duration_secs=max_batch_duration_secs)
 
 
 class EmbedImages(beam.PTransform):

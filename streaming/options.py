@@ -1,118 +1,64 @@
-"""Command-line options of the embedding job (one PipelineOptions subclass)."""
+"""Command-line options of the embedding job (one PipelineOptions subclass) and the
+checks that need no network: option combinations and the syntax of every name."""
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
 
-from streaming import images
-from streaming.filters import DEFAULT_EXTENSIONS
+from streaming import flags, names
+from streaming.cli import UsageError
 
 
 class EmbedOptions(PipelineOptions):
     @classmethod
     def _add_argparse_args(cls, parser):
-        src = parser.add_argument_group("source (exactly one)")
-        src.add_argument("--input_dir", type=str, default=None,
-                         help="Local folder of images (the embedded default). Every file "
-                              "under it is embedded; the folder is the bucket, the "
-                              "relative path the name, the mtime in ns the generation.")
-        src.add_argument("--watch", action="store_true", default=False,
-                         help="With --input_dir: keep running and embed files that appear later.")
-        src.add_argument("--watch_interval", type=float, default=2.0,
-                         help="Seconds between scans of --input_dir with --watch.")
-        src.add_argument("--input_subscription", type=str, default=None,
-                         help="projects/P/subscriptions/S receiving storage notifications.")
-        src.add_argument("--input_topic", type=str, default=None,
-                         help="projects/P/topics/T of storage notifications (Beam creates "
-                              "a temporary subscription; prefer --input_subscription).")
-        src.add_argument("--catch_up", type=str, default="auto",
-                         choices=("auto", "always", "never"),
-                         help="At start, embed every object under --buckets (and "
-                              "--include_prefix) that has neither a row in "
-                              "--output_table nor a dead letter: what a killed local job "
-                              "had in flight, or notifications that never arrived. auto "
-                              "(default): on the local runner, where Pub/Sub messages are "
-                              "acknowledged when pulled; always: on Dataflow too.")
-        src.add_argument("--catch_up_every_minutes", type=int, default=0,
-                         help="Also catch up every N minutes while streaming (0: only "
-                              "at start).")
-        out = parser.add_argument_group("sinks")
-        out.add_argument("--output_dir", type=str, default=None,
-                         help="Local folder (or gs:// prefix) for vectors/, rows/ and "
-                              "dead_letters/.")
-        out.add_argument("--output_gcs", type=str, default=None,
-                         help="gs://B/prefix/ for the .npy vectors (cloud path).")
-        out.add_argument("--output_table", type=str, default=None,
-                         help="BigQuery table P:D.T (or P.D.T) for the embedding rows.")
-        out.add_argument("--dead_letter_table", type=str, default=None,
-                         help="BigQuery table for dead letters.")
-        out.add_argument("--local_endpoints", action="store_true", default=False,
-                         help="Use the emulators named by PUBSUB_EMULATOR_HOST, "
-                              "STORAGE_EMULATOR_HOST and BIGQUERY_EMULATOR_HOST with "
-                              "anonymous credentials (see emulators/README.md).")
-        model = parser.add_argument_group("model")
-        model.add_argument("--weights", type=str, default="imagenet",
-                           help="imagenet (default, downloaded by Keras), a local or gs:// "
-                                ".weights.h5/.keras file, or random:SEED (offline smoke test).")
-        model.add_argument("--min_batch_size", type=int, default=None,
-                           help="RunInference minimum batch size (default: 8 for a "
-                                "folder, where BatchElements would otherwise start at 1 "
-                                "and double; 1 in streaming, where a lone image must not "
-                                "wait for company).")
-        model.add_argument("--max_batch_size", type=int, default=8,
-                           help="RunInference maximum batch size. 8 is ResNet50's fastest "
-                                "batch on CPU (larger batches spill out of cache: 0.8x "
-                                "the images/s at 32, see benchmarks/); raise it to "
-                                "64-128 on GPU workers.")
-        model.add_argument("--max_batch_duration_secs", type=int, default=1,
-                           help="Longest a partial batch waits in streaming before it is "
-                                "flushed (0 disables stateful batching).")
-        img = parser.add_argument_group("images")
-        img.add_argument("--resize_policy", type=str, default="center_crop",
-                         choices=images.RESIZE_POLICIES,
-                         help="center_crop (ResNet evaluation crop, default), squash or pad.")
-        img.add_argument("--max_pixels", type=int, default=images.DEFAULT_MAX_PIXELS,
-                         help="Images with more pixels are dead-lettered before decoding.")
-        img.add_argument("--max_bytes", type=int, default=images.DEFAULT_MAX_BYTES,
-                         help="Objects larger than this are dead-lettered unread.")
-        img.add_argument("--decode_threads", type=int, default=images.DEFAULT_DECODE_THREADS,
-                         help="Threads per DoFn that read and decode images while the "
-                              "model runs (Pillow releases the GIL).")
-        img.add_argument("--decode_window", type=int, default=images.DEFAULT_DECODE_WINDOW,
-                         help="Images read and decoded ahead of the model; only decoded "
-                              "224x224 arrays wait in it.")
-        img.add_argument("--extensions", type=str, default=DEFAULT_EXTENSIONS,
-                         help="Comma-separated accepted name suffixes ('' accepts all). "
-                              "An object passes if its suffix OR its content type is accepted.")
-        img.add_argument("--content_types", type=str, default="image/",
-                         help="Comma-separated accepted content-type prefixes.")
-        img.add_argument("--buckets", type=str, default=None,
-                         help="Comma-separated buckets the job may read; a notification "
-                              "naming any other bucket is dead-lettered (bucket_not_allowed).")
-        img.add_argument("--include_prefix", type=str, action="append", default=None,
-                         help="Only embed names starting with this (repeatable).")
-        img.add_argument("--exclude_prefix", type=str, action="append", default=None,
-                         help="Never embed names starting with this (repeatable).")
+        flags.add_job_arguments(parser)
 
 
 def validate(opts: EmbedOptions) -> None:
-    """Cross-field checks; raises ValueError with a message for the user."""
+    """Cross-field checks and the syntax of every name; completes short names with
+    --project (a table `D.T`, a bare subscription or topic name). Raises UsageError
+    (a ValueError) with a message naming the option and its value."""
     sources = [s for s in ("input_dir", "input_subscription", "input_topic")
                if getattr(opts, s)]
     if len(sources) != 1:
-        raise ValueError("give exactly one of --input_dir, --input_subscription, --input_topic"
+        raise UsageError("give exactly one of --input_dir, --input_subscription, --input_topic"
                          f" (got {', '.join('--' + s for s in sources) or 'none'})")
     if opts.watch and not opts.input_dir:
-        raise ValueError("--watch needs --input_dir")
+        raise UsageError("--watch needs --input_dir")
     if not (opts.output_dir or opts.output_table or opts.output_gcs):
-        raise ValueError("give at least one of --output_dir, --output_table, --output_gcs")
+        raise UsageError("give at least one of --output_dir, --output_table, --output_gcs")
     if (opts.min_batch_size is not None and opts.min_batch_size < 1) or \
             opts.max_batch_size < (opts.min_batch_size or 1):
-        raise ValueError("need 1 <= --min_batch_size <= --max_batch_size")
+        raise UsageError("need 1 <= --min_batch_size <= --max_batch_size")
     if opts.catch_up == "always" and not (opts.buckets and opts.output_table):
-        raise ValueError("--catch_up always needs --buckets and --output_table")
+        raise UsageError("--catch_up always needs --buckets and --output_table")
     if opts.catch_up_every_minutes < 0:
-        raise ValueError(f"--catch_up_every_minutes must be >= 0, not {opts.catch_up_every_minutes}")
+        raise UsageError("--catch_up_every_minutes must be >= 0, not "
+                         f"{opts.catch_up_every_minutes}")
     if opts.decode_threads < 1 or opts.decode_window < 1:
-        raise ValueError("--decode_threads and --decode_window must be at least 1")
+        raise UsageError("--decode_threads and --decode_window must be at least 1")
     if opts.max_pixels < 1 or opts.max_bytes < 1:
-        raise ValueError("--max_pixels and --max_bytes must be positive")
+        raise UsageError("--max_pixels and --max_bytes must be positive")
+    check_names(opts)
+
+
+def check_names(opts: EmbedOptions) -> None:
+    """Table ids, Pub/Sub paths and gs:// URIs parse; short forms get --project."""
+    project = opts.view_as(GoogleCloudOptions).project
+
+    def checked(option: str, parse):
+        value = getattr(opts, option)
+        if value:
+            try:
+                setattr(opts, option, parse(value))
+            except ValueError as e:
+                raise UsageError(f"--{option}: {e}") from None
+
+    checked("output_table", lambda v: names.full_table_id(v, project))
+    checked("dead_letter_table", lambda v: names.full_table_id(v, project))
+    checked("input_subscription", lambda v: names.pubsub_path(v, "subscriptions", project))
+    checked("input_topic", lambda v: names.pubsub_path(v, "topics", project))
+    for option in ("output_gcs", "output_dir", "weights"):
+        value = getattr(opts, option)
+        if option == "output_gcs" or (value or "").startswith("gs://"):
+            checked(option, lambda v: names.split_gcs_uri(v) and v)

@@ -10,7 +10,7 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 
 import schemas
-from streaming import bigquery, filters, images, model, reconcile, sinks
+from streaming import bigquery, filters, images, metrics, model, reconcile, sinks
 from streaming.local_source import ReadLocalFolder
 from streaming.notifications import ParseNotifications
 from streaming.options import EmbedOptions
@@ -113,6 +113,7 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     vector_root = opts.output_gcs or (
         sinks.FileSystems.join(opts.output_dir, sinks.VECTORS_DIR) if opts.output_dir else None)
     written = results | "Write vectors" >> sinks.WriteVectors(vector_root)
+    _ = written.rows | "Measure latency" >> beam.FlatMap(metrics.observe_row)
     tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(sinks.tombstone_row)
     rows = {"rows": written.rows, "tombstones": tombstones}
     dead = {"filter": kept.dead_letters, "load": loaded.dead_letters, "embed": embed_dead,

@@ -6,13 +6,14 @@ run it from the repository root, `.venv/bin/python tools/samples.py DIR --count 
 generated, so any number of any size can be made without downloading anything."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from typing import Optional, Sequence
 
 import numpy as np
 from PIL import Image
+
+from streaming import cli
 
 
 def photo_like(width: int, height: int, seed: int) -> np.ndarray:
@@ -88,7 +89,7 @@ def write_bad_files(directory: str) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = cli.ArgumentParser(prog="embed-samples", description=__doc__)
     parser.add_argument("directory", type=str, help="Folder to write into.")
     parser.add_argument("--count", type=int, default=24, help="Number of images.")
     parser.add_argument("--width", type=int, default=640, help="Width in pixels.")

@@ -109,7 +109,7 @@ def stack(cloud, tmp_path_factory):
                  "--dead_letter_table", s.dead_table,
                  "--output_gcs", f"gs://img-{rid}/embeddings/", "--weights", "random:0",
                  "--local_endpoints", "--max_batch_size", "8",
-                 "--max_batch_duration_secs", "1"], log)
+                 "--max_batch_duration_secs", "1", "--progress_interval", "1"], log)
 
     def query(sql: str) -> list[dict]:
         from google.api_core.exceptions import NotFound

@@ -225,3 +225,41 @@ def test_a_new_fingerprint_re_embeds_objects_whose_row_has_an_older_one(reconcil
     published, dead = reconciled
     assert published("--dead-letter-table", dead, "--fingerprint", "NEW") == [
         "nothing.jpg", "old-fp.jpg", "older-gen.jpg"]
+
+
+def backfill_cli(*argv, progress=False):
+    extra = [] if progress else ["--no-progress"]
+    return subprocess.run([sys.executable, "-m", "publisher.backfill", *argv,
+                           "--local-endpoints", *extra],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+
+
+def test_a_topic_that_does_not_exist_stops_the_backfill_in_one_line(cloud):
+    bucket = cloud.storage.create_bucket(f"notopic-{cloud.run_id}")
+    bucket.blob("a.jpg").upload_from_string(b"x", content_type="image/jpeg")
+    missing = cloud.topic("does-not-exist")
+    proc = backfill_cli(f"gs://{bucket.name}", "--topic", missing)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"embed-backfill: error: --topic {missing}: topic not found"
+    assert proc.stdout == ""  # nothing listed, nothing published
+
+
+def test_a_bucket_that_does_not_exist_stops_the_backfill_in_one_line(cloud, probe):
+    topic, _ = probe
+    proc = backfill_cli(f"gs://no-such-bucket-{cloud.run_id}", "--topic", topic)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"embed-backfill: error: bucket "
+                                   f"gs://no-such-bucket-{cloud.run_id} not found")
+
+
+def test_the_progress_bar_ends_on_the_summarys_counts(stack, probe):
+    topic, sub = probe
+    proc = backfill_cli(f"gs://{stack.old.name}", "--topic", topic, progress=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = dict(kv.split("=") for kv in proc.stdout.strip().split(": ")[-1].split())
+    final_bar = proc.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert f"{summary['listed']}/" in final_bar or f" {summary['listed']} " in final_bar
+    assert f"published={summary['published']}" in final_bar
+    assert f"failed={summary['failed']}" in final_bar
+    assert summary["published"] == str(len(stack.old_names))
+    pull_all(stack.cloud, sub, quiet_for=1.0)

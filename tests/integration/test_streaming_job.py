@@ -4,6 +4,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -127,3 +128,15 @@ def test_bad_message_and_bad_image_are_dead_lettered_and_the_stream_goes_on(stac
         timeout=120, what="the image uploaded after the bad ones", job=stack.job)
     assert len(later) == 1
     assert stack.job.poll() is None
+
+
+def test_the_running_job_logs_what_it_does(stack, uploaded):
+    """A periodic line: embedded so far, dead letters by reason, images/s, and the
+    notification-to-row latency percentiles."""
+    pattern = re.compile(r"INFO embed-stream: embedded (\d+), dead letters \d+.*images/s, "
+                         r"notification-to-row latency p50 [\d.]+ s p95 [\d.]+ s")
+
+    def embedded_so_far():
+        counts = [int(m.group(1)) for m in pattern.finditer(stack.job.log_tail(200_000))]
+        return counts and max(counts) >= len(UPLOADS)
+    wait_until(embedded_so_far, timeout=60, what="a progress line", job=stack.job)

@@ -114,13 +114,15 @@ def write_rows(out: str, rows: list[dict]) -> None:
 
 def session_embedder(keras_model):
     """The pipeline's EmbeddingModel around the session's random:0 ResNet50 (the
-    conftest's), registered as embed-search's `random:0` model: one load per session."""
-    from streaming.model import EmbeddingModel
-    if "random:0" not in search._MODELS:
-        model = EmbeddingModel(keras_model)
-        model.warm_up()
-        search._MODELS["random:0"] = model
-    return search._MODELS["random:0"]
+    conftest's), put in the process's model cache as `random:0`: one load per session."""
+    from streaming import model as model_mod
+    with model_mod._LOAD_LOCK:
+        if "random:0" not in model_mod._LOADED:
+            model = model_mod.EmbeddingModel(keras_model)
+            model.warm_up()
+            model_mod._LOADED.clear()
+            model_mod._LOADED["random:0"] = model
+        return model_mod._LOADED["random:0"]
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@ import concurrent.futures
 import collections
 import datetime as dt
 import json
+import types
 
 import pytest
 
@@ -81,3 +82,16 @@ def test_split_uri():
     assert backfill.split_uri("gs://b/x/y") == ("b", "x/y")
     with pytest.raises(ValueError):
         backfill.split_uri("/local/path")
+
+
+@pytest.mark.parametrize("resume, needle, absent", [
+    (None, "with --resume FILE to retry only what failed", "listed in"),
+    ("state.json", "listed in state.json and retried first", "with --resume FILE"),
+])
+def test_failure_line_mentions_the_resume_file_only_when_there_is_one(resume, needle, absent):
+    from google.api_core.exceptions import PermissionDenied
+    args = types.SimpleNamespace(resume=resume)
+    line = backfill.failure_message({"failed": 3, "in_flight_abandoned": 0}, args,
+                                    PermissionDenied("publish on topic t"))
+    assert line.startswith("3 publishes failed (0 unconfirmed); last error: permission denied")
+    assert needle in line and absent not in line

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import signal
 
 import pytest
 import apache_beam as beam
@@ -17,10 +18,10 @@ from tests.processes import Child, python_module, wait_until
 
 @pytest.mark.parametrize("argv, message", [
     (["--output_dir", "o"], "exactly one of"),
-    (["--input_dir", "i", "--input_topic", "projects/p/topics/t", "--output_dir", "o"],
+    (["--input_dir", "i", "--input_topic", "projects/my-project/topics/topic", "--output_dir", "o"],
      "exactly one of"),
     (["--input_dir", "i"], "at least one of"),
-    (["--input_subscription", "projects/p/subscriptions/s", "--watch", "--output_dir", "o"],
+    (["--input_subscription", "projects/my-project/subscriptions/subs", "--watch", "--output_dir", "o"],
      "--watch needs --input_dir"),
     (["--input_dir", "i", "--output_dir", "o", "--min_batch_size", "8",
       "--max_batch_size", "4"], "min_batch_size"),
@@ -33,7 +34,7 @@ def test_invalid_option_combinations_are_refused(argv, message):
 @pytest.mark.parametrize("argv, expected", [
     (["--input_dir", "i"], 8),  # a folder: no BatchElements ramp from 1
     (["--input_dir", "i", "--max_batch_size", "4"], 4),
-    (["--input_subscription", "projects/p/subscriptions/s", "--streaming"], 1),
+    (["--input_subscription", "projects/my-project/subscriptions/subs", "--streaming"], 1),
     (["--input_dir", "i", "--min_batch_size", "2"], 2),
 ])
 def test_minimum_batch_size_depends_on_the_source(argv, expected):
@@ -44,7 +45,7 @@ def test_minimum_batch_size_depends_on_the_source(argv, expected):
 @pytest.mark.parametrize("argv, expected", [
     # ResNet50 on CPU is fastest at batch 8 (benchmarks/): a folder runs batches of 8.
     (["--input_dir", "i"], {"min_batch_size": 8, "max_batch_size": 8}),
-    (["--input_subscription", "projects/p/subscriptions/s"],
+    (["--input_subscription", "projects/my-project/subscriptions/subs"],
      {"min_batch_size": 1, "max_batch_size": 8, "max_batch_duration_secs": 1}),
     (["--input_dir", "i", "--max_batch_size", "64"], {"min_batch_size": 8, "max_batch_size": 64}),
 ])
@@ -90,7 +91,7 @@ def test_watch_embeds_files_that_appear_later(tmp_path):
 
     with Child(python_module("streaming.main", "--input_dir", str(src), "--output_dir",
                              str(out), "--weights", "random:0", "--watch",
-                             "--watch_interval", "1")) as job:
+                             "--watch_interval", "1", "--progress_interval", "1")) as job:
         wait_until(lambda: rows(1), timeout=180, what="the first row", job=job)
         (src / "later.png").write_bytes(fixtures.png(seed=2))
         (src / "later-bad.jpg").write_bytes(b"not an image")
@@ -98,4 +99,28 @@ def test_watch_embeds_files_that_appear_later(tmp_path):
         assert [g.split("@")[0] for g in got] == ["first.jpg", "later.png"]
         dead = wait_until(dead_letters, timeout=30, what="the dead letter", job=job)
         assert [(d["name"], d["reason"]) for d in dead] == [("later-bad.jpg", "not_an_image")]
-        assert job.alive()  # still watching
+        # The periodic line shows the same numbers while the job keeps watching.
+        line = "INFO embed-stream: embedded 2, dead letters 1 (not_an_image=1)"
+        wait_until(lambda: line in job.output(), timeout=30, what="the periodic line", job=job)
+        # SIGTERM: a clean stop with the summary so far, exit 0.
+        assert job.stop() == 0, job.log_tail()
+        assert "Traceback" not in job.output()
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_folder_run_prints_the_summary_so_far(tmp_path):
+    """SIGINT mid-run: exit 130, the summary of what was done, no traceback."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(200):  # far more than embeds before the first progress line
+        (src / f"{i:03d}.jpg").write_bytes(fixtures.jpeg(64, 48, seed=i))
+    with Child(python_module("streaming.main", "--input_dir", str(src), "--output_dir",
+                             str(tmp_path / "out"), "--weights", "random:0",
+                             "--progress_interval", "0.5")) as job:
+        wait_until(lambda: "/200 files:" in job.output(), timeout=180,
+                   what="a progress line", job=job, interval=0.2)
+        job.send_signal(signal.SIGINT)
+        assert job.wait(timeout=120) == 130, job.log_tail()
+        output = job.output()
+    assert "images embedded:" in output and "interrupted: stopped before the end" in output
+    assert "Traceback" not in output and "KeyboardInterrupt" not in output
