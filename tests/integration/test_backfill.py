@@ -3,6 +3,8 @@ import collections
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -11,7 +13,7 @@ from analysis import sql
 from publisher import backfill
 from streaming.notifications import parse_notification
 from tests.integration.conftest import pull_all
-from tests.processes import Child, python_module, run, wait_until
+from tests.processes import ROOT, Child, python_module, run, wait_until
 
 
 def run_backfill(*argv):
