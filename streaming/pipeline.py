@@ -11,6 +11,7 @@ from apache_beam.options.pipeline_options import StandardOptions
 
 import schemas
 from streaming import bigquery, filters, images, metrics, model, reconcile, sinks
+from streaming import coders  # noqa: F401 - registers the records' versioned coders
 from streaming.local_source import ReadLocalFolder
 from streaming.notifications import ParseNotifications
 from streaming.options import EmbedOptions

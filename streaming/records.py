@@ -19,7 +19,6 @@ import re
 from typing import Any, Optional
 from urllib.parse import quote
 
-from apache_beam import coders
 
 ERROR_CHARS = 1000  # bound on error text and raw message prefixes kept in dead letters
 _MAX_ENCODED_NAME = 180  # keeps file names under common 255-byte limits
@@ -256,42 +255,8 @@ def _reduce(record):
     return decode_record, (encode_record(record),)
 
 
-class RecordCoder(coders.Coder):
-    """Beam coder for the record classes, registered for each of them below."""
-
-    def __init__(self, record_type: Optional[type] = None):
-        self._type = record_type
-
-    @classmethod
-    def from_type_hint(cls, typehint, unused_registry):
-        return cls(typehint)
-
-    def encode(self, value) -> bytes:
-        return encode_record(value)
-
-    def decode(self, encoded: bytes):
-        record = decode_record(encoded)
-        if self._type is not None and not isinstance(record, self._type):
-            raise RecordFormatError(
-                f"expected {self._type.__name__}, got {type(record).__name__}")
-        return record
-
-    def is_deterministic(self) -> bool:
-        return True
-
-    def to_type_hint(self):
-        return self._type or Any
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self._type == other._type
-
-    def __hash__(self):
-        return hash((type(self), self._type))
-
-
 for _cls in _record_types().values():
     _cls.__reduce__ = _reduce
-    coders.registry.register_coder(_cls, RecordCoder)
 
 
 class Skipped(Rejected):

@@ -89,7 +89,7 @@ def write_bad_files(directory: str) -> list[str]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = cli.ArgumentParser(prog="embed-samples", description=__doc__)
+    parser = cli.ArgumentParser(prog="tools/samples.py", description=__doc__)
     parser.add_argument("directory", type=str, help="Folder to write into.")
     parser.add_argument("--count", type=int, default=24, help="Number of images.")
     parser.add_argument("--width", type=int, default=640, help="Width in pixels.")

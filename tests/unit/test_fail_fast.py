@@ -141,7 +141,7 @@ def test_weights_file_that_does_not_exist(folder):
      "--wieghts", "--weights"),
     ("analysis.map", ["--output_dir", "o", "--colour_by", "date"], "--colour_by",
      "--color_by"),
-    ("streaming.samples", ["d", "--cuont", "3"], "--cuont", "--count"),
+    ("tools.samples", ["d", "--cuont", "3"], "--cuont", "--count"),
 ])
 def test_every_cli_refuses_unknown_options_naming_the_closest(tmp_path, module, argv, bad,
                                                               closest):
@@ -156,7 +156,7 @@ def test_every_cli_refuses_unknown_options_naming_the_closest(tmp_path, module, 
     ("publisher.backfill", ["gs://b-ok", "--topic", "projects/my-project/topics/images",
                             "--local_endpoints", "--max_in_flight", "x"]),
     ("analysis.search", ["x.jpg", "--output-dir", "o", "--max-pixels", "x"]),
-    ("streaming.samples", ["d", "--with_bad", "--count", "x"]),
+    ("tools.samples", ["d", "--with_bad", "--count", "x"]),
 ])
 def test_both_spellings_reach_the_option(tmp_path, module, argv):
     """`--a_b` and `--a-b` both parse: the error is about the value, not the name."""

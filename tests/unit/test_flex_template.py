@@ -18,6 +18,7 @@ METADATA = json.loads((ROOT / "flex_template" / "metadata.json").read_text())
 PARAMS = {p["name"]: p for p in METADATA["parameters"]}
 # Options of a local run only; the template launches the Pub/Sub job on Dataflow.
 LOCAL_ONLY = {"input_dir", "watch", "watch_interval", "input_topic", "output_dir",
+              "progress_interval", "verbose",  # what the launching terminal shows
               "local_endpoints"}
 DATAFLOW = ["--runner", "DataflowRunner", "--dry_run", "True", "--project", "my-project",
             "--region", "us-central1", "--temp_location", "gs://my-temp-bucket/tmp"]

@@ -80,7 +80,7 @@ def test_a_catch_up_ref_is_what_the_notification_would_give():
 
 def catch_up_opts(*extra):
     from streaming.main import make_options
-    return make_options(["--input_subscription", "projects/my-project/subscriptions/s",
+    return make_options(["--input_subscription", "projects/my-project/subscriptions/images",
                          "--output_table", "my-project:ds.t", *extra])
 
 

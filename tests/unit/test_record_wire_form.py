@@ -9,7 +9,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from streaming import records
-from streaming.records import (DeadLetter, ImageInfo, ImageRef, RecordCoder, RecordFormatError,
+from streaming.coders import RecordCoder
+from streaming.records import (DeadLetter, ImageInfo, ImageRef, RecordFormatError,
                                decode_record, encode_record)
 
 REF = ImageRef("photos", "cats/ünï 🐱.jpg", 1795750320437406, content_type="image/jpeg",
