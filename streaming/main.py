@@ -198,6 +198,12 @@ class Run:
               + f"\n{why}: stopped before the end (summary so far)", flush=True)
 
 
+def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
+    """Checks, builds and runs the job in this process; returns its counters (empty
+    when submitted to a remote runner). Raises on errors (`main` reports them)."""
+    return Run().execute(list(sys.argv[1:] if argv is None else argv))
+
+
 def _terminate(*_):
     raise Terminated
 
