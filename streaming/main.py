@@ -24,8 +24,9 @@ PROG = "embed-stream"
 BEAM_NOTE = ("Beam and Dataflow pipeline options (--runner, --project, --region, "
              "--temp_location, --max_num_workers, ...) are accepted too.")
 _LOG = logging.getLogger(PROG)
-# Beam's runners that execute in this process; any other runner submits the job.
-LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+# Beam's runners that execute on this machine (names as --runner takes them, lower-case,
+# without "runner"); any other runner submits the job.
+LOCAL_RUNNERS = ("direct", "bundlebaseddirect", "switchingdirect", "prism")
 
 
 class Terminated(BaseException):
@@ -112,7 +113,8 @@ def make_options(argv: Optional[Sequence[str]]):
 def is_remote(opts) -> bool:
     from apache_beam.options.pipeline_options import StandardOptions
     runner = opts.view_as(StandardOptions).runner
-    return (runner if isinstance(runner, str) else type(runner).__name__) not in LOCAL_RUNNERS
+    name = (runner if isinstance(runner, str) else type(runner).__name__).lower()
+    return name.removesuffix("runner") not in LOCAL_RUNNERS
 
 
 def check_before_start(opts) -> None:
@@ -199,6 +201,12 @@ class Run:
                 _LOG.debug("cancel failed", exc_info=True)
         print(summary(metrics.TALLY.snapshot()[0], self.seconds())
               + f"\n{why}: stopped before the end (summary so far)", flush=True)
+
+
+def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
+    """Checks, builds and runs the job in this process; returns its counters (empty
+    when submitted to a remote runner). Raises on errors (`main` reports them)."""
+    return Run().execute(list(sys.argv[1:] if argv is None else argv))
 
 
 def _terminate(*_):

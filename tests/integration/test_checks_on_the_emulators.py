@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.integration.conftest import ROOT
+from tests.processes import ROOT
 
 
 def embed_stream(*argv):

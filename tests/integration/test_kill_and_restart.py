@@ -16,7 +16,7 @@ import pytest
 
 from analysis import sql
 from tests import fixtures
-from tests.integration.conftest import Job, wait_until
+from tests.integration.conftest import start_job, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +41,11 @@ def killable(stack, tmp_path_factory):
 
     def start():
         state["starts"] += 1
-        state["job"] = Job(argv, str(logs / f"job-{state['starts']}.log"))
+        state["job"] = start_job(argv, str(logs / f"job-{state['starts']}.log"))
         return state["job"]
 
     def kill():
-        os.killpg(state["job"].proc.pid, signal.SIGKILL)
-        state["job"].proc.wait()
+        os.killpg(state["job"].pid, signal.SIGKILL)
         state["job"].stop()
 
     def upload(name: str, seed: int) -> None:

@@ -187,8 +187,8 @@ def test_object_uses_its_stored_embedding(capsys, local_folder, monkeypatch):
 
     def no_model(weights):
         raise AssertionError("a stored object needs no model")
-    import streaming.model
-    monkeypatch.setattr(streaming.model, "load_embedding_model", no_model)
+    from streaming import model
+    monkeypatch.setattr(model, "load_embedding_model", no_model)
     for argv in (["--object", os.path.join(images, ORIGINAL)],
                  ["--bucket", images, "--name", ORIGINAL]):
         code, stdout, _ = run(capsys, *argv, "--output_dir", out, "--json")
