@@ -42,10 +42,11 @@ resource "google_storage_bucket_iam_member" "embedder_reads_images" {
   member = local.embedder
 }
 
-# objectUser, not objectCreator: a redelivered notification rewrites the same .npy name.
+# objectCreator is enough: vectors are written create-only (ifGenerationMatch=0) and an
+# existing .npy of the same object generation and weights counts as written.
 resource "google_storage_bucket_iam_member" "embedder_writes_vectors" {
   bucket = google_storage_bucket.vectors.name
-  role   = "roles/storage.objectUser"
+  role   = "roles/storage.objectCreator"
   member = local.embedder
 }
 

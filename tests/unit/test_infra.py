@@ -140,7 +140,7 @@ def test_job_service_account_has_exactly_its_least_privilege_roles():
         ("roles/pubsub.subscriber", "google_pubsub_subscription.embed"),
         ("roles/pubsub.viewer", "google_pubsub_subscription.embed"),
         ("roles/storage.objectViewer", "var.images_bucket"),
-        ("roles/storage.objectUser", "google_storage_bucket.vectors"),
+        ("roles/storage.objectCreator", "google_storage_bucket.vectors"),
         ("roles/storage.objectAdmin", "google_storage_bucket.dataflow"),
         ("roles/bigquery.dataEditor", "google_bigquery_dataset.images"),
         ("roles/artifactregistry.reader", "google_artifact_registry_repository.images"),
