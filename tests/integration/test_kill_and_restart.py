@@ -23,9 +23,9 @@ from tests.integration.conftest import start_job, wait_until
 def killable(stack, tmp_path_factory):
     cloud = stack.cloud
     rid = cloud.run_id
-    bucket = cloud.storage.create_bucket(f"kill-{rid}")
-    vectors = cloud.storage.create_bucket(f"kill-vec-{rid}")
-    dataset = f"kill_{rid}"
+    bucket = cloud.storage.create_bucket(f"sigkill-{rid}")
+    vectors = cloud.storage.create_bucket(f"sigkill-vec-{rid}")
+    dataset = f"sigkill_{rid}"
     cloud.bq.create_dataset(dataset)
     table = f"{cloud.project}:{dataset}.embeddings"
     dead_table = f"{cloud.project}:{dataset}.dead_letters"
