@@ -29,7 +29,7 @@ def killable(stack, tmp_path_factory):
     cloud.bq.create_dataset(dataset)
     table = f"{cloud.project}:{dataset}.embeddings"
     dead_table = f"{cloud.project}:{dataset}.dead_letters"
-    sub = cloud.subscription("kill")
+    sub = cloud.subscription("sigkill")
     cloud.subscriber.create_subscription(name=sub, topic=cloud.notify_topic,
                                          ack_deadline_seconds=10)
     argv = ["--input_subscription", sub, "--output_table", table,
