@@ -99,7 +99,8 @@ def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
     streaming = opts.view_as(StandardOptions).streaming
     return model.make_model_handler(
         opts.weights, min_batch_size=min_batch_size(opts), max_batch_size=opts.max_batch_size,
-        max_batch_duration_secs=(opts.max_batch_duration_secs or None) if streaming else None)
+        max_batch_duration_secs=(opts.max_batch_duration_secs or None) if streaming else None,
+        runtime=opts.runtime, cache_dir=opts.model_cache_dir)
 
 
 def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:

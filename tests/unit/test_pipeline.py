@@ -103,7 +103,11 @@ def test_pipeline_vectors_equal_a_direct_keras_call(mixed_run, direct_embed):
     for r in read_rows(out):
         with open(os.path.join(src, r["name"]), "rb") as f:
             pixels = decode_image(f.read()).pixels
-        np.testing.assert_allclose(r["embedding"], direct_embed(pixels), rtol=1e-5, atol=1e-5)
+        got, want = np.asarray(r["embedding"]), direct_embed(pixels)
+        # The default runtime (ONNX Runtime) runs the same weights in another order of
+        # float operations: equal to a cosine of 0.99999, not to the last bit.
+        assert got @ want / (np.linalg.norm(got) * np.linalg.norm(want)) >= 0.99999
+        assert r["model_runtime"].startswith("onnxruntime-")
 
 
 def test_rerun_is_idempotent(mixed_run):
