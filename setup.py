@@ -19,6 +19,10 @@ setuptools.setup(
         "apache-beam[gcp]>=2.77,<2.78",
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
+        # --runtime onnx (the default): ONNX Runtime runs ResNet50; tf2onnx converts the
+        # Keras model once per weights (streaming/onnx_model.py).
+        "onnxruntime>=1.32,<2",
+        "tf2onnx>=1.17,<1.18",
         # >=10.3 fixes the known decoder CVEs (e.g. CVE-2024-28219, CVE-2023-50447).
         "pillow>=10.3,<13",
         "numpy>=2.0,<3",
