@@ -79,10 +79,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                             "and double; 1 in streaming, where a lone image must not "
                             "wait for company).")
     model.add_argument("--max_batch_size", type=int, default=8,
-                       help="RunInference maximum batch size. 8 is ResNet50's fastest "
-                            "batch on CPU (larger batches spill out of cache: 0.8x "
-                            "the images/s at 32, see benchmarks/); raise it to "
-                            "64-128 on GPU workers.")
+                       help="RunInference maximum batch size. 8 suits CPU workers "
+                            "(the best batch size in benchmarks/results/throughput.md); "
+                            "raise it on GPU workers.")
     model.add_argument("--max_batch_duration_secs", type=int, default=1,
                        help="Longest a partial batch waits in streaming before it is "
                             "flushed (0 disables stateful batching).")

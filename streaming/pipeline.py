@@ -83,8 +83,8 @@ BOUNDED_MIN_BATCH = 8
 
 
 def min_batch_size(opts: EmbedOptions) -> int:
-    """--min_batch_size, else 8 for a bounded run (BatchElements' ramp from 1 costs 5-6%
-    on a folder, see benchmarks/) and 1 in streaming (no image waits for company)."""
+    """--min_batch_size, else 8 for a bounded run (BatchElements would otherwise ramp up
+    from batches of 1) and 1 in streaming (no image waits for company)."""
     if opts.min_batch_size:
         return opts.min_batch_size
     if opts.view_as(StandardOptions).streaming:
