@@ -1,6 +1,6 @@
 """The job against the plain Keras script a user would write, whole processes, paired.
 
-`python benchmarks/vs_script.py [--rounds 2] [--workdir DIR]` runs, on the same JPEG
+`python benchmarks/vs_script.py [--rounds 3] [--workdir DIR]` runs, on the same JPEG
 folders and in alternating order within each round:
 
 - `embed-stream --input_dir D --output_dir O --weights random:0` (the default runtime,
@@ -64,6 +64,16 @@ def make_set(folder: str, count: int, width: int, height: int, distinct: int) ->
             Image.fromarray(photo_like(width, height, seed=i)).save(path, quality=90)
         else:
             shutil.copyfile(os.path.join(folder, f"img-{i % distinct:04d}.jpg"), path)
+
+
+def wait_quiet(max_wait: float = 10.0, below: float = 0.5) -> float:
+    """Waits (at most `max_wait` s) until other processes use less than `below` cores;
+    returns the cores they used in the last second."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = psutil.cpu_percent(interval=1.0) / 100 * psutil.cpu_count()
+        if busy < below or time.monotonic() > deadline:
+            return round(busy, 2)
 
 
 def timed(argv: list[str]) -> dict:
@@ -133,7 +143,7 @@ SCRIPT = "Keras script"
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=2, help="Paired rounds per image set.")
+    p.add_argument("--rounds", type=int, default=3, help="Paired rounds per image set.")
     p.add_argument("--workdir", type=str, default=None,
                    help="Keep generated images here for the next run (default: a "
                         "temporary folder, removed at the end).")
@@ -175,7 +185,9 @@ def run(args, work: str) -> int:
         for r in range(args.rounds):
             order = names if r % 2 == 0 else names[::-1]
             for v in order:
+                before = wait_quiet()
                 m = VARIANTS[v](folder, out, cache)
+                m["other_cores_before"] = before
                 m.pop("output")
                 runs[v].append(m)
                 print(f"{name} round {r + 1}: {v}: {m['wall_s']:.1f} s wall, "
@@ -184,6 +196,12 @@ def run(args, work: str) -> int:
         result["sets"][name] = {v: {"runs": runs[v], "ratio_to_script": [
             round(a["wall_s"] / b["wall_s"], 3) for a, b in zip(runs[v], runs[SCRIPT])]}
             for v in names}
+        for v in names:
+            data = result["sets"][name][v]
+            data["median_ratio"] = statistics.median(data["ratio_to_script"])
+            data["median_wall_s"] = statistics.median(r["wall_s"] for r in runs[v])
+            data["median_img_s_after_start"] = round(statistics.median(
+                r["images"] / r["work_s"] for r in runs[v]), 2)
     result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
     with open(args.out + ".json", "w") as f:
         json.dump(result, f, indent=1)
@@ -199,17 +217,21 @@ def markdown(result: dict) -> str:
              f"{result['machine']['load_avg_at_start']} at start, "
              f"{result['machine']['load_avg_at_end']} at end; "
              + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
-             + f". {result['rounds']} paired rounds per set (variants alternate order).", "",
+             + f". {result['rounds']} paired rounds per set (variants alternate order; "
+             "each run waits up to 10 s for other processes to use under half a core; "
+             "`other cores` is what they used during the run).", "",
              "| images | process | wall s (per round) | / script (per round) | "
-             "img/s after start-up | peak GB | other cores |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+             "median / script | img/s after start-up (per round) | peak GB | "
+             "other cores, max |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
     for name, variants in result["sets"].items():
         for v, data in variants.items():
             runs = data["runs"]
             walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
             ratios = ", ".join(f"{x:.2f}" for x in data["ratio_to_script"])
             rates = ", ".join(f"{r['images'] / r['work_s']:.1f}" for r in runs)
-            lines.append(f"| {name} | {v} | {walls} | {ratios} | {rates} | "
+            lines.append(f"| {name} | {v} | {walls} | {ratios} | "
+                         f"{data['median_ratio']:.2f} | {rates} | "
                          f"{max(r['peak_gb'] for r in runs):.2f} | "
                          f"{max(r['other_cores'] for r in runs):.2f} |")
     cold = result["first_run_converting"]
