@@ -55,7 +55,7 @@ def mixed_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     src, out = str(root / "images"), str(root / "out")
     make_folder(src, {**GOOD, **BAD, "README.txt": b"skipped by extension"})
-    totals = main.run(["--input_dir", src, "--output_dir", out, "--weights", "random:0",
+    totals = main.Run().execute(["--input_dir", src, "--output_dir", out, "--weights", "random:0",
                        "--max_batch_size", "4"])
     return src, out, totals
 
@@ -114,7 +114,7 @@ def test_rerun_is_idempotent(mixed_run):
     src, out, _ = mixed_run
     before = sorted(glob.glob(os.path.join(out, "**", "*.*"), recursive=True))
     keys = sorted(r["row_key"] for r in read_rows(out))
-    main.run(["--input_dir", src, "--output_dir", out, "--weights", "random:0"])
+    main.Run().execute(["--input_dir", src, "--output_dir", out, "--weights", "random:0"])
     after = sorted(glob.glob(os.path.join(out, "**", "*.*"), recursive=True))
     assert after == before
     assert sorted(r["row_key"] for r in read_rows(out)) == keys
@@ -125,7 +125,7 @@ def test_output_folder_inside_input_folder_is_never_embedded(tmp_path):
     make_folder(str(src), {"x.jpg": fixtures.jpeg(64, 64)})
     out = str(src / "embeddings")
     for _ in range(2):  # the second run sees the first run's outputs
-        totals = main.run(["--input_dir", str(src), "--output_dir", out,
+        totals = main.Run().execute(["--input_dir", str(src), "--output_dir", out,
                            "--weights", "random:0"])
     assert totals["images_embedded"] == 1
     assert [r["name"] for r in read_rows(out)] == ["x.jpg"]
