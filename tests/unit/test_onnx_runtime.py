@@ -1,5 +1,6 @@
 """--runtime onnx: the converted graph against TensorFlow's vectors on real photos, the
 cache keyed by the weights, and a cached start that never imports TensorFlow."""
+import json
 import os
 import pathlib
 import subprocess
@@ -71,20 +72,27 @@ def test_a_half_written_entry_is_a_miss(tmp_path):
     assert onnx_model.read_entry(str(tmp_path), key) is None
 
 
-def test_a_cached_start_imports_no_tensorflow_and_builds_no_keras_layer(onnx_cache):
+def test_a_cached_run_imports_no_tensorflow_and_builds_no_keras_layer(onnx_cache, tmp_path):
+    """The whole job (embed-stream on a folder) with the conversion cached."""
     cache, onnx_embed = onnx_cache
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.jpg").write_bytes(PHOTOS[0].read_bytes())
     code = (
-        "import sys, numpy as np\n"
-        "from streaming import model\n"
-        f"m = model.load_embedding_model('random:0', 'onnx', {cache!r})\n"
-        "v = m(np.zeros((2, 224, 224, 3), np.uint8))\n"
+        "import sys\n"
+        "from streaming import main\n"
+        f"rc = main.main(['--input_dir', {str(tmp_path / 'in')!r}, '--output_dir', "
+        f"{str(tmp_path / 'out')!r}, '--weights', 'random:0', '--model_cache_dir', {cache!r}])\n"
         "heavy = sorted(n for n in sys.modules if n.split('.')[0] in "
         "('tensorflow', 'keras', 'tf2onnx'))\n"
-        "print(m.fingerprint, v.shape, heavy)\n")
+        "print('RESULT', rc, heavy)\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+                          cwd=ROOT, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == [onnx_embed.fingerprint, "(2,", "2048)", "[]"]
+    assert "RESULT 0 []" in proc.stdout, proc.stdout[-2000:]
+    [row_file] = (tmp_path / "out" / "rows").rglob("*.json")
+    row = json.loads(row_file.read_text())
+    assert row["model_fingerprint"] == onnx_embed.fingerprint
+    assert row["model_runtime"] == onnx_embed.runtime_version
 
 
 def test_the_default_cache_is_under_the_users_cache_folder(monkeypatch, tmp_path):
