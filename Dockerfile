@@ -34,10 +34,15 @@ COPY flex_template flex_template
 ARG EXTRAS=""
 RUN pip install --no-cache-dir -c requirements.lock ".${EXTRAS:+[$EXTRAS]}" && pip check
 
+# The default --model_cache_dir (converted ONNX models) is under XDG_CACHE_HOME. Baked
+# weights get their conversion here too, so workers load it without TensorFlow.
+ENV XDG_CACHE_HOME=/opt/image-embeddings/cache
 ARG WEIGHTS=""
 RUN --mount=type=bind,target=/context \
     if [ -n "$WEIGHTS" ]; then \
-      install -D -m 0444 "/context/$WEIGHTS" "/opt/image-embeddings/weights/$(basename "$WEIGHTS")"; \
+      install -D -m 0444 "/context/$WEIGHTS" "/opt/image-embeddings/weights/$(basename "$WEIGHTS")" && \
+      python -c "import sys; from streaming import model; model.load_embedding_model(sys.argv[1], 'onnx')" \
+        "/opt/image-embeddings/weights/$(basename "$WEIGHTS")"; \
     fi
 
 # GPU workers: TensorFlow takes GPU memory as it needs it instead of all of it at start-up.

@@ -19,6 +19,10 @@ setuptools.setup(
         "apache-beam[gcp]>=2.77,<2.78",
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
+        # --runtime onnx (the default): ONNX Runtime runs ResNet50; tf2onnx converts the
+        # Keras model once per weights (streaming/onnx_model.py).
+        "onnxruntime>=1.32,<2",
+        "tf2onnx>=1.17,<1.18",
         # >=10.3 fixes the known decoder CVEs (e.g. CVE-2024-28219, CVE-2023-50447).
         "pillow>=10.3,<13",
         "numpy>=2.0,<3",
@@ -26,8 +30,7 @@ setuptools.setup(
         "google-cloud-storage>=3.17,<4",
         "google-cloud-bigquery>=3.47,<4",
         "tqdm>=4.66,<5",
-        # Encodes a row's 2048 floats in 0.1 ms (json.dumps: 1.8 ms, 2% of the
-        # end-to-end time per image on 2 cores).
+        # Encodes the rows' 2048 floats (faster than json.dumps).
         "orjson>=3.10,<4",
     ],
     extras_require={
@@ -35,7 +38,9 @@ setuptools.setup(
         "analysis": ["duckdb>=1.5,<1.6", "pyarrow>=21,<26", "matplotlib>=3.9,<4",
                      "scikit-learn>=1.5,<2"],
         "dev": ["pytest>=9.2,<10", "hypothesis>=6.170,<7", "duckdb>=1.5,<1.6",
-                "pyarrow>=21,<26", "matplotlib>=3.9,<4", "scikit-learn>=1.5,<2", "sqlglot>=30.11,<31"],
+                "pyarrow>=21,<26", "matplotlib>=3.9,<4", "scikit-learn>=1.5,<2", "sqlglot>=30.11,<31",
+                # benchmarks/vs_script.py: process trees' memory and the machine's load.
+                "psutil>=7,<8"],
         # GPU workers (Dockerfile --build-arg EXTRAS=gpu): TensorFlow with its CUDA wheels.
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },

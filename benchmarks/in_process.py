@@ -3,7 +3,7 @@
   .venv/bin/python benchmarks/in_process.py          # ~4 min on 2 cores
 
 throughput.py measures L in its own process and E in a subprocess; on a VM whose speed
-drifts by 10-30 % over minutes that pairing still leaves some drift in E/L. Here one
+drifts over minutes that pairing still leaves some drift in E/L. Here one
 process loads the model once and, per repetition and image set, measures L (the
 pipeline's EmbeddingModel on decoded uint8 arrays of that set, batch 8, 6 s), runs the
 job on the folder in-process (`streaming.main.main`, the same model object: one load

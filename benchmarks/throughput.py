@@ -7,9 +7,8 @@
 Measured in one run, on the same machine and the same images:
 
   L  the limit: ResNet50 forward passes alone (streaming.model.EmbeddingModel, random:0
-     weights, as E uses: Keras' own random initialisation ran batches of 8 at
-     0.86-0.95x random:0's rate in two A/Bs, so compare L and E only on the same
-     weights; ImageNet's need a download) on already decoded uint8 224x224 arrays, at
+     weights, as E uses: compare L and E only on the same weights; ImageNet's need a
+     download) on already decoded uint8 224x224 arrays, at
      its best batch size (each batch size in every round; one L round before the
      pipeline runs and one after each pipeline run; each batch size's rate is the median
      of its rounds).
@@ -28,7 +27,7 @@ Measured in one run, on the same machine and the same images:
          E_diff = (N - 4) / (wall(N) - wall(4)) of whole processes
      (noisier: it subtracts two ~20 s start-ups).
   E/L  the median E over L, and the paired ratio the targets are checked on: per run,
-     E / the mean of the two L rounds around it (the machine drifts 10-30 % over
+     E / the mean of the two L rounds around it (the machine's speed drifts over
      minutes; a paired ratio compares numbers from the same minutes), median over runs.
      E/S likewise: per run, E / the S slice measured right after it.
   peak memory: the pipeline process tree's peak resident memory (a 0.1 s poll of the
@@ -244,7 +243,7 @@ def recompute(res: dict) -> None:
 def pair_with_l(res: dict) -> None:
     """Per default run: E / L, where L is the mean of the two L rounds around that run
     (best batch size), and E / the run's own forward-pass rate. The machine's speed
-    drifts by 10-30 % over minutes; a ratio of numbers taken minutes apart carries that
+    drifts over minutes; a ratio of numbers taken minutes apart carries that
     drift, a paired one mostly does not. Each set's figure is the median of its runs."""
     rounds = res["L"]["rounds"][str(res["L"]["best_batch_size"])]
     for label, e in res["E"].items():
@@ -329,7 +328,7 @@ def time_model(fn, arrays: np.ndarray, bs: int, min_images: int, min_s: float = 
 
 class Limit:
     """L per batch size: the pipeline's own compiled function (`EmbeddingModel`, traced
-    once), fed decoded uint8 arrays. A shared VM's speed can drift by 10-30% over minutes,
+    once), fed decoded uint8 arrays. A shared VM's speed drifts over minutes,
     so rounds are spread over the run, between the pipeline runs they are
     compared with, and L is the median round at the batch size with the best median;
     the best single round is reported too."""
@@ -582,7 +581,7 @@ def report(res: dict) -> str:
                  "(includes a model load). `S each slice` = S on each slice of images, measured "
                  "right after each E run on that set. `E/L` = median E / L. `E/L paired` = median over "
                  "the runs of E / the mean of the two L rounds around that run (best batch "
-                 "size): the machine's speed drifts 10-30 % over minutes, and a paired ratio "
+                 "size): the machine's speed drifts over minutes, and a paired ratio "
                  "compares numbers from the same minutes. `E/own fwd` = median over the runs "
                  "of E / that run's own forward-pass rate: what everything but the forward "
                  "pass costs. `other cores` = CPU used by other processes meanwhile (max).")
@@ -856,7 +855,7 @@ def main(argv=None) -> int:
             print(f"  {k}: {json.dumps(lv['decode'][k])}", flush=True)
         print("\n-- levers: forward pass variants", flush=True)
         # Many short rounds: each ratio compares measurements seconds apart, which the
-        # VM's drift (10-30 % over minutes) affects less than a few long rounds.
+        # VM's drift over minutes affects less than a few long rounds.
         lv["model"] = model_levers(keras_model, arrays, res["L"]["best_batch_size"], rounds=12)
         print("  " + json.dumps(lv["model"]["img_s"]), flush=True)
         lv["bf16"] = bf16_lever(keras_model, arrays, res["L"]["best_batch_size"], rounds=2)

@@ -11,6 +11,8 @@ from streaming import decode
 
 DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
 DEFAULT_PROGRESS_INTERVAL = 10.0
+RUNTIMES = ("onnx", "tensorflow")
+DEFAULT_RUNTIME = "onnx"
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,16 +60,28 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--weights", type=str, default="imagenet",
                        help="imagenet (default, downloaded by Keras), a local or gs:// "
                             ".weights.h5/.keras file, or random:SEED (offline smoke test).")
+    model.add_argument("--runtime", type=str, default=DEFAULT_RUNTIME, choices=RUNTIMES,
+                       help="What runs ResNet50. onnx (default): ONNX Runtime on a graph "
+                            "converted from the same Keras model with tf2onnx, cached per "
+                            "weights under --model_cache_dir, so a cached start imports no "
+                            "TensorFlow and builds no Keras layers; faster on CPU, vectors "
+                            "within cosine 0.99999 of TensorFlow's (docs/performance.md). "
+                            "tensorflow: the reference; choose it on GPU workers.")
+    model.add_argument("--model_cache_dir", type=str, default=None,
+                       help="Folder or gs:// prefix of converted models for --runtime onnx "
+                            "(default: image-embeddings/onnx under $XDG_CACHE_HOME or "
+                            "~/.cache). On Dataflow put it next to the weights in gs:// "
+                            "(the first worker converts, the others load) or bake it "
+                            "into the worker image.")
     model.add_argument("--min_batch_size", type=int, default=None,
                        help="RunInference minimum batch size (default: 8 for a "
                             "folder, where BatchElements would otherwise start at 1 "
                             "and double; 1 in streaming, where a lone image must not "
                             "wait for company).")
     model.add_argument("--max_batch_size", type=int, default=8,
-                       help="RunInference maximum batch size. 8 is ResNet50's fastest "
-                            "batch on CPU (larger batches spill out of cache: 0.8x "
-                            "the images/s at 32, see benchmarks/); raise it to "
-                            "64-128 on GPU workers.")
+                       help="RunInference maximum batch size. 8 suits CPU workers "
+                            "(the best batch size in benchmarks/results/throughput.md); "
+                            "raise it on GPU workers.")
     model.add_argument("--max_batch_duration_secs", type=int, default=1,
                        help="Longest a partial batch waits in streaming before it is "
                             "flushed (0 disables stateful batching).")

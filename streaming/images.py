@@ -4,8 +4,7 @@ dead letters with a reason.
 
 Reading and decoding run on a small thread pool, a window of images ahead of the
 DoFn's outputs: Pillow and I/O release the GIL, so the next batch is decoded while
-RunInference runs the forward pass of the current one (on two cores, without it the
-pipeline runs at 0.85x, see benchmarks/). Metrics and outputs stay on the
+RunInference runs the forward pass of the current one. Metrics and outputs stay on the
 DoFn's own thread, in input order.
 """
 from __future__ import annotations

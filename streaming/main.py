@@ -175,8 +175,10 @@ class Run:
         # Fail fast, once: an unloadable model must stop the job here, not per element.
         # RunInference then reuses this copy (load_embedding_model caches it).
         with cli.quiet_native_stderr(enabled=not opts.verbose):
-            loaded = model.load_embedding_model(opts.weights)
-        print(f"model: {loaded.model_id} (weights {opts.weights})", file=sys.stderr, flush=True)
+            loaded = model.load_embedding_model(opts.weights, opts.runtime,
+                                                opts.model_cache_dir)
+        print(f"model: {loaded.model_id} (weights {opts.weights}, {loaded.runtime_version})",
+              file=sys.stderr, flush=True)
         bounded = not (opts.watch or opts.input_subscription or opts.input_topic)
         total = progress.count_files(opts.input_dir) if bounded else None
         self.started = time.monotonic()

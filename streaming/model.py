@@ -9,6 +9,11 @@ model once per worker and shares it across threads; batches of uint8 images go t
 `tf.function` that applies ResNet50's own `preprocess_input` and the average-pooled
 ResNet50 (2048 float32 per image). Every result carries `resnet50-avgpool@<fingerprint>`
 as its model id, the fingerprint being a hash of the weights actually loaded.
+
+`--runtime` chooses what runs the forward pass: TensorFlow (the reference), or ONNX
+Runtime on a graph converted from the same Keras model and cached per weights
+(`streaming/onnx_model.py`), which starts without importing TensorFlow once the
+conversion is cached. Results name the runtime next to the fingerprint.
 """
 from __future__ import annotations
 
@@ -26,11 +31,12 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, PredictionResult,
                                            RunInference)
 
-from streaming import metrics
+from streaming import flags, metrics
 from streaming.records import DeadLetter
 
 MODEL_NAME = "resnet50-avgpool"
 EMBEDDING_DIM = 2048
+RUNTIMES, DEFAULT_RUNTIME = flags.RUNTIMES, flags.DEFAULT_RUNTIME
 _LOG = logging.getLogger(__name__)
 
 
@@ -141,12 +147,15 @@ def _local_copy(spec: str) -> str:
 class EmbeddingModel:
     """A loaded ResNet50 plus its compiled batch function and identity."""
 
+    runtime = "tensorflow"
+
     def __init__(self, keras_model):
         import tensorflow as tf
         from keras.applications.resnet50 import preprocess_input
         self.keras_model = keras_model
         self.fingerprint = weights_fingerprint(keras_model)
         self.model_id = f"{MODEL_NAME}@{self.fingerprint}"
+        self.runtime_version = f"tensorflow-{tf.__version__}"
 
         # One signature, traced once at warm-up: every batch size reuses the graph (a new
         # shape would otherwise trace again, seconds, on the first batch of that size).
@@ -166,30 +175,76 @@ class EmbeddingModel:
         self(np.zeros((1, 224, 224, 3), np.uint8))
 
 
-_LOADED: dict[str, EmbeddingModel] = {}
+_LOADED: dict[tuple, Any] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def load_embedding_model(spec: str) -> EmbeddingModel:
-    """The model for `spec`, loaded once per process. This is the only model cache:
-    the job's start-up check, RunInference (whose shared handle keeps a reference to
-    this object for its threads) and embed-search all get the same copy. Only the
-    latest spec is kept, so a process never holds two ResNet50s."""
+def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
+                         cache_dir: Optional[str] = None):
+    """The model for `spec` on `runtime`, loaded once per process. This is the only
+    model cache: the job's start-up check, RunInference (whose shared handle keeps a
+    reference to this object for its threads) and embed-search all get the same copy.
+    Only the latest (spec, runtime) is kept, so a process never holds two ResNet50s.
+
+    Returns an `EmbeddingModel` or an `onnx_model.OnnxEmbeddingModel`: both map uint8
+    (n, 224, 224, 3) to float32 (n, 2048) and carry `model_id` and `runtime_version`.
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    key = (spec, runtime, cache_dir)
     with _LOAD_LOCK:
-        if spec not in _LOADED:
+        if key not in _LOADED:
             _LOADED.clear()
-            model = EmbeddingModel(load_keras_model(spec))
+            model = (_load_onnx(spec, cache_dir) if runtime == "onnx"
+                     else EmbeddingModel(load_keras_model(spec)))
             model.warm_up()
-            _LOG.info("Loaded %s with weights %s", model.model_id, spec)
-            _LOADED[spec] = model
-        return _LOADED[spec]
+            _LOG.info("Loaded %s with weights %s on %s", model.model_id, spec,
+                      model.runtime_version)
+            _LOADED[key] = model
+        return _LOADED[key]
 
 
-def embed_batch(model: EmbeddingModel, batch: Sequence[np.ndarray]) -> list[PredictionResult]:
+def _load_onnx(spec: str, cache_dir: Optional[str]):
+    """The cached ONNX graph for `spec`; on a miss, builds the Keras model once,
+    converts it and stores the result for the next process."""
+    from streaming import onnx_model
+    cache_dir = cache_dir or onnx_model.default_cache_dir()
+    fixed = spec == "imagenet" or spec.startswith("random:")
+    local = None if fixed else _local_copy(spec)
+    key = onnx_model.cache_key(onnx_model.weights_source_id(spec, local))
+    entry = onnx_model.read_entry(cache_dir, key)
+    if entry is None:
+        keras_model = load_keras_model(local or spec)
+        fingerprint = weights_fingerprint(keras_model)
+        model_bytes = onnx_model.convert(keras_model)
+        onnx_model.write_entry(cache_dir, key, model_bytes, {
+            "weights": spec, "fingerprint": fingerprint, "model_name": MODEL_NAME,
+            "opset": onnx_model.OPSET})
+        _LOG.info("Converted %s@%s to ONNX in %s", MODEL_NAME, fingerprint, cache_dir)
+    else:
+        model_bytes, meta = entry
+        fingerprint = meta["fingerprint"]
+    return onnx_model.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME)
+
+
+def result_model_id(model) -> str:
+    """`<name>@<fingerprint>+<runtime>-<version>`: the id every result carries."""
+    return f"{model.model_id}+{model.runtime_version}"
+
+
+def split_model_id(model_id: Optional[str]) -> tuple[str, str, Optional[str]]:
+    """(model name, weights fingerprint, runtime or None) of a result's model id."""
+    name, _, rest = (model_id or "").partition("@")
+    fingerprint, _, runtime = rest.partition("+")
+    return name, fingerprint, runtime or None
+
+
+def embed_batch(model, batch: Sequence[np.ndarray]) -> list[PredictionResult]:
     """One forward pass per batch; the model id names the weights' fingerprint,
-    whatever spec the handler was given."""
+    whatever spec the handler was given, and the runtime that ran it."""
     vectors = model(np.stack(batch, axis=0))
-    return [PredictionResult(x, v, model.model_id) for x, v in zip(batch, vectors)]
+    model_id = result_model_id(model)
+    return [PredictionResult(x, v, model_id) for x, v in zip(batch, vectors)]
 
 
 class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, EmbeddingModel]):
@@ -202,13 +257,16 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
 
     def __init__(self, weights: str, *, min_batch_size: Optional[int] = None,
                  max_batch_size: Optional[int] = None,
-                 max_batch_duration_secs: Optional[int] = None):
+                 max_batch_duration_secs: Optional[int] = None,
+                 runtime: str = DEFAULT_RUNTIME, cache_dir: Optional[str] = None):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          max_batch_duration_secs=max_batch_duration_secs)
         self.weights = weights
+        self.runtime = runtime
+        self.cache_dir = cache_dir
 
     def load_model(self) -> EmbeddingModel:
-        return load_embedding_model(self.weights)
+        return load_embedding_model(self.weights, self.runtime, self.cache_dir)
 
     def run_inference(self, batch: Sequence[np.ndarray], model: EmbeddingModel,
                       inference_args: Optional[dict[str, Any]] = None
@@ -225,11 +283,14 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
 
 
 def make_model_handler(weights: str, *, min_batch_size: int, max_batch_size: int,
-                       max_batch_duration_secs: Optional[int]) -> EmbeddingModelHandler:
+                       max_batch_duration_secs: Optional[int],
+                       runtime: str = DEFAULT_RUNTIME,
+                       cache_dir: Optional[str] = None) -> EmbeddingModelHandler:
     """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
     return EmbeddingModelHandler(
         weights, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-        max_batch_duration_secs=max_batch_duration_secs)
+        max_batch_duration_secs=max_batch_duration_secs, runtime=runtime,
+        cache_dir=cache_dir)
 
 
 class EmbedImages(beam.PTransform):

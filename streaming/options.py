@@ -58,7 +58,7 @@ def check_names(opts: EmbedOptions) -> None:
     checked("dead_letter_table", lambda v: names.full_table_id(v, project))
     checked("input_subscription", lambda v: names.pubsub_path(v, "subscriptions", project))
     checked("input_topic", lambda v: names.pubsub_path(v, "topics", project))
-    for option in ("output_gcs", "output_dir", "weights"):
+    for option in ("output_gcs", "output_dir", "weights", "model_cache_dir"):
         value = getattr(opts, option)
         if option == "output_gcs" or (value or "").startswith("gs://"):
             checked(option, lambda v: names.split_gcs_uri(v) and v)

@@ -83,8 +83,8 @@ BOUNDED_MIN_BATCH = 8
 
 
 def min_batch_size(opts: EmbedOptions) -> int:
-    """--min_batch_size, else 8 for a bounded run (BatchElements' ramp from 1 costs 5-6%
-    on a folder, see benchmarks/) and 1 in streaming (no image waits for company)."""
+    """--min_batch_size, else 8 for a bounded run (BatchElements would otherwise ramp up
+    from batches of 1) and 1 in streaming (no image waits for company)."""
     if opts.min_batch_size:
         return opts.min_batch_size
     if opts.view_as(StandardOptions).streaming:
@@ -99,7 +99,8 @@ def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
     streaming = opts.view_as(StandardOptions).streaming
     return model.make_model_handler(
         opts.weights, min_batch_size=min_batch_size(opts), max_batch_size=opts.max_batch_size,
-        max_batch_duration_secs=(opts.max_batch_duration_secs or None) if streaming else None)
+        max_batch_duration_secs=(opts.max_batch_duration_secs or None) if streaming else None,
+        runtime=opts.runtime, cache_dir=opts.model_cache_dir)
 
 
 def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:

@@ -24,6 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import retry
 
 from streaming import endpoints, metrics
+from streaming.model import split_model_id
 from streaming.records import (DeadLetter, ImageInfo, ImageRef, object_file_name,
                                rejected_from, utcnow_iso)
 
@@ -45,11 +46,12 @@ def vector_path(root: str, info_or_ref, fingerprint: str = "") -> str:
 def embedding_row(info: ImageInfo, embedding: np.ndarray, model_id: str,
                   vector_uri: str | None) -> dict[str, Any]:
     """The BigQuery row (schemas/embeddings.json) of one embedded image."""
-    model_name, _, fingerprint = (model_id or "").partition("@")
+    model_name, fingerprint, runtime = split_model_id(model_id)
     row = _ref_row(info.ref)
     row.update(width=info.width, height=info.height, format=info.format,
                embedding=np.asarray(embedding, dtype=np.float32).tolist(),
-               model_name=model_name, model_fingerprint=fingerprint, vector_uri=vector_uri)
+               model_name=model_name, model_fingerprint=fingerprint, model_runtime=runtime,
+               vector_uri=vector_uri)
     return row
 
 
@@ -81,6 +83,7 @@ def _ref_row(ref: ImageRef) -> dict[str, Any]:
         "embedding": [],
         "model_name": None,
         "model_fingerprint": None,
+        "model_runtime": None,
         "vector_uri": None,
         "metadata": json.dumps(dict(ref.metadata), ensure_ascii=False) if ref.metadata else None,
         "event_time": ref.event_time,
@@ -175,7 +178,7 @@ class _WriteVectorFn(beam.DoFn):
         vector = np.asarray(result.inference, dtype=np.float32)
         uri = None
         if self._root:
-            uri = vector_path(self._root, info, result.model_id.partition("@")[2])
+            uri = vector_path(self._root, info, split_model_id(result.model_id)[1])
             try:
                 write_with_retries(uri, npy_bytes(vector), self._gcs)
             except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle

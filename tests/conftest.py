@@ -6,6 +6,10 @@ os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:1")
 os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:1")
 os.environ.setdefault("GCE_METADATA_ROOT", "127.0.0.1:1")
+# Converted ONNX models (--runtime onnx) go to a cache inside the checkout, shared by the
+# tests' subprocesses, instead of the user's own cache folder.
+os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), ".test-cache"))
 
 import pytest  # noqa: E402
 

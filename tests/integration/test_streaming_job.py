@@ -58,6 +58,7 @@ def test_each_upload_gives_exactly_one_row_with_its_metadata(uploaded):
         assert r["md5_hash"] == base64.b64encode(hashlib.md5(data).digest()).decode()
         assert r["event_type"] == "OBJECT_FINALIZE" and r["source"] == "notification"
         assert r["model_name"] == "resnet50-avgpool" and len(r["model_fingerprint"]) == 16
+        assert r["model_runtime"].startswith("onnxruntime-")
         assert len(r["embedding"]) == 2048
         assert json.loads(r["metadata"]) == {"camera": "test"}
     by_name = {r["name"]: r for r in rows}
@@ -74,8 +75,9 @@ def test_vectors_are_in_cloud_storage_and_equal_a_direct_model_call(stack, uploa
         key = r["vector_uri"][len(f"gs://{stack.images.name}/"):]
         vector = np.load(io.BytesIO(stack.images.blob(key).download_as_bytes()))
         np.testing.assert_array_equal(vector, np.float32(r["embedding"]))
-        pixels = decode_image(UPLOADS[r["name"]][0]).pixels
-        np.testing.assert_allclose(vector, direct_embed(pixels), rtol=1e-5, atol=1e-5)
+        want = direct_embed(decode_image(UPLOADS[r["name"]][0]).pixels)
+        # The default runtime, ONNX Runtime, agrees with Keras to a cosine of 0.99999.
+        assert vector @ want / (np.linalg.norm(vector) * np.linalg.norm(want)) >= 0.99999
 
 
 def test_the_job_never_embeds_its_own_outputs(stack, uploaded, tap):

@@ -10,7 +10,7 @@ import sys
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from streaming import images, main
+from streaming import flags, images, main
 from streaming.options import EmbedOptions, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -100,6 +100,8 @@ GOOD = {
     "extensions": ["", ".jpg"],
     "content_types": ["image/jpeg,image/png"],
     "max_batch_duration_secs": ["0"],
+    "runtime": ["onnx", "tensorflow"],
+    "model_cache_dir": ["gs://my-models/onnx-cache", "/opt/image-embeddings/onnx"],
 }
 BAD = {
     "input_subscription": ["projects/my-project/topics/gcs-notifications", "embed",
@@ -117,6 +119,8 @@ BAD = {
     "buckets": ["photos,", "Photos", "gs://photos"],
     "extensions": ["jpg", ".jpg,", ".j pg"],
     "include_prefix": [""],
+    "runtime": ["tf", "ONNX", "onnxruntime", ""],
+    "model_cache_dir": ["relative/cache", "gs://", "s3://b/cache", "gs://b/x\ny"],
 }
 
 
@@ -128,6 +132,11 @@ def test_regexes_accept_good_values(name, value):
 @pytest.mark.parametrize("name, value", [(n, v) for n, vs in BAD.items() for v in vs])
 def test_regexes_reject_bad_values(name, value):
     assert not matches(PARAMS[name], value)
+
+
+def test_runtime_regex_is_the_jobs_choices():
+    alternatives = re.fullmatch(r"\^\((.*)\)\$", PARAMS["runtime"]["regexes"][0]).group(1)
+    assert sorted(alternatives.split("|")) == sorted(flags.RUNTIMES)
 
 
 def test_resize_policy_regex_is_the_jobs_choices():

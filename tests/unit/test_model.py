@@ -45,9 +45,12 @@ def test_random_weights_ignore_other_threads_drawing_from_random(keras_model):
 def test_weights_file_round_trip_keeps_the_fingerprint(tmp_path, keras_model):
     path = str(tmp_path / "resnet.weights.h5")
     keras_model.save_weights(path)
-    loaded = model.load_embedding_model(path)
+    loaded = model.load_embedding_model(path, "tensorflow")
     assert loaded.fingerprint == model.weights_fingerprint(keras_model)
     assert loaded.model_id == f"resnet50-avgpool@{loaded.fingerprint}"
+    assert model.split_model_id(model.result_model_id(loaded)) == (
+        "resnet50-avgpool", loaded.fingerprint, loaded.runtime_version)
+    assert loaded.runtime_version.startswith("tensorflow-")
 
 
 def test_batched_embedding_equals_a_direct_keras_call(keras_model, direct_embed):
@@ -103,7 +106,7 @@ def test_cli_with_unusable_weights_fails_at_start_up_with_one_message(tmp_path, 
 
 @pytest.mark.slow
 def test_every_batch_size_reuses_the_graph_traced_at_warm_up():
-    loaded = model.load_embedding_model("random:0")
+    loaded = model.load_embedding_model("random:0", "tensorflow")
     for n in (1, 3, 7, 32):
         assert loaded(np.zeros((n, 224, 224, 3), np.uint8)).shape == (n, model.EMBEDDING_DIM)
     assert loaded._embed.experimental_get_tracing_count() == 1
@@ -111,10 +114,10 @@ def test_every_batch_size_reuses_the_graph_traced_at_warm_up():
 
 @pytest.mark.slow
 def test_a_process_loads_each_model_once_and_keeps_only_the_latest():
-    first = model.load_embedding_model("random:0")
-    assert model.load_embedding_model("random:0") is first
-    other = model.load_embedding_model("random:1")
+    first = model.load_embedding_model("random:0", "tensorflow")
+    assert model.load_embedding_model("random:0", "tensorflow") is first
+    other = model.load_embedding_model("random:1", "tensorflow")
     assert other is not first and other.fingerprint != first.fingerprint
-    assert list(model._LOADED) == ["random:1"]
-    again = model.load_embedding_model("random:0")
+    assert list(model._LOADED) == [("random:1", "tensorflow", None)]
+    again = model.load_embedding_model("random:0", "tensorflow")
     assert again is not first and again.fingerprint == first.fingerprint

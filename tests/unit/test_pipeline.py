@@ -55,7 +55,7 @@ def mixed_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     src, out = str(root / "images"), str(root / "out")
     make_folder(src, {**GOOD, **BAD, "README.txt": b"skipped by extension"})
-    totals = main.run(["--input_dir", src, "--output_dir", out, "--weights", "random:0",
+    totals = main.Run().execute(["--input_dir", src, "--output_dir", out, "--weights", "random:0",
                        "--max_batch_size", "4"])
     return src, out, totals
 
@@ -103,14 +103,18 @@ def test_pipeline_vectors_equal_a_direct_keras_call(mixed_run, direct_embed):
     for r in read_rows(out):
         with open(os.path.join(src, r["name"]), "rb") as f:
             pixels = decode_image(f.read()).pixels
-        np.testing.assert_allclose(r["embedding"], direct_embed(pixels), rtol=1e-5, atol=1e-5)
+        got, want = np.asarray(r["embedding"]), direct_embed(pixels)
+        # The default runtime (ONNX Runtime) runs the same weights in another order of
+        # float operations: equal to a cosine of 0.99999, not to the last bit.
+        assert got @ want / (np.linalg.norm(got) * np.linalg.norm(want)) >= 0.99999
+        assert r["model_runtime"].startswith("onnxruntime-")
 
 
 def test_rerun_is_idempotent(mixed_run):
     src, out, _ = mixed_run
     before = sorted(glob.glob(os.path.join(out, "**", "*.*"), recursive=True))
     keys = sorted(r["row_key"] for r in read_rows(out))
-    main.run(["--input_dir", src, "--output_dir", out, "--weights", "random:0"])
+    main.Run().execute(["--input_dir", src, "--output_dir", out, "--weights", "random:0"])
     after = sorted(glob.glob(os.path.join(out, "**", "*.*"), recursive=True))
     assert after == before
     assert sorted(r["row_key"] for r in read_rows(out)) == keys
@@ -121,7 +125,7 @@ def test_output_folder_inside_input_folder_is_never_embedded(tmp_path):
     make_folder(str(src), {"x.jpg": fixtures.jpeg(64, 64)})
     out = str(src / "embeddings")
     for _ in range(2):  # the second run sees the first run's outputs
-        totals = main.run(["--input_dir", str(src), "--output_dir", out,
+        totals = main.Run().execute(["--input_dir", str(src), "--output_dir", out,
                            "--weights", "random:0"])
     assert totals["images_embedded"] == 1
     assert [r["name"] for r in read_rows(out)] == ["x.jpg"]

@@ -14,9 +14,12 @@ REF = ImageRef("b", "a/x.jpg", 9, content_type="image/jpeg", size=10,
 
 def test_rows_have_exactly_the_bigquery_schema():
     row = sinks.embedding_row(ImageInfo(REF, 4, 3, "JPEG"), np.arange(2048, dtype=np.float32),
-                              "resnet50-avgpool@0123456789abcdef", "gs://o/v.npy")
+                              "resnet50-avgpool@0123456789abcdef+onnxruntime-1.32.0",
+                              "gs://o/v.npy")
     assert list(row) == schemas.field_names()
     assert row["model_fingerprint"] == "0123456789abcdef" and len(row["embedding"]) == 2048
+    assert (row["model_name"], row["model_runtime"]) == ("resnet50-avgpool",
+                                                         "onnxruntime-1.32.0")
     assert json.loads(row["metadata"]) == {"k": "v"}
     tomb = sinks.tombstone_row(ImageRef("b", "a/x.jpg", 9, event_type="OBJECT_DELETE"))
     assert list(tomb) == schemas.field_names()
