@@ -40,9 +40,16 @@ RUN --mount=type=bind,target=/context \
       install -D -m 0444 "/context/$WEIGHTS" "/opt/image-embeddings/weights/$(basename "$WEIGHTS")"; \
     fi
 
-# GPU workers: TensorFlow takes GPU memory as it needs it instead of all of it at start-up.
-# Run GPU jobs with --experiments=no_use_multiple_sdk_containers (one process per GPU).
+# GPU workers: TensorFlow takes GPU memory as it needs it instead of all of it at start-up
+# (the model handler also turns memory growth on).
 ENV TF_FORCE_GPU_ALLOW_GROWTH=true
+
+# Flags every job launched from this image starts with (embed-stream reads them first, so a
+# flag given at launch wins). The GPU image: one SDK process per VM, so one model per GPU;
+# 4 bundle threads x 2 decode threads to feed it; batches of 64 for a T4 (docs/performance.md,
+# "GPU workers": a starting point, not measured on a T4).
+ARG GPU_JOB_DEFAULTS="--experiments=no_use_multiple_sdk_containers --number_of_worker_harness_threads=4 --decode_threads=2 --max_batch_size=64"
+ENV EMBED_STREAM_DEFAULTS="${EXTRAS:+$GPU_JOB_DEFAULTS}"
 
 # The launcher imports this package from the image; the workers already have it, so no
 # FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE / _SETUP_FILE (they would reinstall at launch).

@@ -35,7 +35,8 @@ setuptools.setup(
         "analysis": ["duckdb>=1.5,<1.6", "pyarrow>=21,<26", "matplotlib>=3.9,<4",
                      "scikit-learn>=1.5,<2"],
         "dev": ["pytest>=9.2,<10", "hypothesis>=6.170,<7", "duckdb>=1.5,<1.6",
-                "pyarrow>=21,<26", "matplotlib>=3.9,<4", "scikit-learn>=1.5,<2", "sqlglot>=30.11,<31"],
+                "pyarrow>=21,<26", "matplotlib>=3.9,<4", "scikit-learn>=1.5,<2", "sqlglot>=30.11,<31",
+                "psutil>=7,<8"],
         # GPU workers (Dockerfile --build-arg EXTRAS=gpu): TensorFlow with its CUDA wheels.
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },

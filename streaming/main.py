@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -25,6 +26,7 @@ BEAM_NOTE = ("Beam and Dataflow pipeline options (--runner, --project, --region,
              "--temp_location, --max_num_workers, ...) are accepted too.")
 _LOG = logging.getLogger(PROG)
 # Beam's runners that execute in this process; any other runner submits the job.
+DEFAULTS_ENV = "EMBED_STREAM_DEFAULTS"
 LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
 
@@ -79,6 +81,12 @@ def unknown_options(opts, argv: Sequence[str]) -> list[str]:
     return [typed.get(k, "--" + k) for k in every if k not in known]
 
 
+def image_defaults() -> list[str]:
+    """Flags the container image sets for every job it launches ($EMBED_STREAM_DEFAULTS;
+    the GPU image's are in the Dockerfile). They come first, so a flag given at launch wins."""
+    return shlex.split(os.environ.get(DEFAULTS_ENV, ""))
+
+
 def make_options(argv: Optional[Sequence[str]]):
     """Parses and validates the options (no network); picks the local runner.
 
@@ -88,7 +96,8 @@ def make_options(argv: Optional[Sequence[str]]):
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
 
     from streaming.options import EmbedOptions, validate
-    argv = cli.respell(list(argv or ()), help_parser().long_options())
+    argv = image_defaults() + list(argv or ())
+    argv = cli.respell(argv, help_parser().long_options())
     opts = EmbedOptions(argv)
     unknown = unknown_options(opts, argv)
     if unknown:
