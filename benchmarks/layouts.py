@@ -109,28 +109,67 @@ def run_once(images: str, extra: list[str], work: str) -> dict:
             "load_after": [round(x, 2) for x in psutil.getloadavg()]}
 
 
+def steady_rate(run: dict, small_images: int):
+    """Extra images over extra seconds; None where start-up noise left the large run
+    no longer than the small one (the difference then measures nothing)."""
+    extra = run["wall_s"] - run["small_wall_s"]
+    return round((run["embedded"] - small_images) / extra, 3) if extra > 0 else None
+
+
 def run_pair(small: str, large: str, extra: list[str], work: str) -> dict:
     """The small and the large folder in one layout, and the steady rate between them."""
     a, b = run_once(small, extra, work), run_once(large, extra, work)
-    steady = (b["embedded"] - a["embedded"]) / (b["wall_s"] - a["wall_s"])
     return dict(b, small_wall_s=a["wall_s"], small_peak_rss_mib=a["peak_rss_mib"],
-                steady_images_per_s=round(steady, 3),
+                steady_images_per_s=steady_rate(dict(b, small_wall_s=a["wall_s"]),
+                                                a["embedded"]),
                 peak_rss_mib=max(a["peak_rss_mib"], b["peak_rss_mib"]))
 
 
 def summarise(rounds: list[dict], names: list[str]) -> dict:
-    """Per layout: median of each figure, and the per-round ratios to `one`."""
+    """Per layout: the median of each figure over the runs that have it, and the
+    per-round ratios to `one`."""
     out = {}
     for name in names:
         runs = [r[name] for r in rounds]
-        entry = {k: statistics.median(x[k] for x in runs)
-                 for k in ("wall_s", "whole_process_images_per_s", "steady_images_per_s",
-                           "peak_rss_mib") if all(x[k] is not None for x in runs)}
+        entry = {}
+        for k in ("wall_s", "whole_process_images_per_s", "steady_images_per_s",
+                  "peak_rss_mib"):
+            values = [x[k] for x in runs if x.get(k) is not None]
+            entry[k] = statistics.median(values) if values else None
         for k in ("whole_process_images_per_s", "steady_images_per_s"):
-            ratios = [r[name][k] / r["one"][k] for r in rounds if r[name][k] and r["one"][k]]
+            ratios = [r[name][k] / r["one"][k] for r in rounds if r[name].get(k)
+                      and r["one"].get(k)]
             entry[f"{k}_vs_one"] = [round(x, 3) for x in ratios]
         out[name] = entry
     return out
+
+
+# (name, vCPUs, GiB, bundle threads per process, decode threads) for each layout the
+# sizing table shows; one process per VM keeps H x D = vCPUs decodes in flight, one
+# process per vCPU one each.
+MACHINES = [("n2-standard-4", 4, 16), ("n2-standard-8", 8, 32), ("n2-standard-16", 16, 64),
+            ("n1-standard-8 + T4", 8, 30)]
+VM_ALLOWANCE_GIB = 2  # the OS and Dataflow's own processes: an allowance, not measured here
+
+
+def sizing_rows(process_mib: float) -> list[list[str]]:
+    """Peak memory by streaming.sizing for each machine and layout, at the default
+    --max_pixels and --max_bytes, and the largest --max_pixels that fits."""
+    sys.path.insert(0, ROOT)
+    from streaming import decode, sizing
+    rows = []
+    for name, cpus, gib in MACHINES:
+        for layout, processes, harness, threads in (
+                ("one process per VM", 1, cpus // 2, 2), ("one process per vCPU", cpus, 1, 1)):
+            kw = dict(processes=processes, harness_threads=harness, decode_threads=threads,
+                      decode_window=decode.DEFAULT_DECODE_WINDOW,
+                      max_bytes=decode.DEFAULT_MAX_BYTES, base_mib=process_mib)
+            peak = sizing.peak_bytes(max_pixels=decode.DEFAULT_MAX_PIXELS, **kw) / 2**30
+            room = (gib - VM_ALLOWANCE_GIB) * 2**30 - sizing.peak_bytes(max_pixels=0, **kw)
+            largest = room / (processes * harness * threads * sizing.DECODE_BYTES_PER_PIXEL)
+            rows.append([name, layout, f"{processes} x {harness} x {threads}", f"{peak:.1f}",
+                         f"{gib - VM_ALLOWANCE_GIB}", f"{max(largest, 0) / 1e6:.0f} MP"])
+    return rows
 
 
 def markdown(result: dict) -> str:
@@ -150,17 +189,33 @@ def markdown(result: dict) -> str:
         "|---|---|---:|---:|---:|---:|---:|",
     ]
     for name, e in result["summary"].items():
-        ratio = lambda k: " / ".join(f"{x:.2f}" for x in e[f"{k}_vs_one"])  # noqa: E731
+        ratio = lambda k: " / ".join(f"{x:.2f}" for x in e[f"{k}_vs_one"]) or "n/a"  # noqa: E731
+        value = lambda k: "n/a" if e[k] is None else f"{e[k]:.2f}"  # noqa: E731
         lines.append(
             f"| {name} | `{' '.join(result['layouts'][name][4:])}` | "
-            f"{e['whole_process_images_per_s']:.2f} | {ratio('whole_process_images_per_s')} | "
-            f"{e.get('steady_images_per_s', float('nan')):.2f} | "
-            f"{ratio('steady_images_per_s')} | {e['peak_rss_mib']:.0f} |")
+            f"{value('whole_process_images_per_s')} | {ratio('whole_process_images_per_s')} | "
+            f"{value('steady_images_per_s')} | {ratio('steady_images_per_s')} | "
+            f"{e['peak_rss_mib']:.0f} |")
     lines += ["", "Medians over the rounds; the ratios are per round. Steady state: the "
               "extra images of the large folder over the extra wall time (start-up cancels "
               "out); whole process: the large folder's images over the wall time of "
               "`embed-stream`, start-up (TensorFlow import, one model per SDK process, and "
               "the launcher's own start-up check) included.", ""]
+    summary = result["summary"]
+    process_mib = (summary["many"]["peak_rss_mib"] - summary["one"]["peak_rss_mib"]) / (
+        s["processes"] - 1)
+    lines += [
+        "## Peak memory by machine type (streaming/sizing.py)",
+        "",
+        f"One SDK process at work: {process_mib:.0f} MiB (the `many` peak minus the `one` "
+        f"peak, per extra process). With the largest allowed images arriving at once, "
+        f"default `--max_pixels` and `--max_bytes`; `{VM_ALLOWANCE_GIB} GiB` per VM is left "
+        "to the OS and Dataflow's own processes (an allowance, not measured here). Layout: "
+        "SDK processes x bundle threads per process x decode threads.",
+        "",
+        "| machine | layout | P x H x D | peak GiB | GiB for the job | largest --max_pixels |",
+        "|---|---|---|---:|---:|---:|",
+    ] + ["| " + " | ".join(r) + " |" for r in sizing_rows(process_mib)] + [""]
     return "\n".join(lines)
 
 
@@ -173,7 +228,25 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--processes", type=int, default=psutil.cpu_count())
     ap.add_argument("--out", default=None, help="Folder for layouts.json and layouts.md.")
+    ap.add_argument("--render", default=None, metavar="JSON",
+                    help="Only write the Markdown of an earlier run's layouts.json.")
     args = ap.parse_args(argv)
+    if args.render:
+        with open(args.render) as f:
+            result = json.load(f)
+        small = result["settings"].get("small", 32)
+        for r in result["rounds"]:
+            for run in r.values():
+                run["steady_images_per_s"] = steady_rate(run, small)
+        result["summary"] = summarise(result["rounds"], list(result["layouts"]))
+        with open(args.render, "w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
+        text = markdown(result)
+        with open(os.path.splitext(args.render)[0] + ".md", "w") as f:
+            f.write(text)
+        print(text)
+        return 0
     configs = layouts(args.processes)
     names = list(configs)
     machine = {"cpus": psutil.cpu_count(), "memory_gib": round(psutil.virtual_memory().total
@@ -196,6 +269,7 @@ def main(argv=None) -> int:
     result = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d"),
               "settings": {k: getattr(args, k) for k in
                            ("small", "images", "width", "height", "rounds", "processes")},
+              "machine_load": "load_before / load_after of each run (1, 5, 15 min averages)",
               "machine": machine, "layouts": configs, "rounds": rounds,
               "summary": summarise(rounds, names)}
     text = markdown(result)

@@ -18,19 +18,24 @@ DATAFLOW = ["--runner", "DataflowRunner", "--project", "my-project", "--region",
             "--output_table", "my-project:embeddings.images"]
 
 
-def gpu_defaults() -> str:
+def image_defaults(kind: str) -> str:
+    """The Dockerfile's job defaults for the CPU or the GPU image."""
     dockerfile = open(os.path.join(ROOT, "Dockerfile")).read()
-    assert 'ENV EMBED_STREAM_DEFAULTS="${EXTRAS:+$GPU_JOB_DEFAULTS}"' in dockerfile
-    return re.search(r'^ARG GPU_JOB_DEFAULTS="([^"]*)"', dockerfile, re.M).group(1)
+    # GPU image (EXTRAS=gpu): its own; CPU image: the second ENV fills the empty value.
+    assert 'ENV EMBED_STREAM_DEFAULTS="${EXTRAS:+$GPU_JOB_DEFAULTS}"\n' \
+           'ENV EMBED_STREAM_DEFAULTS="${EMBED_STREAM_DEFAULTS:-$CPU_JOB_DEFAULTS}"' in dockerfile
+    return re.search(rf'^ARG {kind}_JOB_DEFAULTS="([^"]*)"', dockerfile, re.M).group(1)
 
 
-def test_the_gpu_images_defaults_are_one_process_per_gpu_and_yield_to_launch_flags(
-        monkeypatch):
-    monkeypatch.setenv(main.DEFAULTS_ENV, gpu_defaults())
+@pytest.mark.parametrize("kind, harness_threads, max_batch_size",
+                         [("CPU", 2, 8), ("GPU", 4, 64)])
+def test_the_images_run_one_sdk_process_per_vm_and_yield_to_launch_flags(
+        monkeypatch, kind, harness_threads, max_batch_size):
+    monkeypatch.setenv(main.DEFAULTS_ENV, image_defaults(kind))
     opts = main.make_options(DATAFLOW)
     assert "no_use_multiple_sdk_containers" in opts.view_as(DebugOptions).experiments
-    assert opts.view_as(DebugOptions).number_of_worker_harness_threads == 4
-    assert opts.max_batch_size == 64
+    assert opts.view_as(DebugOptions).number_of_worker_harness_threads == harness_threads
+    assert (opts.max_batch_size, opts.decode_threads) == (max_batch_size, 2)
     assert main.make_options(DATAFLOW + ["--max_batch_size", "32"]).max_batch_size == 32
 
 
