@@ -82,4 +82,5 @@ def test_a_burst_of_the_largest_images_stays_within_the_budget(tmp_path):
         processes=WORKERS, harness_threads=1, decode_threads=DECODE_THREADS,
         decode_window=WINDOW, max_pixels=MAX_PIXELS, max_bytes=MAX_BYTES,
         base_mib=process_mib()) + process_mib() * 2**20
+    print(f"peak {peak / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB")
     assert peak <= budget, f"peak {peak / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB"
