@@ -174,4 +174,4 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
              | f"Write dead letters ({stage})" >> sinks.WriteJsonFiles(
                  sinks.FileSystems.join(opts.output_dir, sinks.DEAD_LETTERS_DIR),
                  "dead_letters"))
-    return {"rows": written.rows, "tombstones": tombstones, "dead_letters": all_dead, "loaded": loaded}
+    return {"rows": written.rows, "tombstones": tombstones, "dead_letters": all_dead}
