@@ -45,9 +45,20 @@ RUN --mount=type=bind,target=/context \
         "/opt/image-embeddings/weights/$(basename "$WEIGHTS")"; \
     fi
 
-# GPU workers: TensorFlow takes GPU memory as it needs it instead of all of it at start-up.
-# Run GPU jobs with --experiments=no_use_multiple_sdk_containers (one process per GPU).
+# GPU workers: TensorFlow takes GPU memory as it needs it instead of all of it at start-up
+# (the model handler also turns memory growth on).
 ENV TF_FORCE_GPU_ALLOW_GROWTH=true
+
+# Flags every job launched from this image starts with (embed-stream reads them first, so a
+# flag given at launch wins); docs/performance.md, "Worker layout", says why. Both images run
+# one SDK process per VM (one model, shared by its bundle threads; TensorFlow uses every
+# core), with bundle threads x decode threads = the vCPUs of the documented machine:
+# n2-standard-4 for CPU; n1-standard-8 + T4 for GPU, with batches of 64 (a starting point,
+# not measured on a T4).
+ARG CPU_JOB_DEFAULTS="--experiments=no_use_multiple_sdk_containers --number_of_worker_harness_threads=2 --decode_threads=2"
+ARG GPU_JOB_DEFAULTS="--experiments=no_use_multiple_sdk_containers --number_of_worker_harness_threads=4 --decode_threads=2 --max_batch_size=64"
+ENV EMBED_STREAM_DEFAULTS="${EXTRAS:+$GPU_JOB_DEFAULTS}"
+ENV EMBED_STREAM_DEFAULTS="${EMBED_STREAM_DEFAULTS:-$CPU_JOB_DEFAULTS}"
 
 # The launcher imports this package from the image; the workers already have it, so no
 # FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE / _SETUP_FILE (they would reinstall at launch).

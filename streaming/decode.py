@@ -128,9 +128,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(img).astype(np.int64)
-        arr = np.right_shift(np.clip(arr, 0, 65535), 8).astype(np.uint8)
-        return Image.fromarray(arr, "L").convert("RGB")
+        # In place and in the source's own width (an int64 copy would hold 8 bytes a
+        # pixel, see streaming/sizing.py).
+        arr = np.array(img)
+        if arr.dtype.kind == "i":
+            np.clip(arr, 0, 65535, out=arr)
+        arr >>= 8
+        return Image.fromarray(arr.astype(np.uint8), "L").convert("RGB")
     if mode == "F":
         arr = np.clip(np.nan_to_num(np.asarray(img)), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import signal
 import sys
 import time
@@ -26,6 +27,7 @@ BEAM_NOTE = ("Beam and Dataflow pipeline options (--runner, --project, --region,
 _LOG = logging.getLogger(PROG)
 # Beam's runners that execute on this machine (names as --runner takes them, lower-case,
 # without "runner"); any other runner submits the job.
+DEFAULTS_ENV = "EMBED_STREAM_DEFAULTS"
 LOCAL_RUNNERS = ("direct", "bundlebaseddirect", "switchingdirect", "prism")
 
 
@@ -80,6 +82,12 @@ def unknown_options(opts, argv: Sequence[str]) -> list[str]:
     return [typed.get(k, "--" + k) for k in every if k not in known]
 
 
+def image_defaults() -> list[str]:
+    """Flags the container image sets for every job it launches ($EMBED_STREAM_DEFAULTS;
+    the GPU image's are in the Dockerfile). They come first, so a flag given at launch wins."""
+    return shlex.split(os.environ.get(DEFAULTS_ENV, ""))
+
+
 def make_options(argv: Optional[Sequence[str]]):
     """Parses and validates the options (no network); picks the local runner.
 
@@ -89,7 +97,8 @@ def make_options(argv: Optional[Sequence[str]]):
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
 
     from streaming.options import EmbedOptions, validate
-    argv = cli.respell(list(argv or ()), help_parser().long_options())
+    argv = image_defaults() + list(argv or ())
+    argv = cli.respell(argv, help_parser().long_options())
     opts = EmbedOptions(argv)
     unknown = unknown_options(opts, argv)
     if unknown:
@@ -175,6 +184,8 @@ class Run:
         # Fail fast, once: an unloadable model must stop the job here, not per element.
         # RunInference then reuses this copy (load_embedding_model caches it).
         with cli.quiet_native_stderr(enabled=not opts.verbose):
+            if opts.runtime == "tensorflow":
+                model.configure_threads(opts.tf_intra_op_threads, opts.tf_inter_op_threads)
             loaded = model.load_embedding_model(opts.weights, opts.runtime,
                                                 opts.model_cache_dir)
         print(f"model: {loaded.model_id} (weights {opts.weights}, {loaded.runtime_version})",

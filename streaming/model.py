@@ -175,6 +175,23 @@ class EmbeddingModel:
         self(np.zeros((1, 224, 224, 3), np.uint8))
 
 
+def configure_threads(intra_op: int = 0, inter_op: int = 0) -> None:
+    """Sizes TensorFlow's thread pools (0 keeps TensorFlow's default, one thread per
+    core) and lets it take GPU memory as needed. Effective only before TensorFlow's
+    runtime starts, so the handler calls it before it builds the model; later calls
+    (a second handler in the same process) are logged and ignored."""
+    import tensorflow as tf
+    try:
+        if intra_op:
+            tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+        if inter_op:
+            tf.config.threading.set_inter_op_parallelism_threads(inter_op)
+        for gpu in tf.config.list_physical_devices("GPU"):
+            tf.config.experimental.set_memory_growth(gpu, True)
+    except RuntimeError as e:  # the runtime is already initialised
+        _LOG.warning("TensorFlow threads left as they are: %s", e)
+
+
 _LOADED: dict[tuple, Any] = {}
 _LOAD_LOCK = threading.Lock()
 
@@ -258,14 +275,18 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
     def __init__(self, weights: str, *, min_batch_size: Optional[int] = None,
                  max_batch_size: Optional[int] = None,
                  max_batch_duration_secs: Optional[int] = None,
-                 runtime: str = DEFAULT_RUNTIME, cache_dir: Optional[str] = None):
+                 runtime: str = DEFAULT_RUNTIME, cache_dir: Optional[str] = None,
+                 intra_op_threads: int = 0, inter_op_threads: int = 0):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          max_batch_duration_secs=max_batch_duration_secs)
         self.weights = weights
         self.runtime = runtime
         self.cache_dir = cache_dir
+        self.threads = (intra_op_threads, inter_op_threads)
 
     def load_model(self) -> EmbeddingModel:
+        if self.runtime == "tensorflow":  # ONNX Runtime never imports TensorFlow
+            configure_threads(*self.threads)
         return load_embedding_model(self.weights, self.runtime, self.cache_dir)
 
     def run_inference(self, batch: Sequence[np.ndarray], model: EmbeddingModel,
@@ -285,12 +306,14 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
 def make_model_handler(weights: str, *, min_batch_size: int, max_batch_size: int,
                        max_batch_duration_secs: Optional[int],
                        runtime: str = DEFAULT_RUNTIME,
-                       cache_dir: Optional[str] = None) -> EmbeddingModelHandler:
+                       cache_dir: Optional[str] = None, intra_op_threads: int = 0,
+                       inter_op_threads: int = 0) -> EmbeddingModelHandler:
     """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
     return EmbeddingModelHandler(
         weights, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
         max_batch_duration_secs=max_batch_duration_secs, runtime=runtime,
-        cache_dir=cache_dir)
+        cache_dir=cache_dir, intra_op_threads=intra_op_threads,
+        inter_op_threads=inter_op_threads)
 
 
 class EmbedImages(beam.PTransform):

@@ -7,10 +7,11 @@ edges (local folder or Pub/Sub in; files or BigQuery/GCS out) change with the op
 from __future__ import annotations
 
 import apache_beam as beam
+from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.options.pipeline_options import StandardOptions
 
 import schemas
-from streaming import bigquery, filters, images, metrics, model, reconcile, sinks
+from streaming import batching, bigquery, filters, images, metrics, model, reconcile, sinks
 from streaming import coders  # noqa: F401 - registers the records' versioned coders
 from streaming.local_source import ReadLocalFolder
 from streaming.notifications import ParseNotifications
@@ -92,15 +93,35 @@ def min_batch_size(opts: EmbedOptions) -> int:
     return min(BOUNDED_MIN_BATCH, opts.max_batch_size)
 
 
+def batches_refs(opts: EmbedOptions) -> bool:
+    """Whether streaming batches are formed across bundles (--max_batch_duration_secs),
+    from refs before the load stage (see streaming/batching.py)."""
+    return bool(opts.view_as(StandardOptions).streaming and opts.max_batch_duration_secs)
+
+
 def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
-    """RunInference's handler for `--weights`, batching as the options say."""
-    # Stateful batching across bundles (max_batch_duration_secs) is for streaming, where
-    # a quiet stream must still flush; a bounded run batches within bundles.
-    streaming = opts.view_as(StandardOptions).streaming
+    """RunInference's handler for `--weights`, batching within bundles.
+
+    RunInference never batches across bundles: that would key, shuffle and hold decoded
+    pixels in state. Where refs were batched upstream, a bundle's images make full
+    batches and the rest flushes at the bundle's end.
+    """
+    smallest = opts.max_batch_size if batches_refs(opts) else min_batch_size(opts)
     return model.make_model_handler(
-        opts.weights, min_batch_size=min_batch_size(opts), max_batch_size=opts.max_batch_size,
-        max_batch_duration_secs=(opts.max_batch_duration_secs or None) if streaming else None,
-        runtime=opts.runtime, cache_dir=opts.model_cache_dir)
+        opts.weights, min_batch_size=smallest, max_batch_size=opts.max_batch_size,
+        max_batch_duration_secs=None, runtime=opts.runtime, cache_dir=opts.model_cache_dir,
+        **thread_settings(opts))
+
+
+def thread_settings(opts: EmbedOptions) -> dict:
+    """TensorFlow's thread pools for the model handler (0: TensorFlow's default)."""
+    return dict(intra_op_threads=opts.tf_intra_op_threads,
+                inter_op_threads=opts.tf_inter_op_threads)
+
+
+def drop_pixels(info, result: PredictionResult):
+    """(ImageInfo, PredictionResult) without the input image: only the vector travels on."""
+    return info, result._replace(example=None)
 
 
 def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
@@ -108,13 +129,21 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     handler = handler or model_handler(opts)
     accept = filter_config(opts)
     kept = refs | "Filter objects" >> filters.FilterObjects(accept)
-    loaded = kept.accepted | "Load and resize" >> images.LoadImages(
+    to_load = kept.accepted
+    if batches_refs(opts):
+        to_load = to_load | "Batch references" >> batching.BatchRefs(
+            min_batch_size(opts), opts.max_batch_size, opts.max_batch_duration_secs)
+    loaded = to_load | "Load and resize" >> images.LoadImages(
         opts.resize_policy, opts.max_pixels, opts.max_bytes,
         threads=opts.decode_threads, window=opts.decode_window, accept=accept)
     results, embed_dead = loaded.images | "Embed with ResNet50" >> model.EmbedImages(handler)
     vector_root = opts.output_gcs or (
         sinks.FileSystems.join(opts.output_dir, sinks.VECTORS_DIR) if opts.output_dir else None)
-    written = results | "Write vectors" >> sinks.WriteVectors(vector_root)
+    vectors = results | "Drop pixels" >> beam.MapTuple(drop_pixels)
+    if opts.view_as(StandardOptions).streaming:
+        # Spreads the .npy uploads and BigQuery inserts over keys, off the model's step.
+        vectors = vectors | "Spread writes" >> beam.Reshuffle()
+    written = vectors | "Write vectors" >> sinks.WriteVectors(vector_root)
     _ = written.rows | "Measure latency" >> beam.FlatMap(metrics.observe_row)
     tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(sinks.tombstone_row)
     rows = {"rows": written.rows, "tombstones": tombstones}

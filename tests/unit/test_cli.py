@@ -45,8 +45,13 @@ def test_minimum_batch_size_depends_on_the_source(argv, expected):
 @pytest.mark.parametrize("argv, expected", [
     # ResNet50 on CPU is fastest at batch 8 (benchmarks/): a folder runs batches of 8.
     (["--input_dir", "i"], {"min_batch_size": 8, "max_batch_size": 8}),
+    # Streaming: refs are batched across bundles upstream (streaming/batching.py), so
+    # RunInference batches within bundles and never holds pixels in state.
     (["--input_subscription", "projects/my-project/subscriptions/subs"],
-     {"min_batch_size": 1, "max_batch_size": 8, "max_batch_duration_secs": 1}),
+     {"min_batch_size": 8, "max_batch_size": 8, "max_batch_duration_secs": None}),
+    (["--input_subscription", "projects/my-project/subscriptions/subs",
+      "--max_batch_duration_secs", "0"],
+     {"min_batch_size": 1, "max_batch_size": 8, "max_batch_duration_secs": None}),
     (["--input_dir", "i", "--max_batch_size", "64"], {"min_batch_size": 8, "max_batch_size": 64}),
 ])
 def test_runinference_batches_as_the_options_say(argv, expected):

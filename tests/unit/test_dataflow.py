@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import apache_beam as beam
+import pytest
 
 from streaming import main
 from streaming.pipeline import build_pipeline
@@ -64,3 +65,71 @@ def test_streaming_job_builds_for_dataflow_offline():
     assert any("Write to BigQuery/Insert rows" in n for n in names)
     assert any("Write dead letters to BigQuery/Insert rows" in n for n in names)
     assert any(n.startswith("Write vectors") for n in names)
+
+
+GROUP_BY_KEY = "beam:transform:group_by_key:v1"
+PAR_DO = "beam:transform:pardo:v1"
+# Where decoded pixels end: the step that keeps only the vectors, and the one that turns
+# a failed batch into dead letters.
+PIXELS_END = ("Drop pixels", "Embed with ResNet50/Dead-letter failed batches")
+
+
+def dataflow_graph(extra=()):
+    """The streaming job's Dataflow dry-run pipeline proto."""
+    opts = main.make_options(DATAFLOW_ARGS + list(extra))
+    pipeline = beam.Pipeline(options=opts)
+    build_pipeline(pipeline, opts)
+    return pipeline.run().job.proto_pipeline
+
+
+def shuffles_or_state(proto, transform) -> bool:
+    """A GroupByKey, or a ParDo with state or timers: a step whose input is shuffled
+    by key and may be held in the runner's state."""
+    from apache_beam.portability.api import beam_runner_api_pb2
+    if transform.spec.urn == GROUP_BY_KEY:
+        return True
+    if transform.spec.urn != PAR_DO:
+        return False
+    payload = beam_runner_api_pb2.ParDoPayload.FromString(transform.spec.payload)
+    return bool(payload.state_specs or payload.timer_family_specs)
+
+
+def steps_carrying_pixels(proto) -> list:
+    """Leaf steps that consume decoded images: downstream of the load stage's images
+    output, up to the steps that drop the pixels."""
+    transforms = proto.components.transforms
+    leaves = {i: t for i, t in transforms.items() if not t.subtransforms}
+    consumers: dict = {}
+    for i, t in leaves.items():
+        for pcoll in t.inputs.values():
+            consumers.setdefault(pcoll, []).append(i)
+    load = next(t for t in leaves.values() if t.unique_name.startswith("Load and resize/"))
+    todo = [pcoll for tag, pcoll in load.outputs.items() if tag != "dead_letters"]
+    seen: set = set()
+    while todo:
+        for i in consumers.get(todo.pop(), []):
+            if i in seen:
+                continue
+            seen.add(i)
+            if not leaves[i].unique_name.startswith(PIXELS_END):
+                todo.extend(leaves[i].outputs.values())
+    return [leaves[i] for i in seen]
+
+
+@pytest.mark.parametrize("extra", [[], ["--max_batch_duration_secs", "0"]],
+                         ids=["stateful batching", "bundle batching"])
+def test_no_decoded_pixels_are_shuffled_or_held_in_state(extra):
+    """Decoded images (150 KB each) never cross a shuffle or wait in state on Dataflow:
+    streaming batches are formed from refs before the load stage."""
+    proto = dataflow_graph(extra)
+    carrying = steps_carrying_pixels(proto)
+    assert any("RunInference" in t.unique_name for t in carrying)  # the walk reached the model
+    assert any(t.unique_name.startswith(PIXELS_END) for t in carrying)
+    offending = [t.unique_name for t in carrying if shuffles_or_state(proto, t)]
+    assert offending == []
+    everywhere = [t.unique_name for t in proto.components.transforms.values()
+                  if not t.subtransforms and shuffles_or_state(proto, t)]
+    if not extra:  # a lone image still waits at most --max_batch_duration_secs: refs are batched
+        assert any(n.startswith("Batch references/") for n in everywhere), everywhere
+    # The vector writes are spread by a shuffle of the small vectors after the model.
+    assert any(n.startswith("Spread writes/") for n in everywhere), everywhere

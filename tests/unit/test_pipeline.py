@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -143,6 +144,9 @@ def test_streaming_with_test_stream(tmp_path):
               .add_elements([refs[0]])
               .advance_processing_time(2)
               .add_elements([refs[1], refs[2]])
+              # Past the batching's real-time flush (--max_batch_duration_secs): what
+              # is left flushes then, as in a live stream, not at the window's end.
+              .advance_processing_time(int(time.time()) + 60)
               .advance_watermark_to_infinity())
     opts = EmbedOptions(["--input_dir", src, "--weights", "random:0",
                          "--output_dir", str(tmp_path / "out")])
