@@ -149,7 +149,7 @@ def summarise(rounds: list[dict], names: list[str]) -> dict:
 # process per vCPU one each.
 MACHINES = [("n2-standard-4", 4, 16), ("n2-standard-8", 8, 32), ("n2-standard-16", 16, 64),
             ("n1-standard-8 + T4", 8, 30)]
-VM_ALLOWANCE_GIB = 2  # the OS and Dataflow's own processes: an allowance, not measured here
+VM_ALLOWANCE_GIB = 2  # the OS and Dataflow's own processes: an allowance, not a measurement
 
 
 def sizing_rows(process_mib: float) -> list[list[str]]:
@@ -210,7 +210,7 @@ def markdown(result: dict) -> str:
         f"One SDK process at work: {process_mib:.0f} MiB (the `many` peak minus the `one` "
         f"peak, per extra process). With the largest allowed images arriving at once, "
         f"default `--max_pixels` and `--max_bytes`; `{VM_ALLOWANCE_GIB} GiB` per VM is left "
-        "to the OS and Dataflow's own processes (an allowance, not measured here). Layout: "
+        "to the OS and Dataflow's own processes (an allowance, not a measurement). Layout: "
         "SDK processes x bundle threads per process x decode threads.",
         "",
         "| machine | layout | P x H x D | peak GiB | GiB for the job | largest --max_pixels |",
