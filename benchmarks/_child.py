@@ -15,7 +15,7 @@ _TRACE = os.environ.get("EMBED_BENCH_TRACE")
 def _install_trace(path: str) -> None:
     """Records, as JSON lines: model loads, forward passes (marking those that traced a
     new graph), and each object read, decode and file write (start, duration)."""
-    from streaming import images, model, sinks
+    from streaming import images, model, onnx_model, sinks
 
     sink = open(path, "a", buffering=1)  # one JSON object per line, written as it happens
     lock = threading.Lock()
@@ -34,30 +34,33 @@ def _install_trace(path: str) -> None:
                 record({"event": kind, "t": t, "dur": time.time() - t})
         return wrapper
 
-    original_call = model.EmbeddingModel.__call__
     original_load = model.load_embedding_model
 
-    def traced_call(self, batch):
-        count = getattr(self._embed, "experimental_get_tracing_count", lambda: 0)
-        before = count()
-        t = time.time()
-        result = original_call(self, batch)
-        record({"event": "warmup" if getattr(local, "loading", False) else "batch",
-                "n": int(len(batch)), "t": t, "dur": time.time() - t,
-                "traced": count() > before})
-        return result
+    def traced(original_call):
+        def traced_call(self, batch):
+            embed = getattr(self, "_embed", None)  # the TensorFlow runtime's tf.function
+            count = getattr(embed, "experimental_get_tracing_count", lambda: 0)
+            before = count()
+            t = time.time()
+            result = original_call(self, batch)
+            record({"event": "warmup" if getattr(local, "loading", False) else "batch",
+                    "n": int(len(batch)), "t": t, "dur": time.time() - t,
+                    "traced": count() > before})
+            return result
+        return traced_call
 
-    def traced_load(spec):
+    def traced_load(*args, **kwargs):
         t = time.time()
         local.loading = True
         try:
-            result = original_load(spec)
+            result = original_load(*args, **kwargs)
         finally:
             local.loading = False
         record({"event": "load", "t": t, "dur": time.time() - t})
         return result
 
-    model.EmbeddingModel.__call__ = traced_call
+    for cls in (model.EmbeddingModel, onnx_model.OnnxEmbeddingModel):
+        cls.__call__ = traced(cls.__call__)
     model.load_embedding_model = traced_load
     images.read_bytes = timed("read", images.read_bytes)
     images.decode_image = timed("decode", images.decode_image)
