@@ -41,6 +41,8 @@ import psutil
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from tests.processes import tree_rss  # noqa: E402 - the one process-tree RSS rule
 EMBED = [sys.executable, "-m", "streaming.main"]
 SINGLE_THREADED = ["--tf_intra_op_threads", "1", "--tf_inter_op_threads", "1",
                    "--decode_threads", "1"]
@@ -69,15 +71,6 @@ def make_images(folder: str, count: int, width: int, height: int) -> None:
             f.write(buf.getvalue())
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    """Bytes resident in `proc` and every descendant."""
-    total = 0
-    for p in [proc] + proc.children(recursive=True):
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 def run_once(images: str, extra: list[str], work: str) -> dict:
@@ -89,12 +82,9 @@ def run_once(images: str, extra: list[str], work: str) -> dict:
     started = time.monotonic()
     with open(os.path.join(out, "log.txt"), "w+") as log:
         child = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        proc, peak = psutil.Process(child.pid), 0
+        peak = 0
         while child.poll() is None:
-            try:
-                peak = max(peak, tree_rss(proc))
-            except psutil.Error:
-                pass
+            peak = max(peak, tree_rss(child.pid))
             time.sleep(0.2)
         wall = time.monotonic() - started
         log.seek(0)

@@ -136,3 +136,20 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str = "conditio
             raise AssertionError(f"timed out after {timeout}s waiting for {what}"
                                  + (f":\n{job.log_tail()}" if job is not None else ""))
         time.sleep(interval)
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in process `pid` and every descendant (psutil), 0 once it is gone."""
+    import psutil
+    try:
+        proc = psutil.Process(pid)
+        procs = [proc] + proc.children(recursive=True)
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total

@@ -5,7 +5,6 @@ import os
 import time
 
 import numpy as np
-import psutil
 import pytest
 from PIL import Image
 
@@ -43,14 +42,6 @@ def largest_images(folder, count: int) -> None:
             f.write(data)
 
 
-def tree_rss(proc: psutil.Process) -> int:
-    total = 0
-    for p in [proc] + proc.children(recursive=True):
-        try:
-            total += p.memory_info().rss
-        except psutil.Error:
-            pass
-    return total
 
 
 @pytest.mark.slow
@@ -67,12 +58,8 @@ def test_a_burst_of_the_largest_images_stays_within_the_budget(tmp_path):
         "--max_pixels", str(MAX_PIXELS), "--max_bytes", str(MAX_BYTES))
     peak = 0
     with processes.Child(argv) as child:
-        proc = psutil.Process(child.pid)
         while child.poll() is None:
-            try:
-                peak = max(peak, tree_rss(proc))
-            except psutil.Error:
-                pass
+            peak = max(peak, processes.tree_rss(child.pid))
             time.sleep(0.1)
         output = child.output()
     assert child.returncode == 0, output[-3000:]
