@@ -67,6 +67,11 @@ def known_generations(bq_client, table: str, scope: Scope, *,
     does not exist yet holds nothing."""
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
+    # A table not created yet holds nothing; one missing table must not void the query.
+    if not _exists(bq_client, table):
+        return
+    if dead_letter_table and not _exists(bq_client, dead_letter_table):
+        dead_letter_table = None
     params = [bigquery.ScalarQueryParameter("bucket", "STRING", scope.bucket),
               bigquery.ScalarQueryParameter("prefix", "STRING", scope.prefix)]
     if fingerprint:
@@ -81,6 +86,16 @@ def known_generations(bq_client, table: str, scope: Scope, *,
             yield row["name"], int(row["generation"])
     except NotFound as e:
         _LOG.info("reconcile: %s; treating it as empty", e)
+
+
+def _exists(bq_client, table: str) -> bool:
+    from google.api_core.exceptions import NotFound
+    from analysis.sql import parse_table_id
+    try:
+        bq_client.get_table("%s.%s.%s" % parse_table_id(table))
+    except NotFound:
+        return False
+    return True
 
 
 def list_resources(storage_client, bucket: str, prefix: str, after: Optional[str] = None,

@@ -209,6 +209,10 @@ def test_skip_existing_also_skips_dead_letters_unless_asked_to_retry(reconciled)
     assert published("--dead-letter-table", dead) == ["nothing.jpg", "older-gen.jpg"]
     assert published("--dead-letter-table", dead, "--retry-dead-letters") == [
         "dead.jpg", "nothing.jpg", "older-gen.jpg"]
+    # A dead-letter table not created yet holds nothing; the rows still count.
+    missing = dead.rsplit(".", 1)[0] + ".not_created_yet"
+    assert published("--dead-letter-table", missing) == ["dead.jpg", "nothing.jpg",
+                                                         "older-gen.jpg"]
 
 
 def test_a_new_fingerprint_re_embeds_objects_whose_row_has_an_older_one(reconciled):
