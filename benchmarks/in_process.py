@@ -1,6 +1,6 @@
 """E/L with both measured in one process, seconds apart.
 
-  .venv/bin/python benchmarks/in_process.py          # ~4 min on 2 cores
+  .venv/bin/python benchmarks/in_process.py
 
 throughput.py measures L in its own process and E in a subprocess; on a VM whose speed
 drifts over minutes that pairing still leaves some drift in E/L. Here one

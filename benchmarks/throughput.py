@@ -1,8 +1,8 @@
 """Throughput of the embedding pipeline against its limit and against the naive way.
 
-  .venv/bin/python benchmarks/throughput.py            # ~15 min on 2 cores
-  .venv/bin/python benchmarks/throughput.py --quick    # ~3 min, fewer images, one run
-  .venv/bin/python benchmarks/throughput.py --levers   # + the levers (~20 min more)
+  .venv/bin/python benchmarks/throughput.py
+  .venv/bin/python benchmarks/throughput.py --quick    # fewer images, one run
+  .venv/bin/python benchmarks/throughput.py --levers   # + the levers
 
 Measured in one run, on the same machine and the same images:
 
@@ -25,7 +25,7 @@ Measured in one run, on the same machine and the same images:
      start-up and one-off costs; median of the runs. Cross-check for the default
      configuration: a HEAD run on the first 4 images before each full run, and
          E_diff = (N - 4) / (wall(N) - wall(4)) of whole processes
-     (noisier: it subtracts two ~20 s start-ups).
+     (noisier: it subtracts two whole-process start-ups).
   E/L  the median E over L, and the paired ratio the targets are checked on: per run,
      E / the mean of the two L rounds around it (the machine's speed drifts over
      minutes; a paired ratio compares numbers from the same minutes), median over runs.
@@ -722,7 +722,7 @@ def default_pipeline() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer images (a smoke run, ~2 min)")
+    p.add_argument("--quick", action="store_true", help="fewer images (a smoke run)")
     p.add_argument("--levers", action="store_true", help="also measure the levers")
     p.add_argument("--lever_sets", default="12mp,small",
                    help="image sets for the pipeline levers (comma-separated)")

@@ -24,7 +24,7 @@ def use_anonymous_credentials(project: str) -> None:
     Beam's own Cloud Storage and Pub/Sub clients (`FileSystems` on gs://, the local
     runner's Pub/Sub read) are built with Google's default credentials and take no
     credentials argument; against the emulators there are none, and the lookup retries
-    for ~30 s. Replacing `google.auth.default` is the one place every such client asks.
+    before giving up. Replacing `google.auth.default` is the one place every such client asks.
     """
     import google.auth
     from google.auth.credentials import AnonymousCredentials

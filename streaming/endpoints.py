@@ -7,7 +7,7 @@ One switch (`--local_endpoints`) reads the standard variables
   BIGQUERY_EMULATOR_HOST=http://127.0.0.1:9050 (google-cloud-bigquery)
 
 and makes every Google client use anonymous credentials: Beam's credential lookup
-would retry Google's default credentials for ~30 s before going anonymous, so it is
+would retry Google's default credentials before going anonymous, so it is
 set here (through `streaming.adapters`), once, in the process that runs the pipeline
 (the DirectRunner runs it in-process). Production never calls this.
 """

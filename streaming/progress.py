@@ -46,8 +46,8 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 def status_line(counts: Mapping[str, int], latencies: Sequence[float],
                 images_per_s: float) -> str:
-    """`embedded 12, dead letters 3 (empty_object=1, not_an_image=2), 2.40 images/s,
-    latency p50 1.2 s p95 3.4 s` (latency only where known)."""
+    """`embedded <n>, dead letters <d> (<reason>=<n>, ...), <r> images/s,
+    latency p50 <s> s p95 <s> s` (latency only where known)."""
     dead = dead_letters(counts)
     text = f"embedded {embedded(counts)}, dead letters {sum(dead.values())}"
     if dead:
