@@ -19,7 +19,7 @@ import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
 import schemas
-from streaming import metrics
+from streaming import metrics, names
 
 _LOG = logging.getLogger(__name__)
 MAX_BACKOFF_SECS = 30.0
@@ -44,14 +44,9 @@ def make_table(table_id: str, schema_file: str):
     return table
 
 
-def _standard_id(table: str) -> str:
-    from analysis.sql import parse_table_id
-    return "%s.%s.%s" % parse_table_id(table)
-
-
 class _InsertRowsFn(beam.DoFn):
     def __init__(self, table: str, schema_file: str, local: bool, batch_size: int):
-        self._table_id = _standard_id(table)
+        self._table_id = names.standard_table_id(table)
         self._table, self._schema_file = table, schema_file
         self._local, self._batch_size = local, batch_size
 

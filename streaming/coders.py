@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 from apache_beam import coders
 
-from streaming.records import RecordFormatError, _record_types, decode_record, encode_record
+from streaming.records import RECORD_TYPES, RecordFormatError, decode_record, encode_record
 
 
 class RecordCoder(coders.Coder):
@@ -48,5 +48,5 @@ class RecordCoder(coders.Coder):
 
 
 
-for _cls in _record_types().values():
+for _cls in RECORD_TYPES.values():
     coders.registry.register_coder(_cls, RecordCoder)

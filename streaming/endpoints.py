@@ -69,10 +69,10 @@ def bigquery_client(local: bool, project: Optional[str] = None):
     return bigquery.Client(project=project)
 
 
-def beam_storage_client():
-    """The google-cloud-storage client inside Beam's GcsIO, for DoFns that need more
-    than FileSystems (an exact generation, a create-only precondition): the worker's
-    credentials on Dataflow; the emulator (STORAGE_EMULATOR_HOST) and anonymous
-    credentials after `use_local_endpoints`."""
-    from apache_beam.io.gcp.gcsio import GcsIO
-    return GcsIO().client
+def worker_storage_client():
+    """A google-cloud-storage client for DoFns that need more than FileSystems (an exact
+    generation, a create-only precondition): the worker's default credentials on
+    Dataflow; against the emulator (STORAGE_EMULATOR_HOST) the library goes anonymous by
+    itself. Public API only (not the client inside Beam's GcsIO)."""
+    from google.cloud import storage
+    return storage.Client()

@@ -49,7 +49,7 @@ class GcsReader:
 
     def __init__(self, attempts: int = 4, initial_delay: float = 0.5):
         from google.api_core import retry as api_retry
-        self._client = endpoints.beam_storage_client()
+        self._client = endpoints.worker_storage_client()
         self._retry = api_retry.Retry(initial=initial_delay, maximum=8.0, multiplier=2.0,
                                       timeout=initial_delay * (2 ** attempts))
 

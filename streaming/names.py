@@ -33,6 +33,11 @@ def parse_table_id(table: str) -> tuple[str, str, str]:
     return m.group("project"), m.group("dataset"), m.group("table")
 
 
+def standard_table_id(table: str) -> str:
+    """`P.D.T`, the form google-cloud-bigquery takes, of `P:D.T` or `P.D.T`."""
+    return "%s.%s.%s" % parse_table_id(table)
+
+
 def full_table_id(table: str, project: Optional[str] = None) -> str:
     """`P:D.T` for `P:D.T`, `P.D.T`, or `D.T` when `project` is given.
 

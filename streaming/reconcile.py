@@ -20,7 +20,7 @@ from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
 
-from streaming import metrics
+from streaming import metrics, names
 from streaming.adapters import object_resource
 
 _LOG = logging.getLogger(__name__)
@@ -90,9 +90,8 @@ def known_generations(bq_client, table: str, scope: Scope, *,
 
 def _exists(bq_client, table: str) -> bool:
     from google.api_core.exceptions import NotFound
-    from analysis.sql import parse_table_id
     try:
-        bq_client.get_table("%s.%s.%s" % parse_table_id(table))
+        bq_client.get_table(names.standard_table_id(table))
     except NotFound:
         return False
     return True
@@ -162,9 +161,8 @@ class _CatchUpFn(beam.DoFn):
         self._table, self._dead_letter_table, self._local = table, dead_letter_table, local
 
     def setup(self):
-        from analysis.sql import parse_table_id
         from streaming import endpoints
-        project = parse_table_id(self._table)[0]
+        project = names.parse_table_id(self._table)[0]
         self._storage = endpoints.storage_client(self._local, project)
         self._bq = endpoints.bigquery_client(self._local, project)
 

@@ -184,8 +184,7 @@ class RecordFormatError(ValueError):
     """Bytes that this code cannot decode into a record: another format or class layout."""
 
 
-def _record_types() -> dict[str, type]:
-    return {cls.__name__: cls for cls in (ImageRef, ImageInfo, DeadLetter)}
+RECORD_TYPES: dict[str, type] = {cls.__name__: cls for cls in (ImageRef, ImageInfo, DeadLetter)}
 
 
 def _to_wire(record) -> dict[str, Any]:
@@ -199,7 +198,7 @@ def _to_wire(record) -> dict[str, Any]:
 
 
 def _from_wire(obj: dict[str, Any]):
-    cls = _record_types().get(obj.get("t"))
+    cls = RECORD_TYPES.get(obj.get("t"))
     if cls is None:
         raise RecordFormatError(f"unknown record type {obj.get('t')!r}")
     known = {f.name for f in dataclasses.fields(cls)}
@@ -255,7 +254,7 @@ def _reduce(record):
     return decode_record, (encode_record(record),)
 
 
-for _cls in _record_types().values():
+for _cls in RECORD_TYPES.values():
     _cls.__reduce__ = _reduce
 
 

@@ -170,7 +170,7 @@ class _WriteVectorFn(beam.DoFn):
 
     def setup(self):
         # One storage client per DoFn instance, for create-only writes to gs://.
-        self._gcs = endpoints.beam_storage_client() \
+        self._gcs = endpoints.worker_storage_client() \
             if (self._root or "").startswith("gs://") else None
 
     def process(self, element) -> Iterable:
