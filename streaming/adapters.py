@@ -32,3 +32,39 @@ def use_anonymous_credentials(project: str) -> None:
     def anonymous_default(*_args, **_kwargs):
         return AnonymousCredentials(), project
     google.auth.default = anonymous_default
+
+
+def pull_more_locally(max_messages: int, wait_secs: float) -> None:
+    """Makes Beam's local runner pull up to `max_messages` per Pub/Sub read, not 10.
+
+    The local runner's Pub/Sub read (`_PubSubReadEvaluator`) pulls a fixed 10 messages
+    per bundle, which caps a local job at a few dozen messages a second whatever they
+    hold, and waits up to 30 s for a message when there is none, holding back the
+    runner's timers (a partial batch's flush) meanwhile. No option changes either. The
+    subscriber client it pulls with is wrapped so that each pull asks for more and
+    answers "nothing" after `wait_secs`; the rest of the read, acknowledging included,
+    is Beam's.
+    """
+    from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator as reader
+    original = getattr(reader, "_unwrapped_subscriber_client", None)
+    if original is None:
+        original = reader._unwrapped_subscriber_client = reader._get_subscriber_client
+
+    class Client:
+        def __init__(self, client):
+            self._client = client
+
+        def pull(self, **kwargs):
+            from google.api_core.exceptions import DeadlineExceeded
+            from google.pubsub_v1 import PullResponse
+            try:
+                return self._client.pull(
+                    **{**kwargs, "max_messages": max_messages, "timeout": wait_secs})
+            except DeadlineExceeded:
+                return PullResponse()
+
+        def __getattr__(self, name):
+            return getattr(self._client, name)
+
+    reader._get_subscriber_client = classmethod(
+        lambda _cls, transform: Client(original(transform)))

@@ -23,6 +23,10 @@ from streaming import metrics, names
 
 _LOG = logging.getLogger(__name__)
 MAX_BACKOFF_SECS = 30.0
+# Tables this process has created or found: checked once per process, not per bundle
+# (Beam's local runner sets DoFns up again for every bundle); a missing table is
+# re-created when an insert says so.
+_CHECKED: set[str] = set()
 
 
 def table_spec(schema_file: str) -> dict[str, Any]:
@@ -52,8 +56,10 @@ class _InsertRowsFn(beam.DoFn):
 
     def setup(self):
         from streaming import endpoints
-        self._client = endpoints.bigquery_client(self._local, self._table_id.split(".")[0])
-        self._ensure_table()
+        self._client = endpoints.worker_bigquery_client(self._local,
+                                                        self._table_id.split(".")[0])
+        if self._table_id not in _CHECKED:
+            self._ensure_table()
 
     def start_bundle(self):
         self._buffer: list[tuple[dict, Any, Any]] = []
@@ -115,6 +121,7 @@ class _InsertRowsFn(beam.DoFn):
         except Exception as e:  # noqa: BLE001 - next insert retries
             _LOG.warning("cannot check BigQuery table %s: %s", self._table_id, _short(e))
             return
+        _CHECKED.add(self._table_id)
         metrics.count("bigquery.table_checks")
 
 

@@ -13,6 +13,7 @@ set here (through `streaming.adapters`), once, in the process that runs the pipe
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -59,6 +60,12 @@ def storage_client(local: bool, project: Optional[str] = None):
     return storage.Client(project=project)
 
 
+@functools.lru_cache(maxsize=None)
+def worker_bigquery_client(local: bool, project: Optional[str] = None):
+    """`bigquery_client`, one per process for DoFns (see `worker_storage_client`)."""
+    return bigquery_client(local, project)
+
+
 def bigquery_client(local: bool, project: Optional[str] = None):
     """A google-cloud-bigquery client (anonymous against the emulator)."""
     from google.cloud import bigquery
@@ -69,10 +76,15 @@ def bigquery_client(local: bool, project: Optional[str] = None):
     return bigquery.Client(project=project)
 
 
+@functools.lru_cache(maxsize=None)
 def worker_storage_client():
     """A google-cloud-storage client for DoFns that need more than FileSystems (an exact
     generation, a create-only precondition): the worker's default credentials on
     Dataflow; against the emulator (STORAGE_EMULATOR_HOST) the library goes anonymous by
-    itself. Public API only (not the client inside Beam's GcsIO)."""
+    itself. Public API only (not the client inside Beam's GcsIO).
+
+    One per process, shared by its threads, as Beam's GcsIO shares its own: Beam's local
+    runner sets DoFns up again for every bundle, and a client per bundle would pay its
+    set-up and a new connection each time."""
     from google.cloud import storage
     return storage.Client()

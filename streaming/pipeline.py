@@ -11,11 +11,16 @@ from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.options.pipeline_options import StandardOptions
 
 import schemas
-from streaming import batching, bigquery, filters, images, metrics, model, reconcile, sinks
+from streaming import adapters, batching, bigquery, filters, images, metrics, model, reconcile, sinks
 from streaming import coders  # noqa: F401 - registers the records' versioned coders
 from streaming.local_source import ReadLocalFolder
 from streaming.notifications import ParseNotifications
 from streaming.options import EmbedOptions
+
+# The local runner's Pub/Sub read: the most one pull may return, and how long a pull
+# waits for a message before the runner gets on with its timers.
+LOCAL_PULL_MESSAGES = 1000
+LOCAL_PULL_WAIT_SECS = 0.5
 
 
 def filter_config(opts: EmbedOptions) -> filters.FilterConfig:
@@ -35,6 +40,8 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
         refs = pipeline | "Read local folder" >> ReadLocalFolder(
             opts.input_dir, watch=opts.watch, interval=opts.watch_interval)
         return refs, None
+    if not on_dataflow(opts):
+        adapters.pull_more_locally(LOCAL_PULL_MESSAGES, LOCAL_PULL_WAIT_SECS)
     messages = pipeline | "Read notifications" >> beam.io.ReadFromPubSub(
         subscription=opts.input_subscription, topic=opts.input_topic, with_attributes=True)
     parsed = messages | "Parse notifications" >> ParseNotifications()
@@ -48,6 +55,10 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
     return refs, parsed.dead_letters
 
 
+def on_dataflow(opts: EmbedOptions) -> bool:
+    return (opts.view_as(StandardOptions).runner or "").endswith("DataflowRunner")
+
+
 def catch_up_enabled(opts: EmbedOptions) -> bool:
     """Whether a Pub/Sub job starts by embedding what the tables lack (see --catch_up).
 
@@ -57,7 +68,7 @@ def catch_up_enabled(opts: EmbedOptions) -> bool:
     """
     if opts.input_dir or opts.catch_up == "never" or not (opts.buckets and opts.output_table):
         return False
-    dataflow = (opts.view_as(StandardOptions).runner or "").endswith("DataflowRunner")
+    dataflow = on_dataflow(opts)
     if opts.catch_up_every_minutes and not dataflow:
         # The local streaming runner cannot expand PeriodicImpulse (a splittable DoFn).
         raise ValueError("--catch_up_every_minutes runs on Dataflow; locally the catch-up "
