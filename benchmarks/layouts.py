@@ -86,7 +86,7 @@ def markdown(result: dict) -> str:
     value = lambda x: "n/a" if x is None else f"{x:.2f}"  # noqa: E731
     lines = [f"# Worker layouts on the local multi-process runner ({result['machine']['date']})",
              "", C.describe(result["machine"]) + f". {s['small']} and {s['images']} JPEGs "
-             f"1024x768, {s['rounds']} paired rounds, N = {s['processes']} SDK processes.", "",
+             f"1024x768, paired rounds: {s['rounds']}, N = {s['processes']} SDK processes.", "",
              "| layout | options | whole process, img/s | vs one (rounds) | steady state, "
              "img/s | vs one (rounds) | peak RSS, MiB |", "|---|---|---:|---:|---:|---:|---:|"]
     for name, e in summary.items():
