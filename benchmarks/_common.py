@@ -4,7 +4,6 @@ other processes used meanwhile), paired rounds, and results as NAME.json + NAME.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -12,11 +11,10 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from importlib.metadata import version
-from typing import Optional, Sequence
+from typing import Sequence
 
 import psutil
 
@@ -53,16 +51,17 @@ def describe(info: dict) -> str:
             + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
 
 
-def _cpu_seconds() -> tuple[float, float]:
-    """(busy CPU seconds of the whole machine, of this process and its reaped children)."""
+def cpu_mark() -> tuple[float, float]:
+    """(busy CPU seconds of the machine, of this process and its reaped children)."""
     t, own = psutil.cpu_times(), psutil.Process().cpu_times()
     busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
     return busy, own.user + own.system + own.children_user + own.children_system
 
 
-def _other_cores(before: tuple[float, float], seconds: float) -> float:
-    after = _cpu_seconds()
-    return round(max(0.0, (after[0] - before[0]) - (after[1] - before[1])) / seconds, 2)
+def other_cores(mark: tuple[float, float], seconds: float) -> float:
+    """Cores other processes used on average since `mark` (a `cpu_mark()`)."""
+    busy, own = cpu_mark()
+    return round(max(0.0, (busy - mark[0]) - (own - mark[1])) / seconds, 2)
 
 
 def wait_quiet(max_wait: float = 10.0, below: float = 0.5) -> float:
@@ -70,32 +69,45 @@ def wait_quiet(max_wait: float = 10.0, below: float = 0.5) -> float:
     one second; returns the cores they used in the last second."""
     deadline = time.monotonic() + max_wait
     while True:
-        before = _cpu_seconds()
+        mark = cpu_mark()
         time.sleep(1.0)
-        other = _other_cores(before, 1.0)
+        other = other_cores(mark, 1.0)
         if other < below or time.monotonic() > deadline:
             return other
 
 
+class PeakRss:
+    """The peak RSS, in bytes, of process `pid` and its descendants, polled every 0.1 s
+    on a thread until `stop()`."""
+
+    def __init__(self, pid: int):
+        self.peak, self._done = 0, threading.Event()
+        self._thread = threading.Thread(target=self._poll, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def _poll(self, pid: int) -> None:
+        while not self._done.wait(0.1):
+            self.peak = max(self.peak, tree_rss(pid))
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return self.peak
+
+
 def run_process(argv: Sequence[str], timeout: float = 1800) -> dict:
-    """One whole process: wall time, peak RSS of its tree (0.1 s polls), the cores
-    other processes used meanwhile, and its output. Raises RuntimeError if it fails."""
-    before, start, peak, done = _cpu_seconds(), time.monotonic(), [0], threading.Event()
+    """One whole process: wall time, peak RSS of its tree, the cores other processes
+    used meanwhile, and its output. Raises RuntimeError if it fails."""
+    mark, start = cpu_mark(), time.monotonic()
     with Child(argv, env=CHILD_ENV) as child:
-        def poll() -> None:
-            while not done.wait(0.1):
-                peak[0] = max(peak[0], tree_rss(child.pid))
-        poller = threading.Thread(target=poll, daemon=True)
-        poller.start()
+        rss = PeakRss(child.pid)
         code = child.wait(timeout)
-        wall = time.monotonic() - start
-        done.set()
-        poller.join()
+        wall, peak = time.monotonic() - start, rss.stop()
         output = child.output()
     if code:
         raise RuntimeError(f"{' '.join(argv)} exited {code}:\n{output[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_mib": round(peak[0] / 2**20),
-            "other_cores": _other_cores(before, wall), "output": output}
+    return {"wall_s": round(wall, 2), "peak_mib": round(peak / 2**20),
+            "other_cores": other_cores(mark, wall), "output": output}
 
 
 def paired_order(names: Sequence[str], round_index: int) -> list[str]:
@@ -112,36 +124,22 @@ def paired_ratios(values: Sequence[float], baseline: Sequence[float]) -> dict:
 
 
 def parser(doc: str, rounds: int) -> argparse.ArgumentParser:
-    """The options every benchmark takes: --rounds, --quick, --workdir, --out."""
+    """The options every benchmark takes: --rounds, --quick, --out."""
     p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=rounds, help="paired rounds")
     p.add_argument("--quick", action="store_true", help="smoke test: few images, 1 round")
-    p.add_argument("--workdir", default=None, help="keep the generated images here "
-                   "for the next run (default: a temporary folder, removed at the end)")
     p.add_argument("--out", default=RESULTS, help="folder for NAME.json and NAME.md")
     return p
 
 
-@contextlib.contextmanager
-def work_dir(path: Optional[str]):
-    """`path` (kept for the next run), or a temporary folder removed afterwards."""
-    if path:
-        os.makedirs(path, exist_ok=True)
-        yield path
-    else:
-        with tempfile.TemporaryDirectory(prefix="embed-bench-") as tmp:
-            yield tmp
-
-
 def make_jpegs(folder: str, count: int, width: int, height: int, distinct: int) -> str:
     """`count` photo-like JPEGs (quality 90): `distinct` generated, the rest copies (a
-    12 MP image takes seconds to generate; decoding a copy costs the same). Reused when
-    the folder already holds `count` files."""
+    12 MP image takes seconds to generate; decoding a copy costs the same)."""
     from PIL import Image
 
     from tools.samples import photo_like
-    os.makedirs(folder, exist_ok=True)
-    for i in range(count if len(os.listdir(folder)) != count else 0):
+    os.makedirs(folder)
+    for i in range(count):
         path = os.path.join(folder, f"img-{i:04d}.jpg")
         if i < distinct:
             Image.fromarray(photo_like(width, height, seed=i)).save(path, quality=90)

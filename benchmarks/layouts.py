@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import statistics
 import sys
+import tempfile
 
 import _common as C
 
@@ -119,11 +120,9 @@ def main() -> int:
     small_n, large_n = (4, 12) if args.quick else (32, 192)
     rounds, configs = (1 if args.quick else args.rounds), layouts(args.processes)
     info, results = C.machine(), []
-    with C.work_dir(args.workdir) as work:
-        large = C.make_jpegs(os.path.join(work, f"{large_n}-1024x768"), large_n, 1024, 768,
-                             large_n)
-        small = C.make_jpegs(os.path.join(work, f"{small_n}-1024x768"), small_n, 1024, 768,
-                             small_n)
+    with tempfile.TemporaryDirectory(prefix="embed-bench-") as work:
+        small, large = (C.make_jpegs(os.path.join(work, f"{n}-1024x768"), n, 1024, 768, n)
+                        for n in (small_n, large_n))
         out = os.path.join(work, "layouts-out")
         os.makedirs(out, exist_ok=True)
         for i in range(rounds):

@@ -1,20 +1,12 @@
-"""Scale on paper: workers and cost for a target rate, from measured rates.
+"""Scale on paper: Dataflow workers and cost for a target rate, from measured rates.
 
-`python benchmarks/scale.py [--results DIR]` reads `vs_script.json` (the job's
-steady-state rate on the measuring machine's cores, default runtime) and `gpu.json`
-(decoding per core and the forward pass on an H100) from DIR (default
-`benchmarks/results`), and writes `scale.{json,md}` there: how many Dataflow
-workers of each machine type reach `--target` images/s, and what a million images cost
-at the list prices below. Everything it assumes is printed with the table:
-
-- a vCPU embeds at the measured rate / the measuring machine's cores (linear scaling;
-  the measuring machine was shared, so its rates are if anything low);
-- a T4 runs ResNet50 at the H100's measured float32 rate times the ratio of their
-  published float32 peaks (8.1 / 67 TFLOPS): an estimate, not a measurement; a T4 worker
-  is limited by the slower of that and its vCPUs' decoding (`gpu.json`, per core);
-- prices: Dataflow streaming list prices, us-central1, per hour, as published by Google
-  in 2024 (`PRICES_AS_OF`); they exclude Streaming Engine, Pub/Sub, BigQuery and storage.
-  They are list prices to check against https://cloud.google.com/dataflow/pricing.
+Reads `vs_script.json` (the job's steady-state rate E on the measuring machine's cores)
+and `gpu.json` (decoding per core, the forward pass on an H100) from `--results`, and
+writes `scale.{json,md}` there. Assumed, and printed with the table: a vCPU embeds at E /
+the measuring machine's cores; a T4 at the H100's float32 rate x the ratio of their
+published float32 peaks (8.1 / 67 TFLOPS), capped by its vCPUs' decoding; Dataflow
+streaming list prices (us-central1, `PRICES_AS_OF`) without Streaming Engine, Pub/Sub,
+BigQuery and storage, to check against https://cloud.google.com/dataflow/pricing.
 """
 from __future__ import annotations
 
@@ -74,8 +66,9 @@ def main() -> None:
         mark = " (estimate)" if r["estimate"] else ""
         lines.append(f"| {r['images']} | {r['machine']} | {r['worker_img_s']}{mark} | "
                      f"{r['workers']} | {r['fleet_usd_per_hour']} | {r['usd_per_million']} |")
-    lines += ["", f"Per-vCPU rates: the job's median steady-state img/s in `vs_script.json` "
-              f"/ its {cores} cores (start-up, paid once per worker, left out). T4: {t4_rate:.0f} img/s estimated (H100's measured float32 "
+    lines += ["", f"Per-vCPU rates: the job's median steady-state img/s (E) in "
+              f"`vs_script.json` / its {cores} cores; E leaves out start-up, which a worker "
+              f"pays once. T4: {t4_rate:.0f} img/s estimated (H100's measured float32 "
               f"rate x {T4_OVER_H100_FP32:.3f}), capped by decoding on the worker's vCPUs. "
               f"Prices per hour: vCPU ${VCPU_HOUR}, GB ${GB_HOUR}, T4 ${T4_HOUR}; Dataflow "
               f"streaming list prices, us-central1, as of {PRICES_AS_OF}; without Streaming "

@@ -17,6 +17,7 @@ import re
 import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 import _common as C
@@ -86,8 +87,7 @@ def run(work: str, sets: dict, rounds: int, l_seconds: float) -> dict:
     info = C.machine()
     folders = {k: C.make_jpegs(os.path.join(work, f"{n}-{w}x{h}"), n, w, h, d)
                for k, (n, w, h, d) in sets.items()}
-    out, cache = os.path.join(work, "out"), os.path.join(work, "model-cache")
-    shutil.rmtree(cache, ignore_errors=True)
+    out, cache = os.path.join(work, "out"), os.path.join(work, "model-cache")  # cache: empty
     help_s = [C.run_process(EMBED + ["--help"])["wall_s"] for _ in range(5)]
     cold = measure("embed-stream", folders["1mp-few"], out, cache)  # fills the cache
     print(f"embed-stream --help {statistics.median(help_s)} s; first run, converting: "
@@ -156,7 +156,8 @@ def markdown(result: dict) -> str:
     lines += ["", f"`embed-stream --help`: {result['help_s']['median']:.2f} s (median of "
               f"{len(result['help_s']['runs'])} processes). A first run with an empty model "
               f"cache ({cold['images']} JPEGs; builds the Keras model, converts it with "
-              f"tf2onnx, stores it): {cold['wall_s']:.1f} s, peak {cold['peak_mib'] / 1024:.2f} GiB.",
+              f"tf2onnx, stores it): {cold['wall_s']:.1f} s, peak "
+              f"{cold['peak_mib'] / 1024:.2f} GiB.",
               "", "The wall time is what a user waits for. `img/s after start-up` (E) is "
               "the rate each process prints: for the job, images / the seconds after its "
               "model is loaded, which leaves out the interpreter, imports, loading or "
@@ -178,7 +179,7 @@ def main() -> int:
     if args.forward:
         forward(args.forward, args.images, args.model_cache_dir, float(args.seconds))
         return 0
-    with C.work_dir(args.workdir) as work:
+    with tempfile.TemporaryDirectory(prefix="embed-bench-") as work:
         result = run(work, QUICK_SETS if args.quick else SETS, 1 if args.quick else args.rounds,
                      2.0 if args.quick else args.l_seconds)
     C.write_results(args.out, "vs_script", result, markdown(result))
