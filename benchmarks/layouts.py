@@ -31,10 +31,10 @@ def layouts(processes: int) -> dict[str, list[str]]:
 
 
 def embed(folder: str, options: list[str], out: str) -> dict:
+    # TensorFlow: many-1's thread options are TensorFlow's, and its process is the larger.
     run = C.run_process([sys.executable, "-m", "streaming.main", "--input_dir", folder,
                          "--output_dir", os.path.join(out, str(len(os.listdir(out)))),
                          "--weights", "random:0", "--runtime", "tensorflow"] + options)
-    # TensorFlow: many-1's thread options are TensorFlow's, and its process is the larger.
     return dict(run, embedded=int(run.pop("output").split("images embedded: ")[1].split()[0]))
 
 
