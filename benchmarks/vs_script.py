@@ -1,256 +1,189 @@
-"""The job against the plain Keras script a user would write, whole processes, paired.
+"""The job against the plain Keras script a user would write: whole processes, paired.
 
-`python benchmarks/vs_script.py [--rounds 3] [--workdir DIR]` runs, on the same JPEG
-folders and in alternating order within each round:
-
-- `embed-stream --input_dir D --output_dir O --weights random:0` (the default runtime,
-  ONNX Runtime, its converted model already cached: a user's second and later runs),
-- the same with `--runtime tensorflow`,
-- `benchmarks/keras_script.py D O.npy` (Keras `image_dataset_from_directory` +
-  `ResNet50.predict`, random weights),
-
-and reports each whole process's wall time, its ratio to the script's in the same round,
-and next to it the steady-state rate each prints (the job: images / the seconds after
-the model is loaded; the script: images / the seconds of `predict` + `np.save`). It also
-times one job run with an empty model cache (the conversion a first run pays) and
-`embed-stream --help`. Results: `benchmarks/results/vs_script.{json,md}` (or `--out`).
-
-The folders: 96 JPEGs of 4000x3000 (8 generated images, each copied 12 times:
-generating a 12-megapixel image takes seconds, decoding a copy costs the same), 192 and
-8 JPEGs of 1024x768, quality 90, from `tools/samples.photo_like`.
+Each round runs, on each folder (96 JPEGs of 4000x3000, 192 and 8 of 1024x768) in
+alternating order, each after waiting for a quiet machine: `embed-stream` (default
+runtime, ONNX Runtime, its converted model cached), `embed-stream --runtime tensorflow`
+and `keras_script.py`; and, per runtime, L: the job's model alone in its own process on
+decoded 224x224 arrays, batch 8. Recorded: wall time and its ratio to the script's of
+the same round, the steady-state rate each process prints (E) and E/L, peak RSS of the
+process tree, the CPU other processes used; once, `embed-stream --help` (median of 5)
+and a first run that converts the model. Writes `vs_script.{json,md}`.
 """
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
-import psutil
+import _common as C
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-BIN = os.path.dirname(sys.executable)
-SETS = {  # name: (count, width, height, distinct images)
-    "96 JPEGs 4000x3000": (96, 4000, 3000, 8),
-    "192 JPEGs 1024x768": (192, 1024, 768, 192),
-    "8 JPEGs 1024x768": (8, 1024, 768, 8),
-}
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "NO_GCE_CHECK": "true",
-       "GCE_METADATA_HOST": "127.0.0.1:1", "GCE_METADATA_IP": "127.0.0.1:1",
-       "GCE_METADATA_ROOT": "127.0.0.1:1"}
+SETS = {  # key: (count, width, height, distinct images)
+    "12mp": (96, 4000, 3000, 8), "1mp": (192, 1024, 768, 192), "1mp-few": (8, 1024, 768, 8)}
+QUICK_SETS = {"12mp": (4, 4000, 3000, 2), "1mp": (8, 1024, 768, 8), "1mp-few": (2, 1024, 768, 2)}
+EMBED = [sys.executable, "-m", "streaming.main"]
+SCRIPT = "Keras script"
+VARIANTS = {"embed-stream": "onnx", "embed-stream --runtime tensorflow": "tensorflow",
+            SCRIPT: None}  # process: the runtime whose L it is compared with
+L_BATCH = 8
 
 
-def make_set(folder: str, count: int, width: int, height: int, distinct: int) -> None:
-    """Writes the JPEGs once; a folder already holding `count` files is reused."""
-    from PIL import Image
-
-    from tools.samples import photo_like
-    os.makedirs(folder, exist_ok=True)
-    if len(os.listdir(folder)) == count:
-        return
-    for i in range(count):
-        path = os.path.join(folder, f"img-{i:04d}.jpg")
-        if i < distinct:
-            Image.fromarray(photo_like(width, height, seed=i)).save(path, quality=90)
-        else:
-            shutil.copyfile(os.path.join(folder, f"img-{i % distinct:04d}.jpg"), path)
+def command(variant: str, folder: str, out: str, cache: str) -> list[str]:
+    if variant == SCRIPT:
+        return [sys.executable, os.path.join(C.ROOT, "benchmarks", "keras_script.py"), folder,
+                os.path.join(out, "vectors.npy")]
+    return EMBED + ["--input_dir", folder, "--output_dir", out, "--weights", "random:0",
+                    "--runtime", VARIANTS[variant], "--model_cache_dir", cache]
 
 
-def wait_quiet(max_wait: float = 10.0, below: float = 0.5) -> float:
-    """Waits (at most `max_wait` s) until other processes use less than `below` cores;
-    returns the cores they used in the last second."""
-    deadline = time.monotonic() + max_wait
-    while True:
-        busy = psutil.cpu_percent(interval=1.0) / 100 * psutil.cpu_count()
-        if busy < below or time.monotonic() > deadline:
-            return round(busy, 2)
-
-
-def timed(argv: list[str]) -> dict:
-    """Wall time, peak RSS of the process tree (0.1 s polls), the CPU other processes
-    used meanwhile (in cores), and the output, of one whole process."""
-    cpu0, child0 = psutil.cpu_times(), _children_cpu()
-    start = time.monotonic()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=ENV, cwd=ROOT)
-    peak = [0]
-
-    def poll():
-        root = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            try:
-                tree = [root] + root.children(recursive=True)
-                peak[0] = max(peak[0], sum(p.memory_info().rss for p in tree))
-            except psutil.Error:
-                pass
-            time.sleep(0.1)
-
-    watcher = threading.Thread(target=poll, daemon=True)
-    watcher.start()
-    output = proc.communicate()[0]
-    wall = time.monotonic() - start
-    watcher.join()
-    cpu1 = psutil.cpu_times()
-    busy = (sum(cpu1) - cpu1.idle - cpu1.iowait) - (sum(cpu0) - cpu0.idle - cpu0.iowait)
-    if proc.returncode:
-        raise RuntimeError(f"{argv} exited {proc.returncode}:\n{output[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_gb": round(peak[0] / 1e9, 2),
-            "other_cores": round(max(0.0, busy - (_children_cpu() - child0)) / wall, 2),
-            "output": output}
-
-
-def _children_cpu() -> float:
-    import resource
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
-def job(folder: str, out: str, runtime: str, cache: str) -> dict:
-    shutil.rmtree(out, ignore_errors=True)
-    r = timed([os.path.join(BIN, "embed-stream"), "--input_dir", folder, "--output_dir", out,
-               "--weights", "random:0", "--runtime", runtime, "--model_cache_dir", cache])
-    found = re.search(r"wall time: ([\d.]+) s", r["output"])
-    embedded = re.search(r"images embedded: (\d+)", r["output"])
-    r["images"], r["work_s"] = int(embedded.group(1)), float(found.group(1))
-    return r
-
-
-def script(folder: str, out: str) -> dict:
+def measure(variant: str, folder: str, out: str, cache: str) -> dict:
+    """One whole process and the steady-state rate it prints (images / seconds after
+    start-up)."""
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)
-    r = timed([sys.executable, os.path.join(ROOT, "benchmarks", "keras_script.py"), folder,
-               os.path.join(out, "vectors.npy")])
-    found = re.search(r"embedded (\d+) in ([\d.]+) s", r["output"])
-    r["images"], r["work_s"] = int(found.group(1)), float(found.group(2))
-    return r
+    run = C.run_process(command(variant, folder, out, cache))
+    text = run.pop("output")
+    if variant == SCRIPT:
+        images, seconds = re.search(r"embedded (\d+) in ([\d.]+) s", text).groups()
+        rate = int(images) / float(seconds)
+    else:  # the summary's rate has more digits than its seconds
+        images = re.search(r"images embedded: (\d+)", text).group(1)
+        rate = float(re.search(r"wall time: [\d.]+ s, ([\d.]+) images/s", text).group(1))
+    run["images"], run["img_s_after_start"] = int(images), round(rate, 2)
+    return run
 
 
-VARIANTS = {"embed-stream (onnx)": lambda d, o, c: job(d, o, "onnx", c),
-            "embed-stream --runtime tensorflow": lambda d, o, c: job(d, o, "tensorflow", c),
-            "Keras script": lambda d, o, c: script(d, o)}
-SCRIPT = "Keras script"
+def forward_rate(runtime: str, folder: str, cache: str, seconds: float) -> float:
+    """L in a fresh process: `--forward RUNTIME` below, which prints the rate."""
+    run = C.run_process([sys.executable, os.path.abspath(__file__), "--forward", runtime,
+                         "--images", folder, "--model_cache_dir", cache,
+                         "--seconds", str(seconds)])
+    return float(re.search(r"forward pass: ([\d.]+) img/s", run["output"]).group(1))
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--rounds", type=int, default=3, help="Paired rounds per image set.")
-    p.add_argument("--workdir", type=str, default=None,
-                   help="Keep generated images here for the next run (default: a "
-                        "temporary folder, removed at the end).")
-    p.add_argument("--out", type=str, default=os.path.join(ROOT, "benchmarks", "results",
-                                                           "vs_script"))
-    args = p.parse_args()
-    work = args.workdir or tempfile.mkdtemp(prefix="vs-script-")
-    try:
-        return run(args, work)
-    finally:
-        if not args.workdir:
-            shutil.rmtree(work, ignore_errors=True)
+def forward(runtime: str, folder: str, cache: str, seconds: float) -> None:
+    """Times the job's model alone on decoded arrays of `folder`, batch L_BATCH, for
+    `seconds` after its warm-up (load_embedding_model warms it up)."""
+    import numpy as np
+
+    from streaming import decode, model
+    files = sorted(os.listdir(folder))[:L_BATCH]
+    batch = np.stack([decode.decode_image(open(os.path.join(folder, f), "rb").read()).pixels
+                      for f in files * (L_BATCH // len(files) + 1)][:L_BATCH])
+    embed = model.load_embedding_model("random:0", runtime, cache)
+    embed(batch)  # the first batch of this size allocates
+    images, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        embed(batch)
+        images += L_BATCH
+    print(f"forward pass: {images / (time.monotonic() - start):.2f} img/s")
 
 
-def run(args, work: str) -> int:
-    result = {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cores": psutil.cpu_count(), "memory_gb":
-                          round(psutil.virtual_memory().total / 1e9, 1),
-                          "cpu": platform.processor() or platform.machine(),
-                          "load_avg_at_start": [round(x, 2) for x in os.getloadavg()]},
-              "versions": _versions(), "rounds": args.rounds, "sets": {}}
-    for name, (count, w, h, distinct) in SETS.items():
-        make_set(os.path.join(work, name.split()[0] + f"-{w}x{h}"), count, w, h, distinct)
-    out = os.path.join(work, "out")
-    help_runs = [timed([os.path.join(BIN, "embed-stream"), "--help"])["wall_s"]
-                 for _ in range(3)]
-    result["help_s"] = {"runs": help_runs, "median": statistics.median(help_runs)}
-    cache = os.path.join(work, "model-cache")
-    shutil.rmtree(cache, ignore_errors=True)
-    small = os.path.join(work, "8-1024x768")
-    cold = job(small, out, "onnx", cache)  # converts and fills the cache
-    result["first_run_converting"] = {k: v for k, v in cold.items() if k != "output"}
-    print(f"embed-stream --help: {result['help_s']['median']:.2f} s; first onnx run "
-          f"(converts): {cold['wall_s']:.1f} s", flush=True)
-    names = list(VARIANTS)
-    for name, (count, w, h, _) in SETS.items():
-        folder = os.path.join(work, name.split()[0] + f"-{w}x{h}")
-        runs = {v: [] for v in names}
-        for r in range(args.rounds):
-            order = names if r % 2 == 0 else names[::-1]
-            for v in order:
-                before = wait_quiet()
-                m = VARIANTS[v](folder, out, cache)
-                m["other_cores_before"] = before
-                m.pop("output")
-                runs[v].append(m)
-                print(f"{name} round {r + 1}: {v}: {m['wall_s']:.1f} s wall, "
-                      f"{m['images'] / m['work_s']:.2f} img/s after start-up, "
-                      f"other cores {m['other_cores']}", flush=True)
-        result["sets"][name] = {v: {"runs": runs[v], "ratio_to_script": [
-            round(a["wall_s"] / b["wall_s"], 3) for a, b in zip(runs[v], runs[SCRIPT])]}
-            for v in names}
-        for v in names:
-            data = result["sets"][name][v]
-            data["median_ratio"] = statistics.median(data["ratio_to_script"])
-            data["median_wall_s"] = statistics.median(r["wall_s"] for r in runs[v])
-            data["median_img_s_after_start"] = round(statistics.median(
-                r["images"] / r["work_s"] for r in runs[v]), 2)
-    result["machine"]["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    with open(args.out + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(args.out + ".md", "w") as f:
-        f.write(markdown(result))
-    print(markdown(result))
-    return 0
+def run(work: str, sets: dict, rounds: int, l_seconds: float) -> dict:
+    info = C.machine()
+    folders = {k: C.make_jpegs(os.path.join(work, f"{n}-{w}x{h}"), n, w, h, d)
+               for k, (n, w, h, d) in sets.items()}
+    out, cache = os.path.join(work, "out"), os.path.join(work, "model-cache")  # cache: empty
+    help_s = [C.run_process(EMBED + ["--help"])["wall_s"] for _ in range(5)]
+    cold = measure("embed-stream", folders["1mp-few"], out, cache)  # fills the cache
+    print(f"embed-stream --help {statistics.median(help_s)} s; first run, converting: "
+          f"{cold['wall_s']} s", flush=True)
+    runs = {k: {v: [] for v in VARIANTS} for k in sets}
+    fwd = {rt: [] for rt in ("onnx", "tensorflow")}
+    for i in range(rounds):
+        for rt in C.paired_order(list(fwd), i):
+            C.wait_quiet()
+            fwd[rt].append(forward_rate(rt, folders["1mp"], cache, l_seconds))
+        print(f"round {i + 1}: L {', '.join(f'{k} {v[-1]}' for k, v in fwd.items())}")
+        for k in sets:
+            for v in C.paired_order(list(VARIANTS), i):
+                before = C.wait_quiet()
+                runs[k][v].append(dict(measure(v, folders[k], out, cache),
+                                       other_cores_before=before))
+                print(f"round {i + 1} {k} {v}: {runs[k][v][-1]}", flush=True)
+    result = {"machine": info, "rounds": rounds, "l_seconds": l_seconds, "l_batch": L_BATCH,
+              "help_s": {"runs": help_s, "median": statistics.median(help_s)},
+              "first_run_converting": cold,
+              "forward_img_s": {rt: {"runs": r, "median": statistics.median(r)}
+                                for rt, r in fwd.items()}, "sets": {}}
+    for k, (n, w, h, _) in sets.items():
+        variants = {}
+        for v, rt in VARIANTS.items():
+            mine, script = runs[k][v], runs[k][SCRIPT]
+            rates = [r["img_s_after_start"] for r in mine]
+            variants[v] = {
+                "runs": mine, "median_wall_s": statistics.median(r["wall_s"] for r in mine),
+                "wall_vs_script": C.paired_ratios([r["wall_s"] for r in mine],
+                                                  [r["wall_s"] for r in script]),
+                "median_img_s_after_start": statistics.median(rates),
+                "e_over_l": C.paired_ratios(rates, fwd[rt]) if rt else None}
+        result["sets"][k] = {"label": f"{n} JPEGs {w}x{h}", "variants": variants}
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+def _cell(ratios: dict | None) -> str:
+    if not ratios or ratios["median"] is None:
+        return "-"
+    return f"{ratios['median']:.2f} ({', '.join(f'{x:.2f}' for x in ratios['per_round'])})"
 
 
 def markdown(result: dict) -> str:
-    lines = [f"# embed-stream against the plain Keras script ({result['date']})", "",
-             f"{result['machine']['cores']} cores, load average "
-             f"{result['machine']['load_avg_at_start']} at start, "
-             f"{result['machine']['load_avg_at_end']} at end; "
-             + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
-             + f". {result['rounds']} paired rounds per set (variants alternate order; "
-             "each run waits up to 10 s for other processes to use under half a core; "
-             "`other cores` is what they used during the run).", "",
-             "| images | process | wall s (per round) | / script (per round) | "
-             "median / script | img/s after start-up (per round) | peak GB | "
-             "other cores, max |",
+    fwd, cold = result["forward_img_s"], result["first_run_converting"]
+    lines = [f"# embed-stream against the plain Keras script ({result['machine']['date']})", "",
+             C.describe(result["machine"]) + f"; load average "
+             f"{result['machine']['load_average_at_end']} at end. Paired rounds: "
+             f"{result['rounds']} (order alternating; each run after waiting up to 10 s for "
+             "other processes to use under half a core).", "",
+             "| images | process | wall s, median | / script: median (rounds) | img/s after "
+             "start-up: median (rounds) | E/L: median (rounds) | peak GiB | other cores, max |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for name, variants in result["sets"].items():
-        for v, data in variants.items():
-            runs = data["runs"]
-            walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
-            ratios = ", ".join(f"{x:.2f}" for x in data["ratio_to_script"])
-            rates = ", ".join(f"{r['images'] / r['work_s']:.1f}" for r in runs)
-            lines.append(f"| {name} | {v} | {walls} | {ratios} | "
-                         f"{data['median_ratio']:.2f} | {rates} | "
-                         f"{max(r['peak_gb'] for r in runs):.2f} | "
-                         f"{max(r['other_cores'] for r in runs):.2f} |")
-    cold = result["first_run_converting"]
-    lines += ["", f"`embed-stream --help`: {result['help_s']['median']:.2f} s (median of 3). "
-              f"A first `--runtime onnx` run with an empty model cache (8 JPEGs; builds the "
-              f"Keras model, converts it with tf2onnx, stores it): {cold['wall_s']:.1f} s.",
-              "", "`img/s after start-up` is each process's own steady-state figure: the "
-              "job's images / seconds after its model is loaded (it leaves out the "
-              "interpreter, imports, loading or converting the model and the warm-up "
-              "batch, but includes Beam's pipeline start); the script's images / seconds "
-              "of `predict` + `np.save` (it leaves out importing TensorFlow, listing the "
-              "folder and building ResNet50). The wall time is what a user waits for."]
+    for s in result["sets"].values():
+        for v, d in s["variants"].items():
+            rates = ", ".join(f"{r['img_s_after_start']:.1f}" for r in d["runs"])
+            lines.append(
+                f"| {s['label']} | {v} | {d['median_wall_s']:.1f} | {_cell(d['wall_vs_script'])}"
+                f" | {d['median_img_s_after_start']:.1f} ({rates}) | {_cell(d['e_over_l'])} | "
+                f"{max(r['peak_mib'] for r in d['runs']) / 1024:.2f} | "
+                f"{max(r['other_cores'] for r in d['runs']):.2f} |")
+    lines += ["", "| runtime | L, img/s: median (rounds) |", "|---|---:|"]
+    lines += [f"| {rt} | {d['median']:.1f} ({', '.join(f'{x:.1f}' for x in d['runs'])}) |"
+              for rt, d in fwd.items()]
+    lines += ["", f"`embed-stream --help`: {result['help_s']['median']:.2f} s (median of "
+              f"{len(result['help_s']['runs'])} processes). A first run with an empty model "
+              f"cache ({cold['images']} JPEGs; builds the Keras model, converts it with "
+              f"tf2onnx, stores it): {cold['wall_s']:.1f} s, peak "
+              f"{cold['peak_mib'] / 1024:.2f} GiB.",
+              "", "The wall time is what a user waits for. `img/s after start-up` (E) is "
+              "the rate each process prints: for the job, images / the seconds after its "
+              "model is loaded, which leaves out the interpreter, imports, loading or "
+              "converting the model and its warm-up batch (Beam's pipeline start stays in); "
+              "for the script, images / the seconds of `predict` + `np.save`, which leaves "
+              "out importing TensorFlow, listing the folder and building ResNet50. "
+              f"L is the job's model alone on decoded 224x224 arrays, batch {result['l_batch']}"
+              f", {result['l_seconds']:g} s after its warm-up, in its own process; E/L divides "
+              "the job's E by its runtime's L of the same round."]
     return "\n".join(lines) + "\n"
 
 
-def _versions() -> dict:
-    from importlib.metadata import version
-    return {p: version(p) for p in ("apache-beam", "tensorflow", "keras", "onnxruntime",
-                                    "tf2onnx", "pillow", "numpy")}
+def main() -> int:
+    p = C.parser(__doc__, rounds=3)
+    p.add_argument("--l_seconds", type=float, default=6.0, help="seconds of each L")
+    for flag in ("--forward", "--images", "--model_cache_dir", "--seconds"):
+        p.add_argument(flag, help=argparse.SUPPRESS)  # the L child process
+    args = p.parse_args()
+    if args.forward:
+        forward(args.forward, args.images, args.model_cache_dir, float(args.seconds))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="embed-bench-") as work:
+        result = run(work, QUICK_SETS if args.quick else SETS, 1 if args.quick else args.rounds,
+                     2.0 if args.quick else args.l_seconds)
+    C.write_results(args.out, "vs_script", result, markdown(result))
+    return 0
 
 
 if __name__ == "__main__":

@@ -79,8 +79,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                             "and double; 1 in streaming, where a lone image must not "
                             "wait for company).")
     model.add_argument("--max_batch_size", type=int, default=8,
-                       help="RunInference maximum batch size. 8 suits CPU workers "
-                            "(the best batch size in benchmarks/results/throughput.md); "
+                       help="RunInference maximum batch size: 8 for CPU workers; "
                             "raise it on GPU workers.")
     model.add_argument("--max_batch_duration_secs", type=int, default=1,
                        help="Longest a partial batch waits in streaming before it is "

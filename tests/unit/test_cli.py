@@ -43,7 +43,7 @@ def test_minimum_batch_size_depends_on_the_source(argv, expected):
 
 
 @pytest.mark.parametrize("argv, expected", [
-    # ResNet50 on CPU is fastest at batch 8 (benchmarks/): a folder runs batches of 8.
+    # A folder runs full batches of 8 from the start, not a ramp from 1.
     (["--input_dir", "i"], {"min_batch_size": 8, "max_batch_size": 8}),
     # Streaming: refs are batched across bundles upstream (streaming/batching.py), so
     # RunInference batches within bundles and never holds pixels in state.
