@@ -1,6 +1,6 @@
 """The streaming job on the emulators: latency, a burst, and a storm of bad messages.
 
-  . .emulators/env.sh && .venv/bin/python benchmarks/streaming.py [--out DIR]
+  . .emulators/env.sh && .venv/bin/python benchmarks/stream.py [--out DIR]
 
 Needs the emulators (`bash emulators/start.sh`); it never starts or stops them. One job,
 default options (`--weights random:0`, its converted model cached first), reads the
@@ -18,7 +18,7 @@ dead letters to a fresh dataset on bqemulator. Once it has embedded warm-up imag
   valid image's upload -> row latency behind them.
 
 The job's peak memory is the process tree's resident set (psutil, every 0.2 s).
-Writes streaming.json and streaming.md.
+Writes stream.json and stream.md.
 """
 from __future__ import annotations
 
@@ -295,8 +295,8 @@ def main(argv=None) -> int:
         res = {"machine": C.machine(), "settings": vars(args), "goals": GOALS,
                "load_avg_before": os.getloadavg(), **run(args, cloud, work),
                "load_avg_after": os.getloadavg()}
-    C.write_results(args.out, "streaming", res, "## The streaming job on the emulators "
-                    "(`benchmarks/streaming.py`)\n\n" + markdown(res) + "\n")
+    C.write_results(args.out, "stream", res, "## The streaming job on the emulators "
+                    "(`benchmarks/stream.py`)\n\n" + markdown(res) + "\n")
     print(markdown(res))
     return 0
 
