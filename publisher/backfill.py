@@ -159,19 +159,12 @@ class RateLimiter:
             time.sleep(ahead)
 
 
-def split_uri(uri: str) -> tuple[str, str]:
-    if not uri.startswith("gs://") or len(uri) <= 5:
-        raise ValueError(f"expected gs://BUCKET[/prefix], got {uri!r}")
-    bucket, _, prefix = uri[5:].partition("/")
-    return bucket, prefix
-
-
 def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     """Runs one backfill; returns the counts (listed, published, failed, skipped...)."""
-    from streaming import endpoints, reconcile
+    from streaming import endpoints, names, reconcile
     if args.local_endpoints:
         endpoints.use_local_endpoints()
-    bucket, prefix = split_uri(args.source)
+    bucket, prefix = names.split_gcs_uri(args.source)
     filters = Filters(prefix=prefix, content_types=split_list(args.content_type, lower=True),
                       extensions=split_list(args.extensions, lower=True),
                       updated_since=parse_time(args.updated_since),

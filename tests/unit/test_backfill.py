@@ -77,11 +77,13 @@ def test_resume_file_of_another_source_is_refused(tmp_path):
         backfill.Checkpoint(path, "gs://b", "t")
 
 
-def test_split_uri():
-    assert backfill.split_uri("gs://b") == ("b", "")
-    assert backfill.split_uri("gs://b/x/y") == ("b", "x/y")
-    with pytest.raises(ValueError):
-        backfill.split_uri("/local/path")
+def test_the_source_is_a_bucket_and_a_prefix():
+    from streaming.names import split_gcs_uri
+    assert split_gcs_uri("gs://my-images") == ("my-images", "")
+    assert split_gcs_uri("gs://my-images/x/y") == ("my-images", "x/y")
+    for bad in ("/local/path", "gs://", "gs://b/x"):
+        with pytest.raises(ValueError):
+            split_gcs_uri(bad)
 
 
 @pytest.mark.parametrize("resume, needle, absent", [
