@@ -18,7 +18,7 @@ import tempfile
 import _common as C
 
 RUNNER = ["--runner", "DirectRunner", "--direct_running_mode", "multi_processing"]
-ONE_THREAD = ["--tf_intra_op_threads", "1", "--tf_inter_op_threads", "1", "--decode_threads", "1"]
+ONE_THREAD = ["--intra_op_threads", "1", "--inter_op_threads", "1", "--decode_threads", "1"]
 MACHINES = [("n2-standard-4", 4, 16), ("n2-standard-8", 8, 32), ("n2-standard-16", 16, 64),
             ("n1-standard-8 + T4", 8, 30)]  # name, vCPUs, GiB
 VM_ALLOWANCE_GIB = 2  # the OS and Dataflow's own processes: an allowance, not a measurement
@@ -31,7 +31,8 @@ def layouts(processes: int) -> dict[str, list[str]]:
 
 
 def embed(folder: str, options: list[str], out: str) -> dict:
-    # TensorFlow: many-1's thread options are TensorFlow's, and its process is the larger.
+    # TensorFlow: its SDK process is the larger of the two runtimes', so the sizing holds
+    # for either.
     run = C.run_process([sys.executable, "-m", "streaming.main", "--input_dir", folder,
                          "--output_dir", os.path.join(out, str(len(os.listdir(out)))),
                          "--weights", "random:0", "--runtime", "tensorflow"] + options)

@@ -113,14 +113,14 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     layout = parser.add_argument_group(
         "worker layout (see docs/performance.md; Beam's --number_of_worker_harness_threads "
         "and --experiments=no_use_multiple_sdk_containers go with them)")
-    layout.add_argument("--tf_intra_op_threads", type=int, default=0,
-                        help="With --runtime tensorflow: threads inside one operation, "
-                             "per SDK process (0: TensorFlow's default, one per core). With one SDK "
-                             "process per vCPU, 1 keeps the processes from "
+    layout.add_argument("--intra_op_threads", type=int, default=0,
+                        help="Threads inside one operation of the model, per SDK process, "
+                             "on either runtime (0: the runtime's default, one per core). "
+                             "With one SDK process per vCPU, 1 keeps the processes from "
                              "oversubscribing the cores.")
-    layout.add_argument("--tf_inter_op_threads", type=int, default=0,
-                        help="With --runtime tensorflow: operations run at once, per SDK "
-                             "process (0: TensorFlow's default).")
+    layout.add_argument("--inter_op_threads", type=int, default=0,
+                        help="Operations of the model run at once, per SDK process, on "
+                             "either runtime (0: the runtime's default).")
     run = parser.add_argument_group("feedback")
     run.add_argument("--progress_interval", type=float, default=DEFAULT_PROGRESS_INTERVAL,
                      help="Seconds between progress lines (embedded, dead letters by "

@@ -184,10 +184,9 @@ class Run:
         # Fail fast, once: an unloadable model must stop the job here, not per element.
         # RunInference then reuses this copy (load_embedding_model caches it).
         with cli.quiet_native_stderr(enabled=not opts.verbose):
-            if opts.runtime == "tensorflow":
-                model.configure_threads(opts.tf_intra_op_threads, opts.tf_inter_op_threads)
-            loaded = model.load_embedding_model(opts.weights, opts.runtime,
-                                                opts.model_cache_dir)
+            loaded = model.load_embedding_model(
+                opts.weights, opts.runtime, opts.model_cache_dir,
+                threads=(opts.intra_op_threads, opts.inter_op_threads))
         print(f"model: {loaded.model_id} (weights {opts.weights}, {loaded.runtime_version})",
               file=sys.stderr, flush=True)
         bounded = not (opts.watch or opts.input_subscription or opts.input_topic)

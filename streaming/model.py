@@ -197,22 +197,27 @@ _LOAD_LOCK = threading.Lock()
 
 
 def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
-                         cache_dir: Optional[str] = None):
+                         cache_dir: Optional[str] = None, threads: tuple[int, int] = (0, 0)):
     """The model for `spec` on `runtime`, loaded once per process. This is the only
     model cache: the job's start-up check, RunInference (whose shared handle keeps a
     reference to this object for its threads) and embed-search all get the same copy.
     Only the latest (spec, runtime) is kept, so a process never holds two ResNet50s.
+
+    `threads` (intra-op, inter-op; 0 keeps the runtime's default) size the runtime's
+    thread pools; TensorFlow takes them only before its runtime starts.
 
     Returns an `EmbeddingModel` or an `onnx_model.OnnxEmbeddingModel`: both map uint8
     (n, 224, 224, 3) to float32 (n, 2048) and carry `model_id` and `runtime_version`.
     """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
-    key = (spec, runtime, cache_dir)
+    key = (spec, runtime, cache_dir, tuple(threads))
     with _LOAD_LOCK:
         if key not in _LOADED:
             _LOADED.clear()
-            model = (_load_onnx(spec, cache_dir) if runtime == "onnx"
+            if runtime == "tensorflow":  # ONNX Runtime never imports TensorFlow
+                configure_threads(*threads)
+            model = (_load_onnx(spec, cache_dir, threads) if runtime == "onnx"
                      else EmbeddingModel(load_keras_model(spec)))
             model.warm_up()
             _LOG.info("Loaded %s with weights %s on %s", model.model_id, spec,
@@ -221,7 +226,7 @@ def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
         return _LOADED[key]
 
 
-def _load_onnx(spec: str, cache_dir: Optional[str]):
+def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
     """The cached ONNX graph for `spec`; on a miss, builds the Keras model once,
     converts it and stores the result for the next process."""
     from streaming import onnx_model
@@ -241,7 +246,7 @@ def _load_onnx(spec: str, cache_dir: Optional[str]):
     else:
         model_bytes, meta = entry
         fingerprint = meta["fingerprint"]
-    return onnx_model.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME)
+    return onnx_model.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
 
 
 def result_model_id(model) -> str:
@@ -285,9 +290,7 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
         self.threads = (intra_op_threads, inter_op_threads)
 
     def load_model(self) -> EmbeddingModel:
-        if self.runtime == "tensorflow":  # ONNX Runtime never imports TensorFlow
-            configure_threads(*self.threads)
-        return load_embedding_model(self.weights, self.runtime, self.cache_dir)
+        return load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
 
     def run_inference(self, batch: Sequence[np.ndarray], model: EmbeddingModel,
                       inference_args: Optional[dict[str, Any]] = None

@@ -119,9 +119,14 @@ class OnnxEmbeddingModel:
 
     runtime = RUNTIME
 
-    def __init__(self, model_bytes: bytes, fingerprint: str, model_name: str):
+    def __init__(self, model_bytes: bytes, fingerprint: str, model_name: str,
+                 threads: tuple[int, int] = (0, 0)):
         import onnxruntime as ort
-        self._session = ort.InferenceSession(model_bytes, providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        # 0 keeps ONNX Runtime's default: one intra-op thread per physical core.
+        options.intra_op_num_threads, options.inter_op_num_threads = threads
+        self._session = ort.InferenceSession(model_bytes, options,
+                                             providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self.fingerprint = fingerprint
         self.runtime_version = f"onnxruntime-{ort.__version__}"

@@ -37,9 +37,9 @@ def validate(opts: EmbedOptions) -> None:
                          f"{opts.catch_up_every_minutes}")
     if opts.decode_threads < 1 or opts.decode_window < 1:
         raise UsageError("--decode_threads and --decode_window must be at least 1")
-    for option in ("tf_intra_op_threads", "tf_inter_op_threads"):
+    for option in ("intra_op_threads", "inter_op_threads"):
         if getattr(opts, option) < 0:
-            raise UsageError(f"--{option} must be >= 0 (0: TensorFlow's default), not "
+            raise UsageError(f"--{option} must be >= 0 (0: the runtime's default), not "
                              f"{getattr(opts, option)}")
     if opts.max_pixels < 1 or opts.max_bytes < 1:
         raise UsageError("--max_pixels and --max_bytes must be positive")

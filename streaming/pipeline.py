@@ -126,8 +126,8 @@ def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
 
 def thread_settings(opts: EmbedOptions) -> dict:
     """TensorFlow's thread pools for the model handler (0: TensorFlow's default)."""
-    return dict(intra_op_threads=opts.tf_intra_op_threads,
-                inter_op_threads=opts.tf_inter_op_threads)
+    return dict(intra_op_threads=opts.intra_op_threads,
+                inter_op_threads=opts.inter_op_threads)
 
 
 def drop_pixels(info, result: PredictionResult):

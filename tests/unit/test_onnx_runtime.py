@@ -99,3 +99,12 @@ def test_the_default_cache_is_under_the_users_cache_folder(monkeypatch, tmp_path
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert onnx_model.default_cache_dir() == os.path.join(str(tmp_path), "image-embeddings",
                                                           "onnx")
+
+
+def test_the_thread_options_size_onnx_runtimes_session(onnx_cache):
+    cache, _ = onnx_cache
+    loaded = model.load_embedding_model("random:0", "onnx", cache, threads=(1, 2))
+    options = loaded._session.get_session_options()
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 2)
+    default = model.load_embedding_model("random:0", "onnx", cache)
+    assert default._session.get_session_options().intra_op_num_threads == 0

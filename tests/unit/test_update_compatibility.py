@@ -67,7 +67,7 @@ def test_step_names_match_the_committed_list(production_names):
       "--extensions": ".jpg", "--content_types": "image/jpeg"}, True),
     ({"--resize_policy": "pad", "--decode_threads": "8", "--decode_window": "32",
       "--max_pixels": "1000000", "--max_bytes": "1000000"}, True),
-    ({"--tf_intra_op_threads": "1", "--tf_inter_op_threads": "1"}, True),
+    ({"--intra_op_threads": "1", "--inter_op_threads": "1"}, True),
     ({"--dead_letter_table": None}, False),
     ({"--output_table": None}, False),
     ({"--output_dir": "gs://my-vectors/files/"}, False),

@@ -47,7 +47,7 @@ def test_without_the_variable_nothing_is_added(monkeypatch):
         opts.view_as(DebugOptions).experiments or [])
 
 
-@pytest.mark.parametrize("flag", ["--tf_intra_op_threads", "--tf_inter_op_threads"])
+@pytest.mark.parametrize("flag", ["--intra_op_threads", "--inter_op_threads"])
 def test_negative_thread_counts_are_refused_in_one_line(flag):
     with pytest.raises(cli.UsageError, match=flag):
         main.make_options(["--input_dir", "i", "--output_dir", "o", flag, "-1"])
@@ -61,8 +61,8 @@ def test_the_model_handler_sizes_tensorflows_threads_before_it_builds_the_model(
         "from streaming.main import make_options\n"
         "from streaming.pipeline import model_handler\n"
         "opts = make_options(['--input_dir', 'i', '--output_dir', 'o', '--weights',"
-        " 'random:0', '--runtime', 'tensorflow', '--tf_intra_op_threads', '1',"
-        " '--tf_inter_op_threads', '2'])\n"
+        " 'random:0', '--runtime', 'tensorflow', '--intra_op_threads', '1',"
+        " '--inter_op_threads', '2'])\n"
         "handler = model_handler(opts)\n"
         "model = handler.load_model()\n"
         "print(json.dumps([tf.config.threading.get_intra_op_parallelism_threads(),"
