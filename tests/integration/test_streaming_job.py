@@ -146,3 +146,31 @@ def test_the_running_job_logs_what_it_does(stack, uploaded):
         counts = [int(m.group(1)) for m in pattern.finditer(stack.job.log_tail(200_000))]
         return counts and max(counts) >= len(UPLOADS)
     wait_until(embedded_so_far, timeout=60, what="a progress line", job=stack.job)
+
+
+def test_a_storm_of_malformed_messages_leaves_one_dead_letter_each(stack, uploaded):
+    """Hundreds of bad messages at once (the local read pulls them by the hundred):
+    every one is dead-lettered exactly once, and uploads behind them still get rows."""
+    cloud, marker = stack.cloud, f"storm-{stack.images.name}"
+    futures = [cloud.publisher.publish(
+        cloud.notify_topic, f"{marker} {i}: not JSON".encode(), eventType="OBJECT_FINALIZE",
+        bucketId=stack.images.name, objectId=f"storm/{i}.jpg", payloadFormat="JSON_API_V1")
+        for i in range(300)]
+    for future in futures:
+        future.result(timeout=60)
+    behind = [f"after-storm/{i}.jpg" for i in range(3)]
+    for i, name in enumerate(behind):
+        stack.images.blob(name).upload_from_string(fixtures.jpeg(seed=40 + i),
+                                                   content_type="image/jpeg")
+    mine = f"raw LIKE '%{marker} %'"  # raw: the message's attributes and data, as JSON
+    count_sql = (f"SELECT COUNT(*) AS n, COUNT(DISTINCT raw) AS distinct_raw FROM "
+                 f"{stack.dead_sql} WHERE {mine}")
+    dead = wait_until(lambda: (lambda r: r[0] if r and r[0]["n"] >= 300 else None)(
+        stack.query(count_sql)), timeout=180, what="300 dead letters", job=stack.job)
+    rows = wait_until(lambda: (lambda r: r if len(r) >= len(behind) else None)(stack.query(
+        f"SELECT name FROM {stack.rows_sql} WHERE STARTS_WITH(name, 'after-storm/')")),
+        timeout=120, what="rows for the uploads behind the storm", job=stack.job)
+    assert (dead["n"], dead["distinct_raw"]) == (300, 300)
+    assert sorted(r["name"] for r in rows) == behind
+    stages = stack.query(f"SELECT DISTINCT stage FROM {stack.dead_sql} WHERE {mine}")
+    assert [r["stage"] for r in stages] == ["parse"]
