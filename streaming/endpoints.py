@@ -60,9 +60,14 @@ def storage_client(local: bool, project: Optional[str] = None):
     return storage.Client(project=project)
 
 
-@functools.lru_cache(maxsize=None)
 def worker_bigquery_client(local: bool, project: Optional[str] = None):
-    """`bigquery_client`, one per process for DoFns (see `worker_storage_client`)."""
+    """`bigquery_client`, one per process and endpoint for DoFns (see
+    `worker_storage_client`)."""
+    return _bigquery_client_for(local, project, os.environ.get("BIGQUERY_EMULATOR_HOST"))
+
+
+@functools.lru_cache(maxsize=None)
+def _bigquery_client_for(local: bool, project: Optional[str], _endpoint: Optional[str]):
     return bigquery_client(local, project)
 
 
@@ -76,15 +81,19 @@ def bigquery_client(local: bool, project: Optional[str] = None):
     return bigquery.Client(project=project)
 
 
-@functools.lru_cache(maxsize=None)
 def worker_storage_client():
     """A google-cloud-storage client for DoFns that need more than FileSystems (an exact
     generation, a create-only precondition): the worker's default credentials on
     Dataflow; against the emulator (STORAGE_EMULATOR_HOST) the library goes anonymous by
     itself. Public API only (not the client inside Beam's GcsIO).
 
-    One per process, shared by its threads, as Beam's GcsIO shares its own: Beam's local
-    runner sets DoFns up again for every bundle, and a client per bundle would pay its
-    set-up and a new connection each time."""
+    One per process and endpoint, shared by its threads, as Beam's GcsIO shares its own:
+    Beam's local runner sets DoFns up again for every bundle, and a client per bundle
+    would pay its set-up and a new connection each time."""
+    return _storage_client_for(os.environ.get("STORAGE_EMULATOR_HOST"))
+
+
+@functools.lru_cache(maxsize=None)
+def _storage_client_for(_endpoint: Optional[str]):
     from google.cloud import storage
     return storage.Client()
