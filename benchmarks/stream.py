@@ -216,7 +216,8 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.latency, args.burst, args.storm = 5, 40, 100
-    res = {"machine": C.machine(), "settings": vars(args), "goals": GOALS}
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    res = {"machine": C.machine(), "settings": settings, "goals": GOALS}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as work:
         res.update(run(args, work))
     res["load_average_after"] = [round(x, 2) for x in psutil.getloadavg()]
