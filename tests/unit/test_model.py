@@ -118,6 +118,6 @@ def test_a_process_loads_each_model_once_and_keeps_only_the_latest():
     assert model.load_embedding_model("random:0", "tensorflow") is first
     other = model.load_embedding_model("random:1", "tensorflow")
     assert other is not first and other.fingerprint != first.fingerprint
-    assert list(model._LOADED) == [("random:1", "tensorflow", None)]
+    assert list(model._LOADED) == [("random:1", "tensorflow", None, (0, 0))]
     again = model.load_embedding_model("random:0", "tensorflow")
     assert again is not first and again.fingerprint == first.fingerprint
