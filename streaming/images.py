@@ -9,8 +9,6 @@ DoFn's own thread, in input order.
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
 import os
 import threading
@@ -19,9 +17,9 @@ from typing import Iterable, Optional
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.utils.windowed_value import WindowedValue
 
 from streaming import endpoints, filters, metrics
+from streaming.ahead import WorkAhead
 from streaming.adapters import object_resource
 from streaming.decode import (  # noqa: F401 - re-exported: the stage's pure core
     BACKGROUND, CENTER_CROP_FRACTION, DEFAULT_DECODE_THREADS, DEFAULT_DECODE_WINDOW,
@@ -152,28 +150,21 @@ def load_image(ref: ImageRef, read, policy: str, max_pixels: int, max_bytes: int
                                                else "decode_error")
 
 
-class _LoadFn(beam.DoFn):
+class _LoadFn(WorkAhead):
     def __init__(self, policy: str, max_pixels: int, max_bytes: int,
                  threads: int, window: int,
                  accept: filters.FilterConfig = filters.FilterConfig()):
+        # At most `threads` raw objects are in memory at once; the window holds only
+        # decoded 224x224 arrays (150 KB each).
+        super().__init__(threads, window, "decode")
         self._policy, self._max_pixels, self._max_bytes = policy, max_pixels, max_bytes
         self._accept = accept
-        self._threads, self._window = max(1, threads), max(1, window)
         self._gcs: Optional[GcsReader] = None
 
     def setup(self):
+        super().setup()
         self._gcs = None  # created on the first gs:// object: local runs need no client
         self._gcs_lock = threading.Lock()
-        # At most `threads` raw objects are in memory at once; the window holds only
-        # decoded 224x224 arrays (150 KB each).
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            self._threads, thread_name_prefix="decode")
-
-    def teardown(self):
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def start_bundle(self):
-        self._inflight: collections.deque = collections.deque()
 
     def _read(self, ref: ImageRef) -> tuple[ImageRef, bytes]:
         if ref.is_local:
@@ -198,34 +189,20 @@ class _LoadFn(beam.DoFn):
             check_size(ref.size, self._max_bytes)
         return ref, self._gcs.read(ref, self._max_bytes)
 
-    def _load(self, ref: ImageRef):
+    def work(self, ref: ImageRef):
         return load_image(ref, self._read, self._policy, self._max_pixels, self._max_bytes)
 
-    def process(self, ref: ImageRef, timestamp=beam.DoFn.TimestampParam,
-                window=beam.DoFn.WindowParam) -> Iterable:
-        self._inflight.append((self._pool.submit(self._load, ref), timestamp, window))
-        while len(self._inflight) > self._window:
-            yield from self._emit(*self._inflight.popleft())
-
-    def finish_bundle(self) -> Iterable:
-        while self._inflight:
-            yield from self._emit(*self._inflight.popleft())
-
-    def _emit(self, future, timestamp, window) -> Iterable:
-        # Outputs of earlier elements carry their own timestamp and window, as
-        # finish_bundle must (and process may) emit them.
-        ref, stage, decoded, error = future.result()
+    def emit(self, result) -> Iterable:
+        ref, stage, decoded, error = result
         if isinstance(error, Skipped):
             metrics.count(error.reason)
             return
         if error is not None:
             metrics.dead_letter(error.reason)
-            yield pvalue.TaggedOutput(DEAD, WindowedValue(
-                DeadLetter(stage, error.reason, str(error), ref=ref), timestamp, [window]))
+            yield pvalue.TaggedOutput(DEAD, DeadLetter(stage, error.reason, str(error), ref=ref))
             return
         metrics.count("images_decoded")
-        info = ImageInfo(ref, decoded.width, decoded.height, decoded.format)
-        yield WindowedValue((info, decoded.pixels), timestamp, [window])
+        yield ImageInfo(ref, decoded.width, decoded.height, decoded.format), decoded.pixels
 
 
 class LoadImages(beam.PTransform):

@@ -24,11 +24,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import retry
 
 from streaming import endpoints, metrics
+from streaming.ahead import WorkAhead
 from streaming.model import split_model_id
 from streaming.records import (DeadLetter, ImageInfo, ImageRef, object_file_name,
                                rejected_from, utcnow_iso)
 
 DEAD = "dead_letters"
+WRITE_THREADS, WRITE_AHEAD = 8, 16  # vector uploads at once, and elements ahead
 VECTORS_DIR = "vectors"
 ROWS_DIR = "rows"
 DEAD_LETTERS_DIR = "dead_letters"
@@ -164,33 +166,43 @@ def npy_bytes(vector: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-class _WriteVectorFn(beam.DoFn):
+class _WriteVectorFn(WorkAhead):
+    """Writes each vector on a small pool, `WRITE_AHEAD` elements ahead of the bundle's
+    thread: an object upload waits on the network, not on the cores."""
+
     def __init__(self, root: str | None):
+        super().__init__(WRITE_THREADS, WRITE_AHEAD, "write")
         self._root = root
 
     def setup(self):
-        # One storage client per DoFn instance, for create-only writes to gs://.
+        super().setup()
+        # One storage client per process, for create-only writes to gs://.
         self._gcs = endpoints.worker_storage_client() \
             if (self._root or "").startswith("gs://") else None
 
-    def process(self, element) -> Iterable:
+    def work(self, element):
         info, result = element
         vector = np.asarray(result.inference, dtype=np.float32)
-        uri = None
+        uri = error = None
         if self._root:
             uri = vector_path(self._root, info, split_model_id(result.model_id)[1])
             try:
                 write_with_retries(uri, npy_bytes(vector), self._gcs)
             except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle
-                rejected = rejected_from(e, "vector_write_error")
-                metrics.dead_letter(rejected.reason)
-                yield pvalue.TaggedOutput(DEAD, DeadLetter(
-                    "write", rejected.reason, str(rejected), ref=info.ref))
-                return
+                error = rejected_from(e, "vector_write_error")
             if "://" not in uri:
                 uri = os.path.abspath(uri)
+        return info, vector, result.model_id, uri, error
+
+    def emit(self, written) -> Iterable:
+        info, vector, model_id, uri, error = written
+        if error is not None:
+            metrics.dead_letter(error.reason)
+            yield pvalue.TaggedOutput(DEAD, DeadLetter("write", error.reason, str(error),
+                                                       ref=info.ref))
+            return
         metrics.count("images_embedded")
-        yield embedding_row(info, vector, result.model_id, uri)
+        yield embedding_row(info, vector, model_id, uri)
 
 
 class WriteVectors(beam.PTransform):
