@@ -31,7 +31,7 @@ import uuid
 import psutil
 
 import _common as C
-from tests.processes import Child, python_module, wait_until
+from tests.processes import Child, python_module, tree_cpu_seconds, wait_until
 
 GOALS = {"latency_p95_s": 1.0, "burst_vs_folder": 0.9, "storm_msg_s": 300,
          "storm_valid_max_s": 5.0, "peak_gb": 1.5}
@@ -65,17 +65,6 @@ class Poller:
 
     def stop(self):
         self._done.set()
-
-
-def tree_cpu(pid: int) -> float:
-    """CPU seconds of process `pid` and its live descendants."""
-    total = 0.0
-    for proc in [psutil.Process(pid)] + psutil.Process(pid).children(recursive=True):
-        try:
-            total += sum(proc.cpu_times()[:2])
-        except psutil.Error:
-            pass
-    return total
 
 
 def folder_rate(folder: str) -> dict:
@@ -150,12 +139,12 @@ def run(args, work: str) -> dict:
         wait_until(lambda: poll.has(ups), 120, "latency rows", job)
         res["latency"] = latencies(ups, poll.seen)
 
-        mark, cpu = C.cpu_mark(), tree_cpu(job.pid)
+        mark, cpu = C.cpu_mark(), tree_cpu_seconds(job.pid)
         ups = upload(bucket, {f"burst/{n}": p for n, p in burst.items()})
         wait_until(lambda: poll.has(ups), 900, "burst rows", job)
         first = min(start for start, _ in ups.values())
         drain = max(poll.seen[n] for n in ups) - first
-        job_cores = (tree_cpu(job.pid) - cpu) / drain
+        job_cores = (tree_cpu_seconds(job.pid) - cpu) / drain
         res["burst"] = {"images": len(ups), "drain_s": round(drain, 2),
                         "img_s": round(len(ups) / drain, 2), "job_cores": round(job_cores, 2),
                         "other_cores": round(C.other_cores(mark, drain) - job_cores, 2)}

@@ -161,7 +161,7 @@ class Run:
         import apache_beam as beam
 
         from streaming import model, progress
-        from streaming.pipeline import build_pipeline, catch_up_enabled
+        from streaming.pipeline import build_pipeline, catch_up_enabled, model_threads
         opts = make_options(argv)
         check_before_start(opts)
         if (opts.input_subscription or opts.input_topic) and not is_remote(opts) \
@@ -185,8 +185,7 @@ class Run:
         # RunInference then reuses this copy (load_embedding_model caches it).
         with cli.quiet_native_stderr(enabled=not opts.verbose):
             loaded = model.load_embedding_model(
-                opts.weights, opts.runtime, opts.model_cache_dir,
-                threads=(opts.intra_op_threads, opts.inter_op_threads))
+                opts.weights, opts.runtime, opts.model_cache_dir, threads=model_threads(opts))
         print(f"model: {loaded.model_id} (weights {opts.weights}, {loaded.runtime_version})",
               file=sys.stderr, flush=True)
         bounded = not (opts.watch or opts.input_subscription or opts.input_topic)

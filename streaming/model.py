@@ -281,13 +281,13 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
                  max_batch_size: Optional[int] = None,
                  max_batch_duration_secs: Optional[int] = None,
                  runtime: str = DEFAULT_RUNTIME, cache_dir: Optional[str] = None,
-                 intra_op_threads: int = 0, inter_op_threads: int = 0):
+                 threads: tuple[int, int] = (0, 0)):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          max_batch_duration_secs=max_batch_duration_secs)
         self.weights = weights
         self.runtime = runtime
         self.cache_dir = cache_dir
-        self.threads = (intra_op_threads, inter_op_threads)
+        self.threads = threads
 
     def load_model(self) -> EmbeddingModel:
         return load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
@@ -309,14 +309,13 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
 def make_model_handler(weights: str, *, min_batch_size: int, max_batch_size: int,
                        max_batch_duration_secs: Optional[int],
                        runtime: str = DEFAULT_RUNTIME,
-                       cache_dir: Optional[str] = None, intra_op_threads: int = 0,
-                       inter_op_threads: int = 0) -> EmbeddingModelHandler:
+                       cache_dir: Optional[str] = None,
+                       threads: tuple[int, int] = (0, 0)) -> EmbeddingModelHandler:
     """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
     return EmbeddingModelHandler(
         weights, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
         max_batch_duration_secs=max_batch_duration_secs, runtime=runtime,
-        cache_dir=cache_dir, intra_op_threads=intra_op_threads,
-        inter_op_threads=inter_op_threads)
+        cache_dir=cache_dir, threads=threads)
 
 
 class EmbedImages(beam.PTransform):

@@ -121,13 +121,12 @@ def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
     return model.make_model_handler(
         opts.weights, min_batch_size=smallest, max_batch_size=opts.max_batch_size,
         max_batch_duration_secs=None, runtime=opts.runtime, cache_dir=opts.model_cache_dir,
-        **thread_settings(opts))
+        threads=model_threads(opts))
 
 
-def thread_settings(opts: EmbedOptions) -> dict:
-    """TensorFlow's thread pools for the model handler (0: TensorFlow's default)."""
-    return dict(intra_op_threads=opts.intra_op_threads,
-                inter_op_threads=opts.inter_op_threads)
+def model_threads(opts: EmbedOptions) -> tuple[int, int]:
+    """The model runtime's (intra-op, inter-op) threads; 0 keeps the runtime's default."""
+    return opts.intra_op_threads, opts.inter_op_threads
 
 
 def drop_pixels(info, result: PredictionResult):

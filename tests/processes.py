@@ -140,6 +140,15 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str = "conditio
 
 def tree_rss(pid: int) -> int:
     """Bytes resident in process `pid` and every descendant (psutil), 0 once it is gone."""
+    return _tree_sum(pid, lambda p: p.memory_info().rss)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of process `pid` and its live descendants (psutil), 0 once it is gone."""
+    return _tree_sum(pid, lambda p: sum(p.cpu_times()[:2]))
+
+
+def _tree_sum(pid: int, measure: Callable) -> float:
     import psutil
     try:
         proc = psutil.Process(pid)
@@ -149,7 +158,7 @@ def tree_rss(pid: int) -> int:
     total = 0
     for p in procs:
         try:
-            total += p.memory_info().rss
-        except psutil.Error:
+            total += measure(p)
+        except psutil.Error:  # exited meanwhile
             pass
     return total
