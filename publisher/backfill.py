@@ -186,44 +186,49 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     started = time.monotonic()
     progress = make_progress(args)
 
-    def resources() -> Iterator[tuple[dict[str, Any], bool]]:
-        """(resource, already done) in publishing order."""
+    def findings() -> Iterator[reconcile.Finding]:
+        """What to publish, in publishing order."""
         for name in sorted(retry_names):  # failures of the previous run first
             blob = storage.bucket(bucket).get_blob(name)
             if blob is not None:
-                yield object_resource(blob), False
+                yield reconcile.Finding(object_resource(blob), reconcile.EMBED)
             else:
                 checkpoint.failed.remove(name)  # gone since: nothing to publish
         listing = reconcile.list_resources(storage, bucket, prefix, checkpoint.after,
                                            args.page_size)
         if not args.skip_existing:
-            yield from ((resource, False) for resource in listing)
+            yield from (reconcile.Finding(r, reconcile.EMBED) for r in listing)
             return
         # One query, merged with the listing in name order: memory stays bounded.
         known = reconcile.known_generations(
             endpoints.bigquery_client(args.local_endpoints), args.table,
             reconcile.Scope(bucket, prefix), fingerprint=args.fingerprint,
-            dead_letter_table=None if args.retry_dead_letters else args.dead_letter_table,
-            after=checkpoint.after)
-        yield from reconcile.mark_known(listing, known)
+            dead_letter_table=args.dead_letter_table, after=checkpoint.after)
+        yield from reconcile.compare(listing, known, bucket,
+                                     retry_dead_letters=args.retry_dead_letters)
 
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        for resource, done in resources():
-            counts["listed"] += 1
+        for finding in findings():
+            resource = finding.resource
+            gone = finding.action == reconcile.GONE
+            counts["gone" if gone else "listed"] += 1
             progress.update(1)
-            if not filters.accepts(resource):
+            if not gone and not filters.accepts(resource):
                 counts["skipped_filter"] += 1
-            elif done:
+            elif finding.action == reconcile.DONE:
                 counts["skipped_existing"] += 1
             elif args.dry_run:
                 counts["would_publish"] += 1
                 if args.verbose:
-                    print(f"would publish gs://{bucket}/{resource['name']}", file=out)
+                    what = "a deletion of" if gone else "a notification for"
+                    print(f"would publish {what} gs://{bucket}/{resource['name']}", file=out)
             else:
                 limiter.wait()
-                data, attributes = notification_for(resource)
+                data, attributes = notification_for(
+                    resource, event_type="OBJECT_DELETE" if gone else "OBJECT_FINALIZE",
+                    attempt=finding.attempt)
                 in_flight.add(resource["name"],
                               publisher.publish(args.topic, data, **attributes),
                               ordered=resource["name"] not in retry_names)

@@ -90,11 +90,16 @@ def skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
     return reason
 
 
+def own_output(ref: ImageRef, config: FilterConfig) -> bool:
+    """Whether the object is one the job wrote (under one of its output prefixes)."""
+    return any(ref.bucket == bucket and ref.name.startswith(prefix)
+               for bucket, prefix in config.own_outputs)
+
+
 def object_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
     """Why the object (whatever the event) is not one the job embeds, or None."""
-    for bucket, prefix in config.own_outputs:
-        if ref.bucket == bucket and ref.name.startswith(prefix):
-            return "skipped.own_output"
+    if own_output(ref, config):
+        return "skipped.own_output"
     if config.include_prefixes and not ref.name.startswith(config.include_prefixes):
         return "skipped.prefix"
     if config.exclude_prefixes and ref.name.startswith(config.exclude_prefixes):
@@ -131,6 +136,10 @@ class _FilterFn(beam.DoFn):
         self._config = config
 
     def process(self, ref: ImageRef):
+        if own_output(ref, self._config):
+            # Whichever bucket: the job's own .npy notifications are no one's fault.
+            metrics.count("skipped.own_output")
+            return
         if not bucket_allowed(ref, self._config):
             metrics.dead_letter("bucket_not_allowed")
             yield pvalue.TaggedOutput(DEAD, DeadLetter(
