@@ -14,16 +14,23 @@ are all retryable (a transient cause) are embedded again, up to
 a subscription created late) would leave its object current forever: every current
 row whose generation the listing lacks gets a tombstone in the same pass.
 
-One listing pass and one query per prefix, both in name order, merged as two sorted
-streams: memory stays bounded whatever the number of objects.
+The listing is compared in steps of `CHUNK` objects, each with one query for the same
+name range, both in name order and merged as two sorted streams: memory holds one step
+whatever the number of objects, and the job's live work runs between steps.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import logging
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.coders import StrUtf8Coder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
 
 from streaming import failures, filters, metrics, names
 from streaming.adapters import object_resource
@@ -64,13 +71,15 @@ _KNOWN_COLUMNS = ("embedded", "finalized", "deleted", "dead_final", "attempts")
 
 
 def known_query(table: str, dead_letter_table: Optional[str] = None,
-                fingerprint: Optional[str] = None, after: Optional[str] = None) -> str:
+                fingerprint: Optional[str] = None, after: Optional[str] = None,
+                until: Optional[str] = None) -> str:
     """One query, in (name, generation) order, for what the tables hold per generation
     (the `Known` columns): rows (embedded of `fingerprint` when given, finalized,
     deleted) and, with `dead_letter_table`, dead letters (final, attempts).
-    Parameters: @bucket, @prefix (and @fingerprint, @after when used)."""
+    Parameters: @bucket, @prefix (and @fingerprint, @after, @until when used)."""
     from analysis.sql import table_ref
-    after_sql = " AND name > @after" if after is not None else ""
+    after_sql = (" AND name > @after" if after is not None else "") + (
+        " AND name <= @until" if until is not None else "")
     where = "WHERE bucket = @bucket AND STARTS_WITH(name, @prefix)" + after_sql
     finalize = "event_type = 'OBJECT_FINALIZE'"
     embedded = f"{finalize} AND model_fingerprint = @fingerprint" if fingerprint else finalize
@@ -92,6 +101,7 @@ def known_generations(bq_client, table: str, scope: Scope, *,
                       dead_letter_table: Optional[str] = None,
                       fingerprint: Optional[str] = None,
                       after: Optional[str] = None,
+                      until: Optional[str] = None,
                       page_size: int = 10_000) -> Iterator[Known]:
     """`Known` per (name, generation) from `known_query`, streamed page by page. A table
     that does not exist yet holds nothing."""
@@ -108,7 +118,9 @@ def known_generations(bq_client, table: str, scope: Scope, *,
         params.append(bigquery.ScalarQueryParameter("fingerprint", "STRING", fingerprint))
     if after is not None:
         params.append(bigquery.ScalarQueryParameter("after", "STRING", after))
-    sql = known_query(table, dead_letter_table, fingerprint, after)
+    if until is not None:
+        params.append(bigquery.ScalarQueryParameter("until", "STRING", until))
+    sql = known_query(table, dead_letter_table, fingerprint, after, until)
     try:
         result = bq_client.query(sql, job_config=bigquery.QueryJobConfig(
             query_parameters=params)).result(page_size=page_size)
@@ -244,15 +256,29 @@ def finding_ref(finding: Finding, source: str):
     return ref_of(finding.resource, source, attempt=finding.attempt)
 
 
+# Objects listed (and compared) per step of the catch-up. Each step is its own timer
+# firing, so its findings go down the pipeline at once and the job's other work (live
+# notifications) runs between steps; memory holds one step.
+CHUNK = 1000
+
+
 class _CatchUpFn(beam.DoFn):
-    """Scope -> ImageRef of every listed generation the job would embed that has no row
-    (nor a final dead letter), and a deletion for every current row whose generation
-    is gone."""
+    """(scope key, Scope) -> ImageRef of every listed generation the job would embed that
+    has no row (nor a final dead letter), and a deletion for every current row whose
+    generation is gone, one `CHUNK` of the listing per timer firing.
+
+    The cursor (the last name compared, and the counts) is the key's state: on Dataflow
+    a pass survives a worker's restart; a tick that arrives while a pass is running is
+    ignored.
+    """
+    CURSOR = ReadModifyWriteStateSpec("cursor", StrUtf8Coder())
+    NEXT = TimerSpec("next", TimeDomain.REAL_TIME)
 
     def __init__(self, table: str, dead_letter_table: Optional[str], local: bool,
-                 accept: Optional[filters.FilterConfig]):
+                 accept: Optional[filters.FilterConfig], chunk: int = CHUNK):
         self._table, self._dead_letter_table, self._local = table, dead_letter_table, local
         self._accept = accept or filters.FilterConfig()
+        self._chunk = chunk
 
     def setup(self):
         from streaming import endpoints
@@ -260,26 +286,50 @@ class _CatchUpFn(beam.DoFn):
         self._storage = endpoints.storage_client(self._local, project)
         self._bq = endpoints.bigquery_client(self._local, project)
 
-    def process(self, scope: Scope) -> Iterator:
-        known = known_generations(self._bq, self._table, scope,
+    def process(self, element, cursor=beam.DoFn.StateParam(CURSOR),
+                next_step=beam.DoFn.TimerParam(NEXT)) -> Iterator:
+        _, scope = element
+        if cursor.read() is not None:
+            _LOG.info("catch-up gs://%s/%s is still running; this tick is skipped",
+                      scope.bucket, scope.prefix)
+            return
+        cursor.write(json.dumps({"after": None, "found": 0, "gone": 0, "steps": 0}))
+        next_step.set(Timestamp.now())
+
+    @on_timer(NEXT)
+    def step(self, key=beam.DoFn.KeyParam, cursor=beam.DoFn.StateParam(CURSOR),
+             next_step=beam.DoFn.TimerParam(NEXT)) -> Iterator:
+        scope = Scope(*json.loads(key))
+        progress = json.loads(cursor.read())
+        after = progress["after"]
+        progress["steps"] += 1
+        metrics.count("catch_up.steps")
+        listed = list(itertools.islice(
+            list_resources(self._storage, scope.bucket, scope.prefix, after), self._chunk))
+        until = listed[-1]["name"] if len(listed) == self._chunk else None
+        known = known_generations(self._bq, self._table, scope, after=after, until=until,
                                   dead_letter_table=self._dead_letter_table)
-        listing = list_resources(self._storage, scope.bucket, scope.prefix)
-        found = gone = 0
-        for finding in compare(listing, known, scope.bucket):
+        for finding in compare(listed, known, scope.bucket):
             if finding.action == DONE:
                 continue
             if finding.action == GONE:
-                gone += 1
+                progress["gone"] += 1
                 metrics.count("catch_up.gone")
             elif not self._wanted(finding.resource):
                 continue
             else:
-                found += 1
+                progress["found"] += 1
                 metrics.count("catch_up.found")
             yield finding_ref(finding, "catchup")
+        if until is not None:
+            progress["after"] = until
+            cursor.write(json.dumps(progress))
+            next_step.set(Timestamp.now())
+            return
+        cursor.clear()
         _LOG.warning("catch-up gs://%s/%s: %d object generation(s) to embed, %d deleted "
-                     "while the job could not see it", scope.bucket, scope.prefix, found,
-                     gone)
+                     "while the job could not see it (%d step(s))", scope.bucket,
+                     scope.prefix, progress["found"], progress["gone"], progress["steps"])
 
     def _wanted(self, resource: dict[str, Any]) -> bool:
         """The job's own filters, before anything is emitted: non-images and the job's
@@ -291,6 +341,11 @@ class _CatchUpFn(beam.DoFn):
         return False
 
 
+def scope_key(scope: Scope) -> tuple[str, Scope]:
+    """A scope keyed for the catch-up's state (its bucket and prefix as JSON)."""
+    return json.dumps([scope.bucket, scope.prefix]), scope
+
+
 class CatchUp(beam.PTransform):
     """ImageRefs for what the tables lack under each scope: once at start, and every
     `every_secs` seconds if given (a streaming job's periodic reconciliation)."""
@@ -298,10 +353,10 @@ class CatchUp(beam.PTransform):
     def __init__(self, scope_list: Sequence[Scope], table: str,
                  dead_letter_table: Optional[str] = None, local: bool = False,
                  every_secs: Optional[float] = None,
-                 accept: Optional[filters.FilterConfig] = None):
+                 accept: Optional[filters.FilterConfig] = None, chunk: int = CHUNK):
         super().__init__()
         self._scopes, self._every = list(scope_list), every_secs
-        self._fn = _CatchUpFn(table, dead_letter_table, local, accept)
+        self._fn = _CatchUpFn(table, dead_letter_table, local, accept, chunk)
 
     def expand(self, pbegin):
         scope_list = self._scopes
@@ -311,4 +366,6 @@ class CatchUp(beam.PTransform):
             todo = ticks | "Scopes" >> beam.FlatMap(lambda _: scope_list)
         else:
             todo = pbegin | "Scopes" >> beam.Create(scope_list)
-        return todo | "Find unprocessed" >> beam.ParDo(self._fn)
+        return (todo
+                | "Key by scope" >> beam.Map(scope_key)
+                | "Find unprocessed" >> beam.ParDo(self._fn))
