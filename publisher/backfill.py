@@ -302,7 +302,7 @@ def make_progress(args):
 
 def summary(counts: Mapping[str, int], args) -> str:
     keys = ("listed", "published", "would_publish", "skipped_filter", "skipped_existing",
-            "failed", "in_flight_abandoned", "seconds")
+            "gone", "failed", "in_flight_abandoned", "seconds")
     line = " ".join(f"{k}={counts.get(k, 0)}" for k in keys)
     status = "interrupted; resume with --resume" if counts.get("interrupted") else "done"
     return f"backfill {args.source} -> {args.topic}: {status}: {line}"
@@ -323,14 +323,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--updated-until", type=str, default=None, help="RFC 3339; exclusive.")
     p.add_argument("--skip-existing", action="store_true",
                    help="Skip object generations that already have a row in --table (or "
-                        "a dead letter in --dead-letter-table): the reconciliation that "
-                        "finds what notifications missed. One listing pass and one query.")
+                        "a final dead letter in --dead-letter-table), and publish a "
+                        "deletion for every current row whose generation is gone: the "
+                        "reconciliation that finds what notifications missed. One "
+                        "listing pass and one query.")
     p.add_argument("--table", type=str, default=None, help="BigQuery table P:D.T of rows.")
     p.add_argument("--dead-letter-table", type=str, default=None,
-                   help="With --skip-existing: generations with a dead letter here are "
-                        "skipped too.")
+                   help="With --skip-existing: generations with a final dead letter "
+                        "here are skipped too; retryable ones are published again, up to "
+                        "3 attempts in all.")
     p.add_argument("--retry-dead-letters", action="store_true",
-                   help="With --skip-existing: publish dead-lettered generations again.")
+                   help="With --skip-existing: publish dead-lettered generations again, "
+                        "final ones and those out of attempts included.")
     p.add_argument("--fingerprint", type=str, default=None,
                    help="With --skip-existing: only rows of this model fingerprint count, "
                         "so objects embedded by older weights are re-embedded.")
