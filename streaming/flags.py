@@ -13,6 +13,10 @@ DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
 DEFAULT_PROGRESS_INTERVAL = 10.0
 RUNTIMES = ("onnx", "tensorflow")
 DEFAULT_RUNTIME = "onnx"
+VECTOR_LAYOUTS = ("shards", "objects")
+DEFAULT_VECTORS_PER_SHARD = 500  # 500 x 8 KiB of float32: a 4 MiB object
+DEFAULT_SHARD_WAIT_SECS = 2
+DEFAULT_SHARD_KEYS = 16
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -51,6 +55,19 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                           "dead_letters/.")
     out.add_argument("--output_gcs", type=str, default=None,
                      help="gs://B/prefix/ for the .npy vectors (cloud path).")
+    out.add_argument("--vector_layout", type=str, default="shards", choices=VECTOR_LAYOUTS,
+                     help="shards (default): many vectors per .npy, each row says which "
+                          "object and row (vector_uri, vector_index); objects: one .npy per "
+                          "image, named after it (one storage write per image). See "
+                          "docs/options.md.")
+    out.add_argument("--vectors_per_shard", type=int, default=DEFAULT_VECTORS_PER_SHARD,
+                     help="Most vectors in one shard (default %(default)s: 4 MiB).")
+    out.add_argument("--shard_wait_secs", type=int, default=DEFAULT_SHARD_WAIT_SECS,
+                     help="Streaming: the longest a vector (and its row) waits for its shard "
+                          "to fill (default %(default)s s).")
+    out.add_argument("--shard_keys", type=int, default=DEFAULT_SHARD_KEYS,
+                     help="Streaming: shards filled at once (default %(default)s); fewer "
+                          "keys fill shards faster at low rates, more write in parallel.")
     out.add_argument("--output_table", type=str, default=None,
                      help="BigQuery table P:D.T (or P.D.T) for the embedding rows.")
     out.add_argument("--dead_letter_table", type=str, default=None,

@@ -43,6 +43,11 @@ def validate(opts: EmbedOptions) -> None:
         if getattr(opts, option) < 0:
             raise UsageError(f"--{option} must be >= 0 (0: the runtime's default), not "
                              f"{getattr(opts, option)}")
+    for option in ("vectors_per_shard", "shard_keys"):
+        if getattr(opts, option) < 1:
+            raise UsageError(f"--{option} must be at least 1, not {getattr(opts, option)}")
+    if opts.shard_wait_secs < 0:
+        raise UsageError(f"--shard_wait_secs must be >= 0, not {opts.shard_wait_secs}")
     if opts.max_pixels < 1 or opts.max_bytes < 1:
         raise UsageError("--max_pixels and --max_bytes must be positive")
     check_names(opts)

@@ -7,12 +7,12 @@ edges (local folder or Pub/Sub in; files or BigQuery/GCS out) change with the op
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.options.pipeline_options import StandardOptions
 
 import schemas
 from streaming import adapters, batching, bigquery, filters, images, metrics, model, reconcile, sinks
 from streaming import coders  # noqa: F401 - registers the records' versioned coders
+from streaming import vectors as vectors_
 from streaming.local_source import ReadLocalFolder
 from streaming.notifications import ParseNotifications
 from streaming.options import EmbedOptions
@@ -130,11 +130,6 @@ def model_threads(opts: EmbedOptions) -> tuple[int, int]:
     return opts.intra_op_threads, opts.inter_op_threads
 
 
-def drop_pixels(info, result: PredictionResult):
-    """(ImageInfo, PredictionResult) without the input image: only the vector travels on."""
-    return info, result._replace(example=None)
-
-
 def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     """The stages after the source, on a PCollection of ImageRef."""
     handler = handler or model_handler(opts)
@@ -150,11 +145,20 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     results, embed_dead = loaded.images | "Embed with ResNet50" >> model.EmbedImages(handler)
     vector_root = opts.output_gcs or (
         sinks.FileSystems.join(opts.output_dir, sinks.VECTORS_DIR) if opts.output_dir else None)
-    vectors = results | "Drop pixels" >> beam.MapTuple(drop_pixels)
-    if opts.view_as(StandardOptions).streaming:
-        # Spreads the .npy uploads and BigQuery inserts over keys, off the model's step.
-        vectors = vectors | "Spread writes" >> beam.Reshuffle()
-    written = vectors | "Write vectors" >> sinks.WriteVectors(vector_root)
+    # Only the vector travels on, as float32 bytes (vectors.EmbeddedCoder).
+    vectors = results | "Drop pixels" >> beam.MapTuple(vectors_.embedded).with_output_types(
+        vectors_.Embedded)
+    streaming = bool(opts.view_as(StandardOptions).streaming)
+    if opts.vector_layout == vectors_.OBJECTS:
+        if streaming:
+            # Spreads the .npy uploads and BigQuery inserts over keys, off the model's step.
+            vectors = vectors | "Spread writes" >> beam.Reshuffle()
+        written = vectors | "Write vectors" >> sinks.WriteVectors(vector_root)
+    else:
+        # Streaming: the same one shuffle, grouping vectors into shards on the way.
+        groups = vectors | "Spread writes" >> vectors_.GroupForShards(
+            opts.vectors_per_shard, opts.shard_wait_secs, opts.shard_keys, streaming)
+        written = groups | "Write vectors" >> vectors_.WriteShards(vector_root)
     _ = written.rows | "Measure latency" >> beam.FlatMap(metrics.observe_row)
     tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(sinks.tombstone_row)
     rows = {"rows": written.rows, "tombstones": tombstones}

@@ -46,15 +46,24 @@ def vector_path(root: str, info_or_ref, fingerprint: str = "") -> str:
 
 
 def embedding_row(info: ImageInfo, embedding: np.ndarray, model_id: str,
-                  vector_uri: str | None) -> dict[str, Any]:
-    """The BigQuery row (schemas/embeddings.json) of one embedded image."""
+                  vector_uri: str | None, vector_index: int | None = None) -> dict[str, Any]:
+    """The BigQuery row (schemas/embeddings.json) of one embedded image; `vector_index`
+    is the vector's row in a shard (streaming/vectors.py), None for a .npy of its own."""
     model_name, fingerprint, runtime = split_model_id(model_id)
     row = _ref_row(info.ref)
     row.update(width=info.width, height=info.height, format=info.format,
-               embedding=np.asarray(embedding, dtype=np.float32).tolist(),
+               embedding=float32_list(embedding),
                model_name=model_name, model_fingerprint=fingerprint, model_runtime=runtime,
-               vector_uri=vector_uri)
+               vector_uri=vector_uri, vector_index=vector_index)
     return row
+
+
+def float32_list(vector) -> list[float]:
+    """A float32 vector as Python floats that print as the shortest decimals that read
+    back as the same float32 (about 11 characters instead of 20 in a row's JSON): the
+    insert request carries half the bytes and `np.float32(value)` is exact."""
+    return orjson.loads(orjson.dumps(np.asarray(vector, dtype=np.float32).reshape(-1),
+                                     option=orjson.OPT_SERIALIZE_NUMPY))
 
 
 def tombstone_row(ref: ImageRef) -> dict[str, Any]:
@@ -87,6 +96,7 @@ def _ref_row(ref: ImageRef) -> dict[str, Any]:
         "model_fingerprint": None,
         "model_runtime": None,
         "vector_uri": None,
+        "vector_index": None,
         "metadata": json.dumps(dict(ref.metadata), ensure_ascii=False) if ref.metadata else None,
         "event_time": ref.event_time,
         "processing_time": utcnow_iso(),

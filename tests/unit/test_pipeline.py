@@ -12,11 +12,10 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.options.pipeline_options import StandardOptions
 
-from streaming import main, pipeline
+from streaming import main, pipeline, vectors
 from streaming.images import decode_image
 from streaming.local_source import local_ref
 from streaming.options import EmbedOptions
-from streaming.records import object_file_name
 from tests import fixtures
 
 pytestmark = pytest.mark.slow  # the whole job, with the model
@@ -71,8 +70,10 @@ def test_good_images_are_all_embedded_once(mixed_run):
         assert r["generation"] == os.stat(os.path.join(src, r["name"])).st_mtime_ns
         assert len(r["embedding"]) == 2048 and r["model_name"] == "resnet50-avgpool"
         assert r["source"] == "local" and r["event_type"] == "OBJECT_FINALIZE"
-        assert os.path.exists(r["vector_uri"])
-        np.testing.assert_array_equal(np.load(r["vector_uri"]), np.float32(r["embedding"]))
+        assert os.path.exists(r["vector_uri"]) and r["vector_index"] is not None
+        np.testing.assert_array_equal(
+            vectors.read_vectors(r["vector_uri"], [r["vector_index"]])[0],
+            np.float32(r["embedding"]))
     rotated = next(r for r in rows if r["name"] == "rotated.jpg")
     assert (rotated["width"], rotated["height"], rotated["format"]) == (200, 300, "JPEG")
 
@@ -81,8 +82,18 @@ def test_same_basename_in_two_folders_gets_two_vectors(mixed_run):
     _, out, _ = mixed_run
     rows = {r["name"]: r for r in read_rows(out)}
     a, b = rows["a/cat.jpg"], rows["b/cat.jpg"]
-    assert a["vector_uri"] != b["vector_uri"] and a["row_key"] != b["row_key"]
-    assert not np.allclose(np.load(a["vector_uri"]), np.load(b["vector_uri"]))
+    assert (a["vector_uri"], a["vector_index"]) != (b["vector_uri"], b["vector_index"])
+    assert a["row_key"] != b["row_key"]
+    assert not np.allclose(*(vectors.read_vectors(r["vector_uri"], [r["vector_index"]])
+                             for r in (a, b)))
+
+
+def test_vectors_share_few_shards(mixed_run):
+    _, out, _ = mixed_run
+    rows = read_rows(out)
+    shards = glob.glob(os.path.join(out, "vectors", "shards", "*", "*.npy"))
+    assert {r["vector_uri"] for r in rows} == set(shards)
+    assert len(shards) < len(rows)
 
 
 def test_bad_files_land_in_dead_letters_with_reasons(mixed_run):
@@ -157,6 +168,6 @@ def test_streaming_with_test_stream(tmp_path):
                     equal_to([("one.jpg", 2048), ("two.png", 2048)]), label="rows")
         assert_that(out["dead_letters"] | beam.Map(lambda d: (d.ref.name, d.reason)),
                     equal_to([("bad.jpg", "not_an_image")]), label="dead")
-    rel = object_file_name(os.path.abspath(src), "one.jpg", refs[0].generation, ".")
-    written = glob.glob(os.path.join(tmp_path, "out", "vectors", rel + "*.npy"))
-    assert len(written) == 1 and len(os.path.basename(written[0]).split(".")) == 4  # .<fp>.npy
+    # Shards under the model's fingerprint and runtime, holding both vectors.
+    written = glob.glob(os.path.join(tmp_path, "out", "vectors", "shards", "*.*", "*.npy"))
+    assert sum(len(vectors.read_vectors(w)) for w in written) == 2

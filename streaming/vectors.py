@@ -1,0 +1,263 @@
+"""Vectors in shards: many embeddings per .npy object, each row saying where its own is.
+
+One object per vector costs one Cloud Storage Class A operation per image. Here the
+vectors of a group (per key, up to `--vectors_per_shard` or `--shard_wait_secs`,
+whichever comes first) go into one `(n, 2048)` float32 .npy, and each row carries
+`vector_uri` (the shard) and `vector_index` (its row in the shard).
+
+A shard's name derives from the model id and the ordered row keys it holds, and a
+gs:// shard is written create-only (`sinks.create_object`): a retried group with the
+same elements finds its shard already there (same name, same rows at the same indexes)
+and emits the same rows; a group regrouped differently after a failure writes another
+shard. Rows are emitted only after their shard exists, so no row ever points at an
+object that was not written, and a lost group costs at most an orphaned shard.
+
+Between the model and the writer the vectors travel as `Embedded`: the image's record in
+its versioned wire form and the vector as raw float32 bytes (`EmbeddedCoder`), never as
+pickled arrays, JSON or Python floats.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import struct
+from typing import Iterable, Optional, Tuple
+
+import numpy as np
+
+import apache_beam as beam
+from apache_beam import coders, pvalue
+
+from streaming import endpoints, metrics, sinks
+from streaming.flags import VECTOR_LAYOUTS
+from streaming.model import split_model_id
+from streaming.records import DeadLetter, ImageInfo, decode_record, encode_record, rejected_from
+
+SHARDS, OBJECTS = VECTOR_LAYOUTS
+SHARDS_DIR = "shards"
+EMBEDDED_FORMAT = 1
+
+
+class Embedded:
+    """An embedded image on its way to the sinks: (ImageInfo, float32 vector, model id).
+
+    Unpacks as `info, result` with `result.inference` and `result.model_id`, the shape
+    of RunInference's keyed output, so the one-object-per-vector writer reads it as is.
+    """
+    __slots__ = ("info", "vector", "model_id")
+
+    def __init__(self, info: ImageInfo, vector, model_id: str):
+        self.info = info
+        self.vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+        self.model_id = model_id
+
+    @property
+    def inference(self) -> np.ndarray:
+        return self.vector
+
+    def __iter__(self):
+        return iter((self.info, self))
+
+    def __eq__(self, other):
+        return (isinstance(other, Embedded) and self.info == other.info
+                and self.model_id == other.model_id
+                and np.array_equal(self.vector, other.vector))
+
+    def __hash__(self):
+        return hash((self.info, self.model_id))
+
+    def __repr__(self):
+        return f"Embedded({self.info.ref.key[:12]}, {self.vector.shape}, {self.model_id!r})"
+
+    def __reduce__(self):
+        return decode_embedded, (encode_embedded(self),)
+
+
+def embedded(info: ImageInfo, result) -> Embedded:
+    """(ImageInfo, PredictionResult) -> Embedded: the pixels stay behind."""
+    return Embedded(info, result.inference, result.model_id)
+
+
+_HEADER = struct.Struct("<BIH")  # format, record bytes, model id bytes
+
+
+def encode_embedded(value: Embedded) -> bytes:
+    """Format byte, lengths, the ImageInfo's wire form, the model id, float32 LE bytes."""
+    record = encode_record(value.info)
+    model_id = (value.model_id or "").encode("utf-8")
+    return (_HEADER.pack(EMBEDDED_FORMAT, len(record), len(model_id)) + record + model_id
+            + value.vector.astype("<f4", copy=False).tobytes())
+
+
+def decode_embedded(data: bytes) -> Embedded:
+    fmt, n_record, n_model = _HEADER.unpack_from(data)
+    if fmt != EMBEDDED_FORMAT:
+        from streaming.records import RecordFormatError
+        raise RecordFormatError(f"embedded vector bytes are format {fmt}, this code reads "
+                                f"format {EMBEDDED_FORMAT}: drain the job and start the new one")
+    start = _HEADER.size
+    info = decode_record(data[start:start + n_record])
+    model_id = data[start + n_record:start + n_record + n_model].decode("utf-8")
+    vector = np.frombuffer(data, dtype="<f4", offset=start + n_record + n_model)
+    return Embedded(info, vector, model_id)
+
+
+class EmbeddedCoder(coders.Coder):
+    """Beam coder for `Embedded`: about 8 KiB of float32 plus the record per image."""
+
+    def encode(self, value: Embedded) -> bytes:
+        return encode_embedded(value)
+
+    def decode(self, encoded: bytes) -> Embedded:
+        return decode_embedded(encoded)
+
+    def is_deterministic(self) -> bool:
+        return True
+
+    def to_type_hint(self):
+        return Embedded
+
+    def __eq__(self, other):
+        return type(self) is type(other)
+
+    def __hash__(self):
+        return hash(type(self))
+
+
+coders.registry.register_coder(Embedded, EmbeddedCoder)
+
+
+def model_tag(model_id: str) -> str:
+    """`<fingerprint>.<runtime>` of a model id: weights and what ran them."""
+    _, fingerprint, runtime = split_model_id(model_id)
+    return ".".join(part for part in (fingerprint, runtime) if part) or "unknown-model"
+
+
+def shard_path(root: str, model_id: str, row_keys: Iterable[str]) -> str:
+    """`<root>/shards/<fingerprint>.<runtime>/<sha256 of the ordered row keys>-<n>.npy`.
+
+    The same rows in the same order always name the same shard; the model id is part of
+    the path, so vectors of other weights or another runtime never share a shard.
+    """
+    keys = list(row_keys)
+    digest = hashlib.sha256(("\n".join([model_id or ""] + keys)).encode("utf-8")).hexdigest()
+    name = f"{digest[:40]}-{len(keys)}.npy"
+    if "://" in root:
+        from apache_beam.io.filesystems import FileSystems
+        return FileSystems.join(root, SHARDS_DIR, model_tag(model_id), name)
+    return os.path.join(root, SHARDS_DIR, model_tag(model_id), name)
+
+
+def shard_bytes(vectors: np.ndarray) -> bytes:
+    """An (n, d) float32 matrix as .npy bytes."""
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(vectors, dtype=np.float32), allow_pickle=False)
+    return buf.getvalue()
+
+
+def read_vectors(uri: str, indexes: Optional[Iterable[int]] = None, gcs=None) -> np.ndarray:
+    """Rows `indexes` (all if None) of the .npy at `uri` (a path, file:// or gs://), as
+    float32. Reads a one-vector .npy too (index 0)."""
+    if uri.startswith("gs://"):
+        bucket, _, name = uri[len("gs://"):].partition("/")
+        client = gcs or endpoints.storage_client()
+        data = client.bucket(bucket).blob(name).download_as_bytes()
+        matrix = np.load(io.BytesIO(data), allow_pickle=False)
+    else:
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        matrix = np.load(path, mmap_mode="r", allow_pickle=False)
+    matrix = np.atleast_2d(matrix)
+    if indexes is None:
+        return np.asarray(matrix, dtype=np.float32)
+    return np.asarray(matrix[list(indexes)], dtype=np.float32)
+
+
+def shard_key(keys: int):
+    """A random key in [0, keys): the groups a shard is formed in."""
+    return lambda element: (random.randrange(keys), element)
+
+
+class GroupForShards(beam.PTransform):
+    """Embedded -> lists of Embedded, one list per shard.
+
+    Streaming: keyed over `keys` random keys, then `GroupIntoBatches` (up to `size`
+    vectors, a lone vector waits at most `wait_secs`): one shuffle, and the vectors in it
+    are float32 bytes. Bounded: `BatchElements` within bundles, no shuffle.
+    """
+
+    def __init__(self, size: int, wait_secs: float, keys: int, streaming: bool):
+        super().__init__()
+        self._size, self._wait, self._keys, self._streaming = size, wait_secs, keys, streaming
+
+    def expand(self, vectors):
+        if not self._streaming:
+            return vectors | "Batch" >> beam.BatchElements(
+                min_batch_size=self._size, max_batch_size=self._size)
+        return (vectors
+                | "Key by shard" >> beam.Map(shard_key(self._keys)).with_output_types(
+                    Tuple[int, Embedded])
+                | "Group" >> beam.GroupIntoBatches(
+                    self._size, max_buffering_duration_secs=self._wait or None)
+                | "Drop keys" >> beam.MapTuple(lambda _key, batch: list(batch)))
+
+
+class _WriteShardFn(beam.DoFn):
+    """Writes one shard per list of Embedded, then emits each one's row."""
+
+    def __init__(self, root: Optional[str]):
+        self._root = root
+
+    def setup(self):
+        self._gcs = endpoints.worker_storage_client() \
+            if (self._root or "").startswith("gs://") else None
+
+    def process(self, batch) -> Iterable:
+        batch = list(batch)
+        if not batch:
+            return
+        uri = None
+        if self._root:
+            # One shard per model id: a group can span a change of weights.
+            by_model: dict[str, list[Embedded]] = {}
+            for e in batch:
+                by_model.setdefault(e.model_id, []).append(e)
+            for model_id, group in by_model.items():
+                yield from self._write(group, model_id)
+            return
+        for e in batch:
+            metrics.count("images_embedded")
+            yield sinks.embedding_row(e.info, e.vector, e.model_id, uri)
+
+    def _write(self, group: list[Embedded], model_id: str) -> Iterable:
+        uri = shard_path(self._root, model_id, (e.info.ref.key for e in group))
+        try:
+            sinks.write_with_retries(uri, shard_bytes(np.stack([e.vector for e in group])),
+                                     self._gcs)
+        except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle
+            error = rejected_from(e, "vector_write_error")
+            for item in group:
+                metrics.dead_letter(error.reason)
+                yield pvalue.TaggedOutput(sinks.DEAD, DeadLetter(
+                    "write", error.reason, str(error), ref=item.info.ref))
+            return
+        metrics.count("vector_shards_written")
+        if "://" not in uri:
+            uri = os.path.abspath(uri)
+        for index, item in enumerate(group):
+            metrics.count("images_embedded")
+            yield sinks.embedding_row(item.info, item.vector, item.model_id, uri, index)
+
+
+class WriteShards(beam.PTransform):
+    """Lists of Embedded -> one .npy shard each under `root`, and the rows that point
+    into it (`vector_uri`, `vector_index`); failed writes -> dead letters."""
+
+    def __init__(self, root: Optional[str]):
+        super().__init__()
+        self._root = root
+
+    def expand(self, batches):
+        return batches | "Write shards" >> beam.ParDo(_WriteShardFn(self._root)).with_outputs(
+            sinks.DEAD, main="rows")

@@ -1,0 +1,175 @@
+"""Vectors in shards: the float32 wire form, shard names, create-only shard writes and the
+rows that point into them (streaming/vectors.py)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+
+import numpy as np
+import pytest
+
+import apache_beam as beam
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from streaming import sinks, vectors
+from streaming.records import ImageInfo, ImageRef, RecordFormatError
+
+MODEL = "resnet50-avgpool@0123456789abcdef+onnxruntime-1.32.0"
+
+
+def item(i: int, model_id: str = MODEL) -> vectors.Embedded:
+    ref = ImageRef("bkt", f"img-{i}.jpg", 1000 + i, size=1234, event_time="2026-12-03T00:00:00Z")
+    vec = np.random.default_rng(i).standard_normal(2048).astype(np.float32)
+    return vectors.Embedded(ImageInfo(ref, 640, 480, "JPEG"), vec, model_id)
+
+
+def test_embedded_crosses_a_shuffle_as_float32_bytes():
+    e = item(1)
+    coder = beam.coders.registry.get_coder(vectors.Embedded)
+    data = coder.encode(e)
+    assert coder.decode(data) == e
+    # 2048 float32 = 8192 bytes; the record and model id add a few hundred, not 30 KB of text.
+    assert 8192 < len(data) < 8192 + 600
+    assert e.vector.tobytes() in data
+
+
+def test_embedded_of_another_format_fails_loudly():
+    data = bytearray(vectors.encode_embedded(item(1)))
+    data[0] = 9
+    with pytest.raises(RecordFormatError, match="format 9"):
+        vectors.decode_embedded(bytes(data))
+
+
+def test_embedded_unpacks_like_a_keyed_prediction():
+    e = item(2)
+    info, result = e
+    assert info is e.info and result.model_id == MODEL
+    np.testing.assert_array_equal(result.inference, e.vector)
+
+
+def test_shard_names_follow_rows_order_and_the_whole_model_id():
+    keys = [item(i).info.ref.key for i in range(3)]
+    a = vectors.shard_path("gs://b/v", MODEL, keys)
+    assert a == vectors.shard_path("gs://b/v", MODEL, keys)  # a retried group: same object
+    assert a.startswith("gs://b/v/shards/0123456789abcdef.onnxruntime-1.32.0/")
+    assert a.endswith("-3.npy")
+    assert a != vectors.shard_path("gs://b/v", MODEL, keys[::-1])
+    assert a != vectors.shard_path("gs://b/v", MODEL, keys[:2])
+    other_runtime = MODEL.replace("onnxruntime-1.32.0", "tensorflow-2.21.0")
+    assert a != vectors.shard_path("gs://b/v", other_runtime, keys)
+
+
+def test_row_floats_are_short_and_exact():
+    vec = np.random.default_rng(0).standard_normal(2048).astype(np.float32)
+    short = sinks.float32_list(vec)
+    np.testing.assert_array_equal(np.float32(short), vec)
+    assert len(json.dumps(short)) < 0.7 * len(json.dumps(vec.tolist()))
+
+
+def test_a_group_becomes_one_shard_and_each_row_points_at_its_vector(tmp_path):
+    root = str(tmp_path / "vectors")
+    group = [item(i) for i in range(5)]
+    with TestPipeline() as p:
+        out = p | beam.Create([group], reshuffle=False) | vectors.WriteShards(root)
+        assert_that(out.rows | beam.Map(lambda r: (r["name"], r["vector_index"])),
+                    equal_to([(f"img-{i}.jpg", i) for i in range(5)]), label="indexes")
+        assert_that(out.rows | beam.Map(lambda r: r["vector_uri"]) | beam.Distinct(),
+                    equal_to([os.path.abspath(vectors.shard_path(
+                        root, MODEL, [e.info.ref.key for e in group]))]), label="one shard")
+        assert_that(out.rows | beam.Map(
+            lambda r: bool(np.array_equal(
+                vectors.read_vectors(r["vector_uri"], [r["vector_index"]])[0],
+                np.float32(r["embedding"])))), equal_to([True] * 5), label="own vector")
+    written = [f for _, _, files in os.walk(root) for f in files]
+    assert len(written) == 1
+
+
+def test_groups_of_two_models_never_share_a_shard(tmp_path):
+    root = str(tmp_path / "vectors")
+    other = MODEL.replace("0123456789abcdef", "fedcba9876543210")
+    with TestPipeline() as p:
+        out = (p | beam.Create([[item(0), item(1, other), item(2)]], reshuffle=False)
+               | vectors.WriteShards(root))
+        assert_that(out.rows | beam.Map(lambda r: (r["name"], r["model_fingerprint"],
+                                                   r["vector_index"])),
+                    equal_to([("img-0.jpg", "0123456789abcdef", 0),
+                              ("img-2.jpg", "0123456789abcdef", 1),
+                              ("img-1.jpg", "fedcba9876543210", 0)]))
+    assert sorted(os.listdir(os.path.join(root, "shards"))) == [
+        "0123456789abcdef.onnxruntime-1.32.0", "fedcba9876543210.onnxruntime-1.32.0"]
+
+
+class _Blob:
+    def __init__(self, store, name):
+        self.store, self.name = store, name
+
+    def upload_from_string(self, data, content_type=None, if_generation_match=None, retry=None):
+        from google.api_core import exceptions as gexc
+        self.store.attempts.append(self.name)
+        if self.store.fail:
+            raise gexc.ServiceUnavailable("down")
+        if if_generation_match == 0 and self.name in self.store.objects:
+            raise gexc.PreconditionFailed("exists")
+        self.store.objects[self.name] = data
+
+
+class FakeStorage:
+    """The part of a storage client that create-only writes use."""
+
+    def __init__(self):
+        self.objects, self.attempts, self.fail = {}, [], False
+
+    def bucket(self, name):
+        store = self
+        return type("B", (), {"blob": lambda _self, n: _Blob(store, n)})()
+
+
+def _run_fn(fn, batch):
+    out = list(fn.process(batch))
+    rows = [o for o in out if isinstance(o, dict)]
+    dead = [o.value for o in out if not isinstance(o, dict)]
+    return rows, dead
+
+
+def test_a_retried_group_finds_its_shard_and_emits_the_same_rows():
+    fn = vectors._WriteShardFn("gs://b/v")
+    fn._gcs = store = FakeStorage()
+    group = [item(i) for i in range(4)]
+    first, _ = _run_fn(fn, group)
+    again, dead = _run_fn(fn, group)  # the create-only write answers 412: kept, not lost
+    assert len(store.objects) == 1 and len(store.attempts) == 2 and not dead
+    strip = lambda rows: [(r["row_key"], r["vector_uri"], r["vector_index"]) for r in rows]
+    assert strip(first) == strip(again)
+    (name, data), = store.objects.items()
+    matrix = np.load(io.BytesIO(data))
+    for r in first:
+        np.testing.assert_array_equal(matrix[r["vector_index"]], np.float32(r["embedding"]))
+
+
+def test_a_shard_that_cannot_be_written_dead_letters_every_image_in_it(monkeypatch):
+    fn = vectors._WriteShardFn("gs://b/v")
+    fn._gcs = store = FakeStorage()
+    store.fail = True
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    rows, dead = _run_fn(fn, [item(0), item(1)])
+    assert rows == [] and not store.objects
+    assert [(d.ref.name, d.reason) for d in dead] == [("img-0.jpg", "vector_write_error"),
+                                                     ("img-1.jpg", "vector_write_error")]
+
+
+def test_streaming_groups_fill_shards_up_to_the_size():
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+    opts = PipelineOptions()
+    opts.view_as(StandardOptions).streaming = True
+    items = [item(i) for i in range(7)]
+    # Past the real-time flush: the lone seventh vector goes out then, in a shard of one.
+    stream = (TestStream().add_elements(items)
+              .advance_processing_time(int(time.time()) + 3600)
+              .advance_watermark_to_infinity())
+    with TestPipeline(options=opts) as p:
+        groups = p | stream | vectors.GroupForShards(3, 60, 1, streaming=True)
+        assert_that(groups | beam.Map(len), equal_to([3, 3, 1]))
