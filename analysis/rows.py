@@ -24,7 +24,7 @@ from streaming.records import object_uri
 FINALIZE, DELETE = "OBJECT_FINALIZE", "OBJECT_DELETE"
 # Columns a result carries (everything but the embedding and the bulky metadata).
 RESULT_FIELDS = ("bucket", "name", "generation", "source", "content_type", "width",
-                 "height", "format", "model_fingerprint", "vector_uri", "event_time",
+                 "height", "format", "model_fingerprint", "vector_uri", "vector_index", "event_time",
                  "processing_time")
 
 
@@ -70,6 +70,24 @@ def current_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                   key=lambda r: (r["bucket"], r["name"]))
 
 
+def fill_vectors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows whose `embedding` is empty get it from their .npy: the shard at `vector_uri`,
+    row `vector_index` (None: a .npy of one vector). Each shard is read once."""
+    from streaming.vectors import read_vectors
+    wanted: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        if not r.get("embedding") and r.get("vector_uri") and r.get("event_type") != DELETE:
+            wanted.setdefault(r["vector_uri"], []).append(r)
+    for uri, group in wanted.items():
+        try:
+            matrix = read_vectors(uri)
+        except (OSError, ValueError) as e:
+            raise SourceError(f"cannot read the vectors at {uri}: {e}") from e
+        for r in group:
+            r["embedding"] = matrix[r.get("vector_index") or 0].astype(float).tolist()
+    return rows
+
+
 def cosine_distances(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
     """1 - cosine similarity of each row of `matrix` to `query` (float64; NaN where a
     norm is zero)."""
@@ -102,7 +120,7 @@ class LocalRows:
     def __init__(self, output_dir: str):
         self.output_dir = output_dir
         self.description = f"folder {output_dir}"
-        self._rows = current_rows(self._read_all())
+        self._rows = fill_vectors(current_rows(self._read_all()))
 
     def _read_all(self) -> list[dict[str, Any]]:
         rows = []

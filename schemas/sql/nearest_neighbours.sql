@@ -9,7 +9,7 @@
 WITH scored AS (
   SELECT
     c.bucket, c.name, c.generation, c.source, c.content_type, c.width, c.height,
-    c.format, c.model_fingerprint, c.vector_uri, c.event_time, c.processing_time,
+    c.format, c.model_fingerprint, c.vector_uri, c.vector_index, c.event_time, c.processing_time,
     (SELECT SUM(x * y)
      FROM UNNEST(c.embedding) AS x WITH OFFSET AS i
      JOIN UNNEST(@query_embedding) AS y WITH OFFSET AS j ON i = j) AS dot,
@@ -20,7 +20,7 @@ WITH scored AS (
 )
 SELECT
   bucket, name, generation, source, content_type, width, height, format,
-  model_fingerprint, vector_uri, event_time, processing_time,
+  model_fingerprint, vector_uri, vector_index, event_time, processing_time,
   1 - dot / (norm * (SELECT SQRT(SUM(y * y)) FROM UNNEST(@query_embedding) AS y)) AS distance
 FROM scored
 WHERE norm > 0

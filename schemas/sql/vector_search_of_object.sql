@@ -7,7 +7,7 @@
 -- placeholders: embeddings, current, top_k
 SELECT
   c.bucket, c.name, c.generation, c.source, c.content_type, c.width, c.height,
-  c.format, c.model_fingerprint, c.vector_uri, c.event_time, c.processing_time,
+  c.format, c.model_fingerprint, c.vector_uri, c.vector_index, c.event_time, c.processing_time,
   hit.distance
 FROM VECTOR_SEARCH(
   (SELECT row_key, embedding

@@ -41,18 +41,25 @@ class Stats:
     def __init__(self):
         self._lock = threading.Lock()
         self.inserts = self.refused = self.max_bytes = self.max_rows = 0
+        self.total_bytes = self.total_rows = 0
 
     def seen(self, size: int, rows: int, refused: bool) -> None:
         with self._lock:
             self.inserts += 1
             self.refused += refused
             self.max_bytes, self.max_rows = max(self.max_bytes, size), max(self.max_rows, rows)
+            if not refused:
+                self.total_bytes += size
+                self.total_rows += rows
+
+    def as_dict(self) -> dict:
+        with self._lock:
+            return {"insert_requests": self.inserts, "refused": self.refused,
+                    "max_insert_bytes": self.max_bytes, "max_insert_rows": self.max_rows,
+                    "insert_bytes": self.total_bytes, "insert_rows": self.total_rows}
 
     def as_json(self) -> bytes:
-        with self._lock:
-            return json.dumps({"insert_requests": self.inserts, "refused": self.refused,
-                               "max_insert_bytes": self.max_bytes,
-                               "max_insert_rows": self.max_rows}).encode()
+        return json.dumps(self.as_dict()).encode()
 
 
 def insert_limits(request: Request, stats: Stats) -> Optional[tuple[int, bytes]]:

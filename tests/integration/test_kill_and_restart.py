@@ -89,6 +89,7 @@ def killable(stack, tmp_path_factory):
 
     def raw_rows() -> list[dict]:
         return stack.query(f"SELECT name, generation, row_key, event_type, vector_uri, "
+                           f"vector_index, "
                            f"embedding FROM {sql.table_ref(table)} "
                            f"WHERE bucket = '{bucket.name}'")
 
@@ -116,7 +117,7 @@ def assert_exactly_one_current_row_each(rows: list[dict], uploaded: dict[str, in
 def assert_one_raw_row_and_vector_each(k, names) -> None:
     """Below the view: one raw row per uploaded generation's row key (the catch-up and
     the notifications did not both embed it), a tombstone for each deleted one, and
-    each row's .npy holding the row's own vector."""
+    each row's shard holding the row's own vector at its index."""
     from streaming.records import row_key
     uploaded, bucket = k["state"]["uploaded"], k["bucket"].name
     raw = [r for r in k["raw_rows"]() if r["name"] in names]
@@ -129,7 +130,8 @@ def assert_one_raw_row_and_vector_each(k, names) -> None:
         assert len(finals.get(key, [])) == 1, (name, len(finals.get(key, [])))
         (r,) = finals[key]
         blob_name = r["vector_uri"][len(f"gs://{k['vectors'].name}/"):]
-        stored = np.load(io.BytesIO(k["vectors"].blob(blob_name).download_as_bytes()))
+        shard = np.load(io.BytesIO(k["vectors"].blob(blob_name).download_as_bytes()))
+        stored = shard[r["vector_index"]]
         np.testing.assert_allclose(stored, np.asarray(r["embedding"], np.float32), rtol=1e-6)
     tombstoned = {r["name"] for r in raw if r["event_type"] == "OBJECT_DELETE"}
     assert tombstoned >= names & k["state"]["deleted"]

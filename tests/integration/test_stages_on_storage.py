@@ -138,7 +138,7 @@ def test_a_vector_that_already_exists_does_not_cost_the_row(bucket, proxy, tmp_p
     message = json_message(blob)
     for run, deliveries in enumerate((2, 1)):  # a redelivery, then a re-run
         rows, dead, counters = run_job([message] * deliveries, tmp_path / f"run{run}",
-                                       "--output_gcs", root)
+                                       "--output_gcs", root, "--vector_layout", "objects")
         assert dead == [], dead
         assert counters.get("images_embedded") == deliveries
         assert [r["name"] for r in rows] == ["again/x.jpg"]  # one file per generation
@@ -150,6 +150,31 @@ def test_a_vector_that_already_exists_does_not_cost_the_row(bucket, proxy, tmp_p
     np.testing.assert_allclose(stored, np.float32(rows[0]["embedding"]), rtol=1e-5, atol=1e-5)
     uploads = proxy.uploads("vectors/")
     assert len(uploads) == 3 and all(u.query.get("ifGenerationMatch") == "0" for u in uploads)
+
+
+def test_a_shard_that_already_exists_does_not_cost_its_rows(bucket, proxy, tmp_path):
+    """The same images embedded again in the same group (a retried bundle, a re-run)
+    name the same shard: its create-only upload finds it there (412; an overwrite
+    would be refused under `roles/storage.objectCreator`), and every row still comes,
+    pointing at the first write's vectors. Two images, one shard, two uploads in all."""
+    proxy.rule = object_creator_rule(proxy)
+    blobs = [upload(bucket, f"shard/{i}.jpg", fixtures.jpeg(seed=20 + i), "image/jpeg")
+             for i in range(2)]
+    root = f"gs://{bucket.name}/shards-test/"
+    for run in range(2):
+        rows, dead, counters = run_job([json_message(b) for b in blobs], tmp_path / f"r{run}",
+                                       "--output_gcs", root)
+        assert dead == [], dead
+        assert sorted((r["name"], r["vector_index"]) for r in rows) == [
+            ("shard/0.jpg", 0), ("shard/1.jpg", 1)]
+    (shard,) = list(bucket.list_blobs(prefix="shards-test/"))
+    assert {r["vector_uri"] for r in rows} == {f"gs://{bucket.name}/{shard.name}"}
+    stored = np.load(io.BytesIO(shard.download_as_bytes()))
+    for r in rows:
+        np.testing.assert_allclose(stored[r["vector_index"]], np.float32(r["embedding"]),
+                                   rtol=1e-5, atol=1e-5)
+    uploads = proxy.uploads("shards-test/")
+    assert len(uploads) == 2 and all(u.query.get("ifGenerationMatch") == "0" for u in uploads)
 
 
 def test_notifications_of_the_jobs_own_vectors_are_dropped_by_name(cloud, bucket, tmp_path):

@@ -173,3 +173,23 @@ def test_streaming_groups_fill_shards_up_to_the_size():
     with TestPipeline(options=opts) as p:
         groups = p | stream | vectors.GroupForShards(3, 60, 1, streaming=True)
         assert_that(groups | beam.Map(len), equal_to([3, 3, 1]))
+
+
+def test_readers_take_a_row_without_its_embedding_from_the_shard(tmp_path):
+    from analysis.rows import LocalRows
+    out = tmp_path / "out"
+    group = [item(i) for i in range(3)]
+    root = str(out / "vectors")
+    fn = vectors._WriteShardFn(root)
+    fn._gcs = None
+    rows, dead = _run_fn(fn, group)
+    assert not dead
+    os.makedirs(out / "rows" / "bkt")
+    for r in rows:
+        r = dict(r, embedding=[])  # a row that names its vector instead of carrying it
+        with open(out / "rows" / "bkt" / f"{r['name']}.json", "wb") as f:
+            f.write(sinks.ndjson_line(r))
+    current = {r["name"]: r for r in LocalRows(str(out)).current()}
+    for e in group:
+        np.testing.assert_array_equal(np.float32(current[e.info.ref.name]["embedding"]),
+                                      e.vector)
