@@ -62,7 +62,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                             ".weights.h5/.keras file, or random:SEED (offline smoke test).")
     model.add_argument("--runtime", type=str, default=DEFAULT_RUNTIME, choices=RUNTIMES,
                        help="What runs ResNet50. onnx (default): ONNX Runtime on a graph "
-                            "converted from the same Keras model with tf2onnx, cached per "
+                            "built from the same weights (streaming/resnet50.py), cached per "
                             "weights under --model_cache_dir, so a cached start imports no "
                             "TensorFlow and builds no Keras layers; faster on CPU, vectors "
                             "within cosine 0.99999 of TensorFlow's (docs/performance.md). "

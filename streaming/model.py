@@ -11,16 +11,16 @@ ResNet50 (2048 float32 per image). Every result carries `resnet50-avgpool@<finge
 as its model id, the fingerprint being a hash of the weights actually loaded.
 
 `--runtime` chooses what runs the forward pass: TensorFlow (the reference), or ONNX
-Runtime on a graph converted from the same Keras model and cached per weights
-(`streaming/onnx_model.py`), which starts without importing TensorFlow once the
-conversion is cached. Results name the runtime next to the fingerprint.
+Runtime on a graph built from the same weights (`streaming/resnet50.py`) and cached per
+weights (`streaming/onnx_model.py`), which never imports TensorFlow for `random:SEED`
+or a weights file, and not at all once the graph is cached. Results name the runtime next to the fingerprint.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from typing import Any, Iterable, Optional, Sequence
@@ -31,7 +31,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, PredictionResult,
                                            RunInference)
 
-from streaming import flags, metrics
+from streaming import flags, metrics, resnet50
 from streaming.records import DeadLetter
 
 MODEL_NAME = "resnet50-avgpool"
@@ -57,12 +57,7 @@ def build_resnet50(weights: Optional[str] = None):
 
 def weights_fingerprint(model) -> str:
     """sha256 (first 16 hex digits) over every weight tensor, in order."""
-    digest = hashlib.sha256()
-    for w in model.get_weights():
-        arr = np.ascontiguousarray(w, dtype=np.float32)
-        digest.update(str(arr.shape).encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()[:16]
+    return resnet50.fingerprint(model.get_weights())
 
 
 def load_keras_model(spec: str):
@@ -87,11 +82,7 @@ def load_keras_model(spec: str):
                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 saved with "
                 "model.save_weights) or --weights random:SEED for a smoke test.") from e
     if spec.startswith("random:"):
-        try:
-            seed = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise WeightsUnavailableError(f"--weights {spec!r}: expected random:<integer seed>")
-        return _seeded(build_resnet50(None), seed)
+        return _seeded(build_resnet50(None), random_seed(spec))
     local = _local_copy(spec)
     try:
         if local.endswith(".keras"):
@@ -106,12 +97,21 @@ def load_keras_model(spec: str):
             "pooling='avg'); alternatives: --weights imagenet or random:SEED.") from e
 
 
+def random_seed(spec: str) -> int:
+    """The seed of a `random:SEED` spec."""
+    try:
+        return int(spec.split(":", 1)[1])
+    except ValueError:
+        raise WeightsUnavailableError(f"--weights {spec!r}: expected random:<integer seed>")
+
+
 def _seeded(model, seed: int):
     """Gives every kernel Glorot-uniform values from a private generator.
 
     Keras draws its initial seeds from Python's global `random`, which any other
     thread (a retry's jitter, a Beam worker) may advance mid-build, so `random:0`
     would not name one model. Biases and batch-norm statistics start as constants.
+    `resnet50.random_weights` draws the same values without building the model.
     """
     rng = np.random.default_rng(seed)
     for var in model.weights:
@@ -227,8 +227,9 @@ def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
 
 
 def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
-    """The cached ONNX graph for `spec`; on a miss, builds the Keras model once,
-    converts it and stores the result for the next process."""
+    """The cached ONNX graph for `spec`; on a miss, builds it from the weights once
+    (`streaming/resnet50.py`, no TensorFlow for `random:SEED` or a weights file) and
+    stores it for the next process."""
     from streaming import onnx_model
     cache_dir = cache_dir or onnx_model.default_cache_dir()
     fixed = spec == "imagenet" or spec.startswith("random:")
@@ -236,17 +237,51 @@ def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
     key = onnx_model.cache_key(onnx_model.weights_source_id(spec, local))
     entry = onnx_model.read_entry(cache_dir, key)
     if entry is None:
-        keras_model = load_keras_model(local or spec)
-        fingerprint = weights_fingerprint(keras_model)
-        model_bytes = onnx_model.convert(keras_model)
+        where = onnx_model.entry_location(cache_dir, key)
+        print(f"Building the ONNX model for weights {spec} once; later runs load it "
+              f"from {where}", file=sys.stderr, flush=True)
+        weights = resnet50_weights(spec, local)
+        fingerprint = resnet50.fingerprint(weights)
+        model_bytes = resnet50.to_onnx(weights, onnx_model.OPSET)
+        del weights
         onnx_model.write_entry(cache_dir, key, model_bytes, {
             "weights": spec, "fingerprint": fingerprint, "model_name": MODEL_NAME,
             "opset": onnx_model.OPSET})
-        _LOG.info("Converted %s@%s to ONNX in %s", MODEL_NAME, fingerprint, cache_dir)
+        _LOG.info("Stored %s@%s for ONNX Runtime in %s", MODEL_NAME, fingerprint, where)
     else:
         model_bytes, meta = entry
         fingerprint = meta["fingerprint"]
     return onnx_model.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
+
+
+def resnet50_weights(spec: str, local: Optional[str] = None) -> list[np.ndarray]:
+    """ResNet50's weights for `spec` as arrays in Keras's `get_weights()` order.
+
+    `random:SEED` and a weights file h5py can read (`.weights.h5`, or a Keras 2
+    `.h5`) need no TensorFlow; `imagenet`, a `.keras` file or any other layout are
+    loaded through Keras once.
+
+    Raises:
+      WeightsUnavailableError: as `load_keras_model`, or when the file's tensors are
+        not ResNet50's.
+    """
+    if spec.startswith("random:"):
+        return resnet50.random_weights(random_seed(spec))
+    path = local or spec
+    weights = None
+    if spec != "imagenet" and path.endswith(".h5"):
+        try:
+            weights = resnet50.read_weights_h5(path)
+        except (OSError, KeyError, ValueError) as e:  # not HDF5, or not laid out as expected
+            _LOG.debug("h5py cannot read %s (%s); loading it through Keras", spec, e)
+    if weights is None:
+        weights = load_keras_model(path).get_weights()
+    try:
+        resnet50.check_weights(weights)
+    except ValueError as e:
+        raise WeightsUnavailableError(
+            f"Weights {spec!r} are not ResNet50(include_top=False, pooling='avg')'s: {e}") from e
+    return [np.asarray(w, np.float32) for w in weights]
 
 
 def result_model_id(model) -> str:

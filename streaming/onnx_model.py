@@ -1,8 +1,8 @@
-"""ResNet50 on ONNX Runtime, converted once per weights and cached.
+"""ResNet50 on ONNX Runtime, built once per weights and cached.
 
-Keras builds the model and loads the weights once; tf2onnx converts the pipeline's own
-batch function (uint8 pixels -> `preprocess_input` -> average-pooled ResNet50) to an ONNX
-graph (opset 17), which is stored under a cache key derived from the weights spec: the
+`streaming/resnet50.py` writes the pipeline's own batch function (uint8 pixels ->
+`preprocess_input` -> average-pooled ResNet50) as an ONNX graph (opset 17) from the
+weights, which is stored under a cache key derived from the weights spec: the
 content hash of a weights file, the spec itself for `imagenet` and `random:SEED`. The
 entry's `meta.json` keeps the fingerprint of the weights the graph was made from, so a
 process that finds its entry loads the graph into an `InferenceSession` without
@@ -10,7 +10,7 @@ importing TensorFlow or building a Keras layer, and still names the exact weight
 every row.
 
 Beam ships `apache_beam.ml.inference.onnx_inference`, a handler around a ready `.onnx`
-URI; the job needs more than that (the conversion, the fingerprint in the model id, one
+URI; the job needs more than that (building the graph, the fingerprint in the model id, one
 model per process shared with the start-up check), so `streaming.model` keeps its own
 handler and this module only supplies the model behind it.
 
@@ -32,7 +32,7 @@ OPSET = 17
 RUNTIME = "onnx"
 # Part of every cache key: a change of the converted graph's contract (input dtype,
 # preprocessing, output) must bump it so old entries are never reused.
-_GRAPH_VERSION = "uint8-nhwc-preprocess-avgpool-v1"
+_GRAPH_VERSION = "uint8-nhwc-preprocess-avgpool-v2-folded-bn"
 _MODEL_FILE = "model.onnx"
 _META_FILE = "meta.json"
 _LOG = logging.getLogger(__name__)
@@ -68,6 +68,11 @@ def _join(root: str, *parts: str) -> str:
     return FileSystems.join(root, *parts) if "://" in root else os.path.join(root, *parts)
 
 
+def entry_location(cache_dir: str, key: str) -> str:
+    """The folder (or gs:// prefix) of one cache entry."""
+    return _join(cache_dir, key)
+
+
 def read_entry(cache_dir: str, key: str) -> Optional[tuple[bytes, dict]]:
     """(model bytes, meta) of a complete cache entry, or None."""
     from apache_beam.io.filesystems import FileSystems
@@ -96,22 +101,6 @@ def write_entry(cache_dir: str, key: str, model_bytes: bytes, meta: dict) -> Non
             with open(tmp, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
-
-
-def convert(keras_model) -> bytes:
-    """The serialized ONNX graph of uint8 (n, 224, 224, 3) -> float32 (n, 2048),
-    preprocessing included, exactly the function the TensorFlow runtime runs."""
-    import tensorflow as tf
-    import tf2onnx
-    from keras.applications.resnet50 import preprocess_input
-
-    @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8, name="pixels")])
-    def embed(pixels):
-        return keras_model(preprocess_input(tf.cast(pixels, tf.float32)), training=False)
-
-    proto, _ = tf2onnx.convert.from_function(
-        embed, input_signature=embed.input_signature, opset=OPSET)
-    return proto.SerializeToString()
 
 
 class OnnxEmbeddingModel:
