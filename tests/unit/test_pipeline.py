@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -159,4 +160,6 @@ def test_streaming_with_test_stream(tmp_path):
                     equal_to([("bad.jpg", "not_an_image")]), label="dead")
     rel = object_file_name(os.path.abspath(src), "one.jpg", refs[0].generation, ".")
     written = glob.glob(os.path.join(tmp_path, "out", "vectors", rel + "*.npy"))
-    assert len(written) == 1 and len(os.path.basename(written[0]).split(".")) == 4  # .<fp>.npy
+    # .<fingerprint>.<runtime>.npy: the model id's weights and runtime
+    assert len(written) == 1 and re.search(r"\.[0-9a-f]{16}\.onnxruntime-[\d.]+\.npy$",
+                                           os.path.basename(written[0])), written
