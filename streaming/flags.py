@@ -115,12 +115,13 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "and --experiments=no_use_multiple_sdk_containers go with them)")
     layout.add_argument("--intra_op_threads", type=int, default=0,
                         help="Threads inside one operation of the model, per SDK process, "
-                             "on either runtime (0: the runtime's default, one per core). "
-                             "With one SDK process per vCPU, 1 keeps the processes from "
-                             "oversubscribing the cores.")
+                             "on either runtime (0: the layout's default: 1 on Dataflow with "
+                             "one SDK process per vCPU, else the runtime's, one per core; "
+                             "docs/options.md).")
     layout.add_argument("--inter_op_threads", type=int, default=0,
-                        help="Operations of the model run at once, per SDK process, on "
-                             "either runtime (0: the runtime's default).")
+                        help="Operations of the model run at once, per SDK process "
+                             "(0: the layout's default, as --intra_op_threads; on ONNX "
+                             "Runtime, more than 1 turns on its parallel execution mode).")
     run = parser.add_argument_group("feedback")
     run.add_argument("--progress_interval", type=float, default=DEFAULT_PROGRESS_INTERVAL,
                      help="Seconds between progress lines (embedded, dead letters by "

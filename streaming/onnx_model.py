@@ -103,6 +103,26 @@ def write_entry(cache_dir: str, key: str, model_bytes: bytes, meta: dict) -> Non
             os.replace(tmp, path)
 
 
+def session_options(threads: tuple[int, int] = (0, 0)):
+    """ONNX Runtime's session options for (intra-op, inter-op) threads.
+
+    Intra-op threads split one operator (a convolution) over cores; 0 keeps ONNX
+    Runtime's default, one per physical core. ONNX Runtime runs a graph's nodes one
+    after the other unless its execution mode is parallel, and only then reads the
+    inter-op size: more than one inter-op thread switches to the parallel mode (nodes
+    that do not depend on each other, such as a ResNet block's shortcut, run at once);
+    0 or 1 keeps the sequential default.
+    """
+    import onnxruntime as ort
+    intra_op, inter_op = threads
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op
+    if inter_op > 1:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        options.inter_op_num_threads = inter_op
+    return options
+
+
 class OnnxEmbeddingModel:
     """An ONNX Runtime session with the same call as `streaming.model.EmbeddingModel`."""
 
@@ -111,10 +131,7 @@ class OnnxEmbeddingModel:
     def __init__(self, model_bytes: bytes, fingerprint: str, model_name: str,
                  threads: tuple[int, int] = (0, 0)):
         import onnxruntime as ort
-        options = ort.SessionOptions()
-        # 0 keeps ONNX Runtime's default: one intra-op thread per physical core.
-        options.intra_op_num_threads, options.inter_op_num_threads = threads
-        self._session = ort.InferenceSession(model_bytes, options,
+        self._session = ort.InferenceSession(model_bytes, session_options(threads),
                                              providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
         self.fingerprint = fingerprint

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import DebugOptions, StandardOptions
 
 import schemas
 from streaming import adapters, batching, bigquery, filters, images, metrics, model, reconcile, sinks
@@ -125,8 +125,19 @@ def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
 
 
 def model_threads(opts: EmbedOptions) -> tuple[int, int]:
-    """The model runtime's (intra-op, inter-op) threads; 0 keeps the runtime's default."""
-    return opts.intra_op_threads, opts.inter_op_threads
+    """The model runtime's (intra-op, inter-op) threads for the job's worker layout.
+
+    A flag left at 0 takes the layout's default: on Dataflow with one SDK process per
+    vCPU (its own default, without `--experiments=no_use_multiple_sdk_containers`),
+    1, so that as many models as vCPUs do not each size their pools to every core;
+    elsewhere (a local run, or one SDK process per VM as the worker images set) 0, the
+    runtime's default, one thread per core for the one model. docs/options.md says what
+    each size does on each runtime.
+    """
+    per_vcpu = on_dataflow(opts) and not opts.view_as(DebugOptions).lookup_experiment(
+        "no_use_multiple_sdk_containers")
+    default = 1 if per_vcpu else 0
+    return opts.intra_op_threads or default, opts.inter_op_threads or default
 
 
 def drop_pixels(info, result: PredictionResult):
