@@ -64,6 +64,19 @@ def other_cores(mark: tuple[float, float], seconds: float) -> float:
     return round(max(0.0, (busy - mark[0]) - (own - mark[1])) / seconds, 2)
 
 
+def gemm_gflops(n: int = 1024, seconds: float = 1.0) -> float:
+    """The machine's float32 matrix-multiply rate (numpy, all cores), GFLOP/s: how fast
+    this machine was for convolutions when the figures were taken."""
+    import numpy as np
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a  # the first call allocates and spins up the threads
+    count, start = 0, time.monotonic()
+    while time.monotonic() - start < seconds:
+        a @ a
+        count += 1
+    return round(2 * n**3 * count / (time.monotonic() - start) / 1e9, 1)
+
+
 def wait_quiet(max_wait: float = 10.0, below: float = 0.5) -> float:
     """Waits (at most `max_wait` s) until other processes use under `below` cores over
     one second; returns the cores they used in the last second."""
