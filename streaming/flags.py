@@ -73,6 +73,14 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                             "~/.cache). On Dataflow put it next to the weights in gs:// "
                             "(the first worker converts, the others load) or bake it "
                             "into the worker image.")
+    model.add_argument("--weights_watch", type=str, default=None,
+                       help="Folder or gs:// prefix to watch for new weights (.weights.h5, "
+                            ".h5, .keras): the running job switches to the newest one there "
+                            "without a restart, each row naming the fingerprint of the "
+                            "weights that embedded it (docs/dataflow.md, Rolling out new "
+                            "weights).")
+    model.add_argument("--weights_watch_interval", type=float, default=60.0,
+                       help="Seconds between looks at --weights_watch.")
     model.add_argument("--min_batch_size", type=int, default=None,
                        help="RunInference minimum batch size (default: 8 for a "
                             "folder, where BatchElements would otherwise start at 1 "

@@ -17,6 +17,7 @@ or a weights file, and not at all once the graph is cached. Results name the run
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -209,21 +210,32 @@ def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
     Returns an `EmbeddingModel` or an `onnx_model.OnnxEmbeddingModel`: both map uint8
     (n, 224, 224, 3) to float32 (n, 2048) and carry `model_id` and `runtime_version`.
     """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     key = (spec, runtime, cache_dir, tuple(threads))
     with _LOAD_LOCK:
         if key not in _LOADED:
             _LOADED.clear()
-            if runtime == "tensorflow":  # ONNX Runtime never imports TensorFlow
-                configure_threads(*threads)
-            model = (_load_onnx(spec, cache_dir, threads) if runtime == "onnx"
-                     else EmbeddingModel(load_keras_model(spec)))
-            model.warm_up()
-            _LOG.info("Loaded %s with weights %s on %s", model.model_id, spec,
-                      model.runtime_version)
-            _LOADED[key] = model
+            _LOADED[key] = build_embedding_model(spec, runtime, cache_dir, threads)
         return _LOADED[key]
+
+
+def build_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
+                          cache_dir: Optional[str] = None,
+                          threads: tuple[int, int] = (0, 0)):
+    """A new model for `spec` on `runtime`, warmed up, outside the process's cache
+    (`load_embedding_model` keeps that); a weights switch builds the next one here."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if runtime == "tensorflow":  # ONNX Runtime never imports TensorFlow
+        configure_threads(*threads)
+    model = (_load_onnx(spec, cache_dir, threads) if runtime == "onnx"
+             else EmbeddingModel(load_keras_model(spec)))
+    model.warm_up()
+    _LOG.info("Loaded %s with weights %s on %s", model.model_id, spec, model.runtime_version)
+    return model
+
+
+# How long a process waits for a graph another one claimed before building it itself.
+CLAIM_WAIT_SECS = 300.0
 
 
 def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
@@ -236,6 +248,9 @@ def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
     local = None if fixed else _local_copy(spec)
     key = onnx_model.cache_key(onnx_model.weights_source_id(spec, local))
     entry = onnx_model.read_entry(cache_dir, key)
+    if entry is None and not onnx_model.claim_entry(cache_dir, key, CLAIM_WAIT_SECS):
+        _LOG.info("Another process builds the ONNX model for weights %s; waiting for it", spec)
+        entry = onnx_model.wait_for_entry(cache_dir, key, CLAIM_WAIT_SECS)
     if entry is None:
         where = onnx_model.entry_location(cache_dir, key)
         print(f"Building the ONNX model for weights {spec} once; later runs load it "
@@ -299,6 +314,7 @@ def split_model_id(model_id: Optional[str]) -> tuple[str, str, Optional[str]]:
 def embed_batch(model, batch: Sequence[np.ndarray]) -> list[PredictionResult]:
     """One forward pass per batch; the model id names the weights' fingerprint,
     whatever spec the handler was given, and the runtime that ran it."""
+    model = getattr(model, "current", lambda: model)()  # one model for the whole batch
     vectors = model(np.stack(batch, axis=0))
     model_id = result_model_id(model)
     return [PredictionResult(x, v, model_id) for x, v in zip(batch, vectors)]
@@ -316,22 +332,39 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
                  max_batch_size: Optional[int] = None,
                  max_batch_duration_secs: Optional[int] = None,
                  runtime: str = DEFAULT_RUNTIME, cache_dir: Optional[str] = None,
-                 threads: tuple[int, int] = (0, 0)):
+                 threads: tuple[int, int] = (0, 0), weights_watch: Optional[str] = None,
+                 weights_watch_interval: float = 60.0):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          max_batch_duration_secs=max_batch_duration_secs)
         self.weights = weights
         self.runtime = runtime
         self.cache_dir = cache_dir
         self.threads = threads
+        self.weights_watch = weights_watch
+        self.weights_watch_interval = weights_watch_interval
 
     def load_model(self) -> EmbeddingModel:
-        return load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
+        model = load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
+        if not self.weights_watch:
+            return model
+        from streaming import weights_watch
+        build = functools.partial(build_embedding_model, runtime=self.runtime,
+                                  cache_dir=self.cache_dir, threads=self.threads)
+        return weights_watch.watched(
+            model, self.weights_watch, self.weights_watch_interval, build,
+            key=(self.weights, self.runtime, self.cache_dir, tuple(self.threads),
+                 self.weights_watch, self.weights_watch_interval))
 
     def run_inference(self, batch: Sequence[np.ndarray], model: EmbeddingModel,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
         results = embed_batch(model, batch)
         metrics.TALLY.add(metrics.INFERRED, len(results))
+        if hasattr(model, "take_counts"):  # a watched model: its switches become counters
+            switches, rejected = model.take_counts()
+            for name, n in (("weights_switches", switches), ("weights_rejected", rejected)):
+                if n:
+                    metrics.count(name, n)
         return results
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
@@ -345,12 +378,15 @@ def make_model_handler(weights: str, *, min_batch_size: int, max_batch_size: int
                        max_batch_duration_secs: Optional[int],
                        runtime: str = DEFAULT_RUNTIME,
                        cache_dir: Optional[str] = None,
-                       threads: tuple[int, int] = (0, 0)) -> EmbeddingModelHandler:
+                       threads: tuple[int, int] = (0, 0),
+                       weights_watch: Optional[str] = None,
+                       weights_watch_interval: float = 60.0) -> EmbeddingModelHandler:
     """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
     return EmbeddingModelHandler(
         weights, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
         max_batch_duration_secs=max_batch_duration_secs, runtime=runtime,
-        cache_dir=cache_dir, threads=threads)
+        cache_dir=cache_dir, threads=threads, weights_watch=weights_watch,
+        weights_watch_interval=weights_watch_interval)
 
 
 class EmbedImages(beam.PTransform):

@@ -16,7 +16,11 @@ handler and this module only supplies the model behind it.
 
 The cache is a local folder (default: `image-embeddings/onnx` under the user's cache
 folder) or any Beam filesystem prefix such as gs://: an entry is written model first,
-`meta.json` last, each file whole, so a reader never sees half an entry.
+`meta.json` last, each file whole, so a reader never sees half an entry. Before it
+builds an entry a process claims it with a create-only `building` marker (an object
+created with `if_generation_match=0` on gs://, `O_EXCL` locally): workers that share
+the cache and start, or meet new weights, at the same time build each graph once; the
+others wait for the entry and load it.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import time
 from typing import Optional
 
 import numpy as np
@@ -84,6 +90,44 @@ def read_entry(cache_dir: str, key: str) -> Optional[tuple[bytes, dict]]:
     with FileSystems.open(_join(cache_dir, key, _MODEL_FILE),
                           compression_type="uncompressed") as f:
         return f.read(), meta
+
+
+_CLAIM_FILE = "building"
+
+
+def claim_entry(cache_dir: str, key: str, stale_after: float = 300.0) -> bool:
+    """Claims the building of one entry, create-only: True for the one process (of any
+    worker sharing the cache) that gets to build it, False where another did first. A
+    local claim older than `stale_after` seconds (its builder died) is taken over."""
+    path = _join(cache_dir, key, _CLAIM_FILE)
+    stamp = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}".encode()
+    if "://" in cache_dir:
+        from streaming import endpoints, sinks
+        if path.startswith("gs://"):
+            return sinks.create_object(endpoints.worker_storage_client(), path, stamp)
+        return True  # no create-only write on other filesystems: everyone builds
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        if time.time() - os.path.getmtime(path) < stale_after:
+            return False
+        fd = os.open(path, os.O_TRUNC | os.O_WRONLY)
+    with os.fdopen(fd, "wb") as f:
+        f.write(stamp)
+    return True
+
+
+def wait_for_entry(cache_dir: str, key: str, timeout: float,
+                   poll: float = 1.0) -> Optional[tuple[bytes, dict]]:
+    """The entry another process claimed, once it is complete, or None after `timeout`
+    seconds (the builder may have died: the caller then builds it itself)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = read_entry(cache_dir, key)
+        if entry is not None or time.monotonic() >= deadline:
+            return entry
+        time.sleep(poll)
 
 
 def write_entry(cache_dir: str, key: str, model_bytes: bytes, meta: dict) -> None:

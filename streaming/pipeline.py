@@ -121,7 +121,8 @@ def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
     return model.make_model_handler(
         opts.weights, min_batch_size=smallest, max_batch_size=opts.max_batch_size,
         max_batch_duration_secs=None, runtime=opts.runtime, cache_dir=opts.model_cache_dir,
-        threads=model_threads(opts))
+        threads=model_threads(opts), weights_watch=opts.weights_watch,
+        weights_watch_interval=opts.weights_watch_interval)
 
 
 def model_threads(opts: EmbedOptions) -> tuple[int, int]:

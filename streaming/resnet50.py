@@ -156,6 +156,23 @@ def read_weights_h5(path: str) -> Optional[list[np.ndarray]]:
     return None
 
 
+def write_weights_h5(path: str, weights: Sequence[np.ndarray]) -> None:
+    """Writes `weights` as Keras 3 writes ResNet50's `.weights.h5` (what
+    `read_weights_h5` and Keras's `load_weights` read), without TensorFlow."""
+    import h5py
+    check_weights(weights)
+    it = iter(weights)
+    seen = {"conv2d": 0, "batch_normalization": 0}
+    with h5py.File(path, "w") as f:
+        for layer in _layer_order():
+            kind = "conv2d" if layer.endswith("_conv") else "batch_normalization"
+            i, seen[kind] = seen[kind], seen[kind] + 1
+            group = f.create_group(f"layers/{kind}_{i}/vars" if i else f"layers/{kind}/vars")
+            for j in range(2 if kind == "conv2d" else 4):
+                group.create_dataset(str(j), data=np.asarray(next(it), np.float32))
+        f.create_group("vars")
+
+
 def _names(group) -> list[str]:
     """Every dataset path under an h5py group."""
     import h5py

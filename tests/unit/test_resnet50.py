@@ -108,3 +108,11 @@ def test_a_first_onnx_run_imports_no_tensorflow_and_says_where_it_stores_the_mod
     notices = [line for line in proc.stderr.splitlines() if "once" in line]
     assert len(notices) == 2 and all(cache in line for line in notices), proc.stderr
     assert "random:0" in notices[0] and weights_file in notices[1]
+
+
+@pytest.mark.slow
+def test_a_file_written_without_tensorflow_loads_in_keras(tmp_path, keras_model):
+    path = str(tmp_path / "w.weights.h5")
+    resnet50.write_weights_h5(path, resnet50.random_weights(0))
+    assert model.weights_fingerprint(model.load_keras_model(path)) == \
+        model.weights_fingerprint(keras_model)
