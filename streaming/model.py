@@ -156,6 +156,9 @@ class EmbeddingModel:
         self.fingerprint = weights_fingerprint(keras_model)
         self.model_id = f"{MODEL_NAME}@{self.fingerprint}"
         self.runtime_version = f"tensorflow-{tf.__version__}"
+        # Where the forward pass runs: TensorFlow places it on the first GPU it sees.
+        gpus = tf.config.list_logical_devices("GPU")
+        self.device = gpus[0].name if gpus else "CPU"
 
         # One signature, traced once at warm-up: every batch size reuses the graph (a new
         # shape would otherwise trace again, seconds, on the first batch of that size).
@@ -220,8 +223,8 @@ def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
             model = (_load_onnx(spec, cache_dir, threads) if runtime == "onnx"
                      else EmbeddingModel(load_keras_model(spec)))
             model.warm_up()
-            _LOG.info("Loaded %s with weights %s on %s", model.model_id, spec,
-                      model.runtime_version)
+            _LOG.info("Loaded %s with weights %s on %s, device %s", model.model_id, spec,
+                      model.runtime_version, model.device)
             _LOADED[key] = model
         return _LOADED[key]
 
@@ -236,13 +239,16 @@ def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
     key = onnx_model.cache_key(onnx_model.weights_source_id(spec, local))
     entry = onnx_model.read_entry(cache_dir, key)
     if entry is None:
+        _LOG.warning("No converted model for weights %s in %s: converting here (tens of "
+                     "seconds, several GB of memory); `python -m streaming.prepare_model` "
+                     "before launch avoids it", spec, cache_dir)
         keras_model = load_keras_model(local or spec)
         fingerprint = weights_fingerprint(keras_model)
         model_bytes = onnx_model.convert(keras_model)
         onnx_model.write_entry(cache_dir, key, model_bytes, {
             "weights": spec, "fingerprint": fingerprint, "model_name": MODEL_NAME,
             "opset": onnx_model.OPSET})
-        _LOG.info("Converted %s@%s to ONNX in %s", MODEL_NAME, fingerprint, cache_dir)
+        _LOG.debug("Converted %s@%s to ONNX in %s", MODEL_NAME, fingerprint, cache_dir)
     else:
         model_bytes, meta = entry
         fingerprint = meta["fingerprint"]
