@@ -7,8 +7,7 @@ command again on the filled cache. Once per benchmark, in a process of its own, 
 former first run's conversion step by step (Keras builds ResNet50, tf2onnx freezes the
 function and converts it), with the time and the peak RSS of each step, and the ONNX
 Runtime forward pass of both graphs on the same weights (batch 8, alternating), with the
-cosine between their vectors. The machine's float32 GEMM rate is recorded next to the
-load average, so runs on machines of different speeds can be told apart.
+cosine between their vectors.
 """
 from __future__ import annotations
 
@@ -139,8 +138,7 @@ def _forward_rates(graphs: dict, seconds: float) -> dict:
 
 
 def run(rounds: int, forward_seconds: float) -> dict:
-    info = C.machine()
-    info["gemm_gflops"] = C.gemm_gflops()
+    info = C.machine()  # with the host's float32 GEMM rate
     work = tempfile.mkdtemp(prefix="first-run-")
     runs = {"cold": [], "warm": []}
     for i in range(rounds):
@@ -172,8 +170,7 @@ def markdown(r: dict) -> str:
     former = r["former_conversion"]
     lines = [
         "# First run on a cold model cache", "",
-        f"{C.describe(r['machine'])}; float32 GEMM {r['machine']['gemm_gflops']} GFLOP/s; "
-        f"load average {r['machine']['load_average_at_end']} at end. Rounds: {r['rounds']}.",
+        f"{C.describe(r['machine'])}; load average {r['machine']['load_average_at_end']} at end. Rounds: {r['rounds']}.",
         "", f"`{r['command']}`, whole process (peak RSS of the process tree):", "",
         "| cache | wall s, median | peak GiB, median | per round (s / GiB) |",
         "|---|---:|---:|---|"]

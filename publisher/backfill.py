@@ -186,44 +186,49 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     started = time.monotonic()
     progress = make_progress(args)
 
-    def resources() -> Iterator[tuple[dict[str, Any], bool]]:
-        """(resource, already done) in publishing order."""
+    def findings() -> Iterator[reconcile.Finding]:
+        """What to publish, in publishing order."""
         for name in sorted(retry_names):  # failures of the previous run first
             blob = storage.bucket(bucket).get_blob(name)
             if blob is not None:
-                yield object_resource(blob), False
+                yield reconcile.Finding(object_resource(blob), reconcile.EMBED)
             else:
                 checkpoint.failed.remove(name)  # gone since: nothing to publish
         listing = reconcile.list_resources(storage, bucket, prefix, checkpoint.after,
                                            args.page_size)
         if not args.skip_existing:
-            yield from ((resource, False) for resource in listing)
+            yield from (reconcile.Finding(r, reconcile.EMBED) for r in listing)
             return
         # One query, merged with the listing in name order: memory stays bounded.
         known = reconcile.known_generations(
             endpoints.bigquery_client(args.local_endpoints), args.table,
             reconcile.Scope(bucket, prefix), fingerprint=args.fingerprint,
-            dead_letter_table=None if args.retry_dead_letters else args.dead_letter_table,
-            after=checkpoint.after)
-        yield from reconcile.mark_known(listing, known)
+            dead_letter_table=args.dead_letter_table, after=checkpoint.after)
+        yield from reconcile.compare(listing, known, bucket,
+                                     retry_dead_letters=args.retry_dead_letters)
 
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        for resource, done in resources():
-            counts["listed"] += 1
+        for finding in findings():
+            resource = finding.resource
+            gone = finding.action == reconcile.GONE
+            counts["gone" if gone else "listed"] += 1
             progress.update(1)
-            if not filters.accepts(resource):
+            if not gone and not filters.accepts(resource):
                 counts["skipped_filter"] += 1
-            elif done:
+            elif finding.action == reconcile.DONE:
                 counts["skipped_existing"] += 1
             elif args.dry_run:
                 counts["would_publish"] += 1
                 if args.verbose:
-                    print(f"would publish gs://{bucket}/{resource['name']}", file=out)
+                    what = "a deletion of" if gone else "a notification for"
+                    print(f"would publish {what} gs://{bucket}/{resource['name']}", file=out)
             else:
                 limiter.wait()
-                data, attributes = notification_for(resource)
+                data, attributes = notification_for(
+                    resource, event_type="OBJECT_DELETE" if gone else "OBJECT_FINALIZE",
+                    attempt=finding.attempt)
                 in_flight.add(resource["name"],
                               publisher.publish(args.topic, data, **attributes),
                               ordered=resource["name"] not in retry_names)
@@ -297,7 +302,7 @@ def make_progress(args):
 
 def summary(counts: Mapping[str, int], args) -> str:
     keys = ("listed", "published", "would_publish", "skipped_filter", "skipped_existing",
-            "failed", "in_flight_abandoned", "seconds")
+            "gone", "failed", "in_flight_abandoned", "seconds")
     line = " ".join(f"{k}={counts.get(k, 0)}" for k in keys)
     status = "interrupted; resume with --resume" if counts.get("interrupted") else "done"
     return f"backfill {args.source} -> {args.topic}: {status}: {line}"
@@ -318,14 +323,18 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--updated-until", type=str, default=None, help="RFC 3339; exclusive.")
     p.add_argument("--skip-existing", action="store_true",
                    help="Skip object generations that already have a row in --table (or "
-                        "a dead letter in --dead-letter-table): the reconciliation that "
-                        "finds what notifications missed. One listing pass and one query.")
+                        "a final dead letter in --dead-letter-table), and publish a "
+                        "deletion for every current row whose generation is gone: the "
+                        "reconciliation that finds what notifications missed. One "
+                        "listing pass and one query.")
     p.add_argument("--table", type=str, default=None, help="BigQuery table P:D.T of rows.")
     p.add_argument("--dead-letter-table", type=str, default=None,
-                   help="With --skip-existing: generations with a dead letter here are "
-                        "skipped too.")
+                   help="With --skip-existing: generations with a final dead letter "
+                        "here are skipped too; retryable ones are published again, up to "
+                        "3 attempts in all.")
     p.add_argument("--retry-dead-letters", action="store_true",
-                   help="With --skip-existing: publish dead-lettered generations again.")
+                   help="With --skip-existing: publish dead-lettered generations again, "
+                        "final ones and those out of attempts included.")
     p.add_argument("--fingerprint", type=str, default=None,
                    help="With --skip-existing: only rows of this model fingerprint count, "
                         "so objects embedded by older weights are re-embedded.")

@@ -13,11 +13,13 @@ import schemas
 _CONTRACT = schemas.notification_contract()
 JSON_API_V1 = _CONTRACT["payload_format"]
 BACKFILL_ATTRIBUTE = "backfill"
-assert BACKFILL_ATTRIBUTE in _CONTRACT["attributes"]
+ATTEMPT_ATTRIBUTE = "attempt"
+assert {BACKFILL_ATTRIBUTE, ATTEMPT_ATTRIBUTE} <= set(_CONTRACT["attributes"])
 
 
 def notification_for(resource: Mapping[str, Any], *, event_type: str = "OBJECT_FINALIZE",
-                     config_id: str = "backfill") -> tuple[bytes, dict[str, str]]:
+                     config_id: str = "backfill", attempt: int = 0
+                     ) -> tuple[bytes, dict[str, str]]:
     """The (data, attributes) of the notification for one object resource.
 
     Args:
@@ -25,6 +27,8 @@ def notification_for(resource: Mapping[str, Any], *, event_type: str = "OBJECT_F
         of a google-cloud-storage Blob: name, bucket, generation, size, ... as strings).
       event_type: the event to announce.
       config_id: the notificationConfig id to name.
+      attempt: for a generation published again after retryable dead letters, the
+        attempt's number (the `attempt` attribute); 0 for a first try.
 
     Returns:
       The JSON_API_V1 payload and the attributes, with `backfill=true`.
@@ -42,6 +46,8 @@ def notification_for(resource: Mapping[str, Any], *, event_type: str = "OBJECT_F
     }
     if not attributes["eventTime"]:
         del attributes["eventTime"]
+    if attempt:
+        attributes[ATTEMPT_ATTRIBUTE] = str(int(attempt))
     payload = {k: v for k, v in resource.items() if v is not None}
     payload.setdefault("kind", "storage#object")
     return json.dumps(payload, separators=(",", ":")).encode("utf-8"), attributes

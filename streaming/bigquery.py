@@ -6,20 +6,23 @@ later row is refused as "not found" and would become a dead letter. This writer 
 google-cloud-bigquery's public `insert_rows_json` with deterministic ids (a redelivered
 notification hits BigQuery's de-duplication), re-creates a missing table from
 `schemas/` (same schema, partitioning and clustering) and retries; transient failures
-are retried with backoff for as long as they last. Only rows that BigQuery itself
-refuses come back, as `(table, row, errors)`, for the dead letters.
+are retried with backoff for as long as they last. Requests stay within BigQuery's
+limits (bytes and rows per request). Only rows that BigQuery itself refuses, or that
+alone exceed a request, come back, as `(table, row, errors)`, for the dead letters;
+`streaming/failures.py` has the whole table.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
 import schemas
-from streaming import metrics, names
+from streaming import failures, metrics, names
 
 _LOG = logging.getLogger(__name__)
 MAX_BACKOFF_SECS = 30.0
@@ -48,81 +51,189 @@ def make_table(table_id: str, schema_file: str):
     return table
 
 
+# BigQuery's streaming-insert limits (quotas page, "Streaming inserts"): an HTTP request
+# over 10 MB is refused whole (400), and 500 rows per request is the recommended most.
+# The cap leaves room under 10 MB for the request's own framing; Beam's writer uses the
+# same 9 MB (`max_insert_payload_size`).
+MAX_REQUEST_BYTES = 9_000_000
+MAX_REQUEST_ROWS = 500
+_REQUEST_FRAME_BYTES = 64  # {"rows": [], "skipInvalidRows": true}
+
+
+def request_row_bytes(row: dict, row_id: str) -> int:
+    """Bytes one row adds to an insertAll request, as google-cloud-bigquery encodes it
+    (`json.dumps` with its default separators), plus the separator before it."""
+    return len(json.dumps({"insertId": row_id, "json": row}).encode("utf-8")) + 2
+
+
+# What the writer does with an insert request's error (docs/reliability.md, failures).
+SPLIT, RETRY, STALL, MISSING, REJECT = "split", "retry", "stall", "missing", "reject"
+_TRANSIENT_403 = {"rateLimitExceeded", "quotaExceeded", "backendError"}
+
+
+def insert_action(error: BaseException) -> str:
+    """The class of a failed insertAll request.
+
+    - 400/413 for the request's size or row count: `split` it (a single row: `reject`);
+    - any other 400: `reject` (bisected down to the row at fault, which is dead-lettered);
+    - 404: `missing` (the table is re-created; a missing dataset is a stall);
+    - 401, and 403 but for rate and quota limits: `stall` (a permission the job lacks);
+    - anything else (5xx, 403 rate limits, timeouts, connection errors): `retry`.
+    """
+    code = getattr(error, "code", None)
+    reasons = {e.get("reason") for e in (getattr(error, "errors", None) or [])
+               if isinstance(e, dict)}
+    if code == 413 or (code == 400 and _is_size_error(str(error))):
+        return SPLIT
+    if code == 400:
+        return REJECT
+    if code == 404:
+        return MISSING
+    if code == 401 or (code == 403 and not reasons & _TRANSIENT_403):
+        return STALL
+    return RETRY
+
+
+def _is_size_error(message: str) -> bool:
+    message = message.lower()
+    return "payload size exceeds" in message or "too many rows" in message \
+        or "request too large" in message
+
+
 class _InsertRowsFn(beam.DoFn):
-    def __init__(self, table: str, schema_file: str, local: bool, batch_size: int):
+    def __init__(self, table: str, schema_file: str, local: bool, batch_size: int,
+                 max_bytes: int):
         self._table_id = names.standard_table_id(table)
         self._table, self._schema_file = table, schema_file
-        self._local, self._batch_size = local, batch_size
+        self._local, self._batch_size, self._max_bytes = local, batch_size, max_bytes
 
     def setup(self):
         from streaming import endpoints
         self._client = endpoints.worker_bigquery_client(self._local,
                                                         self._table_id.split(".")[0])
+        self._stalls = failures.StallLog(_LOG)
         if self._table_id not in _CHECKED:
             self._ensure_table()
 
     def start_bundle(self):
         self._buffer: list[tuple[dict, Any, Any]] = []
+        self._buffered_bytes = _REQUEST_FRAME_BYTES
 
     def process(self, row: dict, timestamp=beam.DoFn.TimestampParam,
                 window=beam.DoFn.WindowParam) -> Iterable:
-        self._buffer.append((row, timestamp, window))
-        if len(self._buffer) >= self._batch_size:
+        size = request_row_bytes(row, row["row_key"])
+        if size + _REQUEST_FRAME_BYTES > self._max_bytes:
+            yield self._refused(row, timestamp, window, _too_large(size, self._max_bytes))
+            return
+        if self._buffer and (self._buffered_bytes + size > self._max_bytes
+                             or len(self._buffer) >= self._batch_size):
             yield from self._flush()
+        self._buffer.append((row, timestamp, window))
+        self._buffered_bytes += size
 
     def finish_bundle(self) -> Iterable:
         yield from self._flush()
 
     def _flush(self) -> Iterable[WindowedValue]:
         batch, self._buffer = self._buffer, []
+        self._buffered_bytes = _REQUEST_FRAME_BYTES
         if not batch:
             return
         errors = self._insert([row for row, _, _ in batch])
         for index, row_errors in errors.items():
             row, timestamp, window = batch[index]
-            yield WindowedValue((self._table, row, row_errors), timestamp, [window])
+            yield self._refused(row, timestamp, window, row_errors)
+
+    def _refused(self, row, timestamp, window, errors) -> WindowedValue:
+        return WindowedValue((self._table, row, errors), timestamp, [window])
 
     def _insert(self, rows: list[dict]) -> dict[int, list]:
-        """Inserts until BigQuery has answered for every row; returns refused rows'
-        errors by index."""
-        from google.api_core import exceptions as gexc
-        delay = 0.5
-        while True:
+        """Inserts until BigQuery has answered for every row; returns the refused rows'
+        errors by index. Transient failures are retried, configuration problems waited
+        out (stalled on), and a request BigQuery refuses is split until the row at
+        fault is alone (`insert_action`)."""
+        refused: dict[int, list] = {}
+        pending, delay = list(range(len(rows))), 0.5
+        while pending:
+            batch = [rows[i] for i in pending]
             try:
                 result = self._client.insert_rows_json(
-                    self._table_id, rows, row_ids=[r["row_key"] for r in rows],
+                    self._table_id, batch, row_ids=[r["row_key"] for r in batch],
                     skip_invalid_rows=True, retry=None, timeout=60)
-                metrics.count("bigquery.rows_inserted", len(rows) - len(result))
-                return {e["index"]: e["errors"] for e in result}
-            except gexc.NotFound as e:
-                _LOG.warning("BigQuery table %s is missing (%s); re-creating it",
-                             self._table_id, _short(e))
-                self._ensure_table()
-            except gexc.BadRequest as e:  # the request itself is refused: not retryable
-                return {i: [{"reason": "invalid", "message": _short(e)}]
-                        for i in range(len(rows))}
-            except Exception as e:  # noqa: BLE001 - 5xx, quota, connection: wait it out
-                _LOG.warning("BigQuery insert into %s failed (%s); retrying in %.0f s",
-                             self._table_id, _short(e), delay)
+            except Exception as e:  # noqa: BLE001 - classified below, never raised
+                action = insert_action(e)
+                if action in (SPLIT, REJECT):
+                    if len(pending) > 1:
+                        metrics.count("bigquery.requests_split")
+                        half = len(pending) // 2
+                        for part in (pending[:half], pending[half:]):
+                            answer = self._insert([rows[i] for i in part])
+                            refused.update({part[i]: v for i, v in answer.items()})
+                    elif action == SPLIT:
+                        refused[pending[0]] = _too_large(None, self._max_bytes, _short(e))
+                    else:
+                        refused[pending[0]] = [{"reason": "invalid", "message": _short(e)}]
+                    return refused
+                if action == MISSING and self._ensure_table():
+                    _LOG.warning("BigQuery table %s was missing; re-created it",
+                                 self._table_id)
+                elif action in (MISSING, STALL):
+                    metrics.count("bigquery.stalled")
+                    self._stalls.error(f"{action}:{getattr(e, 'code', '')}", (
+                        f"BigQuery insert into {self._table_id} is waiting: {_short(e)} "
+                        "(fix the dataset or the job's permissions: the rows go in then)"))
+                else:
+                    metrics.count("bigquery.insert_retries")
+                    _LOG.warning("BigQuery insert into %s failed (%s); retrying in %.0f s",
+                                 self._table_id, _short(e), delay)
+            else:
+                metrics.count("bigquery.rows_inserted", len(batch) - len(result))
+                again = []
+                for error in result:
+                    index = pending[error["index"]]
+                    if _is_invalid(error["errors"]):
+                        refused[index] = error["errors"]
+                    else:  # stopped by another row, or a backend hiccup: goes again
+                        again.append(index)
+                pending = again
+                if not pending:
+                    break
                 metrics.count("bigquery.insert_retries")
             time.sleep(delay)
             delay = min(MAX_BACKOFF_SECS, delay * 2)
+        return refused
 
-    def _ensure_table(self) -> None:
-        """Creates the table if it does not exist; a missing dataset is logged and left
-        to the retry loop (the operator may be re-creating it)."""
+    def _ensure_table(self) -> bool:
+        """Creates the table if it does not exist; True if it exists now. A missing
+        dataset is left to the caller's stall (creating datasets is the operator's
+        job, and a permission the job's account does not need)."""
         from google.api_core import exceptions as gexc
         try:
             self._client.create_table(make_table(self._table_id, self._schema_file),
                                       exists_ok=True)
         except gexc.NotFound as e:
-            _LOG.error("cannot create BigQuery table %s: %s", self._table_id, _short(e))
-            return
+            self._stalls.error("dataset", f"cannot create BigQuery table {self._table_id}: "
+                                          f"{_short(e)}")
+            return False
         except Exception as e:  # noqa: BLE001 - next insert retries
             _LOG.warning("cannot check BigQuery table %s: %s", self._table_id, _short(e))
-            return
+            return False
         _CHECKED.add(self._table_id)
         metrics.count("bigquery.table_checks")
+        return True
+
+
+def _is_invalid(errors: list) -> bool:
+    """A row's own errors make it invalid (final), as opposed to `stopped` (another
+    row's fault) or a backend error on it (transient)."""
+    return any(e.get("reason") == "invalid" for e in errors) or not all(
+        e.get("reason") in ("stopped", "backendError", "internalError", "timeout")
+        for e in errors)
+
+
+def _too_large(size: Optional[int], limit: int, message: str = "") -> list[dict]:
+    text = message or f"the row is {size} bytes as JSON; an insert request holds {limit}"
+    return [{"reason": "row_too_large", "message": text}]
 
 
 def _short(e: BaseException) -> str:
@@ -135,9 +246,10 @@ class WriteRows(beam.PTransform):
     missing; returns the rows BigQuery refused as `(table, row, errors)`."""
 
     def __init__(self, table: str, schema_file: str = schemas.EMBEDDINGS,
-                 local: bool = False, batch_size: int = 500):
+                 local: bool = False, batch_size: int = MAX_REQUEST_ROWS,
+                 max_bytes: int = MAX_REQUEST_BYTES):
         super().__init__()
-        self._fn = _InsertRowsFn(table, schema_file, local, batch_size)
+        self._fn = _InsertRowsFn(table, schema_file, local, batch_size, max_bytes)
 
     def expand(self, rows):
         return rows | "Insert rows" >> beam.ParDo(self._fn)

@@ -8,8 +8,10 @@ with the same rule, once the object's metadata is read.
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import os
+import threading
 from typing import Iterable, Optional
 
 import apache_beam as beam
@@ -90,11 +92,16 @@ def skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
     return reason
 
 
+def own_output(ref: ImageRef, config: FilterConfig) -> bool:
+    """Whether the object is one the job wrote (under one of its output prefixes)."""
+    return any(ref.bucket == bucket and ref.name.startswith(prefix)
+               for bucket, prefix in config.own_outputs)
+
+
 def object_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
     """Why the object (whatever the event) is not one the job embeds, or None."""
-    for bucket, prefix in config.own_outputs:
-        if ref.bucket == bucket and ref.name.startswith(prefix):
-            return "skipped.own_output"
+    if own_output(ref, config):
+        return "skipped.own_output"
     if config.include_prefixes and not ref.name.startswith(config.include_prefixes):
         return "skipped.prefix"
     if config.exclude_prefixes and ref.name.startswith(config.exclude_prefixes):
@@ -126,11 +133,49 @@ def bucket_allowed(ref: ImageRef, config: FilterConfig) -> bool:
     return ref.is_local or not config.allowed_buckets or ref.bucket in config.allowed_buckets
 
 
+class Claims:
+    """Which source (a notification or the catch-up) first brought each object
+    generation into this process, so the other is not embedded a second time.
+
+    At a restart the same upload arrives twice: its notification (still in the
+    subscription) and the catch-up's listing (no row yet). Whichever comes second is
+    skipped (`skipped.duplicate`). That is safe: the first is retried by the runner
+    until it has a row or a dead letter, and a killed process forgets its claims with
+    the work it had in flight, which the next catch-up finds. Redeliveries of one
+    source are not skipped (they are how at-least-once works), nor are retries after
+    retryable dead letters (`ImageRef.attempt` > 0). Bounded: the oldest claims are
+    forgotten first.
+    """
+
+    def __init__(self, limit: int = 100_000):
+        self._limit, self._lock = limit, threading.Lock()
+        self._claims: collections.OrderedDict[str, str] = collections.OrderedDict()
+
+    def first(self, key: str, source: str) -> bool:
+        """True unless `key` was already claimed by another source."""
+        source = "catchup" if source == "catchup" else "notification"
+        with self._lock:
+            holder = self._claims.get(key)
+            if holder is None:
+                self._claims[key] = source
+                if len(self._claims) > self._limit:
+                    self._claims.popitem(last=False)
+                return True
+            return holder == source
+
+
+CLAIMS = Claims()
+
+
 class _FilterFn(beam.DoFn):
     def __init__(self, config: FilterConfig):
         self._config = config
 
     def process(self, ref: ImageRef):
+        if own_output(ref, self._config):
+            # Whichever bucket: the job's own .npy notifications are no one's fault.
+            metrics.count("skipped.own_output")
+            return
         if not bucket_allowed(ref, self._config):
             metrics.dead_letter("bucket_not_allowed")
             yield pvalue.TaggedOutput(DEAD, DeadLetter(
@@ -138,6 +183,8 @@ class _FilterFn(beam.DoFn):
                 f"bucket {ref.bucket!r} is not in --buckets", ref=ref))
             return
         reason = skip_reason(ref, self._config)
+        if reason is None and not ref.attempt and not CLAIMS.first(ref.key, ref.source):
+            reason = "skipped.duplicate"
         if reason is None:
             yield ref
             return

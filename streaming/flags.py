@@ -42,6 +42,9 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--catch_up_every_minutes", type=int, default=0,
                      help="With a Dataflow job: also catch up every N minutes while "
                           "streaming (0: only at start).")
+    src.add_argument("--catch_up_chunk", type=int, default=1000,
+                     help="Objects the catch-up lists and compares per step (one "
+                          "BigQuery query each); the job's live work runs between steps.")
     out = parser.add_argument_group("sinks")
     out.add_argument("--output_dir", type=str, default=None,
                      help="Local folder (or gs:// prefix) for vectors/, rows/ and "

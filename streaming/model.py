@@ -157,6 +157,9 @@ class EmbeddingModel:
         self.fingerprint = weights_fingerprint(keras_model)
         self.model_id = f"{MODEL_NAME}@{self.fingerprint}"
         self.runtime_version = f"tensorflow-{tf.__version__}"
+        # Where the forward pass runs: TensorFlow places it on the first GPU it sees.
+        gpus = tf.config.list_logical_devices("GPU")
+        self.device = gpus[0].name if gpus else "CPU"
 
         # One signature, traced once at warm-up: every batch size reuses the graph (a new
         # shape would otherwise trace again, seconds, on the first batch of that size).
@@ -230,7 +233,8 @@ def build_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
     model = (_load_onnx(spec, cache_dir, threads) if runtime == "onnx"
              else EmbeddingModel(load_keras_model(spec)))
     model.warm_up()
-    _LOG.info("Loaded %s with weights %s on %s", model.model_id, spec, model.runtime_version)
+    _LOG.info("Loaded %s with weights %s on %s, device %s", model.model_id, spec,
+              model.runtime_version, model.device)
     return model
 
 

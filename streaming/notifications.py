@@ -92,6 +92,7 @@ def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
         event_time=attributes.get("eventTime"),
         payload_format=payload_format,
         metadata=fields.get("metadata"),
+        attempt=_int(attributes["attempt"], "attempt") if attributes.get("attempt") else 0,
     )
 
 

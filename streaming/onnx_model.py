@@ -178,6 +178,7 @@ class OnnxEmbeddingModel:
         self._session = ort.InferenceSession(model_bytes, session_options(threads),
                                              providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self.device = self._session.get_providers()[0]
         self.fingerprint = fingerprint
         self.runtime_version = f"onnxruntime-{ort.__version__}"
         self.model_id = f"{model_name}@{fingerprint}"

@@ -35,6 +35,8 @@ def validate(opts: EmbedOptions) -> None:
         raise UsageError("need 1 <= --min_batch_size <= --max_batch_size")
     if opts.catch_up == "always" and not (opts.buckets and opts.output_table):
         raise UsageError("--catch_up always needs --buckets and --output_table")
+    if opts.catch_up_chunk < 1:
+        raise UsageError(f"--catch_up_chunk must be >= 1, not {opts.catch_up_chunk}")
     if opts.catch_up_every_minutes < 0:
         raise UsageError("--catch_up_every_minutes must be >= 0, not "
                          f"{opts.catch_up_every_minutes}")

@@ -50,7 +50,8 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
     missed = pipeline | "Catch up" >> reconcile.CatchUp(
         reconcile.scopes(filters.split_list(opts.buckets), opts.include_prefix),
         opts.output_table, opts.dead_letter_table, local=opts.local_endpoints,
-        every_secs=opts.catch_up_every_minutes * 60 or None)
+        every_secs=opts.catch_up_every_minutes * 60 or None, accept=filter_config(opts),
+        chunk=opts.catch_up_chunk)
     refs = (parsed.refs, missed) | "Notified and missed" >> beam.Flatten()
     return refs, parsed.dead_letters
 

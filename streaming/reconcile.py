@@ -1,4 +1,5 @@
-"""Catch-up: find the object generations that have neither a row nor a dead letter.
+"""Catch-up: find the object generations that have neither a row nor a dead letter,
+and the rows whose object is gone.
 
 Two things leave an image without a row: a notification that was taken but never
 finished (Beam's local runner acknowledges Pub/Sub messages when it pulls them, so a
@@ -7,20 +8,31 @@ bucket notification or subscription created after the uploads, retention expired
 Both are found the same way: list the watched buckets/prefixes and compare them with
 what the tables already hold. The job does it when it starts (and, opt-in, every N
 minutes) and embeds what it finds through the same pipeline; `embed-backfill
---skip-existing` does it for an operator, on any runner.
+--skip-existing` does it for an operator, on any runner. Generations whose dead letters
+are all retryable (a transient cause) are embedded again, up to
+`failures.MAX_ATTEMPTS` tries. A deletion that never reached the job (acked at a kill,
+a subscription created late) would leave its object current forever: every current
+row whose generation the listing lacks gets a tombstone in the same pass.
 
-One listing pass and one query per prefix, both in name order, merged as two sorted
-streams: memory stays bounded whatever the number of objects.
+The listing is compared in steps of `CHUNK` objects, each with one query for the same
+name range, both in name order and merged as two sorted streams: memory holds one step
+whatever the number of objects, and the job's live work runs between steps.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 import logging
 from typing import Any, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
+from apache_beam.coders import StrUtf8Coder
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
+from apache_beam.utils.timestamp import Timestamp
 
-from streaming import metrics, names
+from streaming import failures, filters, metrics, names
 from streaming.adapters import object_resource
 
 _LOG = logging.getLogger(__name__)
@@ -38,23 +50,50 @@ def scopes(buckets: Sequence[str], prefixes: Optional[Sequence[str]]) -> list[Sc
     return [Scope(b, p) for b in buckets for p in (prefixes or [""])]
 
 
+@dataclasses.dataclass(frozen=True)
+class Known:
+    """What the tables hold for one (name, generation)."""
+    name: str
+    generation: int
+    embedded: bool = False    # a row (of the fingerprint asked for, if one was)
+    finalized: bool = False   # any embedding row
+    deleted: bool = False     # a tombstone row
+    dead_final: bool = False  # a dead letter that no retry can fix
+    attempts: int = 0         # tries that ended in retryable dead letters
+
+    def merged(self, other: "Known") -> "Known":
+        return Known(self.name, self.generation, self.embedded or other.embedded,
+                     self.finalized or other.finalized, self.deleted or other.deleted,
+                     self.dead_final or other.dead_final, max(self.attempts, other.attempts))
+
+
+_KNOWN_COLUMNS = ("embedded", "finalized", "deleted", "dead_final", "attempts")
+
+
 def known_query(table: str, dead_letter_table: Optional[str] = None,
-                fingerprint: Optional[str] = None, after: Optional[str] = None) -> str:
-    """One query, in name order, for the (name, generation) pairs that need no work:
-    an embedding row (of `fingerprint` when given) or, with `dead_letter_table`, a
-    dead letter. Parameters: @bucket, @prefix (and @fingerprint, @after when used)."""
+                fingerprint: Optional[str] = None, after: Optional[str] = None,
+                until: Optional[str] = None) -> str:
+    """One query, in (name, generation) order, for what the tables hold per generation
+    (the `Known` columns): rows (embedded of `fingerprint` when given, finalized,
+    deleted) and, with `dead_letter_table`, dead letters (final, attempts).
+    Parameters: @bucket, @prefix (and @fingerprint, @after, @until when used)."""
     from analysis.sql import table_ref
-    after_sql = " AND name > @after" if after is not None else ""
-    rows = (f"SELECT name, generation FROM {table_ref(table)} "
-            "WHERE bucket = @bucket AND STARTS_WITH(name, @prefix) "
-            "AND event_type = 'OBJECT_FINALIZE'" + after_sql)
-    if fingerprint:
-        rows += " AND model_fingerprint = @fingerprint"
-    parts = [rows]
+    after_sql = (" AND name > @after" if after is not None else "") + (
+        " AND name <= @until" if until is not None else "")
+    where = "WHERE bucket = @bucket AND STARTS_WITH(name, @prefix)" + after_sql
+    finalize = "event_type = 'OBJECT_FINALIZE'"
+    embedded = f"{finalize} AND model_fingerprint = @fingerprint" if fingerprint else finalize
+    parts = [f"SELECT name, generation, LOGICAL_OR({embedded}) AS embedded, "
+             f"LOGICAL_OR({finalize}) AS finalized, "
+             "LOGICAL_OR(event_type = 'OBJECT_DELETE') AS deleted, "
+             "FALSE AS dead_final, 0 AS attempts "
+             f"FROM {table_ref(table)} {where} GROUP BY name, generation"]
     if dead_letter_table:
-        parts.append(f"SELECT name, generation FROM {table_ref(dead_letter_table)} "
-                     "WHERE bucket = @bucket AND STARTS_WITH(name, @prefix) "
-                     "AND generation IS NOT NULL" + after_sql)
+        parts.append("SELECT name, generation, FALSE AS embedded, FALSE AS finalized, "
+                     "FALSE AS deleted, LOGICAL_OR(NOT IFNULL(retryable, FALSE)) AS dead_final, "
+                     "MAX(IFNULL(attempt, 0)) + 1 AS attempts "
+                     f"FROM {table_ref(dead_letter_table)} {where} "
+                     "AND generation IS NOT NULL GROUP BY name, generation")
     return " UNION ALL ".join(parts) + " ORDER BY name, generation"
 
 
@@ -62,9 +101,10 @@ def known_generations(bq_client, table: str, scope: Scope, *,
                       dead_letter_table: Optional[str] = None,
                       fingerprint: Optional[str] = None,
                       after: Optional[str] = None,
-                      page_size: int = 10_000) -> Iterator[tuple[str, int]]:
-    """(name, generation) pairs from `known_query`, streamed page by page. A table that
-    does not exist yet holds nothing."""
+                      until: Optional[str] = None,
+                      page_size: int = 10_000) -> Iterator[Known]:
+    """`Known` per (name, generation) from `known_query`, streamed page by page. A table
+    that does not exist yet holds nothing."""
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
     # A table not created yet holds nothing; one missing table must not void the query.
@@ -78,12 +118,16 @@ def known_generations(bq_client, table: str, scope: Scope, *,
         params.append(bigquery.ScalarQueryParameter("fingerprint", "STRING", fingerprint))
     if after is not None:
         params.append(bigquery.ScalarQueryParameter("after", "STRING", after))
-    sql = known_query(table, dead_letter_table, fingerprint, after)
+    if until is not None:
+        params.append(bigquery.ScalarQueryParameter("until", "STRING", until))
+    sql = known_query(table, dead_letter_table, fingerprint, after, until)
     try:
         result = bq_client.query(sql, job_config=bigquery.QueryJobConfig(
             query_parameters=params)).result(page_size=page_size)
         for row in result:
-            yield row["name"], int(row["generation"])
+            yield Known(row["name"], int(row["generation"]),
+                        **{c: row[c] or (0 if c == "attempts" else False)
+                           for c in _KNOWN_COLUMNS})
     except NotFound as e:
         _LOG.info("reconcile: %s; treating it as empty", e)
 
@@ -109,56 +153,132 @@ def list_resources(storage_client, bucket: str, prefix: str, after: Optional[str
         yield object_resource(blob)
 
 
-def mark_known(resources: Iterable[dict[str, Any]], known: Iterable[tuple[str, int]]
-               ) -> Iterator[tuple[dict[str, Any], bool]]:
-    """Each resource with whether its (name, generation) is in `known`.
+EMBED, DONE, GONE = "embed", "done", "gone"
 
-    Both inputs must be in name order (a listing and an ORDER BY name query): they are
-    merged in one pass, holding only the generations of the current name.
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One outcome of the comparison: a listed generation to `EMBED` (its `attempt`-th
+    try) or already `DONE`, or a generation with a current row that is `GONE` from the
+    bucket (deleted while its notification could not reach the job): a tombstone."""
+    resource: dict[str, Any]
+    action: str
+    attempt: int = 0
+
+
+def compare(resources: Iterable[dict[str, Any]], known: Iterable[Known], bucket: str,
+            retry_dead_letters: bool = False,
+            max_attempts: int = failures.MAX_ATTEMPTS) -> Iterator[Finding]:
+    """Merges a listing with what the tables hold, in one pass over both.
+
+    Both inputs must be in name order (a listing and an ORDER BY name query); only the
+    current name's generations are held. A listed generation is `DONE` if it has a row,
+    or dead letters that are final or have used up `max_attempts` (unless
+    `retry_dead_letters`); otherwise it is embedded (again). Every generation with an
+    embedding row and no tombstone that the listing lacks is `GONE`.
 
     Raises:
       ValueError: if either input is out of name order (a merge would miss matches).
     """
-    known = iter(known)
-    pending = next(known, None)
-    name_seen, generations = None, set()
-    last_listed, last_known = None, None
+    groups = _by_name(known)
+    pending = next(groups, None)
+    last_listed = None
     for resource in resources:
         name, generation = resource["name"], int(resource["generation"])
         if last_listed is not None and name < last_listed:
             raise ValueError(f"listing out of name order: {name!r} after {last_listed!r}")
         last_listed = name
-        while pending is not None and pending[0] <= name:
-            if last_known is not None and pending[0] < last_known:
-                raise ValueError(f"query out of name order: {pending[0]!r} after "
-                                 f"{last_known!r}")
-            last_known = pending[0]
-            if pending[0] != name_seen:
-                name_seen, generations = pending[0], set()
-            generations.add(pending[1])
-            pending = next(known, None)
-        yield resource, name == name_seen and generation in generations
+        while pending is not None and pending[0] < name:
+            yield from _gone(bucket, *pending, live=None)
+            pending = next(groups, None)
+        states: dict[int, Known] = {}
+        if pending is not None and pending[0] == name:
+            states = pending[1]
+            yield from _gone(bucket, *pending, live=generation)
+            pending = next(groups, None)
+        yield _finding(resource, states.get(generation), retry_dead_letters, max_attempts)
+    while pending is not None:
+        yield from _gone(bucket, *pending, live=None)
+        pending = next(groups, None)
 
 
-def unprocessed(resources: Iterable[dict[str, Any]],
-                known: Iterable[tuple[str, int]]) -> Iterator[dict[str, Any]]:
-    """The resources whose (name, generation) is not in `known` (see `mark_known`)."""
-    return (resource for resource, done in mark_known(resources, known) if not done)
+def _finding(resource, state: Optional[Known], retry_dead_letters: bool,
+             max_attempts: int) -> Finding:
+    if state is None:
+        return Finding(resource, EMBED)
+    if state.embedded:
+        return Finding(resource, DONE)
+    if state.attempts and not retry_dead_letters and (
+            state.dead_final or state.attempts >= max_attempts):
+        return Finding(resource, DONE)
+    return Finding(resource, EMBED, state.attempts)
 
 
-def ref_of(resource: dict[str, Any], source: str):
+def _gone(bucket: str, name: str, states: dict[int, Known],
+          live: Optional[int]) -> Iterator[Finding]:
+    for generation, state in sorted(states.items()):
+        if generation != live and state.finalized and not state.deleted:
+            yield Finding({"bucket": bucket, "name": name, "generation": str(generation)},
+                          GONE)
+
+
+def _by_name(known: Iterable[Known]) -> Iterator[tuple[str, dict[int, Known]]]:
+    """(name, {generation: Known}) groups of a name-ordered stream."""
+    name, states = None, {}
+    for k in known:
+        if name is not None and k.name < name:
+            raise ValueError(f"query out of name order: {k.name!r} after {name!r}")
+        if k.name != name:
+            if name is not None:
+                yield name, states
+            name, states = k.name, {}
+        states[k.generation] = states[k.generation].merged(k) \
+            if k.generation in states else k
+    if name is not None:
+        yield name, states
+
+
+def ref_of(resource: dict[str, Any], source: str, event_type: str = "OBJECT_FINALIZE",
+           attempt: int = 0):
     """The ImageRef a notification for `resource` would give (one rule for both)."""
     from publisher.messages import notification_for
     from streaming.notifications import parse_notification
-    ref = parse_notification(*notification_for(resource))
+    ref = parse_notification(*notification_for(resource, event_type=event_type,
+                                                attempt=attempt))
     return dataclasses.replace(ref, source=source)
 
 
-class _CatchUpFn(beam.DoFn):
-    """Scope -> ImageRef of every listed generation with no row and no dead letter."""
+def finding_ref(finding: Finding, source: str):
+    """The ImageRef that acts on a finding: an OBJECT_DELETE (a tombstone) for a `GONE`
+    generation, else the object's finalize at its attempt."""
+    if finding.action == GONE:
+        return ref_of(finding.resource, source, event_type="OBJECT_DELETE")
+    return ref_of(finding.resource, source, attempt=finding.attempt)
 
-    def __init__(self, table: str, dead_letter_table: Optional[str], local: bool):
+
+# Objects listed (and compared) per step of the catch-up. Each step is its own timer
+# firing, so its findings go down the pipeline at once and the job's other work (live
+# notifications) runs between steps; memory holds one step.
+CHUNK = 1000
+
+
+class _CatchUpFn(beam.DoFn):
+    """(scope key, Scope) -> ImageRef of every listed generation the job would embed that
+    has no row (nor a final dead letter), and a deletion for every current row whose
+    generation is gone, one `CHUNK` of the listing per timer firing.
+
+    The cursor (the last name compared, and the counts) is the key's state: on Dataflow
+    a pass survives a worker's restart; a tick that arrives while a pass is running is
+    ignored.
+    """
+    CURSOR = ReadModifyWriteStateSpec("cursor", StrUtf8Coder())
+    NEXT = TimerSpec("next", TimeDomain.REAL_TIME)
+
+    def __init__(self, table: str, dead_letter_table: Optional[str], local: bool,
+                 accept: Optional[filters.FilterConfig], chunk: int = CHUNK):
         self._table, self._dead_letter_table, self._local = table, dead_letter_table, local
+        self._accept = accept or filters.FilterConfig()
+        self._chunk = chunk
 
     def setup(self):
         from streaming import endpoints
@@ -166,17 +286,64 @@ class _CatchUpFn(beam.DoFn):
         self._storage = endpoints.storage_client(self._local, project)
         self._bq = endpoints.bigquery_client(self._local, project)
 
-    def process(self, scope: Scope) -> Iterator:
-        known = known_generations(self._bq, self._table, scope,
+    def process(self, element, cursor=beam.DoFn.StateParam(CURSOR),
+                next_step=beam.DoFn.TimerParam(NEXT)) -> Iterator:
+        _, scope = element
+        if cursor.read() is not None:
+            _LOG.info("catch-up gs://%s/%s is still running; this tick is skipped",
+                      scope.bucket, scope.prefix)
+            return
+        cursor.write(json.dumps({"after": None, "found": 0, "gone": 0, "steps": 0}))
+        next_step.set(Timestamp.now())
+
+    @on_timer(NEXT)
+    def step(self, key=beam.DoFn.KeyParam, cursor=beam.DoFn.StateParam(CURSOR),
+             next_step=beam.DoFn.TimerParam(NEXT)) -> Iterator:
+        scope = Scope(*json.loads(key))
+        progress = json.loads(cursor.read())
+        after = progress["after"]
+        progress["steps"] += 1
+        metrics.count("catch_up.steps")
+        listed = list(itertools.islice(
+            list_resources(self._storage, scope.bucket, scope.prefix, after), self._chunk))
+        until = listed[-1]["name"] if len(listed) == self._chunk else None
+        known = known_generations(self._bq, self._table, scope, after=after, until=until,
                                   dead_letter_table=self._dead_letter_table)
-        found = 0
-        for resource in unprocessed(list_resources(self._storage, scope.bucket, scope.prefix),
-                                    known):
-            found += 1
-            metrics.count("catch_up.found")
-            yield ref_of(resource, "catchup")
-        _LOG.warning("catch-up gs://%s/%s: %d object generation(s) with no row or dead "
-                     "letter, embedding them", scope.bucket, scope.prefix, found)
+        for finding in compare(listed, known, scope.bucket):
+            if finding.action == DONE:
+                continue
+            if finding.action == GONE:
+                progress["gone"] += 1
+                metrics.count("catch_up.gone")
+            elif not self._wanted(finding.resource):
+                continue
+            else:
+                progress["found"] += 1
+                metrics.count("catch_up.found")
+            yield finding_ref(finding, "catchup")
+        if until is not None:
+            progress["after"] = until
+            cursor.write(json.dumps(progress))
+            next_step.set(Timestamp.now())
+            return
+        cursor.clear()
+        _LOG.warning("catch-up gs://%s/%s: %d object generation(s) to embed, %d deleted "
+                     "while the job could not see it (%d step(s))", scope.bucket,
+                     scope.prefix, progress["found"], progress["gone"], progress["steps"])
+
+    def _wanted(self, resource: dict[str, Any]) -> bool:
+        """The job's own filters, before anything is emitted: non-images and the job's
+        own outputs are never sent down the pipeline."""
+        ref = ref_of(resource, "catchup")
+        if filters.object_skip_reason(ref, self._accept) is None:
+            return True
+        metrics.count("catch_up.skipped")
+        return False
+
+
+def scope_key(scope: Scope) -> tuple[str, Scope]:
+    """A scope keyed for the catch-up's state (its bucket and prefix as JSON)."""
+    return json.dumps([scope.bucket, scope.prefix]), scope
 
 
 class CatchUp(beam.PTransform):
@@ -185,10 +352,11 @@ class CatchUp(beam.PTransform):
 
     def __init__(self, scope_list: Sequence[Scope], table: str,
                  dead_letter_table: Optional[str] = None, local: bool = False,
-                 every_secs: Optional[float] = None):
+                 every_secs: Optional[float] = None,
+                 accept: Optional[filters.FilterConfig] = None, chunk: int = CHUNK):
         super().__init__()
         self._scopes, self._every = list(scope_list), every_secs
-        self._fn = _CatchUpFn(table, dead_letter_table, local)
+        self._fn = _CatchUpFn(table, dead_letter_table, local, accept, chunk)
 
     def expand(self, pbegin):
         scope_list = self._scopes
@@ -198,4 +366,6 @@ class CatchUp(beam.PTransform):
             todo = ticks | "Scopes" >> beam.FlatMap(lambda _: scope_list)
         else:
             todo = pbegin | "Scopes" >> beam.Create(scope_list)
-        return todo | "Find unprocessed" >> beam.ParDo(self._fn)
+        return (todo
+                | "Key by scope" >> beam.Map(scope_key)
+                | "Find unprocessed" >> beam.ParDo(self._fn))

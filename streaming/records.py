@@ -50,6 +50,9 @@ class ImageRef:
     event_time: Optional[str] = None
     payload_format: Optional[str] = None
     metadata: Optional[tuple[tuple[str, str], ...]] = None  # sorted items, hashable
+    # 0 for a first try; n for the n-th embedding again of a generation whose earlier
+    # tries ended in retryable dead letters (set by the catch-up and the backfill).
+    attempt: int = 0
 
     @property
     def is_local(self) -> bool:
@@ -130,9 +133,19 @@ class DeadLetter:
 
     @property
     def key(self) -> str:
+        """The generation's row key (one per attempt: a retry's dead letter is a row of
+        its own, so attempts can be counted), else a hash of the raw message."""
         if self.ref is not None:
+            if self.ref.attempt:
+                return hashlib.sha256(f"{self.ref.key}#{self.ref.attempt}".encode()).hexdigest()
             return self.ref.key
         return hashlib.sha256((self.raw or self.error).encode("utf-8", "replace")).hexdigest()
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the catch-up embeds the generation again (streaming/failures.py)."""
+        from streaming.failures import is_retryable
+        return self.ref is not None and is_retryable(self.reason)
 
     def to_row(self) -> dict[str, Any]:
         ref = self.ref
@@ -148,6 +161,8 @@ class DeadLetter:
             "raw": redact(self.raw)[:ERROR_CHARS] if self.raw is not None else None,
             "event_time": ref.event_time if ref else None,
             "processing_time": utcnow_iso(),
+            "retryable": self.retryable,
+            "attempt": ref.attempt if ref else None,
         }
 
 

@@ -255,12 +255,16 @@ class DeadLetterRows(beam.PTransform):
 
 
 def rejected_row_to_dead_letter(failure) -> DeadLetter:
-    """A row BigQuery refused, as a dead letter (reason `bigquery_rejected`)."""
+    """A row BigQuery refused, as a dead letter: `row_too_large` if it alone exceeds an
+    insert request, else `bigquery_rejected`."""
     _table, row, errors = failure
-    metrics.dead_letter("bigquery_rejected")
+    reason = "row_too_large" if any(
+        isinstance(e, dict) and e.get("reason") == "row_too_large" for e in errors) \
+        else "bigquery_rejected"
+    metrics.dead_letter(reason)
     ref = None
     if row.get("bucket") is not None and row.get("name") is not None:
         ref = ImageRef(row["bucket"], row["name"], int(row.get("generation") or 0),
                        event_type=row.get("event_type") or "OBJECT_FINALIZE",
                        event_time=row.get("event_time"))
-    return DeadLetter("write", "bigquery_rejected", json.dumps(errors, default=str), ref=ref)
+    return DeadLetter("write", reason, json.dumps(errors, default=str), ref=ref)

@@ -2,9 +2,11 @@
 notifications) and bqemulator, started by tests/run.sh; one streaming job per session."""
 from __future__ import annotations
 
+import json
 import os
 import time
 import types
+import urllib.request
 import uuid
 
 import pytest
@@ -24,6 +26,11 @@ def cloud():
     missing = [v for v in endpoints.ENV_VARS if not os.environ.get(v)]
     if missing:
         pytest.skip("emulators not configured (" + ", ".join(missing) + "); run tests/run.sh")
+    try:
+        strict_bigquery_stats()
+    except OSError as e:
+        pytest.fail(f"BIGQUERY_EMULATOR_HOST is not the strict BigQuery proxy ({e}); "
+                    "run the tests with tests/run.sh")
     endpoints.use_local_endpoints()
     from google.cloud import pubsub_v1
     project = endpoints.project_from_env()
@@ -39,6 +46,15 @@ def cloud():
     ns.topic = lambda name: f"projects/{project}/topics/{name}-{ns.run_id}"
     ns.subscription = lambda name: f"projects/{project}/subscriptions/{name}-{ns.run_id}"
     return ns
+
+
+def strict_bigquery_stats() -> dict:
+    """What the strict BigQuery proxy (tests/integration/strict_bigquery.py) has seen:
+    insert requests, the largest in bytes and rows, and how many it refused."""
+    from tests.integration.strict_bigquery import STATS_PATH
+    url = os.environ["BIGQUERY_EMULATOR_HOST"].rstrip("/") + STATS_PATH
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return json.loads(answer.read())
 
 
 def pull_all(cloud, subscription: str, quiet_for: float = 2.0, limit: float = 60.0) -> list:
@@ -108,6 +124,9 @@ def stack(cloud, tmp_path_factory):
     s.job = start_job(["--input_subscription", s.subscription, "--output_table", s.table,
                  "--dead_letter_table", s.dead_table,
                  "--output_gcs", f"gs://img-{rid}/embeddings/", "--weights", "random:0",
+                 # Other tests' buckets notify the same topic: those are cheap dead
+                 # letters here, not images to embed.
+                 "--buckets", f"{s.images.name},{s.old.name}", "--catch_up", "never",
                  "--local_endpoints", "--max_batch_size", "8",
                  "--max_batch_duration_secs", "1", "--progress_interval", "1"], log)
 

@@ -66,10 +66,12 @@ class HttpProxy:
     """Forwards http://127.0.0.1:<port>/... to `target` (e.g. http://127.0.0.1:4443)."""
 
     def __init__(self, target: str,
-                 rule: Optional[Callable[[Request], Optional[tuple[int, bytes]]]] = None):
+                 rule: Optional[Callable[[Request], Optional[tuple[int, bytes]]]] = None,
+                 record: bool = True, port: int = 0):
         parsed = urllib.parse.urlparse(target)
         self._target = (parsed.hostname, parsed.port)
         self.rule = rule
+        self.record = record  # a long-lived proxy keeps no request bodies
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         proxy = self
@@ -85,8 +87,9 @@ class HttpProxy:
                 body = self.rfile.read(length) if length else b""
                 query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(self.path).query))
                 request = Request(self.command, self.path, query, body)
-                with proxy._lock:
-                    proxy.requests.append(request)
+                if proxy.record:
+                    with proxy._lock:
+                        proxy.requests.append(request)
                 answer = proxy.rule(request) if proxy.rule else None
                 if answer is not None:
                     status, payload = answer
@@ -108,14 +111,14 @@ class HttpProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}"
 
     def forward(self, method: str, path: str, headers: dict, body: bytes):
         """Sends one request to the real service: (status, headers, body)."""
-        conn = http.client.HTTPConnection(*self._target, timeout=30)
+        conn = http.client.HTTPConnection(*self._target, timeout=120)
         try:
             headers = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
             # The emulator writes its own address into URLs it returns (resumable
@@ -145,6 +148,10 @@ class HttpProxy:
             seen = list(self.requests)
         return [r for r in seen if r.is_upload_start
                 and (r.bucket_and_object[1] or "").startswith(name_prefix)]
+
+    def serve(self) -> None:
+        """Serves on this thread until the process ends (a proxy of its own process)."""
+        self._server.serve_forever()
 
     def start(self) -> "HttpProxy":
         threading.Thread(target=self._server.serve_forever, daemon=True).start()

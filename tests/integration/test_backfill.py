@@ -155,14 +155,16 @@ def test_a_dry_run_never_moves_the_resume_checkpoint(stack, probe, tmp_path):
 @pytest.fixture(scope="module")
 def reconciled(cloud):
     """A bucket whose objects are in every state the reconciliation tells apart, and
-    tables that say so: rows of two model fingerprints, a dead letter, a row for an
-    older generation only, and nothing at all."""
+    tables that say so: rows of two model fingerprints, a final dead letter, retryable
+    dead letters (one try, and all tries used up), a row for an older generation only
+    (that generation is gone: a tombstone is due), and nothing at all."""
     import schemas
     from streaming.bigquery import make_table
     from streaming.records import row_key
     bucket = cloud.storage.create_bucket(f"recon-{cloud.run_id}")
     gens = {}
-    for name in ("new-fp.jpg", "old-fp.jpg", "dead.jpg", "nothing.jpg", "older-gen.jpg"):
+    for name in ("new-fp.jpg", "old-fp.jpg", "dead.jpg", "nothing.jpg", "older-gen.jpg",
+                 "transient.jpg", "used-up.jpg"):
         blob = bucket.blob(name)
         blob.upload_from_string(b"x", content_type="image/jpeg")
         gens[name] = blob.generation
@@ -181,44 +183,62 @@ def reconciled(cloud):
     assert cloud.bq.insert_rows_json(table, [
         row("new-fp.jpg", gens["new-fp.jpg"], "NEW"), row("old-fp.jpg", gens["old-fp.jpg"], "OLD"),
         row("older-gen.jpg", gens["older-gen.jpg"] - 1, "NEW")], retry=None) == []
-    assert cloud.bq.insert_rows_json(dead, [{
-        "row_key": "d", "bucket": bucket.name, "name": "dead.jpg",
-        "generation": gens["dead.jpg"], "stage": "decode", "reason": "not_an_image",
-        "processing_time": now}], retry=None) == []
+    def dead_letter(name, reason, attempt, retryable):
+        return {"row_key": f"{name}#{attempt}", "bucket": bucket.name, "name": name,
+                "generation": gens[name], "stage": "load", "reason": reason,
+                "processing_time": now, "retryable": retryable, "attempt": attempt}
+    assert cloud.bq.insert_rows_json(dead, [
+        dead_letter("dead.jpg", "not_an_image", 0, False),
+        dead_letter("transient.jpg", "read_error", 0, True),
+        *(dead_letter("used-up.jpg", "read_error", a, True) for a in range(3))],
+        retry=None) == []
     topic, sub = cloud.topic("recon"), cloud.subscription("recon")
     cloud.publisher.create_topic(name=topic)
     cloud.subscriber.create_subscription(name=sub, topic=topic)
 
     def published(*extra) -> list[str]:
+        """The messages as `name`, `name#attempt` (a retry) or `name (deleted)`."""
         counts = run_backfill(f"gs://{bucket.name}", "--topic", topic, "--skip-existing",
                               "--table", table.replace(".", ":", 1), *extra)
-        names = sorted(m.attributes["objectId"] for m in pull_all(cloud, sub))
+        messages = pull_all(cloud, sub)
+        names = sorted(m.attributes["objectId"]
+                       + (f"#{m.attributes['attempt']}" if "attempt" in m.attributes else "")
+                       + (" (deleted)" if m.attributes["eventType"] == "OBJECT_DELETE" else "")
+                       for m in messages)
         assert counts["published"] == len(names)
-        assert counts["skipped_existing"] == 5 - len(names)
+        finalized = [m for m in messages if m.attributes["eventType"] == "OBJECT_FINALIZE"]
+        assert counts["skipped_existing"] == len(gens) - len(finalized)
         return names
     return published, dead.replace(".", ":", 1)
 
 
 def test_skip_existing_publishes_only_generations_without_a_row(reconciled):
     published, _ = reconciled
-    assert published() == ["dead.jpg", "nothing.jpg", "older-gen.jpg"]
+    assert published() == ["dead.jpg", "nothing.jpg", "older-gen.jpg", "older-gen.jpg (deleted)",
+                           "transient.jpg", "used-up.jpg"]
 
 
 def test_skip_existing_also_skips_dead_letters_unless_asked_to_retry(reconciled):
     published, dead = reconciled
-    assert published("--dead-letter-table", dead) == ["nothing.jpg", "older-gen.jpg"]
+    # A retryable dead letter is published again, as its next attempt; one whose
+    # attempts are used up, and a final one, are not.
+    assert published("--dead-letter-table", dead) == [
+        "nothing.jpg", "older-gen.jpg", "older-gen.jpg (deleted)", "transient.jpg#1"]
     assert published("--dead-letter-table", dead, "--retry-dead-letters") == [
-        "dead.jpg", "nothing.jpg", "older-gen.jpg"]
+        "dead.jpg#1", "nothing.jpg", "older-gen.jpg", "older-gen.jpg (deleted)",
+        "transient.jpg#1", "used-up.jpg#3"]
     # A dead-letter table not created yet holds nothing; the rows still count.
     missing = dead.rsplit(".", 1)[0] + ".not_created_yet"
-    assert published("--dead-letter-table", missing) == ["dead.jpg", "nothing.jpg",
-                                                         "older-gen.jpg"]
+    assert published("--dead-letter-table", missing) == [
+        "dead.jpg", "nothing.jpg", "older-gen.jpg", "older-gen.jpg (deleted)",
+        "transient.jpg", "used-up.jpg"]
 
 
 def test_a_new_fingerprint_re_embeds_objects_whose_row_has_an_older_one(reconciled):
     published, dead = reconciled
     assert published("--dead-letter-table", dead, "--fingerprint", "NEW") == [
-        "nothing.jpg", "old-fp.jpg", "older-gen.jpg"]
+        "nothing.jpg", "old-fp.jpg", "older-gen.jpg", "older-gen.jpg (deleted)",
+        "transient.jpg#1"]
 
 
 def backfill_cli(*argv, progress=False):

@@ -65,3 +65,55 @@ def test_rows_written_during_a_bigquery_and_pubsub_outage_all_arrive(stack, job_
     names = wait_until(lambda: (lambda r: r if len(r) == 5 else None)(count()),
                        timeout=240, what="every row after the outage", job=job)
     assert sorted(r["name"] for r in names) == sorted(["before.jpg", "after.jpg", *during])
+
+
+def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack, tmp_path):
+    """A 403 on insert (a role the job's account lacks) is no row's fault: the job waits,
+    says so in one line (not one per retry), counts it, and writes every row once the
+    permission is granted. Nothing becomes a dead letter."""
+    from tests.integration.http_proxy import HttpProxy
+    from tests.integration.strict_bigquery import bigquery_error
+    cloud = stack.cloud
+    denied = {"on": True}
+
+    def rule(request):
+        if denied["on"] and request.method == "POST" and request.path.split("?")[0].endswith(
+                "/insertAll"):
+            return bigquery_error(403, "Access Denied: Table: Permission "
+                                       "bigquery.tables.updateData denied", "accessDenied",
+                                  "PERMISSION_DENIED")
+        return None
+    proxy = HttpProxy(os.environ["BIGQUERY_EMULATOR_HOST"], rule, record=False).start()
+    bucket = cloud.storage.create_bucket(f"denied-{cloud.run_id}")
+    dataset = f"denied_{cloud.run_id}"
+    cloud.bq.create_dataset(dataset)
+    table = f"{cloud.project}.{dataset}.embeddings"
+    sub = cloud.subscription("denied")
+    cloud.subscriber.create_subscription(name=sub, topic=cloud.notify_topic,
+                                         ack_deadline_seconds=60)
+    job = start_job(["--input_subscription", sub, "--output_table", table.replace(".", ":", 1),
+                     "--dead_letter_table", f"{cloud.project}:{dataset}.dead_letters",
+                     "--output_gcs", f"gs://{bucket.name}/embeddings/", "--weights", "random:0",
+                     "--local_endpoints", "--buckets", bucket.name,
+                     "--max_batch_duration_secs", "1"], str(tmp_path / "job.log"),
+                    env={"BIGQUERY_EMULATOR_HOST": proxy.url})
+    try:
+        for i in range(2):
+            bucket.blob(f"{i}.jpg").upload_from_string(fixtures.jpeg(seed=60 + i),
+                                                       content_type="image/jpeg")
+        wait_until(lambda: "is waiting" in job.output(), timeout=240,
+                   what="the job's line about the refused inserts", job=job)
+        time.sleep(5)  # several retries go by: still one line
+        waiting = [line for line in job.output().splitlines() if "is waiting" in line]
+        assert len(waiting) == 1 and "bigquery.tables.updateData" in waiting[0], waiting
+        assert job.poll() is None
+        denied["on"] = False  # the role is granted
+        rows = wait_until(lambda: (lambda r: r if len(r) == 2 else None)(stack.query(
+            f"SELECT DISTINCT name FROM `{table}`")), timeout=120,
+            what="the rows once the permission is granted", job=job)
+        assert sorted(r["name"] for r in rows) == ["0.jpg", "1.jpg"]
+        assert stack.query(f"SELECT reason FROM `{cloud.project}.{dataset}.dead_letters` "
+                           f"WHERE bucket = '{bucket.name}'") == []
+    finally:
+        job.stop()
+        proxy.stop()

@@ -101,3 +101,34 @@ def test_a_none_format_deletion_gets_its_tombstone_whatever_the_name():
     cfg = FilterConfig(extensions=(".jpg",), content_types=("image/",))
     gone = ref("photo", event_type="OBJECT_DELETE", payload_format="NONE")
     assert skip_reason(gone, cfg) == "skipped.event_OBJECT_DELETE"
+
+
+def test_a_generation_brought_by_both_a_notification_and_the_catch_up_passes_once():
+    from streaming.filters import Claims
+    claims = Claims(limit=3)
+    assert claims.first("k", "notification") and claims.first("k", "backfill")
+    assert not claims.first("k", "catchup")  # the notification owns it
+    assert claims.first("j", "catchup") and claims.first("j", "catchup")  # a re-run
+    assert not claims.first("j", "notification")
+    for key in ("a", "b", "c"):
+        claims.first(key, "catchup")
+    assert claims.first("k", "catchup")  # forgotten: the bound holds
+
+
+def test_duplicates_are_skipped_but_retries_and_redeliveries_pass():
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    from streaming import filters
+    from streaming.records import ImageRef
+    filters.CLAIMS = filters.Claims()
+    refs = [ImageRef("b", "x.jpg", 1, source="notification"),
+            ImageRef("b", "x.jpg", 1, source="notification"),  # redelivered
+            ImageRef("b", "x.jpg", 1, source="catchup"),       # a duplicate
+            ImageRef("b", "y.jpg", 1, source="catchup", attempt=1),
+            ImageRef("b", "y.jpg", 1, source="notification", attempt=1)]
+    with TestPipeline() as p:
+        kept = (p | beam.Create(refs) | filters.FilterObjects(filters.FilterConfig()))
+        assert_that(kept.accepted | beam.Map(lambda r: (r.name, r.source)), equal_to([
+            ("x.jpg", "notification"), ("x.jpg", "notification"), ("y.jpg", "catchup"),
+            ("y.jpg", "notification")]))

@@ -9,11 +9,12 @@ import sys
 import pytest
 
 from streaming import main, onnx_model
+from streaming.options import EmbedOptions
 from streaming.pipeline import model_threads
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOCAL = ["--input_dir", "i", "--output_dir", "o"]
-DATAFLOW = ["--runner", "DataflowRunner", "--project", "my-project", "--region",
+DATAFLOW = ["--runner=DataflowRunner", "--project", "my-project", "--region",
             "us-central1", "--temp_location", "gs://my-temp-bucket/tmp",
             "--input_subscription", "projects/my-project/subscriptions/images",
             "--output_table", "my-project:embeddings.images"]
@@ -22,14 +23,23 @@ ONE_PROCESS_PER_VM = ["--experiments=no_use_multiple_sdk_containers"]
 
 @pytest.mark.parametrize("argv, threads", [
     (LOCAL, (0, 0)),                                       # one process: the runtime's
-    (DATAFLOW + ONE_PROCESS_PER_VM, (0, 0)),               # the worker images' layout
-    (DATAFLOW, (1, 1)),                                    # one SDK process per vCPU
-    (DATAFLOW + ["--intra_op_threads", "2"], (2, 1)),      # a flag always wins
+    (DATAFLOW, (0, 0)),                                    # the job's worker defaults
     (LOCAL + ["--intra_op_threads", "3", "--inter_op_threads", "2"], (3, 2)),
 ])
-def test_thread_sizes_default_per_worker_layout(monkeypatch, argv, threads):
-    monkeypatch.delenv(main.DEFAULTS_ENV, raising=False)
+def test_thread_sizes_default_per_worker_layout(argv, threads):
     assert model_threads(main.make_options(argv)) == threads
+
+
+@pytest.mark.parametrize("argv, threads", [
+    ([], (1, 1)),                                          # one SDK process per vCPU
+    (ONE_PROCESS_PER_VM, (0, 0)),
+    (["--intra_op_threads", "2"], (2, 1)),                 # a flag always wins
+])
+def test_without_the_jobs_worker_defaults_each_vcpus_process_gets_one_thread(argv, threads):
+    """Options made without embed-stream's defaults (Dataflow's own layout: one SDK
+    process, and one model, per vCPU)."""
+    opts = EmbedOptions(DATAFLOW + argv)
+    assert model_threads(opts) == threads
 
 
 @pytest.mark.parametrize("threads, intra, inter, parallel", [

@@ -9,34 +9,93 @@ def res(name, generation):
     return {"name": name, "generation": str(generation), "bucket": "b"}
 
 
-def test_unprocessed_keeps_generations_with_neither_row_nor_dead_letter():
+def row(name, generation, **state):
+    """What the tables hold: by default an embedding row (embedded, finalized)."""
+    state = state or {"embedded": True, "finalized": True}
+    return reconcile.Known(name, generation, **state)
+
+
+def dead(name, generation, attempts=1, final=False):
+    return reconcile.Known(name, generation, dead_final=final, attempts=attempts)
+
+
+def to_embed(listing, known, **kw):
+    return [(f.resource["name"], int(f.resource["generation"]), f.attempt)
+            for f in reconcile.compare(listing, known, "b", **kw)
+            if f.action == reconcile.EMBED]
+
+
+def gone(listing, known, **kw):
+    return [(f.resource["name"], int(f.resource["generation"]))
+            for f in reconcile.compare(listing, known, "b", **kw)
+            if f.action == reconcile.GONE]
+
+
+def test_generations_with_neither_row_nor_dead_letter_are_embedded():
     listing = [res("a.jpg", 1), res("b.jpg", 5), res("c.jpg", 2), res("d.jpg", 9)]
-    known = [("a.jpg", 1), ("b.jpg", 4), ("c.jpg", 1), ("c.jpg", 2), ("zz.jpg", 1)]
-    assert [r["name"] for r in reconcile.unprocessed(listing, known)] == ["b.jpg", "d.jpg"]
+    known = [row("a.jpg", 1), row("b.jpg", 4), row("c.jpg", 1), row("c.jpg", 2),
+             row("zz.jpg", 1)]
+    assert to_embed(listing, known) == [("b.jpg", 5, 0), ("d.jpg", 9, 0)]
 
 
-def test_known_names_missing_from_the_listing_are_passed_over():
-    listing = [res("m.jpg", 1)]
-    known = [("a.jpg", 1), ("b.jpg", 1), ("m.jpg", 1)]
-    assert list(reconcile.unprocessed(listing, known)) == []
+def test_every_listed_generation_has_one_finding_in_name_order():
+    listing = [res("a.jpg", 1), res("b.jpg", 5), res("c.jpg", 2)]
+    known = [row("a.jpg", 1), dead("c.jpg", 2, final=True)]
+    findings = list(reconcile.compare(listing, known, "b"))
+    assert [(f.resource["name"], f.action) for f in findings] == [
+        ("a.jpg", reconcile.DONE), ("b.jpg", reconcile.EMBED), ("c.jpg", reconcile.DONE)]
+
+
+def test_current_rows_whose_generation_is_gone_get_a_tombstone():
+    listing = [res("b.jpg", 5), res("m.jpg", 1)]
+    known = [row("a.jpg", 1),                       # deleted: gone
+             row("b.jpg", 4), row("b.jpg", 5),      # replaced: 4 is gone, 5 is live
+             row("k.jpg", 2),                       # deleted, its tombstone written
+             row("k.jpg", 2, deleted=True),
+             row("m.jpg", 1), row("z.jpg", 3)]      # z: deleted, after the last listed
+    assert gone(listing, known) == [("a.jpg", 1), ("b.jpg", 4), ("z.jpg", 3)]
+    assert to_embed(listing, known) == []
+
+
+def test_dead_letters_only_are_not_gone_when_missing():
+    """A generation with only dead letters has no current row to hide."""
+    assert gone([], [dead("a.jpg", 1), dead("b.jpg", 2, final=True)]) == []
+
+
+def test_retryable_dead_letters_are_embedded_again_up_to_the_limit():
+    listing = [res("a.jpg", 1), res("b.jpg", 1), res("c.jpg", 1), res("d.jpg", 1)]
+    known = [dead("a.jpg", 1, attempts=1),                # one try so far: again
+             dead("b.jpg", 1, attempts=reconcile.failures.MAX_ATTEMPTS),  # used up
+             dead("c.jpg", 1, final=True),                # final: left alone
+             dead("d.jpg", 1, attempts=2), row("d.jpg", 1)]  # a later try made its row
+    assert to_embed(listing, known) == [("a.jpg", 1, 1)]
+    assert to_embed(listing, known, retry_dead_letters=True) == [
+        ("a.jpg", 1, 1), ("b.jpg", 1, 3), ("c.jpg", 1, 1)]
+
+
+def test_a_row_and_a_dead_letter_of_one_generation_merge():
+    merged = row("a", 1).merged(dead("a", 1, attempts=2))
+    assert merged.embedded and merged.attempts == 2
 
 
 def test_out_of_order_inputs_fail_loudly_instead_of_missing_matches():
     with pytest.raises(ValueError, match="listing out of name order"):
-        list(reconcile.unprocessed([res("b", 1), res("a", 1)], []))
+        list(reconcile.compare([res("b", 1), res("a", 1)], [], "b"))
     with pytest.raises(ValueError, match="query out of name order"):
-        list(reconcile.unprocessed([res("c", 1)], [("b", 1), ("a", 1)]))
+        list(reconcile.compare([res("c", 1)], [row("b", 1), row("a", 1)], "b"))
 
 
 names = st.text(alphabet="ab/é.", min_size=1, max_size=4)
 
 
 @given(st.dictionaries(names, st.integers(1, 3)), st.sets(st.tuples(names, st.integers(1, 3))))
-def test_merge_equals_a_set_difference(live, known):
+def test_merge_equals_set_differences(live, known):
     listing = [res(n, g) for n, g in sorted(live.items())]
-    got = [(r["name"], int(r["generation"]))
-           for r in reconcile.unprocessed(listing, sorted(known))]
-    assert got == [(n, g) for n, g in sorted(live.items()) if (n, g) not in known]
+    rows = [row(n, g) for n, g in sorted(known)]
+    assert [(n, g) for n, g, _ in to_embed(listing, rows)] == [
+        (n, g) for n, g in sorted(live.items()) if (n, g) not in known]
+    assert gone(listing, rows) == [(n, g) for n, g in sorted(known)
+                                   if live.get(n) != g]
 
 
 def test_merge_reads_the_known_stream_lazily():
@@ -46,11 +105,13 @@ def test_merge_reads_the_known_stream_lazily():
     def known():
         for i in range(1_000_000):
             pulled.append(i)
-            yield (f"{i:07d}", 1)
+            yield row(f"{i:07d}", 1)
 
     listing = (res(f"{i:07d}", 2) for i in range(0, 1_000_000, 100_000))
-    first = next(reconcile.unprocessed(listing, known()))
-    assert first["name"] == "0000000" and len(pulled) <= 2
+    findings = reconcile.compare(listing, known(), "b")
+    first = next(findings)
+    assert first.action == reconcile.GONE and first.resource["name"] == "0000000"
+    assert len(pulled) <= 3
 
 
 def test_scopes_cover_each_bucket_and_prefix():
@@ -66,6 +127,7 @@ def test_known_query_unions_rows_and_dead_letters_in_name_order():
     assert "`my-project.ds.embeddings`" in sql and "`my-project.ds.dead_letters`" in sql
     assert "UNION ALL" in sql and sql.endswith("ORDER BY name, generation")
     assert "@fingerprint" in sql and sql.count("name > @after") == 2
+    assert "GROUP BY name, generation" in sql and "retryable" in sql
     plain = reconcile.known_query("my-project:ds.embeddings")
     assert "UNION" not in plain and "@fingerprint" not in plain and "@after" not in plain
 
@@ -76,6 +138,11 @@ def test_a_catch_up_ref_is_what_the_notification_would_give():
     ref = reconcile.ref_of(resource, "catchup")
     assert (ref.bucket, ref.name, ref.generation, ref.size) == ("b", "x/cat.jpg", 17, 10)
     assert ref.content_type == "image/jpeg" and ref.source == "catchup"
+    again = reconcile.finding_ref(reconcile.Finding(resource, reconcile.EMBED, 2), "catchup")
+    assert again.attempt == 2 and again.event_type == "OBJECT_FINALIZE"
+    deletion = reconcile.finding_ref(reconcile.Finding(
+        {"bucket": "b", "name": "x/cat.jpg", "generation": "17"}, reconcile.GONE), "catchup")
+    assert deletion.event_type == "OBJECT_DELETE" and deletion.generation == 17
 
 
 def catch_up_opts(*extra):

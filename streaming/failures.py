@@ -1,0 +1,152 @@
+"""What the job does with each failure: retry it, stall on it, or dead-letter it.
+
+One table, in code, that docs/reliability.md shows (a unit test keeps them equal):
+
+- **retried**: a transient cause (a 5xx, a timeout, a rate limit) is tried again with
+  backoff, for as long as it lasts where nothing is lost by waiting (BigQuery inserts)
+  or a bounded number of times where an element would hold up its neighbours (reads,
+  vector writes), after which it becomes a *retryable* dead letter.
+- **stalled on**: a configuration problem that no retry of the element can fix and no
+  dead letter should hide (a missing dataset, a permission the job lacks). The writer
+  waits and tries again, logs one line at most every `STALL_LOG_SECS` and counts
+  `<stage>.stalled`, so the operator sees it and nothing is lost when it is fixed.
+- **dead-lettered**: the element itself is at fault, or retries ran out. A dead letter
+  is *final* (the input is bad: retrying gives the same answer) or *retryable* (the
+  cause was transient): the catch-up and `embed-backfill --skip-existing` embed a
+  retryable one again, up to `MAX_ATTEMPTS` attempts in all; final ones only with
+  `--retry-dead-letters`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from typing import Optional
+
+# Attempts at one object generation whose dead letters are all retryable, before the
+# catch-up and the reconciliation leave it alone (the first attempt included).
+MAX_ATTEMPTS = 3
+# A stall logs at most one line per cause this often (and counts every wait).
+STALL_LOG_SECS = 60.0
+
+RETRIED, STALLED, DEAD_LETTERED = "retried", "stalled on", "dead-lettered"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reason:
+    """A dead-letter reason code: the stage(s) that write it and whether it is final."""
+    code: str
+    stages: tuple[str, ...]
+    retryable: bool
+    meaning: str
+
+
+REASONS: dict[str, Reason] = {r.code: r for r in (
+    Reason("not_a_notification", ("parse",), False, "not a storage notification"),
+    Reason("missing_attribute", ("parse",), False, "a required attribute is missing"),
+    Reason("unknown_event_type", ("parse",), False, "an event type the contract lacks"),
+    Reason("unsupported_payload_format", ("parse",), False, "neither JSON_API_V1 nor NONE"),
+    Reason("not_json", ("parse",), False, "the payload is not JSON"),
+    Reason("not_object_resource", ("parse",), False, "the payload is not an object resource"),
+    Reason("contradictory_attributes", ("parse",), False, "attributes and payload disagree"),
+    Reason("bad_attribute", ("parse",), False, "an attribute of the wrong type"),
+    Reason("parse_error", ("parse",), False, "anything else unexpected in a message"),
+    Reason("bucket_not_allowed", ("filter",), False, "a bucket not in --buckets"),
+    Reason("object_gone", ("load",), False, "the generation is deleted, none is live"),
+    Reason("superseded", ("load",), False, "the generation is replaced by a newer one"),
+    Reason("too_large", ("load",), False, "more than --max_bytes"),
+    Reason("permission_denied", ("load", "write"), False,
+           "401/403: fix the role, then --retry-dead-letters"),
+    Reason("not_found", ("load", "write"), True, "404 for the bucket, after retries"),
+    Reason("read_error", ("load",), True, "a read failed after its retries"),
+    Reason("empty_object", ("decode",), False, "zero bytes"),
+    Reason("not_an_image", ("decode",), False, "bytes Pillow cannot identify"),
+    Reason("truncated_image", ("decode",), False, "the image data ends early"),
+    Reason("decode_error", ("decode",), False, "Pillow failed to decode it"),
+    Reason("too_many_pixels", ("decode",), False, "more than --max_pixels"),
+    Reason("decompression_bomb", ("decode",), False, "above Pillow's bomb limit"),
+    Reason("inference_error", ("embed",), True, "the model failed on the batch"),
+    Reason("vector_write_error", ("write",), True, "the .npy write failed after retries"),
+    Reason("bigquery_rejected", ("write",), False, "BigQuery refused the row itself"),
+    Reason("row_too_large", ("write",), False,
+           "the row alone exceeds the insert request limit"),
+)}
+
+
+def is_retryable(reason: str) -> bool:
+    """Whether a dead letter of `reason` is embedded again by the catch-up (an unknown
+    code is final: nothing is retried that no one has classed)."""
+    entry = REASONS.get(reason)
+    return bool(entry and entry.retryable)
+
+
+@dataclasses.dataclass(frozen=True)
+class Failure:
+    """One row of the failure table: where, what, and what the job does."""
+    stage: str
+    cause: str
+    action: str
+    reason: Optional[str] = None  # the dead-letter reason, when dead-lettered
+
+
+FAILURES: tuple[Failure, ...] = (
+    Failure("parse", "a malformed or foreign message", DEAD_LETTERED, "(parse reasons)"),
+    Failure("filter", "a bucket not in --buckets", DEAD_LETTERED, "bucket_not_allowed"),
+    Failure("load", "5xx, timeout, connection reset", RETRIED + " (bounded time)",
+            "read_error (retryable)"),
+    Failure("load", "401/403", DEAD_LETTERED, "permission_denied"),
+    Failure("load", "404: the generation is gone", DEAD_LETTERED, "object_gone / superseded"),
+    Failure("decode", "bytes that are not a usable image", DEAD_LETTERED, "(decode reasons)"),
+    Failure("embed", "the model raises on a batch", DEAD_LETTERED,
+            "inference_error (retryable)"),
+    Failure("write .npy", "5xx, timeout, 404 bucket", RETRIED + " (3 retries)",
+            "vector_write_error / not_found (retryable)"),
+    Failure("write .npy", "401/403", DEAD_LETTERED, "permission_denied"),
+    Failure("write rows", "5xx, timeout, connection reset, 403 rate or quota limit",
+            RETRIED + " (backoff up to 30 s, as long as it lasts)"),
+    Failure("write rows", "404 table", RETRIED + " (the table is re-created from schemas/)"),
+    Failure("write rows", "404 dataset", STALLED),
+    Failure("write rows", "401/403 permission", STALLED),
+    Failure("write rows", "a request over BigQuery's limits (400/413)",
+            RETRIED + " (split in halves)"),
+    Failure("write rows", "one row over the request limit", DEAD_LETTERED, "row_too_large"),
+    Failure("write rows", "a row BigQuery refuses (invalid)", DEAD_LETTERED,
+            "bigquery_rejected"),
+)
+
+
+def reasons_markdown() -> str:
+    """The reasons table of docs/reliability.md."""
+    lines = ["| reason | stage | retried by the catch-up | what it means |",
+             "|---|---|---|---|"]
+    for r in REASONS.values():
+        lines.append(f"| `{r.code}` | {', '.join(r.stages)} | "
+                     f"{'yes' if r.retryable else 'no'} | {r.meaning} |")
+    return "\n".join(lines)
+
+
+def failures_markdown() -> str:
+    """The failure table of docs/reliability.md."""
+    lines = ["| stage | failure | the job | dead letter |", "|---|---|---|---|"]
+    for f in FAILURES:
+        lines.append(f"| {f.stage} | {f.cause} | {f.action} | {f.reason or ''} |")
+    return "\n".join(lines)
+
+
+class StallLog:
+    """One log line per cause at most every `STALL_LOG_SECS`, however often it recurs."""
+
+    def __init__(self, logger: logging.Logger, every_secs: float = STALL_LOG_SECS,
+                 clock=time.monotonic):
+        self._logger, self._every, self._clock = logger, every_secs, clock
+        self._last: dict[str, float] = {}
+
+    def error(self, cause: str, message: str) -> bool:
+        """Logs `message` unless `cause` was logged within the interval; True if logged."""
+        now = self._clock()
+        last = self._last.get(cause)
+        if last is not None and now - last < self._every:
+            return False
+        self._last[cause] = now
+        self._logger.error("%s", message)
+        return True
