@@ -250,15 +250,31 @@ def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
     cache_dir = cache_dir or onnx_model.default_cache_dir()
     fixed = spec == "imagenet" or spec.startswith("random:")
     local = None if fixed else _local_copy(spec)
-    key = onnx_model.cache_key(onnx_model.weights_source_id(spec, local))
-    entry = onnx_model.read_entry(cache_dir, key)
-    if entry is None and not onnx_model.claim_entry(cache_dir, key, CLAIM_WAIT_SECS):
-        _LOG.info("Another process builds the ONNX model for weights %s; waiting for it", spec)
-        entry = onnx_model.wait_for_entry(cache_dir, key, CLAIM_WAIT_SECS)
-    if entry is None:
-        where = onnx_model.entry_location(cache_dir, key)
-        print(f"Building the ONNX model for weights {spec} once; later runs load it "
-              f"from {where}", file=sys.stderr, flush=True)
+    try:
+        key = onnx_model.cache_key(onnx_model.weights_source_id(spec, local))
+        entry = onnx_model.read_entry(cache_dir, key)
+        if entry is None and not onnx_model.claim_entry(cache_dir, key, CLAIM_WAIT_SECS):
+            _LOG.info("Another process builds the ONNX model for weights %s; waiting", spec)
+            entry = onnx_model.wait_for_entry(cache_dir, key, CLAIM_WAIT_SECS)
+        if entry is None:
+            model_bytes, fingerprint = _build_entry(spec, local, cache_dir, key)
+        else:
+            model_bytes, meta = entry
+            fingerprint = meta["fingerprint"]
+    finally:
+        if local is not None and local != spec:  # a downloaded copy: only needed here
+            shutil.rmtree(os.path.dirname(local), ignore_errors=True)
+    return onnx_model.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
+
+
+def _build_entry(spec: str, local: Optional[str], cache_dir: str, key: str) -> tuple[bytes, str]:
+    """Builds and stores the graph of a claimed entry; (model bytes, fingerprint). A
+    failure gives the claim back, so the next process tries at once instead of waiting."""
+    from streaming import onnx_model
+    where = onnx_model.entry_location(cache_dir, key)
+    print(f"Building the ONNX model for weights {spec} once; later runs load it "
+          f"from {where}", file=sys.stderr, flush=True)
+    try:
         weights = resnet50_weights(spec, local)
         fingerprint = resnet50.fingerprint(weights)
         model_bytes = resnet50.to_onnx(weights, onnx_model.OPSET)
@@ -266,11 +282,11 @@ def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
         onnx_model.write_entry(cache_dir, key, model_bytes, {
             "weights": spec, "fingerprint": fingerprint, "model_name": MODEL_NAME,
             "opset": onnx_model.OPSET})
-        _LOG.info("Stored %s@%s for ONNX Runtime in %s", MODEL_NAME, fingerprint, where)
-    else:
-        model_bytes, meta = entry
-        fingerprint = meta["fingerprint"]
-    return onnx_model.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
+    except BaseException:
+        onnx_model.release_claim(cache_dir, key)
+        raise
+    _LOG.info("Stored %s@%s for ONNX Runtime in %s", MODEL_NAME, fingerprint, where)
+    return model_bytes, fingerprint
 
 
 def resnet50_weights(spec: str, local: Optional[str] = None) -> list[np.ndarray]:

@@ -118,6 +118,19 @@ def claim_entry(cache_dir: str, key: str, stale_after: float = 300.0) -> bool:
     return True
 
 
+def release_claim(cache_dir: str, key: str) -> None:
+    """Removes this process's claim after a failed build (best effort)."""
+    path = _join(cache_dir, key, _CLAIM_FILE)
+    try:
+        if "://" in cache_dir:
+            from apache_beam.io.filesystems import FileSystems
+            FileSystems.delete([path])
+        else:
+            os.remove(path)
+    except Exception as e:  # noqa: BLE001 - the claim then goes stale and is taken over
+        _LOG.debug("Cannot remove the claim %s: %s", path, e)
+
+
 def wait_for_entry(cache_dir: str, key: str, timeout: float,
                    poll: float = 1.0) -> Optional[tuple[bytes, dict]]:
     """The entry another process claimed, once it is complete, or None after `timeout`

@@ -193,3 +193,19 @@ def test_a_wrong_watch_is_one_line_naming_it(tmp_path, argv, message):
     with pytest.raises(UsageError, match=message):
         main.make_options(["--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
                           + argv)
+
+
+def test_a_failed_build_gives_its_claim_back(tmp_path, monkeypatch):
+    """Weights that fail to build must not leave a claim that makes the next process
+    (a restarted job, another worker) wait for a graph nobody builds."""
+    cache, spec = str(tmp_path), "random:9"
+    key = onnx_model.cache_key(onnx_model.weights_source_id(spec))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(resnet50, "to_onnx", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model.build_embedding_model(spec, "onnx", cache)
+    assert not (tmp_path / key / "building").exists()
+    assert onnx_model.claim_entry(cache, key)
