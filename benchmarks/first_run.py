@@ -170,7 +170,8 @@ def markdown(r: dict) -> str:
     former = r["former_conversion"]
     lines = [
         "# First run on a cold model cache", "",
-        f"{C.describe(r['machine'])}; load average {r['machine']['load_average_at_end']} at end. Rounds: {r['rounds']}.",
+        f"{C.describe(r['machine'])}; load average {r['machine']['load_average_at_end']} "
+        f"at end. Rounds: {r['rounds']}.",
         "", f"`{r['command']}`, whole process (peak RSS of the process tree):", "",
         "| cache | wall s, median | peak GiB, median | per round (s / GiB) |",
         "|---|---:|---:|---|"]

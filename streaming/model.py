@@ -13,7 +13,8 @@ as its model id, the fingerprint being a hash of the weights actually loaded.
 `--runtime` chooses what runs the forward pass: TensorFlow (the reference), or ONNX
 Runtime on a graph built from the same weights (`streaming/resnet50.py`) and cached per
 weights (`streaming/onnx_model.py`), which never imports TensorFlow for `random:SEED`
-or a weights file, and not at all once the graph is cached. Results name the runtime next to the fingerprint.
+or a weights file, and not at all once the graph is cached. Results name the runtime
+next to the fingerprint.
 """
 from __future__ import annotations
 
