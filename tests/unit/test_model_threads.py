@@ -1,18 +1,13 @@
 """--intra_op_threads / --inter_op_threads: their defaults per worker layout, and what
 each size does to ONNX Runtime's session (the threads it starts, its execution mode).
 TensorFlow's side is in test_worker_layout.py."""
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from streaming import main, onnx_model
 from streaming.options import EmbedOptions
 from streaming.pipeline import model_threads
+from tests.processes import python_json
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LOCAL = ["--input_dir", "i", "--output_dir", "o"]
 DATAFLOW = ["--runner=DataflowRunner", "--project", "my-project", "--region",
             "us-central1", "--temp_location", "gs://my-temp-bucket/tmp",
@@ -73,9 +68,6 @@ def test_onnx_runtime_starts_the_threads_the_sizes_name():
         "    added[str(t)] = psutil.Process().num_threads() - before\n"
         "    del m\n"
         "print(json.dumps([added, psutil.cpu_count(logical=False)]))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    added, physical = json.loads(proc.stdout.strip().splitlines()[-1])
+    (added, physical), _ = python_json(code, timeout=300)
     assert added == {"(1, 0)": 0, "(3, 0)": 2, "(1, 1)": 0, "(2, 3)": 3,
                      "(0, 0)": physical - 1}

@@ -1,16 +1,14 @@
 """ResNet50's ONNX graph built from its weights: the same weights and order as Keras,
 the same vectors as TensorFlow (batch normalization included), every weights-file
 layout read, and a first ONNX run that never imports TensorFlow."""
-import json
 import pathlib
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from streaming import model, resnet50
 from streaming.images import decode_image
+from tests.processes import python_json
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "images").glob("*/*.jpg"))
@@ -99,14 +97,11 @@ def test_a_first_onnx_run_imports_no_tensorflow_and_says_where_it_stores_the_mod
         "heavy = sorted(n for n in sys.modules if n.split('.')[0] in "
         "('tensorflow', 'keras', 'tf2onnx'))\n"
         "print(json.dumps([a.fingerprint, b.fingerprint, heavy]))\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    a, b, heavy = json.loads(proc.stdout.strip().splitlines()[-1])
+    (a, b, heavy), stderr = python_json(code, timeout=240)
     assert heavy == []
     assert a == b == model.weights_fingerprint(keras_model)
-    notices = [line for line in proc.stderr.splitlines() if "once" in line]
-    assert len(notices) == 2 and all(cache in line for line in notices), proc.stderr
+    notices = [line for line in stderr.splitlines() if "once" in line]
+    assert len(notices) == 2 and all(cache in line for line in notices), stderr
     assert "random:0" in notices[0] and weights_file in notices[1]
 
 
