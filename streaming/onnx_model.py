@@ -122,10 +122,11 @@ def release_claim(cache_dir: str, key: str) -> None:
     """Removes this process's claim after a failed build (best effort)."""
     path = _join(cache_dir, key, _CLAIM_FILE)
     try:
-        if "://" in cache_dir:
-            from apache_beam.io.filesystems import FileSystems
-            FileSystems.delete([path])
-        else:
+        if path.startswith("gs://"):  # the client that made it (FileSystems may not see it yet)
+            from streaming import endpoints
+            bucket, _, name = path[len("gs://"):].partition("/")
+            endpoints.worker_storage_client().bucket(bucket).blob(name).delete()
+        elif "://" not in cache_dir:
             os.remove(path)
     except Exception as e:  # noqa: BLE001 - the claim then goes stale and is taken over
         _LOG.debug("Cannot remove the claim %s: %s", path, e)

@@ -119,3 +119,15 @@ def test_uploads_before_during_and_after_a_switch(switching):
     assert output.count(switched) == 1
     assert output.count("Building the ONNX model for weights gs://") == 1
     assert job.poll() is None
+
+
+def test_workers_sharing_a_gs_cache_claim_each_graph_once(cloud):
+    """The create-only claim on Cloud Storage: one worker gets it, the others wait; a
+    claim given back after a failed build can be taken again."""
+    from streaming import onnx_model
+    bucket = cloud.storage.create_bucket(f"switch-cache-{cloud.run_id}")
+    cache, key = f"gs://{bucket.name}/onnx-cache/", "k1"
+    assert onnx_model.claim_entry(cache, key)
+    assert not onnx_model.claim_entry(cache, key)
+    onnx_model.release_claim(cache, key)
+    assert onnx_model.claim_entry(cache, key)
