@@ -47,7 +47,7 @@ def backlog(cloud, stack, tmp_path_factory):
     argv = ["--input_subscription", sub, "--output_table", table,
             "--dead_letter_table", dead_table, "--output_gcs", f"gs://{vectors.name}/",
             "--buckets", bucket.name, "--weights", "random:0", "--local_endpoints",
-            "--max_batch_duration_secs", "1", "--catch_up_chunk", "100"]
+            "--max_batch_duration_secs", "1", "--catch_up_chunk", "250"]
     state = {"job": None, "starts": 0}
 
     def start(env=None):
@@ -90,9 +90,9 @@ def test_a_backlog_gets_every_row_through_bigquerys_request_limit(backlog):
     assert b["dead_letters"]() == []
     raw = b["raw"]("SELECT row_key, COUNT(*) AS n FROM {rows} GROUP BY row_key")
     assert len(raw) == BACKLOG and {r["n"] for r in raw} == {1}
-    # The listing went down the pipeline in steps of 100 objects.
+    # The listing went down the pipeline in steps of 250 objects.
     assert f"{BACKLOG} object generation(s) to embed, 0 deleted while the job could not " \
-           "see it (4 step(s))" in job.output()
+           "see it (2 step(s))" in job.output()
 
 
 def test_deletions_the_job_never_heard_of_are_tombstoned_at_the_next_start(backlog, cloud):
