@@ -21,6 +21,9 @@ from streaming.options import EmbedOptions
 # waits for a message before the runner gets on with its timers.
 LOCAL_PULL_MESSAGES = 1000
 LOCAL_PULL_WAIT_SECS = 0.5
+# An empty pull takes at least this long: an idle job does not spin a core re-pulling,
+# and a message waits at most this long to be pulled.
+LOCAL_PULL_IDLE_SECS = 0.2
 
 
 def filter_config(opts: EmbedOptions) -> filters.FilterConfig:
@@ -41,7 +44,8 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
             opts.input_dir, watch=opts.watch, interval=opts.watch_interval)
         return refs, None
     if not on_dataflow(opts):
-        adapters.pull_more_locally(LOCAL_PULL_MESSAGES, LOCAL_PULL_WAIT_SECS)
+        adapters.pull_more_locally(LOCAL_PULL_MESSAGES, LOCAL_PULL_WAIT_SECS,
+                                   LOCAL_PULL_IDLE_SECS)
     messages = pipeline | "Read notifications" >> beam.io.ReadFromPubSub(
         subscription=opts.input_subscription, topic=opts.input_topic, with_attributes=True)
     parsed = messages | "Parse notifications" >> ParseNotifications()
