@@ -7,8 +7,8 @@
 #   docker build -t IMAGE .                                   # CPU workers
 #   docker build --build-arg EXTRAS=gpu -t IMAGE-gpu .        # GPU workers (CUDA wheels)
 #   docker build --build-arg WEIGHTS=models/resnet50_notop.weights.h5 -t IMAGE .
-#       # bakes that file (a path in the build context) into the image; run the job with
-#       # --weights /opt/image-embeddings/weights/resnet50_notop.weights.h5
+#       # bakes that file (a path in the build context) and its ONNX conversion into the
+#       # image; run the job with --weights /opt/image-embeddings/weights/resnet50_notop.weights.h5
 
 # Only for its launcher binary; the Flex Template base images are listed at
 # https://cloud.google.com/dataflow/docs/reference/flex-templates-base-images
@@ -49,16 +49,10 @@ RUN --mount=type=bind,target=/context \
 # (the model handler also turns memory growth on).
 ENV TF_FORCE_GPU_ALLOW_GROWTH=true
 
-# Flags every job launched from this image starts with (embed-stream reads them first, so a
-# flag given at launch wins); docs/performance.md, "Worker layout", says why. Both images run
-# one SDK process per VM (one model, shared by its bundle threads; TensorFlow uses every
-# core), with bundle threads x decode threads = the vCPUs of the documented machine:
-# n2-standard-4 for CPU; n1-standard-8 + T4 for GPU, with batches of 64 (a starting point,
-# not measured on a T4).
-ARG CPU_JOB_DEFAULTS="--experiments=no_use_multiple_sdk_containers --number_of_worker_harness_threads=2 --decode_threads=2"
-ARG GPU_JOB_DEFAULTS="--experiments=no_use_multiple_sdk_containers --number_of_worker_harness_threads=4 --decode_threads=2 --max_batch_size=64"
-ENV EMBED_STREAM_DEFAULTS="${EXTRAS:+$GPU_JOB_DEFAULTS}"
-ENV EMBED_STREAM_DEFAULTS="${EMBED_STREAM_DEFAULTS:-$CPU_JOB_DEFAULTS}"
+# The flags every Dataflow job starts with (one SDK process per VM, thread counts, and on
+# GPU workers TensorFlow with batches of 64) are in streaming/main.py (WORKER_DEFAULTS),
+# not in this image's environment: a launch from a checkout and a Flex Template launch
+# from this image are the same job.
 
 # The launcher imports this package from the image; the workers already have it, so no
 # FLEX_TEMPLATE_PYTHON_REQUIREMENTS_FILE / _SETUP_FILE (they would reinstall at launch).

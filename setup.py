@@ -19,10 +19,10 @@ setuptools.setup(
         "apache-beam[gcp]>=2.77,<2.78",
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
-        # --runtime onnx (the default): ONNX Runtime runs ResNet50; tf2onnx converts the
-        # Keras model once per weights (streaming/onnx_model.py).
+        # --runtime onnx (the default): ONNX Runtime runs ResNet50, whose graph is written
+        # with onnx's helpers from the weights once per weights (streaming/resnet50.py).
         "onnxruntime>=1.32,<2",
-        "tf2onnx>=1.17,<1.18",
+        "onnx>=1.23,<2",
         # >=10.3 fixes the known decoder CVEs (e.g. CVE-2024-28219, CVE-2023-50447).
         "pillow>=10.3,<13",
         "numpy>=2.0,<3",
@@ -40,7 +40,9 @@ setuptools.setup(
         "dev": ["pytest>=9.2,<10", "hypothesis>=6.170,<7", "duckdb>=1.5,<1.6",
                 "pyarrow>=21,<26", "matplotlib>=3.9,<4", "scikit-learn>=1.5,<2", "sqlglot>=30.11,<31",
                 # benchmarks/vs_script.py: process trees' memory and the machine's load.
-                "psutil>=7,<8"],
+                "psutil>=7,<8",
+                # benchmarks/first_run.py: the Keras -> tf2onnx conversion, for comparison.
+                "tf2onnx>=1.17,<1.18"],
         # GPU workers (Dockerfile --build-arg EXTRAS=gpu): TensorFlow with its CUDA wheels.
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },

@@ -7,6 +7,7 @@ with default options (`--weights random:0`, its converted model cached first) re
 notifications fake-gcs-server publishes for a fresh bucket and writes rows and dead
 letters to a fresh dataset on bqemulator. Once it has embedded warm-up images:
 
+- idle: the cores the job uses while no message arrives (`--idle` seconds).
 - latency: one 4000x3000 JPEG uploaded a second; upload end -> row queryable (BigQuery
   polled every 0.25 s).
 - burst: 1024x768 JPEGs uploaded at once (8 threads); images / (last row queryable -
@@ -34,7 +35,7 @@ import _common as C
 from tests.processes import Child, python_module, tree_cpu_seconds, wait_until
 
 GOALS = {"latency_p95_s": 1.0, "burst_vs_folder": 0.9, "storm_msg_s": 300,
-         "storm_valid_max_s": 5.0, "peak_gb": 1.5}
+         "storm_valid_max_s": 5.0, "peak_gb": 1.5, "idle_cores": 0.05}
 
 
 class Poller:
@@ -130,7 +131,11 @@ def run(args, work: str) -> dict:
         warm = upload(bucket, {f"warm/{n}": p for n, p in list(burst.items())[:3]})
         wait_until(lambda: poll.has(warm), 300, "warm-up rows", job)
         res["start_to_first_rows_s"] = round(max(poll.seen.values()) - job.started, 1)
-        time.sleep(2)
+        time.sleep(5)
+        cpu, start = tree_cpu_seconds(job.pid), time.monotonic()
+        time.sleep(args.idle)
+        res["idle_cores"] = round((tree_cpu_seconds(job.pid) - cpu)
+                                  / (time.monotonic() - start), 3)
         ups = {}
         for name, path in files(big).items():
             start, end = upload(bucket, {f"latency/{name}": path})[f"latency/{name}"]
@@ -178,6 +183,8 @@ def markdown(res: dict) -> str:
     lat, burst, storm, g = res["latency"], res["burst"], res["storm"], res["goals"]
     before, after, valid = res["folder_before"], res["folder_after"], storm["valid"]
     rows = [
+        (f"idle: no message for {res['settings']['idle']:g} s", f"{res['idle_cores']} cores",
+         f"< {g['idle_cores']} cores"),
         ("upload -> queryable row, 1 image/s, 4000x3000", f"p50 {lat['p50_s']} s, p95 "
          f"{lat['p95_s']} s, max {lat['max_s']} s ({lat['images']} images)",
          f"p95 < {g['latency_p95_s']} s"),
@@ -202,9 +209,10 @@ def main() -> int:
     p.add_argument("--latency", type=int, default=60, help="images at 1 a second")
     p.add_argument("--burst", type=int, default=500, help="images uploaded at once")
     p.add_argument("--storm", type=int, default=1000, help="malformed messages")
+    p.add_argument("--idle", type=float, default=60, help="seconds the idle job is measured")
     args = p.parse_args()
     if args.quick:
-        args.latency, args.burst, args.storm = 5, 40, 100
+        args.latency, args.burst, args.storm, args.idle = 5, 40, 100, 10
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     res = {"machine": C.machine(), "settings": settings, "goals": GOALS}
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as work:

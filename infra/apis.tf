@@ -3,8 +3,10 @@ locals {
     "artifactregistry.googleapis.com",
     "bigquery.googleapis.com",
     "cloudbuild.googleapis.com",
+    "cloudresourcemanager.googleapis.com",
     "compute.googleapis.com",
     "dataflow.googleapis.com",
+    "iam.googleapis.com",
     "pubsub.googleapis.com",
     "storage.googleapis.com",
   ]
@@ -16,4 +18,8 @@ resource "google_project_service" "apis" {
   disable_on_destroy = false
 }
 
-data "google_project" "this" {}
+# Every other resource depends on these, directly or through a resource that does
+# (tests/unit/test_infra.py checks it): nothing is created before its API is enabled.
+data "google_project" "this" {
+  depends_on = [google_project_service.apis]
+}

@@ -4,11 +4,13 @@
 resource "google_service_account" "embedder" {
   account_id   = "embedder"
   display_name = "Image embedding job (Dataflow workers and Flex Template launcher)"
+  depends_on   = [google_project_service.apis]
 }
 
 resource "google_service_account" "backfill" {
   account_id   = "embed-backfill"
   display_name = "embed-backfill: publishes notifications for existing objects"
+  depends_on   = [google_project_service.apis]
 }
 
 locals {
@@ -18,9 +20,19 @@ locals {
 
 # --- The job -------------------------------------------------------------------------
 resource "google_project_iam_member" "embedder_dataflow_worker" {
-  project = var.project_id
-  role    = "roles/dataflow.worker"
-  member  = local.embedder
+  project    = var.project_id
+  role       = "roles/dataflow.worker"
+  member     = local.embedder
+  depends_on = [google_project_service.apis]
+}
+
+# --catch_up always on Dataflow runs a BigQuery query job (what the tables already hold);
+# a job is a project-level resource, so this role exists only at project level.
+resource "google_project_iam_member" "embedder_runs_queries" {
+  project    = var.project_id
+  role       = "roles/bigquery.jobUser"
+  member     = local.embedder
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_pubsub_subscription_iam_member" "embedder_subscriber" {
@@ -57,7 +69,16 @@ resource "google_storage_bucket_iam_member" "embedder_dataflow_files" {
   member = local.embedder
 }
 
-# Streaming inserts and creating a missing table; the job runs no BigQuery jobs.
+# Beam's launcher reads the staging bucket's metadata (storage.buckets.get) before it
+# stages the job file and the pipeline, and checks its soft-delete policy; objectAdmin
+# has no bucket permission. legacyBucketReader: buckets.get and objects.list only.
+resource "google_storage_bucket_iam_member" "embedder_dataflow_bucket" {
+  bucket = google_storage_bucket.dataflow.name
+  role   = "roles/storage.legacyBucketReader"
+  member = local.embedder
+}
+
+# Streaming inserts and creating a missing table (queries: embedder_runs_queries).
 resource "google_bigquery_dataset_iam_member" "embedder_writes_rows" {
   dataset_id = google_bigquery_dataset.images.dataset_id
   role       = "roles/bigquery.dataEditor"
@@ -92,17 +113,36 @@ resource "google_bigquery_dataset_iam_member" "backfill_reads_rows" {
 }
 
 resource "google_project_iam_member" "backfill_runs_queries" {
-  project = var.project_id
-  role    = "roles/bigquery.jobUser"
-  member  = local.backfill
+  project    = var.project_id
+  role       = "roles/bigquery.jobUser"
+  member     = local.backfill
+  depends_on = [google_project_service.apis]
+}
+
+# Who runs the backfill does so as embed-backfill: a deployer impersonates it
+# (`gcloud auth application-default login --impersonate-service-account`, which needs
+# TokenCreator) or runs it on a VM or Cloud Run job attached to it (serviceAccountUser).
+resource "google_service_account_iam_member" "deployers_impersonate_backfill" {
+  for_each           = toset(var.deployers)
+  service_account_id = google_service_account.backfill.name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = each.value
+}
+
+resource "google_service_account_iam_member" "deployers_act_as_backfill" {
+  for_each           = toset(var.deployers)
+  service_account_id = google_service_account.backfill.name
+  role               = "roles/iam.serviceAccountUser"
+  member             = each.value
 }
 
 # --- People --------------------------------------------------------------------------
 resource "google_project_iam_member" "deployers_run_dataflow" {
-  for_each = toset(var.deployers)
-  project  = var.project_id
-  role     = "roles/dataflow.developer"
-  member   = each.value
+  for_each   = toset(var.deployers)
+  project    = var.project_id
+  role       = "roles/dataflow.developer"
+  member     = each.value
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_service_account_iam_member" "deployers_act_as_embedder" {
@@ -127,6 +167,14 @@ resource "google_storage_bucket_iam_member" "deployers_write_templates" {
   member   = each.value
 }
 
+# A direct launch stages through Beam as the deployer: see embedder_dataflow_bucket.
+resource "google_storage_bucket_iam_member" "deployers_dataflow_bucket" {
+  for_each = toset(var.deployers)
+  bucket   = google_storage_bucket.dataflow.name
+  role     = "roles/storage.legacyBucketReader"
+  member   = each.value
+}
+
 resource "google_bigquery_dataset_iam_member" "analysts_read_rows" {
   for_each   = toset(var.analysts)
   dataset_id = google_bigquery_dataset.images.dataset_id
@@ -135,10 +183,11 @@ resource "google_bigquery_dataset_iam_member" "analysts_read_rows" {
 }
 
 resource "google_project_iam_member" "analysts_run_queries" {
-  for_each = toset(var.analysts)
-  project  = var.project_id
-  role     = "roles/bigquery.jobUser"
-  member   = each.value
+  for_each   = toset(var.analysts)
+  project    = var.project_id
+  role       = "roles/bigquery.jobUser"
+  member     = each.value
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_storage_bucket_iam_member" "analysts_read_vectors" {

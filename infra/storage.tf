@@ -1,7 +1,9 @@
 # The images bucket exists already; it notifies the topic for objects under images_prefix
 # only. Vectors go to a bucket of their own, so the job's writes never notify it.
 
-data "google_storage_project_service_account" "gcs" {}
+data "google_storage_project_service_account" "gcs" {
+  depends_on = [google_project_service.apis]
+}
 
 resource "google_pubsub_topic_iam_member" "gcs_publishes_notifications" {
   topic  = google_pubsub_topic.notifications.id

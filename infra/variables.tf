@@ -47,14 +47,8 @@ variable "bigquery_location" {
   default     = "US"
 }
 
-variable "max_delivery_attempts" {
-  description = "Deliveries of one notification before Pub/Sub moves it to the dead-letter topic."
-  type        = number
-  default     = 10
-}
-
 variable "deployers" {
-  description = "Members (user:, group:, serviceAccount:) who build images and launch, update and drain the job."
+  description = "Members (user:, group:, serviceAccount:) who build images, launch, update and drain the job, and run embed-backfill as its service account."
   type        = list(string)
   default     = []
 }

@@ -6,6 +6,8 @@ what it relies on, instead of the pipeline failing quietly at run time.
 """
 from __future__ import annotations
 
+import time
+
 from typing import Any
 
 def object_resource(blob) -> dict[str, Any]:
@@ -34,7 +36,7 @@ def use_anonymous_credentials(project: str) -> None:
     google.auth.default = anonymous_default
 
 
-def pull_more_locally(max_messages: int, wait_secs: float) -> None:
+def pull_more_locally(max_messages: int, wait_secs: float, idle_secs: float = 0.0) -> None:
     """Makes Beam's local runner pull up to `max_messages` per Pub/Sub read, not 10.
 
     The local runner's Pub/Sub read (`_PubSubReadEvaluator`) pulls a fixed 10 messages
@@ -43,7 +45,9 @@ def pull_more_locally(max_messages: int, wait_secs: float) -> None:
     runner's timers (a partial batch's flush) meanwhile. No option changes either. The
     subscriber client it pulls with is wrapped so that each pull asks for more and
     answers "nothing" after `wait_secs`; the rest of the read, acknowledging included,
-    is Beam's.
+    is Beam's. A pull that finds nothing may also answer at once (the emulator always
+    does), and the runner pulls again at once: an idle job would spin a core. An empty
+    pull therefore takes at least `idle_secs`, the most a message waits to be pulled.
     """
     from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator as reader
     original = getattr(reader, "_unwrapped_subscriber_client", None)
@@ -57,11 +61,15 @@ def pull_more_locally(max_messages: int, wait_secs: float) -> None:
         def pull(self, **kwargs):
             from google.api_core.exceptions import DeadlineExceeded
             from google.pubsub_v1 import PullResponse
+            started = time.monotonic()
             try:
-                return self._client.pull(
+                response = self._client.pull(
                     **{**kwargs, "max_messages": max_messages, "timeout": wait_secs})
             except DeadlineExceeded:
-                return PullResponse()
+                response = PullResponse()
+            if not response.received_messages:
+                time.sleep(max(0.0, idle_secs - (time.monotonic() - started)))
+            return response
 
         def __getattr__(self, name):
             return getattr(self._client, name)

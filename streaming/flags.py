@@ -82,7 +82,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                             ".weights.h5/.keras file, or random:SEED (offline smoke test).")
     model.add_argument("--runtime", type=str, default=DEFAULT_RUNTIME, choices=RUNTIMES,
                        help="What runs ResNet50. onnx (default): ONNX Runtime on a graph "
-                            "converted from the same Keras model with tf2onnx, cached per "
+                            "built from the same weights (streaming/resnet50.py), cached per "
                             "weights under --model_cache_dir, so a cached start imports no "
                             "TensorFlow and builds no Keras layers; faster on CPU, vectors "
                             "within cosine 0.99999 of TensorFlow's (docs/performance.md). "
@@ -93,6 +93,14 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                             "~/.cache). On Dataflow put it next to the weights in gs:// "
                             "(the first worker converts, the others load) or bake it "
                             "into the worker image.")
+    model.add_argument("--weights_watch", type=str, default=None,
+                       help="Folder or gs:// prefix to watch for new weights (.weights.h5, "
+                            ".h5, .keras): the running job switches to the newest one there "
+                            "without a restart, each row naming the fingerprint of the "
+                            "weights that embedded it (docs/dataflow.md, Rolling out new "
+                            "weights).")
+    model.add_argument("--weights_watch_interval", type=float, default=60.0,
+                       help="Seconds between looks at --weights_watch.")
     model.add_argument("--min_batch_size", type=int, default=None,
                        help="RunInference minimum batch size (default: 8 for a "
                             "folder, where BatchElements would otherwise start at 1 "
@@ -135,12 +143,13 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "and --experiments=no_use_multiple_sdk_containers go with them)")
     layout.add_argument("--intra_op_threads", type=int, default=0,
                         help="Threads inside one operation of the model, per SDK process, "
-                             "on either runtime (0: the runtime's default, one per core). "
-                             "With one SDK process per vCPU, 1 keeps the processes from "
-                             "oversubscribing the cores.")
+                             "on either runtime (0: the layout's default: 1 on Dataflow with "
+                             "one SDK process per vCPU, else the runtime's, one per core; "
+                             "docs/options.md).")
     layout.add_argument("--inter_op_threads", type=int, default=0,
-                        help="Operations of the model run at once, per SDK process, on "
-                             "either runtime (0: the runtime's default).")
+                        help="Operations of the model run at once, per SDK process "
+                             "(0: the layout's default, as --intra_op_threads; on ONNX "
+                             "Runtime, more than 1 turns on its parallel execution mode).")
     run = parser.add_argument_group("feedback")
     run.add_argument("--progress_interval", type=float, default=DEFAULT_PROGRESS_INTERVAL,
                      help="Seconds between progress lines (embedded, dead letters by "

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shlex
 import signal
 import sys
 import time
@@ -27,8 +26,24 @@ BEAM_NOTE = ("Beam and Dataflow pipeline options (--runner, --project, --region,
 _LOG = logging.getLogger(PROG)
 # Beam's runners that execute on this machine (names as --runner takes them, lower-case,
 # without "runner"); any other runner submits the job.
-DEFAULTS_ENV = "EMBED_STREAM_DEFAULTS"
 LOCAL_RUNNERS = ("direct", "bundlebaseddirect", "switchingdirect", "prism")
+# Flags every Dataflow job starts with; a flag given at launch wins (they come first).
+# docs/performance.md, "Worker layout", says why: one SDK process per VM (one model,
+# shared by its bundle threads), bundle threads x decode threads = the vCPUs of the
+# documented machine: n2-standard-4 for CPU workers; n1-standard-8 + one GPU, with
+# batches of 64 on TensorFlow (whose CUDA wheels the GPU image carries), for a job
+# whose --dataflow_service_options ask for a worker_accelerator. They live here, not
+# in the image, so a launch from a checkout and a Flex Template launch are one job.
+WORKER_DEFAULTS = {
+    "cpu": ("--experiments=no_use_multiple_sdk_containers",
+            "--number_of_worker_harness_threads=2", "--decode_threads=2"),
+    "gpu": ("--experiments=no_use_multiple_sdk_containers",
+            "--number_of_worker_harness_threads=4", "--decode_threads=2",
+            "--max_batch_size=64", "--runtime=tensorflow"),
+}
+# Converted models of a Dataflow job without --model_cache_dir: under its temp location,
+# so the first worker converts and every later one loads.
+MODEL_CACHE_UNDER_TEMP = "image-embeddings/onnx"
 
 
 class Terminated(BaseException):
@@ -82,10 +97,44 @@ def unknown_options(opts, argv: Sequence[str]) -> list[str]:
     return [typed.get(k, "--" + k) for k in every if k not in known]
 
 
-def image_defaults() -> list[str]:
-    """Flags the container image sets for every job it launches ($EMBED_STREAM_DEFAULTS;
-    the GPU image's are in the Dockerfile). They come first, so a flag given at launch wins."""
-    return shlex.split(os.environ.get(DEFAULTS_ENV, ""))
+def worker_kind(opts) -> str:
+    """`gpu` when the job's --dataflow_service_options ask for a worker_accelerator."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    service = opts.view_as(GoogleCloudOptions).dataflow_service_options or []
+    return "gpu" if any(o.startswith("worker_accelerator") for o in service) else "cpu"
+
+
+def worker_defaults(opts) -> list[str]:
+    """The WORKER_DEFAULTS of a Dataflow job (none for any other runner)."""
+    from streaming.pipeline import on_dataflow
+    return list(WORKER_DEFAULTS[worker_kind(opts)]) if on_dataflow(opts) else []
+
+
+def default_model_cache(opts) -> Optional[str]:
+    """Where a Dataflow job's workers find converted models when --model_cache_dir is
+    not given: under --temp_location. None elsewhere, and for weights baked into the
+    image (an absolute path), whose conversion the image's own cache holds."""
+    from apache_beam.io.filesystems import FileSystems
+    from apache_beam.options.pipeline_options import GoogleCloudOptions
+
+    from streaming.pipeline import on_dataflow
+    temp = opts.view_as(GoogleCloudOptions).temp_location
+    if (not on_dataflow(opts) or opts.runtime != "onnx" or opts.model_cache_dir
+            or not (temp or "").startswith("gs://") or opts.weights.startswith("/")):
+        return opts.model_cache_dir
+    return FileSystems.join(temp, MODEL_CACHE_UNDER_TEMP)
+
+
+def parse(argv: Sequence[str]):
+    """EmbedOptions of `argv`; raises UsageError for an option nobody defines."""
+    from streaming.options import EmbedOptions
+    argv = cli.respell(list(argv), help_parser().long_options())
+    opts = EmbedOptions(argv)
+    unknown = unknown_options(opts, argv)
+    if unknown:
+        known = ["--" + k for k in opts.get_all_options(drop_default=False)]
+        raise cli.UsageError(cli.unknown_option_message(unknown, known))
+    return opts
 
 
 def make_options(argv: Optional[Sequence[str]]):
@@ -96,15 +145,14 @@ def make_options(argv: Optional[Sequence[str]]):
     """
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
 
-    from streaming.options import EmbedOptions, validate
-    argv = image_defaults() + list(argv or ())
-    argv = cli.respell(argv, help_parser().long_options())
-    opts = EmbedOptions(argv)
-    unknown = unknown_options(opts, argv)
-    if unknown:
-        known = ["--" + k for k in opts.get_all_options(drop_default=False)]
-        raise cli.UsageError(cli.unknown_option_message(unknown, known))
+    from streaming.options import validate
+    argv = list(argv or ())
+    opts = parse(argv)
+    defaults = worker_defaults(opts)
+    if defaults:
+        opts = parse(defaults + argv)
     validate(opts)
+    opts.model_cache_dir = default_model_cache(opts)
     std = opts.view_as(StandardOptions)
     if opts.input_subscription or opts.input_topic:
         std.streaming = True
@@ -127,22 +175,48 @@ def is_remote(opts) -> bool:
 
 
 def check_before_start(opts) -> None:
-    """Everything that can fail before the model loads (see streaming/preflight.py)."""
+    """Everything that can fail before the model loads (see streaming/preflight.py).
+    What the caller may not read (a 403) is skipped, named in one warning line."""
     from apache_beam.options.pipeline_options import TestOptions
 
     from streaming import endpoints, preflight
     remote = is_remote(opts)
-    if remote and opts.weights not in ("imagenet",) and not opts.weights.startswith(
-            ("random:", "gs://")):
-        raise cli.UsageError(f"--weights {opts.weights}: Dataflow workers cannot read a "
-                             "local file; copy it to gs:// and pass that URI")
+    if remote:
+        for option in ("weights", "model_cache_dir"):
+            value = getattr(opts, option) or ""
+            if value and "://" not in value and not value.startswith("/") and not (
+                    option == "weights" and (value == "imagenet"
+                                             or value.startswith("random:"))):
+                raise cli.UsageError(
+                    f"--{option} {value}: Dataflow workers cannot read this machine's "
+                    "files; pass a gs:// URI, or an absolute path inside the worker image")
     if remote and (opts.input_dir or (opts.output_dir and "://" not in opts.output_dir)):
         raise cli.UsageError("--input_dir and a local --output_dir work only locally; "
                              "use Pub/Sub and gs:// with a remote runner")
     if opts.local_endpoints:
         endpoints.use_local_endpoints()
-    preflight.check(opts, local=opts.local_endpoints,
-                    dry_run=remote and bool(opts.view_as(TestOptions).dry_run))
+    skipped = preflight.check(opts, local=opts.local_endpoints, remote=remote,
+                              dry_run=remote and bool(opts.view_as(TestOptions).dry_run))
+    if skipped:
+        print(f"{PROG}: warning: not checked: " + "; ".join(skipped), file=sys.stderr,
+              flush=True)
+
+
+def launch_summary(opts, result) -> str:
+    """What a remote runner's launch did: submitted a job, wrote a template's job file
+    (--template_location: the Flex Template launcher submits it; there is no job yet),
+    or built the job offline (--dry_run)."""
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, TestOptions
+    if opts.view_as(TestOptions).dry_run:
+        job = getattr(result, "job", None)
+        transforms = len(job.proto_pipeline.components.transforms) if job else 0
+        return f"built the job ({transforms} transforms); nothing submitted (dry run)"
+    template = opts.view_as(GoogleCloudOptions).template_location
+    if template:
+        return f"wrote the job file {template}; nothing submitted"
+    if getattr(result, "has_job", True):
+        return f"submitted job {result.job_id()}"
+    return "submitted the job"
 
 
 class Run:
@@ -173,20 +247,15 @@ class Run:
         build_pipeline(pipeline, opts)
         if is_remote(opts):
             # The launcher never builds the model: workers load it (RunInference).
-            result = pipeline.run()
-            job = getattr(result, "job", None)
-            job_id = getattr(result, "job_id", lambda: None)()
-            print(f"submitted job {job_id}" if job_id else
-                  f"built the job ({len(job.proto_pipeline.components.transforms)} "
-                  "transforms); nothing submitted (dry run)" if job is not None else
-                  "submitted the job")
+            print(launch_summary(opts, pipeline.run()), flush=True)
             return {}
         # Fail fast, once: an unloadable model must stop the job here, not per element.
         # RunInference then reuses this copy (load_embedding_model caches it).
         with cli.quiet_native_stderr(enabled=not opts.verbose):
             loaded = model.load_embedding_model(
                 opts.weights, opts.runtime, opts.model_cache_dir, threads=model_threads(opts))
-        print(f"model: {loaded.model_id} (weights {opts.weights}, {loaded.runtime_version})",
+        print(f"model: {loaded.model_id} (weights {opts.weights}, {loaded.runtime_version} "
+              f"on {getattr(loaded, 'device', 'CPU')})",
               file=sys.stderr, flush=True)
         bounded = not (opts.watch or opts.input_subscription or opts.input_topic)
         total = progress.count_files(opts.input_dir) if bounded else None

@@ -11,16 +11,18 @@ ResNet50 (2048 float32 per image). Every result carries `resnet50-avgpool@<finge
 as its model id, the fingerprint being a hash of the weights actually loaded.
 
 `--runtime` chooses what runs the forward pass: TensorFlow (the reference), or ONNX
-Runtime on a graph converted from the same Keras model and cached per weights
-(`streaming/onnx_model.py`), which starts without importing TensorFlow once the
-conversion is cached. Results name the runtime next to the fingerprint.
+Runtime on a graph built from the same weights (`streaming/resnet50.py`) and cached per
+weights (`streaming/onnx_model.py`), which never imports TensorFlow for `random:SEED`
+or a weights file, and not at all once the graph is cached. Results name the runtime
+next to the fingerprint.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import threading
 from typing import Any, Iterable, Optional, Sequence
@@ -31,7 +33,7 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, PredictionResult,
                                            RunInference)
 
-from streaming import flags, metrics
+from streaming import flags, metrics, resnet50
 from streaming.records import DeadLetter
 
 MODEL_NAME = "resnet50-avgpool"
@@ -57,12 +59,7 @@ def build_resnet50(weights: Optional[str] = None):
 
 def weights_fingerprint(model) -> str:
     """sha256 (first 16 hex digits) over every weight tensor, in order."""
-    digest = hashlib.sha256()
-    for w in model.get_weights():
-        arr = np.ascontiguousarray(w, dtype=np.float32)
-        digest.update(str(arr.shape).encode())
-        digest.update(arr.tobytes())
-    return digest.hexdigest()[:16]
+    return resnet50.fingerprint(model.get_weights())
 
 
 def load_keras_model(spec: str):
@@ -87,11 +84,7 @@ def load_keras_model(spec: str):
                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 saved with "
                 "model.save_weights) or --weights random:SEED for a smoke test.") from e
     if spec.startswith("random:"):
-        try:
-            seed = int(spec.split(":", 1)[1])
-        except ValueError:
-            raise WeightsUnavailableError(f"--weights {spec!r}: expected random:<integer seed>")
-        return _seeded(build_resnet50(None), seed)
+        return _seeded(build_resnet50(None), random_seed(spec))
     local = _local_copy(spec)
     try:
         if local.endswith(".keras"):
@@ -106,12 +99,21 @@ def load_keras_model(spec: str):
             "pooling='avg'); alternatives: --weights imagenet or random:SEED.") from e
 
 
+def random_seed(spec: str) -> int:
+    """The seed of a `random:SEED` spec."""
+    try:
+        return int(spec.split(":", 1)[1])
+    except ValueError:
+        raise WeightsUnavailableError(f"--weights {spec!r}: expected random:<integer seed>")
+
+
 def _seeded(model, seed: int):
     """Gives every kernel Glorot-uniform values from a private generator.
 
     Keras draws its initial seeds from Python's global `random`, which any other
     thread (a retry's jitter, a Beam worker) may advance mid-build, so `random:0`
     would not name one model. Biases and batch-norm statistics start as constants.
+    `resnet50.random_weights` draws the same values without building the model.
     """
     rng = np.random.default_rng(seed)
     for var in model.weights:
@@ -156,6 +158,9 @@ class EmbeddingModel:
         self.fingerprint = weights_fingerprint(keras_model)
         self.model_id = f"{MODEL_NAME}@{self.fingerprint}"
         self.runtime_version = f"tensorflow-{tf.__version__}"
+        # Where the forward pass runs: TensorFlow places it on the first GPU it sees.
+        gpus = tf.config.list_logical_devices("GPU")
+        self.device = gpus[0].name if gpus else "CPU"
 
         # One signature, traced once at warm-up: every batch size reuses the graph (a new
         # shape would otherwise trace again, seconds, on the first batch of that size).
@@ -209,44 +214,110 @@ def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
     Returns an `EmbeddingModel` or an `onnx_model.OnnxEmbeddingModel`: both map uint8
     (n, 224, 224, 3) to float32 (n, 2048) and carry `model_id` and `runtime_version`.
     """
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     key = (spec, runtime, cache_dir, tuple(threads))
     with _LOAD_LOCK:
         if key not in _LOADED:
             _LOADED.clear()
-            if runtime == "tensorflow":  # ONNX Runtime never imports TensorFlow
-                configure_threads(*threads)
-            model = (_load_onnx(spec, cache_dir, threads) if runtime == "onnx"
-                     else EmbeddingModel(load_keras_model(spec)))
-            model.warm_up()
-            _LOG.info("Loaded %s with weights %s on %s", model.model_id, spec,
-                      model.runtime_version)
-            _LOADED[key] = model
+            _LOADED[key] = build_embedding_model(spec, runtime, cache_dir, threads)
         return _LOADED[key]
 
 
+def build_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
+                          cache_dir: Optional[str] = None,
+                          threads: tuple[int, int] = (0, 0)):
+    """A new model for `spec` on `runtime`, warmed up, outside the process's cache
+    (`load_embedding_model` keeps that); a weights switch builds the next one here."""
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
+    if runtime == "tensorflow":  # ONNX Runtime never imports TensorFlow
+        configure_threads(*threads)
+    model = (_load_onnx(spec, cache_dir, threads) if runtime == "onnx"
+             else EmbeddingModel(load_keras_model(spec)))
+    model.warm_up()
+    _LOG.info("Loaded %s with weights %s on %s, device %s", model.model_id, spec,
+              model.runtime_version, model.device)
+    return model
+
+
+# How long a process waits for a graph another one claimed before building it itself.
+CLAIM_WAIT_SECS = 300.0
+
+
 def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
-    """The cached ONNX graph for `spec`; on a miss, builds the Keras model once,
-    converts it and stores the result for the next process."""
+    """The cached ONNX graph for `spec`; on a miss, builds it from the weights once
+    (`streaming/resnet50.py`, no TensorFlow for `random:SEED` or a weights file) and
+    stores it for the next process."""
     from streaming import onnx_model
     cache_dir = cache_dir or onnx_model.default_cache_dir()
     fixed = spec == "imagenet" or spec.startswith("random:")
     local = None if fixed else _local_copy(spec)
-    key = onnx_model.cache_key(onnx_model.weights_source_id(spec, local))
-    entry = onnx_model.read_entry(cache_dir, key)
-    if entry is None:
-        keras_model = load_keras_model(local or spec)
-        fingerprint = weights_fingerprint(keras_model)
-        model_bytes = onnx_model.convert(keras_model)
+    try:
+        key = onnx_model.cache_key(onnx_model.weights_source_id(spec, local))
+        entry = onnx_model.read_entry(cache_dir, key)
+        if entry is None and not onnx_model.claim_entry(cache_dir, key, CLAIM_WAIT_SECS):
+            _LOG.info("Another process builds the ONNX model for weights %s; waiting", spec)
+            entry = onnx_model.wait_for_entry(cache_dir, key, CLAIM_WAIT_SECS)
+        if entry is None:
+            model_bytes, fingerprint = _build_entry(spec, local, cache_dir, key)
+        else:
+            model_bytes, meta = entry
+            fingerprint = meta["fingerprint"]
+    finally:
+        if local is not None and local != spec:  # a downloaded copy: only needed here
+            shutil.rmtree(os.path.dirname(local), ignore_errors=True)
+    return onnx_model.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
+
+
+def _build_entry(spec: str, local: Optional[str], cache_dir: str, key: str) -> tuple[bytes, str]:
+    """Builds and stores the graph of a claimed entry; (model bytes, fingerprint). A
+    failure gives the claim back, so the next process tries at once instead of waiting."""
+    from streaming import onnx_model
+    where = onnx_model.entry_location(cache_dir, key)
+    print(f"Building the ONNX model for weights {spec} once; later runs load it "
+          f"from {where}", file=sys.stderr, flush=True)
+    try:
+        weights = resnet50_weights(spec, local)
+        fingerprint = resnet50.fingerprint(weights)
+        model_bytes = resnet50.to_onnx(weights, onnx_model.OPSET)
+        del weights
         onnx_model.write_entry(cache_dir, key, model_bytes, {
             "weights": spec, "fingerprint": fingerprint, "model_name": MODEL_NAME,
             "opset": onnx_model.OPSET})
-        _LOG.info("Converted %s@%s to ONNX in %s", MODEL_NAME, fingerprint, cache_dir)
-    else:
-        model_bytes, meta = entry
-        fingerprint = meta["fingerprint"]
-    return onnx_model.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
+    except BaseException:
+        onnx_model.release_claim(cache_dir, key)
+        raise
+    _LOG.info("Stored %s@%s for ONNX Runtime in %s", MODEL_NAME, fingerprint, where)
+    return model_bytes, fingerprint
+
+
+def resnet50_weights(spec: str, local: Optional[str] = None) -> list[np.ndarray]:
+    """ResNet50's weights for `spec` as arrays in Keras's `get_weights()` order.
+
+    `random:SEED` and a weights file h5py can read (`.weights.h5`, or a Keras 2
+    `.h5`) need no TensorFlow; `imagenet`, a `.keras` file or any other layout are
+    loaded through Keras once.
+
+    Raises:
+      WeightsUnavailableError: as `load_keras_model`, or when the file's tensors are
+        not ResNet50's.
+    """
+    if spec.startswith("random:"):
+        return resnet50.random_weights(random_seed(spec))
+    path = local or spec
+    weights = None
+    if spec != "imagenet" and path.endswith(".h5"):
+        try:
+            weights = resnet50.read_weights_h5(path)
+        except (OSError, KeyError, ValueError) as e:  # not HDF5, or not laid out as expected
+            _LOG.debug("h5py cannot read %s (%s); loading it through Keras", spec, e)
+    if weights is None:
+        weights = load_keras_model(path).get_weights()
+    try:
+        resnet50.check_weights(weights)
+    except ValueError as e:
+        raise WeightsUnavailableError(
+            f"Weights {spec!r} are not ResNet50(include_top=False, pooling='avg')'s: {e}") from e
+    return [np.asarray(w, np.float32) for w in weights]
 
 
 def result_model_id(model) -> str:
@@ -264,6 +335,7 @@ def split_model_id(model_id: Optional[str]) -> tuple[str, str, Optional[str]]:
 def embed_batch(model, batch: Sequence[np.ndarray]) -> list[PredictionResult]:
     """One forward pass per batch; the model id names the weights' fingerprint,
     whatever spec the handler was given, and the runtime that ran it."""
+    model = getattr(model, "current", lambda: model)()  # one model for the whole batch
     vectors = model(np.stack(batch, axis=0))
     model_id = result_model_id(model)
     return [PredictionResult(x, v, model_id) for x, v in zip(batch, vectors)]
@@ -281,22 +353,39 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
                  max_batch_size: Optional[int] = None,
                  max_batch_duration_secs: Optional[int] = None,
                  runtime: str = DEFAULT_RUNTIME, cache_dir: Optional[str] = None,
-                 threads: tuple[int, int] = (0, 0)):
+                 threads: tuple[int, int] = (0, 0), weights_watch: Optional[str] = None,
+                 weights_watch_interval: float = 60.0):
         super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
                          max_batch_duration_secs=max_batch_duration_secs)
         self.weights = weights
         self.runtime = runtime
         self.cache_dir = cache_dir
         self.threads = threads
+        self.weights_watch = weights_watch
+        self.weights_watch_interval = weights_watch_interval
 
     def load_model(self) -> EmbeddingModel:
-        return load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
+        model = load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
+        if not self.weights_watch:
+            return model
+        from streaming import weights_watch
+        build = functools.partial(build_embedding_model, runtime=self.runtime,
+                                  cache_dir=self.cache_dir, threads=self.threads)
+        return weights_watch.watched(
+            model, self.weights_watch, self.weights_watch_interval, build,
+            key=(self.weights, self.runtime, self.cache_dir, tuple(self.threads),
+                 self.weights_watch, self.weights_watch_interval))
 
     def run_inference(self, batch: Sequence[np.ndarray], model: EmbeddingModel,
                       inference_args: Optional[dict[str, Any]] = None
                       ) -> Iterable[PredictionResult]:
         results = embed_batch(model, batch)
         metrics.TALLY.add(metrics.INFERRED, len(results))
+        if hasattr(model, "take_counts"):  # a watched model: its switches become counters
+            switches, rejected = model.take_counts()
+            for name, n in (("weights_switches", switches), ("weights_rejected", rejected)):
+                if n:
+                    metrics.count(name, n)
         return results
 
     def get_num_bytes(self, batch: Sequence[np.ndarray]) -> int:
@@ -310,12 +399,15 @@ def make_model_handler(weights: str, *, min_batch_size: int, max_batch_size: int
                        max_batch_duration_secs: Optional[int],
                        runtime: str = DEFAULT_RUNTIME,
                        cache_dir: Optional[str] = None,
-                       threads: tuple[int, int] = (0, 0)) -> EmbeddingModelHandler:
+                       threads: tuple[int, int] = (0, 0),
+                       weights_watch: Optional[str] = None,
+                       weights_watch_interval: float = 60.0) -> EmbeddingModelHandler:
     """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
     return EmbeddingModelHandler(
         weights, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
         max_batch_duration_secs=max_batch_duration_secs, runtime=runtime,
-        cache_dir=cache_dir, threads=threads)
+        cache_dir=cache_dir, threads=threads, weights_watch=weights_watch,
+        weights_watch_interval=weights_watch_interval)
 
 
 class EmbedImages(beam.PTransform):

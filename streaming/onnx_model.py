@@ -1,8 +1,8 @@
-"""ResNet50 on ONNX Runtime, converted once per weights and cached.
+"""ResNet50 on ONNX Runtime, built once per weights and cached.
 
-Keras builds the model and loads the weights once; tf2onnx converts the pipeline's own
-batch function (uint8 pixels -> `preprocess_input` -> average-pooled ResNet50) to an ONNX
-graph (opset 17), which is stored under a cache key derived from the weights spec: the
+`streaming/resnet50.py` writes the pipeline's own batch function (uint8 pixels ->
+`preprocess_input` -> average-pooled ResNet50) as an ONNX graph (opset 17) from the
+weights, which is stored under a cache key derived from the weights spec: the
 content hash of a weights file, the spec itself for `imagenet` and `random:SEED`. The
 entry's `meta.json` keeps the fingerprint of the weights the graph was made from, so a
 process that finds its entry loads the graph into an `InferenceSession` without
@@ -10,13 +10,17 @@ importing TensorFlow or building a Keras layer, and still names the exact weight
 every row.
 
 Beam ships `apache_beam.ml.inference.onnx_inference`, a handler around a ready `.onnx`
-URI; the job needs more than that (the conversion, the fingerprint in the model id, one
+URI; the job needs more than that (building the graph, the fingerprint in the model id, one
 model per process shared with the start-up check), so `streaming.model` keeps its own
 handler and this module only supplies the model behind it.
 
 The cache is a local folder (default: `image-embeddings/onnx` under the user's cache
 folder) or any Beam filesystem prefix such as gs://: an entry is written model first,
-`meta.json` last, each file whole, so a reader never sees half an entry.
+`meta.json` last, each file whole, so a reader never sees half an entry. Before it
+builds an entry a process claims it with a create-only `building` marker (an object
+created with `if_generation_match=0` on gs://, `O_EXCL` locally): workers that share
+the cache and start, or meet new weights, at the same time build each graph once; the
+others wait for the entry and load it.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ import hashlib
 import json
 import logging
 import os
+import socket
+import time
 from typing import Optional
 
 import numpy as np
@@ -32,7 +38,7 @@ OPSET = 17
 RUNTIME = "onnx"
 # Part of every cache key: a change of the converted graph's contract (input dtype,
 # preprocessing, output) must bump it so old entries are never reused.
-_GRAPH_VERSION = "uint8-nhwc-preprocess-avgpool-v1"
+_GRAPH_VERSION = "uint8-nhwc-preprocess-avgpool-v2-folded-bn"
 _MODEL_FILE = "model.onnx"
 _META_FILE = "meta.json"
 _LOG = logging.getLogger(__name__)
@@ -68,6 +74,11 @@ def _join(root: str, *parts: str) -> str:
     return FileSystems.join(root, *parts) if "://" in root else os.path.join(root, *parts)
 
 
+def entry_location(cache_dir: str, key: str) -> str:
+    """The folder (or gs:// prefix) of one cache entry."""
+    return _join(cache_dir, key)
+
+
 def read_entry(cache_dir: str, key: str) -> Optional[tuple[bytes, dict]]:
     """(model bytes, meta) of a complete cache entry, or None."""
     from apache_beam.io.filesystems import FileSystems
@@ -79,6 +90,58 @@ def read_entry(cache_dir: str, key: str) -> Optional[tuple[bytes, dict]]:
     with FileSystems.open(_join(cache_dir, key, _MODEL_FILE),
                           compression_type="uncompressed") as f:
         return f.read(), meta
+
+
+_CLAIM_FILE = "building"
+
+
+def claim_entry(cache_dir: str, key: str, stale_after: float = 300.0) -> bool:
+    """Claims the building of one entry, create-only: True for the one process (of any
+    worker sharing the cache) that gets to build it, False where another did first. A
+    local claim older than `stale_after` seconds (its builder died) is taken over."""
+    path = _join(cache_dir, key, _CLAIM_FILE)
+    stamp = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}".encode()
+    if "://" in cache_dir:
+        from streaming import endpoints, sinks
+        if path.startswith("gs://"):
+            return sinks.create_object(endpoints.worker_storage_client(), path, stamp)
+        return True  # no create-only write on other filesystems: everyone builds
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        if time.time() - os.path.getmtime(path) < stale_after:
+            return False
+        fd = os.open(path, os.O_TRUNC | os.O_WRONLY)
+    with os.fdopen(fd, "wb") as f:
+        f.write(stamp)
+    return True
+
+
+def release_claim(cache_dir: str, key: str) -> None:
+    """Removes this process's claim after a failed build (best effort)."""
+    path = _join(cache_dir, key, _CLAIM_FILE)
+    try:
+        if path.startswith("gs://"):  # the client that made it (FileSystems may not see it yet)
+            from streaming import endpoints
+            bucket, _, name = path[len("gs://"):].partition("/")
+            endpoints.worker_storage_client().bucket(bucket).blob(name).delete()
+        elif "://" not in cache_dir:
+            os.remove(path)
+    except Exception as e:  # noqa: BLE001 - the claim then goes stale and is taken over
+        _LOG.debug("Cannot remove the claim %s: %s", path, e)
+
+
+def wait_for_entry(cache_dir: str, key: str, timeout: float,
+                   poll: float = 1.0) -> Optional[tuple[bytes, dict]]:
+    """The entry another process claimed, once it is complete, or None after `timeout`
+    seconds (the builder may have died: the caller then builds it itself)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        entry = read_entry(cache_dir, key)
+        if entry is not None or time.monotonic() >= deadline:
+            return entry
+        time.sleep(poll)
 
 
 def write_entry(cache_dir: str, key: str, model_bytes: bytes, meta: dict) -> None:
@@ -98,20 +161,24 @@ def write_entry(cache_dir: str, key: str, model_bytes: bytes, meta: dict) -> Non
             os.replace(tmp, path)
 
 
-def convert(keras_model) -> bytes:
-    """The serialized ONNX graph of uint8 (n, 224, 224, 3) -> float32 (n, 2048),
-    preprocessing included, exactly the function the TensorFlow runtime runs."""
-    import tensorflow as tf
-    import tf2onnx
-    from keras.applications.resnet50 import preprocess_input
+def session_options(threads: tuple[int, int] = (0, 0)):
+    """ONNX Runtime's session options for (intra-op, inter-op) threads.
 
-    @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8, name="pixels")])
-    def embed(pixels):
-        return keras_model(preprocess_input(tf.cast(pixels, tf.float32)), training=False)
-
-    proto, _ = tf2onnx.convert.from_function(
-        embed, input_signature=embed.input_signature, opset=OPSET)
-    return proto.SerializeToString()
+    Intra-op threads split one operator (a convolution) over cores; 0 keeps ONNX
+    Runtime's default, one per physical core. ONNX Runtime runs a graph's nodes one
+    after the other unless its execution mode is parallel, and only then reads the
+    inter-op size: more than one inter-op thread switches to the parallel mode (nodes
+    that do not depend on each other, such as a ResNet block's shortcut, run at once);
+    0 or 1 keeps the sequential default.
+    """
+    import onnxruntime as ort
+    intra_op, inter_op = threads
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op
+    if inter_op > 1:
+        options.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        options.inter_op_num_threads = inter_op
+    return options
 
 
 class OnnxEmbeddingModel:
@@ -122,12 +189,10 @@ class OnnxEmbeddingModel:
     def __init__(self, model_bytes: bytes, fingerprint: str, model_name: str,
                  threads: tuple[int, int] = (0, 0)):
         import onnxruntime as ort
-        options = ort.SessionOptions()
-        # 0 keeps ONNX Runtime's default: one intra-op thread per physical core.
-        options.intra_op_num_threads, options.inter_op_num_threads = threads
-        self._session = ort.InferenceSession(model_bytes, options,
+        self._session = ort.InferenceSession(model_bytes, session_options(threads),
                                              providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
+        self.device = self._session.get_providers()[0]
         self.fingerprint = fingerprint
         self.runtime_version = f"onnxruntime-{ort.__version__}"
         self.model_id = f"{model_name}@{fingerprint}"

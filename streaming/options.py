@@ -2,7 +2,10 @@
 checks that need no network: option combinations and the syntax of every name."""
 from __future__ import annotations
 
-from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions
+import os
+
+from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
+                                                  StandardOptions)
 
 from streaming import flags, names
 from streaming.cli import UsageError
@@ -48,6 +51,16 @@ def validate(opts: EmbedOptions) -> None:
             raise UsageError(f"--{option} must be at least 1, not {getattr(opts, option)}")
     if opts.shard_wait_secs < 0:
         raise UsageError(f"--shard_wait_secs must be >= 0, not {opts.shard_wait_secs}")
+    if opts.weights_watch_interval <= 0:
+        raise UsageError("--weights_watch_interval must be positive, not "
+                         f"{opts.weights_watch_interval}")
+    watch = opts.weights_watch
+    if watch and "://" not in watch:
+        if (opts.view_as(StandardOptions).runner or "").endswith("DataflowRunner"):
+            raise UsageError(f"--weights_watch {watch}: Dataflow workers cannot see a local "
+                             "folder; pass a gs:// prefix")
+        if not os.path.isdir(watch):
+            raise UsageError(f"--weights_watch {watch}: not a folder (or gs:// prefix)")
     if opts.max_pixels < 1 or opts.max_bytes < 1:
         raise UsageError("--max_pixels and --max_bytes must be positive")
     check_names(opts)
@@ -69,7 +82,7 @@ def check_names(opts: EmbedOptions) -> None:
     checked("dead_letter_table", lambda v: names.full_table_id(v, project))
     checked("input_subscription", lambda v: names.pubsub_path(v, "subscriptions", project))
     checked("input_topic", lambda v: names.pubsub_path(v, "topics", project))
-    for option in ("output_gcs", "output_dir", "weights", "model_cache_dir"):
+    for option in ("output_gcs", "output_dir", "weights", "model_cache_dir", "weights_watch"):
         value = getattr(opts, option)
         if option == "output_gcs" or (value or "").startswith("gs://"):
             checked(option, lambda v: names.split_gcs_uri(v) and v)

@@ -7,7 +7,7 @@ edges (local folder or Pub/Sub in; files or BigQuery/GCS out) change with the op
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import StandardOptions
+from apache_beam.options.pipeline_options import DebugOptions, StandardOptions
 
 import schemas
 from streaming import adapters, batching, bigquery, filters, images, metrics, model, reconcile, sinks
@@ -21,6 +21,9 @@ from streaming.options import EmbedOptions
 # waits for a message before the runner gets on with its timers.
 LOCAL_PULL_MESSAGES = 1000
 LOCAL_PULL_WAIT_SECS = 0.5
+# An empty pull takes at least this long: an idle job does not spin a core re-pulling,
+# and a message waits at most this long to be pulled.
+LOCAL_PULL_IDLE_SECS = 0.2
 
 
 def filter_config(opts: EmbedOptions) -> filters.FilterConfig:
@@ -41,7 +44,8 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
             opts.input_dir, watch=opts.watch, interval=opts.watch_interval)
         return refs, None
     if not on_dataflow(opts):
-        adapters.pull_more_locally(LOCAL_PULL_MESSAGES, LOCAL_PULL_WAIT_SECS)
+        adapters.pull_more_locally(LOCAL_PULL_MESSAGES, LOCAL_PULL_WAIT_SECS,
+                                   LOCAL_PULL_IDLE_SECS)
     messages = pipeline | "Read notifications" >> beam.io.ReadFromPubSub(
         subscription=opts.input_subscription, topic=opts.input_topic, with_attributes=True)
     parsed = messages | "Parse notifications" >> ParseNotifications()
@@ -122,12 +126,24 @@ def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
     return model.make_model_handler(
         opts.weights, min_batch_size=smallest, max_batch_size=opts.max_batch_size,
         max_batch_duration_secs=None, runtime=opts.runtime, cache_dir=opts.model_cache_dir,
-        threads=model_threads(opts))
+        threads=model_threads(opts), weights_watch=opts.weights_watch,
+        weights_watch_interval=opts.weights_watch_interval)
 
 
 def model_threads(opts: EmbedOptions) -> tuple[int, int]:
-    """The model runtime's (intra-op, inter-op) threads; 0 keeps the runtime's default."""
-    return opts.intra_op_threads, opts.inter_op_threads
+    """The model runtime's (intra-op, inter-op) threads for the job's worker layout.
+
+    A flag left at 0 takes the layout's default: on Dataflow with one SDK process per
+    vCPU (its own default, without `--experiments=no_use_multiple_sdk_containers`),
+    1, so that as many models as vCPUs do not each size their pools to every core;
+    elsewhere (a local run, or one SDK process per VM as the worker images set) 0, the
+    runtime's default, one thread per core for the one model. docs/options.md says what
+    each size does on each runtime.
+    """
+    per_vcpu = on_dataflow(opts) and not opts.view_as(DebugOptions).lookup_experiment(
+        "no_use_multiple_sdk_containers")
+    default = 1 if per_vcpu else 0
+    return opts.intra_op_threads or default, opts.inter_op_threads or default
 
 
 def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:

@@ -4,6 +4,11 @@ services are reachable) that the subscription, topic, datasets and buckets exist
 A wrong name costs a second and one line naming it, instead of a model load and
 then retries of tracebacks at the first image. Nothing is contacted for a Dataflow
 dry run (`--dry_run True`), which builds the job offline.
+
+The launcher runs with the least privilege infra/ grants, and some checks need more
+than that (a bucket's metadata under `roles/storage.objectCreator`, a subscription
+for a deployer without Pub/Sub roles): a check the caller may not make (a 403) is
+skipped and named, so the launch goes on with one warning line instead of failing.
 """
 from __future__ import annotations
 
@@ -68,38 +73,76 @@ def check_writable_dir(option: str, path: str) -> None:
                 pass
 
 
-def check_paths(opts) -> None:
-    """Local paths: the input folder, the output folder, a local weights file."""
+def check_paths(opts, remote: bool = False) -> list[str]:
+    """Local paths: the input folder, the output folder, a local weights file. With a
+    remote runner a local weights path names a file in the worker image: checked only
+    where it exists here (the Flex Template launcher runs in that image); returns it
+    as not checked otherwise."""
     if opts.input_dir:
         check_local_dir("--input_dir", opts.input_dir)
     if opts.output_dir and "://" not in opts.output_dir:
         check_writable_dir("--output_dir", opts.output_dir)
     if "://" not in opts.weights:
-        problem = weights_problem(opts.weights, os.path.exists)
+        in_image = remote and opts.weights.startswith("/") and not os.path.exists(
+            opts.weights)
+        problem = weights_problem(opts.weights, lambda _: True if in_image else
+                                  os.path.exists(_))
         if problem:
             raise cli.UsageError(problem)
+        if in_image:
+            return [f"--weights {opts.weights} (a file of the worker image, not on this "
+                    "machine)"]
+    return []
 
 
 def cloud_names(opts) -> bool:
     """Whether the options name any cloud resource (Pub/Sub, BigQuery, gs://)."""
     return any([opts.input_subscription, opts.input_topic, opts.output_table,
                 opts.dead_letter_table, opts.output_gcs,
-                (opts.output_dir or "").startswith("gs://"), opts.weights.startswith("gs://")])
+                (opts.output_dir or "").startswith("gs://"), opts.weights.startswith("gs://"),
+                (opts.model_cache_dir or "").startswith("gs://")])
 
 
-def check_services(opts, local: bool) -> None:
+def _denied(error: BaseException) -> bool:
+    from google.api_core import exceptions as gexc
+    return isinstance(error, (gexc.Forbidden, gexc.PermissionDenied))
+
+
+def bucket_exists(storage, bucket: str) -> Optional[bool]:
+    """Whether `bucket` exists, or None when the caller may not tell: its metadata
+    (`storage.buckets.get`) is tried first, then a listing (`storage.objects.list`).
+    A missing bucket answers 404 to both whatever the caller's roles."""
+    from google.api_core import exceptions as gexc
+    try:
+        return storage.bucket(bucket).exists(timeout=_TIMEOUT)
+    except gexc.Forbidden:
+        pass
+    try:
+        next(iter(storage.list_blobs(bucket, max_results=1, timeout=_TIMEOUT)), None)
+        return True
+    except gexc.NotFound:
+        return False
+    except gexc.Forbidden:
+        return None
+
+
+def check_services(opts, local: bool) -> list[str]:
     """That every named subscription, topic, dataset, bucket and gs:// weights file
-    exists. Raises UsageError for a missing one; other errors (permission denied, an
-    unreachable service) propagate for `cli.describe`."""
+    exists. Raises UsageError for a missing one; returns the checks the caller may not
+    make (permission denied), named; other errors (an unreachable service) propagate
+    for `cli.describe`."""
     from google.api_core import exceptions as gexc
 
     from streaming import endpoints
+    skipped: list[str] = []
 
     def missing(option: str, value: str, what: str) -> cli.UsageError:
         return cli.UsageError(f"{option} {value}: {what} does not exist")
 
     if opts.input_subscription or opts.input_topic:
         from google.cloud import pubsub_v1
+        option = "--input_subscription" if opts.input_subscription else "--input_topic"
+        name = opts.input_subscription or opts.input_topic
         try:
             if opts.input_subscription:
                 with pubsub_v1.SubscriberClient() as sub:
@@ -109,9 +152,11 @@ def check_services(opts, local: bool) -> None:
                 pubsub_v1.PublisherClient().get_topic(topic=opts.input_topic,
                                                       timeout=_TIMEOUT)
         except gexc.NotFound:
-            option = "--input_subscription" if opts.input_subscription else "--input_topic"
-            raise missing(option, opts.input_subscription or opts.input_topic,
-                          option[8:]) from None
+            raise missing(option, name, option[8:]) from None
+        except gexc.GoogleAPICallError as e:
+            if not _denied(e):
+                raise
+            skipped.append(f"{option} {name} (permission denied)")
     tables = [("--output_table", opts.output_table),
               ("--dead_letter_table", opts.dead_letter_table)]
     if any(t for _, t in tables):
@@ -123,40 +168,58 @@ def check_services(opts, local: bool) -> None:
                     bq.get_dataset(f"{project}.{dataset}", timeout=_TIMEOUT)
                 except gexc.NotFound:
                     raise missing(option, table, f"dataset {project}:{dataset}") from None
+                except gexc.Forbidden:
+                    skipped.append(f"{option} {table} (permission denied on dataset "
+                                   f"{project}:{dataset})")
     uris = [("--output_gcs", opts.output_gcs), ("--output_dir", opts.output_dir),
-            ("--weights", opts.weights)]
+            ("--model_cache_dir", opts.model_cache_dir), ("--weights", opts.weights)]
     uris = [(o, u) for o, u in uris if u and u.startswith("gs://")]
     if uris:
         storage = endpoints.storage_client(local)
         for option, uri in uris:
             bucket, name = names.split_gcs_uri(uri)
-            if not storage.bucket(bucket).exists(timeout=_TIMEOUT):
-                raise missing(option, uri, f"bucket {bucket}")
             if option == "--weights":
-                problem = weights_problem(
-                    uri, lambda _: storage.bucket(bucket).blob(name).exists(timeout=_TIMEOUT))
+                # The object itself (storage.objects.get): a missing bucket or object
+                # answers 404 either way.
+                try:
+                    problem = weights_problem(uri, lambda _: storage.bucket(bucket).blob(
+                        name).exists(timeout=_TIMEOUT))
+                except gexc.Forbidden:
+                    skipped.append(f"{option} {uri} (permission denied)")
+                    continue
                 if problem:
                     raise cli.UsageError(problem)
+                continue
+            exists = bucket_exists(storage, bucket)
+            if exists is False:
+                raise missing(option, uri, f"bucket {bucket}")
+            if exists is None:
+                skipped.append(f"{option} {uri} (permission denied on bucket {bucket})")
+    return skipped
 
 
-def check(opts, *, local: bool, dry_run: bool) -> None:
+def check(opts, *, local: bool, dry_run: bool, remote: bool = False) -> list[str]:
     """Every check that can run before the model loads (see the module docstring).
 
     Args:
       opts: the job's EmbedOptions, after `options.validate`.
       local: --local_endpoints (the emulators; anonymous credentials).
       dry_run: a Dataflow dry run: contact nothing.
+      remote: a remote runner: local weights paths name files of the worker image.
+
+    Returns:
+      The checks skipped because the caller may not make them, each named.
 
     Raises:
       cli.UsageError: a wrong value, named in the message.
     """
-    check_paths(opts)
+    skipped = check_paths(opts, remote)
     if dry_run or not cloud_names(opts):
         if opts.weights.startswith("gs://"):
             problem = weights_problem(opts.weights, lambda _: True)
             if problem:
                 raise cli.UsageError(problem)
-        return
+        return skipped
     if not local:
         cli.check_credentials()
-    check_services(opts, local)
+    return skipped + check_services(opts, local)

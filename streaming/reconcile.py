@@ -30,7 +30,7 @@ import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from streaming import failures, filters, metrics, names
 from streaming.adapters import object_resource
@@ -260,6 +260,10 @@ def finding_ref(finding: Finding, source: str):
 # firing, so its findings go down the pipeline at once and the job's other work (live
 # notifications) runs between steps; memory holds one step.
 CHUNK = 1000
+# The pause between steps. Beam's local runner reads its sources only in a moment when
+# no timer fires: a step set for "now" again and again would hold back every live
+# notification until the whole catch-up is done.
+STEP_PAUSE_SECS = 0.5
 
 
 class _CatchUpFn(beam.DoFn):
@@ -324,7 +328,7 @@ class _CatchUpFn(beam.DoFn):
         if until is not None:
             progress["after"] = until
             cursor.write(json.dumps(progress))
-            next_step.set(Timestamp.now())
+            next_step.set(Timestamp.now() + Duration(seconds=STEP_PAUSE_SECS))
             return
         cursor.clear()
         _LOG.warning("catch-up gs://%s/%s: %d object generation(s) to embed, %d deleted "

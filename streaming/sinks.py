@@ -36,12 +36,16 @@ ROWS_DIR = "rows"
 DEAD_LETTERS_DIR = "dead_letters"
 
 
-def vector_path(root: str, info_or_ref, fingerprint: str = "") -> str:
-    """`<root>/<bucket>/<name>@<generation>.<fingerprint>.npy`: the weights are part of
-    the path, so a re-embedding with new weights never finds (and keeps) the old
-    weights' vector under a create-only write."""
+def vector_path(root: str, info_or_ref, model_id: str = "") -> str:
+    """`<root>/<bucket>/<name>@<generation>.<fingerprint>.<runtime>.npy`: the path follows
+    the result's model id (`model.result_model_id`), weights and runtime, so a vector
+    written under a create-only write is always its own row's: neither a re-embedding
+    with new weights nor another runtime's row of the same object finds (and keeps)
+    a vector that another model made."""
     ref = getattr(info_or_ref, "ref", info_or_ref)
-    suffix = f".{fingerprint}.npy" if fingerprint else ".npy"
+    _, fingerprint, runtime = split_model_id(model_id)
+    tag = ".".join(part for part in (fingerprint, runtime) if part)
+    suffix = f".{tag}.npy" if tag else ".npy"
     return FileSystems.join(root, object_file_name(ref.bucket, ref.name, ref.generation, suffix))
 
 
@@ -195,7 +199,7 @@ class _WriteVectorFn(WorkAhead):
         vector = np.asarray(result.inference, dtype=np.float32)
         uri = error = None
         if self._root:
-            uri = vector_path(self._root, info, split_model_id(result.model_id)[1])
+            uri = vector_path(self._root, info, result.model_id)
             try:
                 write_with_retries(uri, npy_bytes(vector), self._gcs)
             except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle

@@ -7,6 +7,7 @@ grace period. Waiting is for a condition (`wait_until`), not for a fixed time.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -113,6 +114,15 @@ def run(argv: Sequence[str], timeout: float, env: Optional[dict] = None) -> tupl
     with Child(argv, env=env) as child:
         code = child.wait(timeout)
         return code, child.output()
+
+
+def python_json(code: str, timeout: float) -> tuple[object, str]:
+    """Runs Python `code` in a fresh interpreter from the repository root and returns
+    (the JSON its last stdout line holds, its stderr); fails the test if it fails."""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str = "condition",

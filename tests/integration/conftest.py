@@ -48,12 +48,13 @@ def cloud():
     return ns
 
 
-def strict_bigquery_stats() -> dict:
-    """What the strict BigQuery proxy (tests/integration/strict_bigquery.py) has seen:
-    insert requests, the largest in bytes and rows, and how many it refused."""
-    from tests.integration.strict_bigquery import STATS_PATH
-    url = os.environ["BIGQUERY_EMULATOR_HOST"].rstrip("/") + STATS_PATH
-    with urllib.request.urlopen(url, timeout=10) as answer:
+def strict_bigquery_stats(mark: bool = False) -> dict:
+    """What the strict BigQuery proxy (tests/integration/strict_bigquery.py) has seen
+    since it started or since the last mark: insert requests, the largest in bytes and
+    rows, and how many it refused. `mark=True` starts a new count."""
+    from tests.integration.strict_bigquery import MARK_PATH, STATS_PATH
+    url = os.environ["BIGQUERY_EMULATOR_HOST"].rstrip("/") + (MARK_PATH if mark else STATS_PATH)
+    with urllib.request.urlopen(url, data=b"" if mark else None, timeout=10) as answer:
         return json.loads(answer.read())
 
 

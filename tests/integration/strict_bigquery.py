@@ -7,8 +7,9 @@ body, and forwards everything else unchanged. `tests/run.sh` starts it and point
 `BIGQUERY_EMULATOR_HOST` at it, so every integration test (and every job they start)
 talks to BigQuery through it.
 
-`GET /strict/stats` answers what it has seen: insert requests, the largest one in
-bytes and rows, and how many it refused.
+`GET /strict/stats` answers what it has seen since it started or since the last
+`POST /strict/mark`: insert requests, the largest one in bytes and rows, and how many
+it refused.
 
     python -m tests.integration.strict_bigquery --target http://127.0.0.1:9050 --port-file F
 """
@@ -25,6 +26,7 @@ from tests.integration.http_proxy import HttpProxy, Request
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # 10485760, as BigQuery's error message says
 MAX_REQUEST_ROWS = 50_000
 STATS_PATH = "/strict/stats"
+MARK_PATH = "/strict/mark"
 _INSERT_ALL = re.compile(r"/bigquery/v2/projects/[^/]+/datasets/[^/]+/tables/[^/]+/insertAll")
 
 
@@ -58,6 +60,10 @@ class Stats:
                     "max_insert_bytes": self.max_bytes, "max_insert_rows": self.max_rows,
                     "insert_bytes": self.total_bytes, "insert_rows": self.total_rows}
 
+    def mark(self) -> None:
+        with self._lock:
+            self.inserts = self.refused = self.max_bytes = self.max_rows = 0
+
     def as_json(self) -> bytes:
         return json.dumps(self.as_dict()).encode()
 
@@ -65,6 +71,9 @@ class Stats:
 def insert_limits(request: Request, stats: Stats) -> Optional[tuple[int, bytes]]:
     """BigQuery's answer to an insertAll over its request limits, else None."""
     if request.method == "GET" and request.path.split("?", 1)[0] == STATS_PATH:
+        return 200, stats.as_json()
+    if request.method == "POST" and request.path.split("?", 1)[0] == MARK_PATH:
+        stats.mark()
         return 200, stats.as_json()
     if request.method != "POST" or not _INSERT_ALL.search(request.path.split("?", 1)[0]):
         return None

@@ -101,10 +101,9 @@ def test_the_job_never_embeds_its_own_outputs(stack, uploaded, tap):
     wait_until(lambda: stack.query(f"SELECT name FROM {stack.rows_sql} "
                                    "WHERE name = 'own/after.jpg'"),
                timeout=120, what="the row of an upload made after them", job=stack.job)
-    rows = stack.query(f"SELECT name FROM {stack.rows_sql} "
-                       "WHERE STARTS_WITH(name, 'embeddings/')")
-    dead = stack.query(f"SELECT name FROM {stack.dead_sql} "
-                       "WHERE STARTS_WITH(name, 'embeddings/')")
+    mine = f"bucket = '{stack.images.name}' AND STARTS_WITH(name, 'embeddings/')"
+    rows = stack.query(f"SELECT name FROM {stack.rows_sql} WHERE {mine}")
+    dead = stack.query(f"SELECT name FROM {stack.dead_sql} WHERE {mine}")
     assert rows == [] and dead == []
 
 

@@ -57,13 +57,13 @@ class _Subscriber:
         self.acked += ack_ids
 
 
-def _local_read(monkeypatch, subscriber):
+def _local_read(monkeypatch, subscriber, idle_secs=0.0):
     """The local runner's own Pub/Sub read, with `subscriber` under the wrapper."""
     from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator as reader
     monkeypatch.setattr(reader, "_unwrapped_subscriber_client", None, raising=False)
     monkeypatch.setattr(reader, "_get_subscriber_client",
                         classmethod(lambda _cls, _transform: subscriber))
-    adapters.pull_more_locally(1000, 0.5)
+    adapters.pull_more_locally(1000, 0.5, idle_secs)
     evaluator = object.__new__(reader)
     evaluator._applied_ptransform, evaluator._sub_name = object(), "projects/p/subscriptions/s"
     return evaluator._read_from_pubsub(None)
@@ -79,6 +79,19 @@ def test_the_local_pubsub_read_pulls_up_to_the_given_count_and_acknowledges(monk
 
 def test_a_pull_that_finds_nothing_in_time_is_an_empty_read_not_an_error(monkeypatch):
     assert _local_read(monkeypatch, _Subscriber(deadline=True)) == []
+
+
+@pytest.mark.parametrize("messages, sleeps", [(0, True), (3, False)])
+def test_an_empty_pull_that_answers_at_once_waits_out_the_idle_time(monkeypatch, messages,
+                                                                     sleeps):
+    """The emulator answers an empty pull at once: without the wait, an idle local job
+    would pull again and again, a core's worth; a pull with messages never waits."""
+    slept = []
+    monkeypatch.setattr(adapters.time, "sleep", slept.append)
+    _local_read(monkeypatch, _Subscriber(messages=messages), idle_secs=0.2)
+    assert bool(slept) is sleeps
+    if sleeps:
+        assert 0.15 < slept[0] <= 0.2
 
 
 @pytest.mark.parametrize("runner, widened", [(None, True), ("DataflowRunner", False)])

@@ -36,11 +36,40 @@ def test_the_launcher_builds_the_dataflow_job_without_tensorflow():
     assert any("nothing submitted (dry run)" in line for line in printed)
 
 
-def test_a_local_weights_file_is_refused_for_a_remote_runner(tmp_path):
-    weights = tmp_path / "w.weights.h5"
-    weights.write_bytes(b"x")
-    args = [a if a != "gs://my-models/r50.weights.h5" else str(weights) for a in DATAFLOW_ARGS]
-    assert main.main(args) == 2
+def with_weights(spec: str) -> list[str]:
+    return [a if a != "gs://my-models/r50.weights.h5" else spec for a in DATAFLOW_ARGS]
+
+
+def test_a_relative_weights_path_is_refused_for_a_remote_runner(tmp_path, monkeypatch,
+                                                                 capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "w.weights.h5").write_bytes(b"x")
+    assert main.main(with_weights("w.weights.h5")) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("embed-stream: error: --weights w.weights.h5:")
+
+
+def test_weights_baked_into_the_image_are_accepted_for_a_remote_runner(capsys):
+    """An absolute path names a file of the worker image (Dockerfile, WEIGHTS): a launch
+    from a machine without it goes on, naming the one check it could not make."""
+    baked = "/opt/image-embeddings/weights/resnet50_notop.weights.h5"
+    assert main.main(with_weights(baked)) == 0
+    out = capsys.readouterr()
+    assert "nothing submitted (dry run)" in out.out
+    (warning,) = [ln for ln in out.err.splitlines() if ln.startswith("embed-stream: ")]
+    assert warning.startswith("embed-stream: warning: not checked: --weights " + baked)
+    opts = main.make_options(with_weights(baked))
+    assert opts.weights == baked and opts.model_cache_dir is None  # the image's own cache
+
+
+def test_baked_weights_that_exist_here_are_checked_like_any_file(tmp_path, capsys):
+    """Where the launcher runs inside the image (a Flex Template launch), the file is
+    there: its name is checked, and nothing is skipped."""
+    baked = tmp_path / "r50.weights.h5"
+    baked.write_bytes(b"x")
+    assert main.main(with_weights(str(baked))) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main.main(with_weights(str(tmp_path / "r50.h5x"))) == 2
 
 
 def test_streaming_job_builds_for_dataflow_offline():

@@ -5,10 +5,12 @@ import json
 import pathlib
 import re
 import shlex
+import subprocess
+import sys
 
 import apache_beam as beam
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
 
 from streaming import main
 from streaming.pipeline import build_pipeline
@@ -26,6 +28,7 @@ EXAMPLE_ENV = {
     "VECTORS": "gs://my-vectors/embeddings/",
     "WEIGHTS": "gs://my-dataflow/models/resnet50_notop.weights.h5",
     "TEMPLATE": "gs://my-dataflow/templates/embed-abc123.json",
+    "MODEL_CACHE": "gs://my-dataflow/models/onnx-cache/",
 }
 
 
@@ -64,6 +67,52 @@ def test_template_launches_pass_the_templates_parameters(argv):
     assert {n for n, p in PARAMS.items() if not p["isOptional"]} <= set(given)
     for name, value in given.items():
         assert all(re.search(rx, value) for rx in PARAMS[name]["regexes"]), (name, value)
+
+
+@pytest.mark.parametrize("argv", commands("gcloud dataflow flex-template run"),
+                         ids=lambda a: "update" if "--update" in a else "launch")
+def test_template_launches_run_as_the_launcher_runs_them(argv, capsys):
+    """The documented template launch, as the launcher runs the entry file in the image
+    (built offline here: --dry_run; tests/integration/test_launch.py writes the job
+    file against the emulators)."""
+    from tests.launcher import launcher_argv
+    sys.path.insert(0, str(ROOT / "flex_template"))
+    try:
+        import main as entry
+    finally:
+        sys.path.pop(0)
+    args = launcher_argv(argv, "gs://my-dataflow/staging/template_launches/1/job_object")
+    # --update looks the running job up on the service, even in a dry run.
+    offline = [a for a in args if a != "--update"]
+    assert entry.main(offline + ["--dry_run=True"]) == 0
+    assert "nothing submitted (dry run)" in capsys.readouterr().out
+    opts = main.make_options(args)
+    assert opts.model_cache_dir == EXAMPLE_ENV["MODEL_CACHE"]
+    assert opts.view_as(WorkerOptions).sdk_container_image == EXAMPLE_ENV["IMAGE"]
+
+
+@pytest.mark.slow
+def test_the_one_time_conversion_fills_the_cache_the_launch_names(tmp_path):
+    """`python -m streaming.prepare_model` as documented (random weights, a local cache
+    folder for the bucket); a fresh process then loads from it without TensorFlow."""
+    (argv,) = commands("python -m streaming.prepare_model")
+    cache = str(tmp_path / "onnx-cache")
+    args = [cache if a == EXAMPLE_ENV["MODEL_CACHE"] else
+            "random:0" if a == EXAMPLE_ENV["WEIGHTS"] else a for a in argv[3:]]
+    run = subprocess.run([sys.executable, "-m", "streaming.prepare_model", *args], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    code = ("import json, sys, logging\n"
+            "from streaming import model\n"
+            f"m = model.load_embedding_model('random:0', 'onnx', {cache!r})\n"
+            "print(json.dumps([m.model_id, sorted(k for k in sys.modules "
+            "if k.split('.')[0] in ('tensorflow', 'keras'))]))")
+    again = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    model_id, heavy = json.loads(again.stdout.strip().splitlines()[-1])
+    assert model_id.startswith("resnet50-avgpool@") and heavy == []
+    assert " once; later runs load it from " not in again.stderr  # nothing built again
 
 
 def test_terraform_outputs_read_by_the_doc_are_declared():

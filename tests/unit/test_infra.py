@@ -82,26 +82,19 @@ def test_bucket_notifies_the_topic_for_the_images_prefix_only():
     assert "images_bucket" not in attr(outputs["output_gcs"], "value")
 
 
-def test_subscription_has_deadline_retention_and_dead_letters():
+def test_subscription_has_deadline_and_retention_and_no_pubsub_dead_letters():
+    """Dataflow reads the subscription itself: Pub/Sub's dead-letter topics and retry
+    policies never act on it, so none is declared (the job dead-letters to BigQuery)."""
     _, note = only("google_storage_notification")
-    topics = blocks("resource", "google_pubsub_topic")
     subs = blocks("resource", "google_pubsub_subscription")
     main_topic = topic_ref(attr(note, "topic"))
     (name, sub), = [(n, b) for n, b in subs.items() if topic_ref(attr(b, "topic")) == main_topic]
     assert 60 <= int(attr(sub, "ack_deadline_seconds")) <= 600
     assert int(attr(sub, "message_retention_duration").strip('"s')) >= 86400
-    policy = nested(sub, "dead_letter_policy")
-    dead_topic = topic_ref(attr(policy, "dead_letter_topic"))
-    assert dead_topic in topics and dead_topic != main_topic
-    assert attr(policy, "max_delivery_attempts") == "var.max_delivery_attempts"
-    assert 5 <= default("max_delivery_attempts") <= 100
-    # Something keeps the poison messages, and Pub/Sub's agent may move them.
-    assert any(topic_ref(attr(b, "topic")) == dead_topic for b in subs.values())
-    grants = iam_grants()
-    assert ("local.pubsub_agent", "roles/pubsub.publisher", f"google_pubsub_topic.{dead_topic}") \
-        in grants
-    assert ("local.pubsub_agent", "roles/pubsub.subscriber",
-            f"google_pubsub_subscription.{name}") in grants
+    for block in ("dead_letter_policy", "retry_policy"):
+        assert not re.search(rf"^\s*{block}\s*\{{", sub, re.M), f"{name} declares {block}"
+    assert set(blocks("resource", "google_pubsub_topic")) == {main_topic}
+    assert "max_delivery_attempts" not in blocks("variable")
 
 
 @pytest.mark.parametrize("table, schema_file", [("embeddings", "embeddings.json"),
@@ -142,9 +135,63 @@ def test_job_service_account_has_exactly_its_least_privilege_roles():
         ("roles/storage.objectViewer", "var.images_bucket"),
         ("roles/storage.objectCreator", "google_storage_bucket.vectors"),
         ("roles/storage.objectAdmin", "google_storage_bucket.dataflow"),
+        # Beam's launcher reads the staging bucket's metadata before it stages.
+        ("roles/storage.legacyBucketReader", "google_storage_bucket.dataflow"),
         ("roles/bigquery.dataEditor", "google_bigquery_dataset.images"),
+        # --catch_up always on Dataflow runs a query job.
+        ("roles/bigquery.jobUser", "var.project_id"),
         ("roles/artifactregistry.reader", "google_artifact_registry_repository.images"),
     }
+
+
+def test_someone_can_run_as_the_backfill_service_account():
+    holders = {(member, role) for member, role, target in iam_grants()
+               if target == "google_service_account.backfill"}
+    roles = {role for _, role in holders}
+    assert "roles/iam.serviceAccountTokenCreator" in roles  # impersonation from a laptop
+    assert {member for member, _ in holders} == {"each.value"}  # the deployers
+    deployers = {target for member, role, target in iam_grants()
+                 if member == "each.value" and role.startswith("roles/iam.")}
+    assert "google_service_account.backfill" in deployers
+
+
+def references(body: str) -> set[str]:
+    """Resources (`google_x.name`) and data sources (`data.google_x.name`) a block names,
+    in expressions and depends_on."""
+    return set(re.findall(r"(?<![\w.])((?:data\.)?google_\w+\.\w+)", body))
+
+
+def test_every_resource_waits_for_the_apis():
+    """Each resource and data source depends on google_project_service.apis, directly
+    or through one that does: nothing is created before its API is enabled."""
+    nodes = {}
+    for kind in ("resource", "data"):
+        for m in re.finditer(rf'^{kind}\s+"(\w+)"\s+"(\w+)"\s*\{{', TEXT, re.M):
+            name = f"{m.group(1)}.{m.group(2)}"
+            nodes[name if kind == "resource" else f"data.{name}"] = _body(TEXT, m.end())
+    local_blocks = [_body(TEXT, m.end()) for m in re.finditer(r"^locals\s*\{", TEXT, re.M)]
+    locals_ = dict(re.findall(r"^\s*(\w+)\s*=\s*(.+)$", "\n".join(local_blocks), re.M))
+    root = "google_project_service.apis"
+
+    def reaches(name, seen=()):
+        if name == root:
+            return True
+        body = nodes.get(name, "")
+        for local in re.findall(r"\blocal\.(\w+)", body):
+            body += " " + locals_.get(local, "")
+        return any(reaches(r, seen + (name,)) for r in references(body)
+                   if r in nodes and r not in seen)
+
+    late = sorted(n for n in nodes if n != root and not reaches(n))
+    assert late == []
+
+
+@pytest.mark.parametrize("path", ["infra/terraform.tfstate", "infra/terraform.tfstate.backup",
+                                  "infra/.terraform/providers/x", "infra/terraform.tfvars",
+                                  "infra/plan.tfplan", "terraform.tfstate"])
+def test_terraform_state_and_values_are_never_committed(path):
+    run = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT)
+    assert run.returncode == 0, f"{path} is not ignored by git"
 
 
 def test_no_broad_roles():

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -168,6 +169,8 @@ def test_streaming_with_test_stream(tmp_path):
                     equal_to([("one.jpg", 2048), ("two.png", 2048)]), label="rows")
         assert_that(out["dead_letters"] | beam.Map(lambda d: (d.ref.name, d.reason)),
                     equal_to([("bad.jpg", "not_an_image")]), label="dead")
-    # Shards under the model's fingerprint and runtime, holding both vectors.
-    written = glob.glob(os.path.join(tmp_path, "out", "vectors", "shards", "*.*", "*.npy"))
+    # Shards under the model id's weights and runtime, holding both vectors.
+    written = glob.glob(os.path.join(tmp_path, "out", "vectors", "shards", "*", "*.npy"))
+    assert all(re.fullmatch(r"[0-9a-f]{16}\.onnxruntime-[\d.]+",
+                            os.path.basename(os.path.dirname(w))) for w in written), written
     assert sum(len(vectors.read_vectors(w)) for w in written) == 2

@@ -68,8 +68,38 @@ def test_vector_writes_retry_what_may_pass_and_not_a_permission_refusal():
     assert not sinks._retryable(TypeError("bug"))
 
 
-def test_the_vector_path_names_the_weights_so_new_weights_never_meet_old_vectors():
-    old = sinks.vector_path("gs://v/", REF, "aaaa")
-    new = sinks.vector_path("gs://v/", REF, "bbbb")
-    assert old != new and old.endswith(".aaaa.npy") and new.endswith(".bbbb.npy")
-    assert sinks.vector_path("gs://v/", REF, "aaaa") == old  # a redelivery: same path
+ONNX_ID = "resnet50-avgpool@aaaa+onnxruntime-1.32.0"
+TF_ID = "resnet50-avgpool@aaaa+tensorflow-2.21.0"
+
+
+def test_the_vector_path_follows_the_model_id_weights_and_runtime():
+    old = sinks.vector_path("gs://v/", REF, ONNX_ID)
+    new = sinks.vector_path("gs://v/", REF, ONNX_ID.replace("@aaaa", "@bbbb"))
+    other_runtime = sinks.vector_path("gs://v/", REF, TF_ID)
+    assert old == "gs://v/b/a%2Fx.jpg@9.aaaa.onnxruntime-1.32.0.npy"
+    assert new.endswith(".bbbb.onnxruntime-1.32.0.npy")
+    assert other_runtime.endswith(".aaaa.tensorflow-2.21.0.npy")
+    assert len({old, new, other_runtime}) == 3
+    assert sinks.vector_path("gs://v/", REF, ONNX_ID) == old  # a redelivery: same path
+
+
+def test_each_runtimes_row_points_at_its_own_vector(tmp_path):
+    """One object embedded by both runtimes (the same weights): two .npy files, each
+    row's `vector_uri` holding that row's own embedding, written through the job's own
+    vector writer."""
+    import apache_beam as beam
+    from apache_beam.ml.inference.base import PredictionResult
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+    info = ImageInfo(REF, 4, 3, "JPEG")
+    vectors = {ONNX_ID: np.full(2048, 1.0, np.float32), TF_ID: np.full(2048, 2.0, np.float32)}
+    root = str(tmp_path / "vectors")
+    with TestPipeline(runner="BundleBasedDirectRunner") as p:
+        written = (p | beam.Create([(info, PredictionResult(None, v, m))
+                                    for m, v in vectors.items()])
+                   | sinks.WriteVectors(root))
+        assert_that(written.rows | beam.Map(
+            lambda r: (r["model_runtime"], float(np.load(r["vector_uri"])[0]),
+                       r["embedding"][0])),
+            equal_to([("onnxruntime-1.32.0", 1.0, 1.0), ("tensorflow-2.21.0", 2.0, 2.0)]))
+    assert len(list((tmp_path / "vectors").rglob("*.npy"))) == 2

@@ -1,0 +1,42 @@
+"""Builds ResNet50's ONNX graph for some weights once, into the cache a Dataflow job reads.
+
+  python -m streaming.prepare_model --weights gs://B/models/r50.weights.h5 \\
+      --model_cache_dir gs://B/models/onnx-cache/
+
+Run it before the first launch (and after new weights): the job's workers then find the
+graph under `--model_cache_dir` and load it without importing TensorFlow, instead of
+the first worker on each cache building it (seconds for a weights file; `imagenet` and
+`.keras` files also import TensorFlow and build the Keras model). A cache that already
+holds the entry is left as it is.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional, Sequence
+
+from streaming import cli
+
+PROG = "python -m streaming.prepare_model"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__)
+    parser.add_argument("--weights", type=str, required=True,
+                        help="The job's --weights: imagenet, random:SEED, or a local or "
+                             "gs:// .weights.h5/.keras file.")
+    parser.add_argument("--model_cache_dir", type=str, required=True,
+                        help="The job's --model_cache_dir: a folder or gs:// prefix.")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    cli.setup_logging(False)
+    try:
+        from streaming import model
+        with cli.quiet_native_stderr():
+            loaded = model.load_embedding_model(args.weights, "onnx", args.model_cache_dir)
+    except Exception as e:  # noqa: BLE001 - one line, the traceback at debug level
+        return cli.fail(PROG, e)
+    print(f"{args.model_cache_dir}: {loaded.model_id} ready ({loaded.runtime_version})")
+    return cli.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
