@@ -8,8 +8,8 @@ body, and forwards everything else unchanged. `tests/run.sh` starts it and point
 talks to BigQuery through it.
 
 `GET /strict/stats` answers what it has seen since it started or since the last
-`POST /strict/mark`: insert requests, the largest one in bytes and rows, and how many
-it refused.
+`POST /strict/mark`: insert requests, the largest one in bytes and rows, how many it
+refused, and the bytes and rows of those it forwarded.
 
     python -m tests.integration.strict_bigquery --target http://127.0.0.1:9050 --port-file F
 """
@@ -63,6 +63,7 @@ class Stats:
     def mark(self) -> None:
         with self._lock:
             self.inserts = self.refused = self.max_bytes = self.max_rows = 0
+            self.total_bytes = self.total_rows = 0
 
     def as_json(self) -> bytes:
         return json.dumps(self.as_dict()).encode()
