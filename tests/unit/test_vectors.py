@@ -193,3 +193,12 @@ def test_readers_take_a_row_without_its_embedding_from_the_shard(tmp_path):
     for e in group:
         np.testing.assert_array_equal(np.float32(current[e.info.ref.name]["embedding"]),
                                       e.vector)
+
+
+@pytest.mark.parametrize("flag,value", [("--vectors_per_shard", "0"), ("--shard_keys", "0"),
+                                        ("--shard_wait_secs", "0")])
+def test_shard_options_out_of_range_are_refused_before_the_job_starts(flag, value):
+    from streaming import main
+    from streaming.cli import UsageError
+    with pytest.raises(UsageError, match=flag):
+        main.make_options(["--input_dir", ".", "--output_dir", "out", flag, value])
