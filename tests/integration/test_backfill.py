@@ -78,8 +78,8 @@ def test_backfill_embeds_existing_objects_and_skip_existing_skips_them(stack):
     again = run_backfill(f"gs://{stack.old.name}", "--topic", cloud.notify_topic,
                          "--skip-existing", "--table", stack.table)
     assert again["skipped_existing"] == len(stack.old_names) and again["published"] == 0
-    # A re-run without --skip-existing re-embeds: same row keys, same vector paths, and
-    # the current view still has one row per object.
+    # A re-run without --skip-existing re-embeds: same row keys, each row's vector in the
+    # shard it names, and the current view still has one row per object.
     rerun = run_backfill(f"gs://{stack.old.name}", "--topic", cloud.notify_topic)
     assert rerun["published"] == len(stack.old_names)
     view = f"{cloud.project}.{stack.dataset}.current_backfill"
@@ -95,9 +95,12 @@ def test_backfill_embeds_existing_objects_and_skip_existing_skips_them(stack):
     assert len(keys) == len(stack.old_names)
     current = stack.query(f"SELECT name FROM `{view}` WHERE bucket = '{stack.old.name}'")
     assert sorted(r["name"] for r in current) == sorted(stack.old_names)
-    vectors = [b.name for b in stack.images.list_blobs(prefix="embeddings/")
-               if b.name.startswith(f"embeddings/{stack.old.name}/")]
-    assert len(vectors) == len(stack.old_names)
+    placed = stack.query(f"SELECT vector_uri, vector_index FROM {stack.rows_sql} "
+                         f"WHERE bucket = '{stack.old.name}'")
+    shards = {f"gs://{stack.images.name}/{b.name}"
+              for b in stack.images.list_blobs(prefix="embeddings/shards/")}
+    assert placed and all(r["vector_uri"] in shards and r["vector_index"] is not None
+                          for r in placed), placed
 
 
 @pytest.mark.parametrize("how", ["interrupt", "kill"])
