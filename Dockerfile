@@ -41,7 +41,7 @@ ARG WEIGHTS=""
 RUN --mount=type=bind,target=/context \
     if [ -n "$WEIGHTS" ]; then \
       install -D -m 0444 "/context/$WEIGHTS" "/opt/image-embeddings/weights/$(basename "$WEIGHTS")" && \
-      python -c "import sys; from streaming import model; model.load_embedding_model(sys.argv[1], 'onnx')" \
+      python -c "import sys; from streaming.model import inference; inference.load_embedding_model(sys.argv[1], 'onnx')" \
         "/opt/image-embeddings/weights/$(basename "$WEIGHTS")"; \
     fi
 

@@ -20,7 +20,7 @@ setuptools.setup(
         "tensorflow>=2.21,<2.22",
         "keras>=3.15,<4",
         # --runtime onnx (the default): ONNX Runtime runs ResNet50, whose graph is written
-        # with onnx's helpers from the weights once per weights (streaming/resnet50.py).
+        # with onnx's helpers from the weights once per weights (streaming/model/resnet50.py).
         "onnxruntime>=1.32,<2",
         "onnx>=1.23,<2",
         # >=10.3 fixes the known decoder CVEs (e.g. CVE-2024-28219, CVE-2023-50447).

@@ -24,7 +24,7 @@ from analysis import projection, render
 from analysis import rows as rows_mod
 from analysis.rows import SourceError
 from analysis.search import add_source_args, check_source_args
-from streaming import cli
+from streaming.config import cli
 
 COLOR_BY = ("prefix", "bucket", "content_type", "date", "format", "source")
 
@@ -78,7 +78,7 @@ def label_of(row: dict[str, Any], color_by: str) -> str:
 def read_thumbnails(rows: Sequence[dict[str, Any]], indices: Sequence[int],
                     max_bytes: int = 32 * 1024 * 1024) -> dict[int, Any]:
     """Pillow thumbnails of the given rows' objects; unreadable ones are skipped."""
-    from streaming.images import read_bytes
+    from streaming.stages.load import read_bytes
     from streaming.records import Rejected
     out = {}
     for i in indices:
@@ -94,8 +94,8 @@ def read_thumbnails(rows: Sequence[dict[str, Any]], indices: Sequence[int],
 
 def build_map(args: argparse.Namespace) -> dict[str, Any]:
     if args.local_endpoints:
-        from streaming import endpoints
-        endpoints.use_local_endpoints()
+        from streaming.support import clients
+        clients.use_local_endpoints()
     source = rows_mod.open_source(args, args.local_endpoints)
     fingerprints = source.fingerprints()
     if not fingerprints:

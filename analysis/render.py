@@ -66,7 +66,7 @@ def thumbnail(data: bytes, size: int = 96):
     """A small RGB Pillow image of encoded image bytes (EXIF orientation applied), or
     None when the bytes are not an image."""
     from PIL import Image, ImageOps
-    from streaming.images import to_rgb
+    from streaming.stages.load import to_rgb
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.draft("RGB", (size, size))

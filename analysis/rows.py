@@ -73,7 +73,7 @@ def current_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
 def fill_vectors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows whose `embedding` is empty get it from their .npy: the shard at `vector_uri`,
     row `vector_index` (None: a .npy of one vector). Each shard is read once."""
-    from streaming.vectors import read_vectors
+    from streaming.sinks.vectors import read_vectors
     wanted: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if not r.get("embedding") and r.get("vector_uri") and r.get("event_type") != DELETE:
@@ -249,8 +249,8 @@ def open_source(args, local_endpoints: bool = False):
     """LocalRows or BigQueryRows from the CLI's --output_dir / --table options."""
     if args.output_dir:
         return LocalRows(args.output_dir)
-    from streaming import endpoints
+    from streaming.support import clients
     project = getattr(args, "billing_project", None) or sql.parse_table_id(args.table)[0]
-    client = endpoints.bigquery_client(local_endpoints, project=project)
+    client = clients.bigquery_client(local_endpoints, project=project)
     return BigQueryRows(client, args.table, getattr(args, "current_view", None),
                         getattr(args, "use_vector_search", False))

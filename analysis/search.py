@@ -5,7 +5,7 @@
   embed-search --object gs://bucket/cats/tom.jpg --table my-project:images.embeddings -k 20 --json
 
 The query image (a local path or gs:// URI) is embedded exactly as the pipeline does
-it (streaming.images.decode_image, then the ResNet50 of streaming.model with the same
+it (streaming.stages.load.decode_image, then the ResNet50 of streaming.model.inference with the same
 --weights), and refused (exit 2) if those weights' fingerprint is not the one of the
 table's embeddings: vectors of different weights are not comparable. An object that
 is already in the table (--object, or --bucket and --name) uses its stored embedding;
@@ -29,7 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from analysis import rows as rows_mod  # noqa: E402
 from analysis.rows import SourceError  # noqa: E402
-from streaming import cli  # noqa: E402
+from streaming.config import cli  # noqa: E402
 
 EXIT_SOURCE, EXIT_USAGE = 1, 2
 
@@ -115,14 +115,14 @@ def embed_uri(uri: str, weights: str, *, policy: str = "center_crop",
               max_pixels: int = 100_000_000, max_bytes: int = 64 * 1024 * 1024):
     """(embedding, model) of the image at a local path or gs:// URI, preprocessed
     exactly as the pipeline does."""
-    from streaming.images import decode_image, read_bytes
+    from streaming.stages.load import decode_image, read_bytes
     from streaming.records import Rejected
     try:
         data = read_bytes(uri, max_bytes)
         decoded = decode_image(data, policy=policy, max_pixels=max_pixels)
     except Rejected as e:
         raise SourceError(f"cannot use {uri} as a query image ({e.reason}: {e})") from None
-    from streaming.model import load_embedding_model
+    from streaming.model.inference import load_embedding_model
     model = load_embedding_model(weights)
     return model(decoded.pixels[None])[0], model
 
@@ -143,8 +143,8 @@ def check_fingerprint(fingerprint: str, available: list[tuple[str, int]], where:
 def search(args: argparse.Namespace) -> dict[str, Any]:
     """Runs one search; returns the JSON-able answer."""
     if args.local_endpoints:
-        from streaming import endpoints
-        endpoints.use_local_endpoints()
+        from streaming.support import clients
+        clients.use_local_endpoints()
     source = rows_mod.open_source(args, args.local_endpoints)
     query: dict[str, Any]
     stored = None
@@ -217,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"embed-search: {e}", file=sys.stderr)
         return EXIT_SOURCE
     except Exception as e:  # noqa: BLE001 - e.g. BigQuery NotFound / Forbidden
-        from streaming.model import WeightsUnavailableError
+        from streaming.model.inference import WeightsUnavailableError
         if isinstance(e, WeightsUnavailableError):
             print(f"embed-search: {e}", file=sys.stderr)
             return EXIT_USAGE

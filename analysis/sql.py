@@ -31,8 +31,10 @@ from importlib import resources
 from typing import Optional, Sequence
 
 import schemas
-from streaming import cli
-from streaming.names import parse_table_id  # noqa: F401 - the one grammar, re-exported
+from streaming.config import cli
+# The one grammar of table ids and the one quoting of them in SQL, shared with the
+# pipeline's catch-up; re-exported for the tests and callers of this module.
+from streaming.config.names import Fragment, parse_table_id, table_ref  # noqa: F401
 
 TABLE_PLACEHOLDERS = ("embeddings", "dead_letters", "current")
 INT_PLACEHOLDERS = {"top_k": (1, 10_000), "num_lists": (1, 5_000)}
@@ -42,16 +44,6 @@ CURRENT_VIEW_FILE = "current_embeddings.sql"
 _REQUIRES = re.compile(r"^--[ \t]*requires:[ \t]*(.+?)[ \t]*$", re.M)
 _PARAMS = re.compile(r"^--[ \t]*params:[ \t]*(.*?)[ \t]*$", re.M)
 _PARAM_USE = re.compile(r"@([A-Za-z_][A-Za-z0-9_]*)")
-
-
-class Fragment(str):
-    """SQL text made here (a quoted table id, the current view's query), never raw
-    user input; `render` inserts it as is."""
-
-
-def table_ref(table: str) -> Fragment:
-    """`project.dataset.table`, back-quoted, from a validated table id."""
-    return Fragment("`%s.%s.%s`" % parse_table_id(table))
 
 
 def list_files() -> list[str]:

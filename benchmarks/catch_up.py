@@ -54,17 +54,17 @@ def run(args, work: str) -> dict:
     from google.cloud import bigquery, pubsub_v1
 
     import schemas
-    from streaming import endpoints
-    from streaming.bigquery import make_table
+    from streaming.support import clients
+    from streaming.sinks.bigquery import make_table
     from tests import fixtures
     # Fills the converted-model cache (not measured): the catch-up is measured, not a
     # first run's conversion.
     C.run_process(python_module("streaming.main", "--input_dir",
                                 os.path.join(C.ROOT, "samples", "images"), "--output_dir",
                                 os.path.join(work, "warm"), "--weights", "random:0"))
-    endpoints.use_local_endpoints()
-    storage, bq = endpoints.storage_client(True), endpoints.bigquery_client(True)
-    project = endpoints.project_from_env()
+    clients.use_local_endpoints()
+    storage, bq = clients.storage_client(True), clients.bigquery_client(True)
+    project = clients.project_from_env()
     rid = uuid.uuid4().hex[:8]
     bucket = storage.create_bucket(f"bench-catchup-{rid}")
     vectors = storage.create_bucket(f"bench-catchup-vec-{rid}")

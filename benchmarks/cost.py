@@ -131,7 +131,8 @@ def shuffle_bytes(layout_args: list[str], ref, vector: np.ndarray, model_id: str
     import apache_beam as beam
     from apache_beam import coders
     from apache_beam.ml.inference.base import PredictionResult
-    from streaming import main, pipeline, sinks, vectors
+    from streaming import main, pipeline
+    from streaming.sinks import files, vectors
     from streaming.records import ImageInfo
     opts = main.make_options([
         "--input_subscription", "projects/my-project/subscriptions/embed",
@@ -164,7 +165,7 @@ def shuffle_bytes(layout_args: list[str], ref, vector: np.ndarray, model_id: str
                     type(coder).__name__, "bytes": len(coder.encode(sample)) + 1})
     old = coders.registry.get_coder(object).encode(
         (info, PredictionResult(None, vector, model_id)))
-    row = sinks.embedding_row(info, vector, model_id, "gs://b/v/x.npy", 0)
+    row = files.embedding_row(info, vector, model_id, "gs://b/v/x.npy", 0)
     out.append({"step": "for comparison: (ImageInfo, PredictionResult) with Beam's default "
                         "coder (the former element)", "bytes": len(old)})
     out.append({"step": "for comparison: the row's embedding as JSON text (short float32 "
@@ -202,11 +203,11 @@ def pull_all(subscriber, subscription: str, quiet_for: float = 2.0) -> list:
 
 def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -> dict:
     from google.cloud import pubsub_v1
-    from streaming import endpoints
+    from streaming.support import clients
     from tests.integration.http_proxy import HttpProxy
     from tests.integration.strict_bigquery import Stats, insert_limits
-    project = endpoints.project_from_env()
-    storage, bq = endpoints.storage_client(True), endpoints.bigquery_client(True)
+    project = clients.project_from_env()
+    storage, bq = clients.storage_client(True), clients.bigquery_client(True)
     rid = uuid.uuid4().hex[:8]
     img, vec = storage.create_bucket(f"cost-{rid}"), storage.create_bucket(f"cost-vec-{rid}")
     dataset = f"cost_{rid}"
@@ -323,12 +324,13 @@ def append_rows(rows: list[dict]) -> dict:
         BigQueryWriteGrpcTransport)
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
     import schemas
-    from streaming import bigquery as sink, endpoints
+    from streaming.sinks import bigquery as sink
+    from streaming.support import clients
     host = os.environ.get("BIGQUERY_EMULATOR_GRPC_HOST")
     if not host:
         return {"supported": None, "note": "BIGQUERY_EMULATOR_GRPC_HOST is not set"}
-    bq = endpoints.bigquery_client(True)
-    project, rid = endpoints.project_from_env(), uuid.uuid4().hex[:8]
+    bq = clients.bigquery_client(True)
+    project, rid = clients.project_from_env(), uuid.uuid4().hex[:8]
     dataset = f"cost_write_{rid}"
     bq.create_dataset(dataset)
     table_id = f"{project}.{dataset}.embeddings"
@@ -471,7 +473,7 @@ def markdown(res: dict) -> str:
                      f"{s['bytes']} |")
     w = res["write_api"]
     lines += ["", "## BigQuery ingestion on the emulator", "",
-              f"- insertAll (byte-capped requests, `streaming/bigquery.py`): largest request "
+              f"- insertAll (byte-capped requests, `streaming/sinks/bigquery.py`): largest request "
               f"{max(r['largest_insert_request_bytes'] for r in runs.values())} bytes; "
               f"{runs['shards']['per_1000']['bq_insert_bytes'] / 1000:.0f} request bytes "
               "per row.",
@@ -550,9 +552,9 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.images = 60
-    from streaming import endpoints
-    from streaming.notifications import parse_notification
-    endpoints.use_local_endpoints()
+    from streaming.support import clients
+    from streaming.sources.notifications import parse_notification
+    clients.use_local_endpoints()
     res = {"machine": C.machine(), "settings": {"images": args.images, "runs": args.runs},
            "goals": GOALS, "prices_read_on": READ_ON,
            "prices": {k: {"value": v, "unit": u, "source": s} for k, (v, u, s) in PRICES.items()},

@@ -73,8 +73,8 @@ def former_conversion(seconds: float) -> None:
     steps.done("import TensorFlow and Keras")
     from keras.applications.resnet50 import preprocess_input
 
-    from streaming import model, resnet50
-    keras_model = model.load_keras_model("random:0")
+    from streaming.model import inference, resnet50
+    keras_model = inference.load_keras_model("random:0")
     steps.done("build ResNet50 in Keras (random:0)")
 
     @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8, name="pixels")])
@@ -115,7 +115,7 @@ def _forward_rates(graphs: dict, seconds: float) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from streaming.images import decode_image
+    from streaming.stages.load import decode_image
     photos = [os.path.join(d, f) for d, _, fs in sorted(os.walk(SAMPLES)) for f in sorted(fs)
               if f.endswith(".jpg") and "not-an-image" not in f]
     pixels = [decode_image(open(p, "rb").read()).pixels for p in photos]

@@ -1,7 +1,7 @@
 """GPU check: does decoding keep one GPU fed? L and an end-to-end E per GPU.
 
 Runs without TensorFlow and Beam (on a GPU machine that has PyTorch or JAX), so it uses
-the same pieces the pipeline uses, without Beam: `streaming.decode.decode_image` (draft JPEG decoding, RGB
+the same pieces the pipeline uses, without Beam: `streaming.stages.preprocess.decode_image` (draft JPEG decoding, RGB
 rules, the ResNet evaluation crop) in a process pool, and the same Keras ResNet50 trunk
 (`include_top=False, pooling="avg"`) with ResNet50's `preprocess_input`, on the GPU
 through a Keras backend that is there (`KERAS_BACKEND=torch` by default).
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from streaming.decode import decode_image  # noqa: E402
+from streaming.stages.preprocess import decode_image  # noqa: E402
 from tools.samples import photo_like  # noqa: E402
 
 

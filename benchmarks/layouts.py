@@ -6,7 +6,7 @@ cores processes, TensorFlow's default threads: Dataflow's default) and `many-1` 
 processes, one TensorFlow and one decode thread each). Each embeds a small and a large
 folder: whole process = large images / its wall time; steady state = extra images /
 extra seconds, start-up cancelling out. Paired rounds; peak RSS of the process tree,
-and from it peak memory by machine type (`streaming/sizing.py`).
+and from it peak memory by machine type (`streaming/config/sizing.py`).
 """
 from __future__ import annotations
 
@@ -65,16 +65,17 @@ def summarise(rounds: list[dict]) -> dict:
 
 
 def sizing_rows(process_mib: float) -> list[str]:
-    """Peak memory by streaming.sizing per machine and layout at the default --max_pixels
+    """Peak memory by streaming.config.sizing per machine and layout at the default --max_pixels
     and --max_bytes, and the largest --max_pixels that fits."""
-    from streaming import decode, sizing
+    from streaming.stages import preprocess
+    from streaming.config import sizing
     rows = []
     for name, cpus, gib in MACHINES:
         for procs, harness, threads in ((1, cpus // 2, 2), (cpus, 1, 1)):
             kw = dict(processes=procs, harness_threads=harness, decode_threads=threads,
-                      decode_window=decode.DEFAULT_DECODE_WINDOW,
-                      max_bytes=decode.DEFAULT_MAX_BYTES, base_mib=process_mib)
-            peak = sizing.peak_bytes(max_pixels=decode.DEFAULT_MAX_PIXELS, **kw) / 2**30
+                      decode_window=preprocess.DEFAULT_DECODE_WINDOW,
+                      max_bytes=preprocess.DEFAULT_MAX_BYTES, base_mib=process_mib)
+            peak = sizing.peak_bytes(max_pixels=preprocess.DEFAULT_MAX_PIXELS, **kw) / 2**30
             room = (gib - VM_ALLOWANCE_GIB) * 2**30 - sizing.peak_bytes(max_pixels=0, **kw)
             largest = room / (procs * harness * threads * sizing.DECODE_BYTES_PER_PIXEL)
             rows.append(f"| {name} | {procs} x {harness} x {threads} | {peak:.1f} | "
@@ -103,7 +104,7 @@ def markdown(result: dict) -> str:
               "model per SDK process, the launcher's start-up check). Steady state leaves "
               "that start-up out: the extra images of the large folder over the extra "
               "seconds (n/a where the large run was no slower than the small one).", "",
-              "## Peak memory by machine type (streaming/sizing.py)", "",
+              "## Peak memory by machine type (streaming/config/sizing.py)", "",
               f"One SDK process at work: {process_mib:.0f} MiB (the `many` peak minus the "
               f"`one` peak, per extra process). With the largest allowed images arriving at "
               f"once, default `--max_pixels` and `--max_bytes`; {VM_ALLOWANCE_GIB} GiB per VM "

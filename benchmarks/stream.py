@@ -99,10 +99,10 @@ def latencies(uploads: dict, seen: dict) -> dict:
 
 def run(args, work: str) -> dict:
     from google.cloud import pubsub_v1
-    from streaming import endpoints
-    endpoints.use_local_endpoints()
-    project = endpoints.project_from_env()
-    storage, bq = endpoints.storage_client(True), endpoints.bigquery_client(True)
+    from streaming.support import clients
+    clients.use_local_endpoints()
+    project = clients.project_from_env()
+    storage, bq = clients.storage_client(True), clients.bigquery_client(True)
     rid = uuid.uuid4().hex[:8]
     bucket, dataset = storage.create_bucket(f"bench-{rid}"), f"bench_{rid}"
     bq.create_dataset(dataset)

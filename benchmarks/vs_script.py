@@ -70,11 +70,12 @@ def forward(runtime: str, folder: str, cache: str, seconds: float) -> None:
     `seconds` after its warm-up (load_embedding_model warms it up)."""
     import numpy as np
 
-    from streaming import decode, model
+    from streaming.stages import preprocess
+    from streaming.model import inference
     files = sorted(os.listdir(folder))[:L_BATCH]
-    batch = np.stack([decode.decode_image(open(os.path.join(folder, f), "rb").read()).pixels
+    batch = np.stack([preprocess.decode_image(open(os.path.join(folder, f), "rb").read()).pixels
                       for f in files * (L_BATCH // len(files) + 1)][:L_BATCH])
-    embed = model.load_embedding_model("random:0", runtime, cache)
+    embed = inference.load_embedding_model("random:0", runtime, cache)
     embed(batch)  # the first batch of this size allocates
     images, start = 0, time.monotonic()
     while time.monotonic() - start < seconds:

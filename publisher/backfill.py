@@ -25,10 +25,10 @@ import tempfile
 import time
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
-from publisher.messages import notification_for
-from streaming import cli
-from streaming.adapters import object_resource
-from streaming.filters import DEFAULT_EXTENSIONS, split_list, type_accepted
+from streaming.sources.contract import notification_for
+from streaming.config import cli
+from streaming.support.library_patches import object_resource
+from streaming.stages.filters import DEFAULT_EXTENSIONS, split_list, type_accepted
 
 
 @dataclasses.dataclass
@@ -161,9 +161,11 @@ class RateLimiter:
 
 def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     """Runs one backfill; returns the counts (listed, published, failed, skipped...)."""
-    from streaming import endpoints, names, reconcile
+    from streaming.support import clients
+    from streaming.config import names
+    from streaming.sources import catch_up
     if args.local_endpoints:
-        endpoints.use_local_endpoints()
+        clients.use_local_endpoints()
     bucket, prefix = names.split_gcs_uri(args.source)
     filters = Filters(prefix=prefix, content_types=split_list(args.content_type, lower=True),
                       extensions=split_list(args.extensions, lower=True),
@@ -177,7 +179,7 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
             and not args.skip_existing:
         raise ValueError("--fingerprint, --dead-letter-table and --retry-dead-letters "
                          "refine --skip-existing; add it")
-    storage = endpoints.storage_client(args.local_endpoints)
+    storage = clients.storage_client(args.local_endpoints)
     publisher = None if args.dry_run else make_publisher(args.max_in_flight)
     check_targets(storage, publisher, bucket, args.topic)
     in_flight = InFlight(checkpoint, counts)
@@ -186,25 +188,25 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     started = time.monotonic()
     progress = make_progress(args)
 
-    def findings() -> Iterator[reconcile.Finding]:
+    def findings() -> Iterator[catch_up.Finding]:
         """What to publish, in publishing order."""
         for name in sorted(retry_names):  # failures of the previous run first
             blob = storage.bucket(bucket).get_blob(name)
             if blob is not None:
-                yield reconcile.Finding(object_resource(blob), reconcile.EMBED)
+                yield catch_up.Finding(object_resource(blob), catch_up.EMBED)
             else:
                 checkpoint.failed.remove(name)  # gone since: nothing to publish
-        listing = reconcile.list_resources(storage, bucket, prefix, checkpoint.after,
+        listing = catch_up.list_resources(storage, bucket, prefix, checkpoint.after,
                                            args.page_size)
         if not args.skip_existing:
-            yield from (reconcile.Finding(r, reconcile.EMBED) for r in listing)
+            yield from (catch_up.Finding(r, catch_up.EMBED) for r in listing)
             return
         # One query, merged with the listing in name order: memory stays bounded.
-        known = reconcile.known_generations(
-            endpoints.bigquery_client(args.local_endpoints), args.table,
-            reconcile.Scope(bucket, prefix), fingerprint=args.fingerprint,
+        known = catch_up.known_generations(
+            clients.bigquery_client(args.local_endpoints), args.table,
+            catch_up.Scope(bucket, prefix), fingerprint=args.fingerprint,
             dead_letter_table=args.dead_letter_table, after=checkpoint.after)
-        yield from reconcile.compare(listing, known, bucket,
+        yield from catch_up.compare(listing, known, bucket,
                                      retry_dead_letters=args.retry_dead_letters)
 
     interrupted = False
@@ -212,12 +214,12 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     try:
         for finding in findings():
             resource = finding.resource
-            gone = finding.action == reconcile.GONE
+            gone = finding.action == catch_up.GONE
             counts["gone" if gone else "listed"] += 1
             progress.update(1)
             if not gone and not filters.accepts(resource):
                 counts["skipped_filter"] += 1
-            elif finding.action == reconcile.DONE:
+            elif finding.action == catch_up.DONE:
                 counts["skipped_existing"] += 1
             elif args.dry_run:
                 counts["would_publish"] += 1
@@ -364,7 +366,7 @@ def failure_message(counts: Mapping[str, int], args, error: Optional[BaseExcepti
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
-    from streaming import names
+    from streaming.config import names
     try:
         names.split_gcs_uri(args.source)
         names.pubsub_path(args.topic, "topics")

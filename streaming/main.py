@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Optional, Sequence
 
-from streaming import cli, flags
+from streaming.config import cli, flags
 
 PROG = "embed-stream"
 BEAM_NOTE = ("Beam and Dataflow pipeline options (--runner, --project, --region, "
@@ -127,7 +127,7 @@ def default_model_cache(opts) -> Optional[str]:
 
 def parse(argv: Sequence[str]):
     """EmbedOptions of `argv`; raises UsageError for an option nobody defines."""
-    from streaming.options import EmbedOptions
+    from streaming.config.options import EmbedOptions
     argv = cli.respell(list(argv), help_parser().long_options())
     opts = EmbedOptions(argv)
     unknown = unknown_options(opts, argv)
@@ -145,7 +145,7 @@ def make_options(argv: Optional[Sequence[str]]):
     """
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
 
-    from streaming.options import validate
+    from streaming.config.options import validate
     argv = list(argv or ())
     opts = parse(argv)
     defaults = worker_defaults(opts)
@@ -175,11 +175,12 @@ def is_remote(opts) -> bool:
 
 
 def check_before_start(opts) -> None:
-    """Everything that can fail before the model loads (see streaming/preflight.py).
+    """Everything that can fail before the model loads (see streaming/config/preflight.py).
     What the caller may not read (a 403) is skipped, named in one warning line."""
     from apache_beam.options.pipeline_options import TestOptions
 
-    from streaming import endpoints, preflight
+    from streaming.support import clients
+    from streaming.config import preflight
     remote = is_remote(opts)
     if remote:
         for option in ("weights", "model_cache_dir"):
@@ -194,7 +195,7 @@ def check_before_start(opts) -> None:
         raise cli.UsageError("--input_dir and a local --output_dir work only locally; "
                              "use Pub/Sub and gs:// with a remote runner")
     if opts.local_endpoints:
-        endpoints.use_local_endpoints()
+        clients.use_local_endpoints()
     skipped = preflight.check(opts, local=opts.local_endpoints, remote=remote,
                               dry_run=remote and bool(opts.view_as(TestOptions).dry_run))
     if skipped:
@@ -234,7 +235,8 @@ class Run:
         """Checks, builds and runs the job; returns its counters (empty when submitted)."""
         import apache_beam as beam
 
-        from streaming import model, progress
+        from streaming.model import inference
+        from streaming.support import progress
         from streaming.pipeline import build_pipeline, catch_up_enabled, model_threads
         opts = make_options(argv)
         check_before_start(opts)
@@ -252,7 +254,7 @@ class Run:
         # Fail fast, once: an unloadable model must stop the job here, not per element.
         # RunInference then reuses this copy (load_embedding_model caches it).
         with cli.quiet_native_stderr(enabled=not opts.verbose):
-            loaded = model.load_embedding_model(
+            loaded = inference.load_embedding_model(
                 opts.weights, opts.runtime, opts.model_cache_dir, threads=model_threads(opts))
         print(f"model: {loaded.model_id} (weights {opts.weights}, {loaded.runtime_version} "
               f"on {getattr(loaded, 'device', 'CPU')})",
@@ -313,7 +315,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run.stop("terminated")
         code, stopped = cli.EXIT_OK, True
     except Exception as e:  # noqa: BLE001 - one line, the traceback at debug level
-        from streaming.model import WeightsUnavailableError
+        from streaming.model.inference import WeightsUnavailableError
         usage = run.started is None and isinstance(e, (ValueError, WeightsUnavailableError))
         code = cli.fail(PROG, e, usage=usage)
     finally:

@@ -10,12 +10,17 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions, StandardOptions
 
 import schemas
-from streaming import adapters, batching, bigquery, filters, images, metrics, model, reconcile, sinks
+from streaming import metrics
+from streaming.support import library_patches
+from streaming.stages import batching, filters, load
+from streaming.sinks import bigquery, files
+from streaming.model import inference
+from streaming.sources import catch_up
 from streaming import coders  # noqa: F401 - registers the records' versioned coders
-from streaming import vectors as vectors_
-from streaming.local_source import ReadLocalFolder
-from streaming.notifications import ParseNotifications
-from streaming.options import EmbedOptions
+from streaming.sinks import vectors as vectors_
+from streaming.sources.local_folder import ReadLocalFolder
+from streaming.sources.notifications import ParseNotifications
+from streaming.config.options import EmbedOptions
 
 # The local runner's Pub/Sub read: the most one pull may return, and how long a pull
 # waits for a message before the runner gets on with its timers.
@@ -44,15 +49,15 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
             opts.input_dir, watch=opts.watch, interval=opts.watch_interval)
         return refs, None
     if not on_dataflow(opts):
-        adapters.pull_more_locally(LOCAL_PULL_MESSAGES, LOCAL_PULL_WAIT_SECS,
+        library_patches.pull_more_locally(LOCAL_PULL_MESSAGES, LOCAL_PULL_WAIT_SECS,
                                    LOCAL_PULL_IDLE_SECS)
     messages = pipeline | "Read notifications" >> beam.io.ReadFromPubSub(
         subscription=opts.input_subscription, topic=opts.input_topic, with_attributes=True)
     parsed = messages | "Parse notifications" >> ParseNotifications()
     if not catch_up_enabled(opts):
         return parsed.refs, parsed.dead_letters
-    missed = pipeline | "Catch up" >> reconcile.CatchUp(
-        reconcile.scopes(filters.split_list(opts.buckets), opts.include_prefix),
+    missed = pipeline | "Catch up" >> catch_up.CatchUp(
+        catch_up.scopes(filters.split_list(opts.buckets), opts.include_prefix),
         opts.output_table, opts.dead_letter_table, local=opts.local_endpoints,
         every_secs=opts.catch_up_every_minutes * 60 or None, accept=filter_config(opts),
         chunk=opts.catch_up_chunk)
@@ -111,11 +116,11 @@ def min_batch_size(opts: EmbedOptions) -> int:
 
 def batches_refs(opts: EmbedOptions) -> bool:
     """Whether streaming batches are formed across bundles (--max_batch_duration_secs),
-    from refs before the load stage (see streaming/batching.py)."""
+    from refs before the load stage (see streaming/stages/batching.py)."""
     return bool(opts.view_as(StandardOptions).streaming and opts.max_batch_duration_secs)
 
 
-def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
+def model_handler(opts: EmbedOptions) -> inference.EmbeddingModelHandler:
     """RunInference's handler for `--weights`, batching within bundles.
 
     RunInference never batches across bundles: that would key, shuffle and hold decoded
@@ -123,7 +128,7 @@ def model_handler(opts: EmbedOptions) -> model.EmbeddingModelHandler:
     batches and the rest flushes at the bundle's end.
     """
     smallest = opts.max_batch_size if batches_refs(opts) else min_batch_size(opts)
-    return model.make_model_handler(
+    return inference.make_model_handler(
         opts.weights, min_batch_size=smallest, max_batch_size=opts.max_batch_size,
         max_batch_duration_secs=None, runtime=opts.runtime, cache_dir=opts.model_cache_dir,
         threads=model_threads(opts), weights_watch=opts.weights_watch,
@@ -155,12 +160,12 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     if batches_refs(opts):
         to_load = to_load | "Batch references" >> batching.BatchRefs(
             min_batch_size(opts), opts.max_batch_size, opts.max_batch_duration_secs)
-    loaded = to_load | "Load and resize" >> images.LoadImages(
+    loaded = to_load | "Load and resize" >> load.LoadImages(
         opts.resize_policy, opts.max_pixels, opts.max_bytes,
         threads=opts.decode_threads, window=opts.decode_window, accept=accept)
-    results, embed_dead = loaded.images | "Embed with ResNet50" >> model.EmbedImages(handler)
+    results, embed_dead = loaded.images | "Embed with ResNet50" >> inference.EmbedImages(handler)
     vector_root = opts.output_gcs or (
-        sinks.FileSystems.join(opts.output_dir, sinks.VECTORS_DIR) if opts.output_dir else None)
+        files.FileSystems.join(opts.output_dir, files.VECTORS_DIR) if opts.output_dir else None)
     # Only the vector travels on, as float32 bytes (vectors.EmbeddedCoder).
     vectors = results | "Drop pixels" >> beam.MapTuple(vectors_.embedded).with_output_types(
         vectors_.Embedded)
@@ -169,14 +174,14 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
         if streaming:
             # Spreads the .npy uploads and BigQuery inserts over keys, off the model's step.
             vectors = vectors | "Spread writes" >> beam.Reshuffle()
-        written = vectors | "Write vectors" >> sinks.WriteVectors(vector_root)
+        written = vectors | "Write vectors" >> files.WriteVectors(vector_root)
     else:
         # Streaming: the same one shuffle, grouping vectors into shards on the way.
         groups = vectors | "Spread writes" >> vectors_.GroupForShards(
             opts.vectors_per_shard, opts.shard_wait_secs, opts.shard_keys, streaming)
         written = groups | "Write vectors" >> vectors_.WriteShards(vector_root)
     _ = written.rows | "Measure latency" >> beam.FlatMap(metrics.observe_row)
-    tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(sinks.tombstone_row)
+    tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(files.tombstone_row)
     rows = {"rows": written.rows, "tombstones": tombstones}
     dead = {"filter": kept.dead_letters, "load": loaded.dead_letters, "embed": embed_dead,
             "write": written.dead_letters}
@@ -187,23 +192,23 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
                     | "Write to BigQuery" >> bigquery.WriteRows(
                         opts.output_table, local=opts.local_endpoints))
         dead["bigquery"] = rejected | "Dead-letter rejected rows" >> beam.Map(
-            sinks.rejected_row_to_dead_letter)
+            files.rejected_row_to_dead_letter)
     all_dead = tuple(dead.values()) | "Gather dead letters" >> beam.Flatten()
     if opts.dead_letter_table:
         (all_dead
-         | "Dead-letter rows" >> sinks.DeadLetterRows()
+         | "Dead-letter rows" >> files.DeadLetterRows()
          | "Write dead letters to BigQuery" >> bigquery.WriteRows(
              opts.dead_letter_table, schemas.DEAD_LETTERS, local=opts.local_endpoints))
     if opts.output_dir:
         # One file sink per input, not one after a Flatten: the local --watch run executes
         # on the FnApiRunner, where a Flatten waits for its (never-ending) inputs.
         for label, part in rows.items():
-            part | f"Write {label}" >> sinks.WriteJsonFiles(
-                sinks.FileSystems.join(opts.output_dir, sinks.ROWS_DIR), "rows")
+            part | f"Write {label}" >> files.WriteJsonFiles(
+                files.FileSystems.join(opts.output_dir, files.ROWS_DIR), "rows")
         for stage, part in dead.items():
             (part
-             | f"Dead-letter rows ({stage})" >> sinks.DeadLetterRows()
-             | f"Write dead letters ({stage})" >> sinks.WriteJsonFiles(
-                 sinks.FileSystems.join(opts.output_dir, sinks.DEAD_LETTERS_DIR),
+             | f"Dead-letter rows ({stage})" >> files.DeadLetterRows()
+             | f"Write dead letters ({stage})" >> files.WriteJsonFiles(
+                 files.FileSystems.join(opts.output_dir, files.DEAD_LETTERS_DIR),
                  "dead_letters"))
     return {"rows": written.rows, "tombstones": tombstones, "dead_letters": all_dead}

@@ -17,8 +17,8 @@ import pytest  # noqa: E402
 @pytest.fixture(scope="session")
 def keras_model():
     """ResNet50 with `random:0` weights, built once for the whole session."""
-    from streaming import model
-    return model.load_keras_model("random:0")
+    from streaming.model import inference
+    return inference.load_keras_model("random:0")
 
 
 @pytest.fixture(scope="session")

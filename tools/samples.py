@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from streaming import cli
+from streaming.config import cli
 
 
 def photo_like(width: int, height: int, seed: int) -> np.ndarray:

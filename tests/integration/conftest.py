@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from streaming import endpoints
+from streaming.support import clients
 from tests.processes import Child, python_module, wait_until  # noqa: F401 - for tests
 
 
@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def cloud():
-    missing = [v for v in endpoints.ENV_VARS if not os.environ.get(v)]
+    missing = [v for v in clients.ENV_VARS if not os.environ.get(v)]
     if missing:
         pytest.skip("emulators not configured (" + ", ".join(missing) + "); run tests/run.sh")
     try:
@@ -31,15 +31,15 @@ def cloud():
     except OSError as e:
         pytest.fail(f"BIGQUERY_EMULATOR_HOST is not the strict BigQuery proxy ({e}); "
                     "run the tests with tests/run.sh")
-    endpoints.use_local_endpoints()
+    clients.use_local_endpoints()
     from google.cloud import pubsub_v1
-    project = endpoints.project_from_env()
+    project = clients.project_from_env()
     ns = types.SimpleNamespace(
         project=project,
         run_id=uuid.uuid4().hex[:8],
         notify_topic=f"projects/{project}/topics/{os.environ.get('EMU_NOTIFY_TOPIC', 'gcs-notifications')}",
-        storage=endpoints.storage_client(True),
-        bq=endpoints.bigquery_client(True),
+        storage=clients.storage_client(True),
+        bq=clients.bigquery_client(True),
         publisher=pubsub_v1.PublisherClient(),
         subscriber=pubsub_v1.SubscriberClient(),
     )

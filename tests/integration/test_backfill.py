@@ -11,7 +11,7 @@ import pytest
 from analysis import sql
 
 from publisher import backfill
-from streaming.notifications import parse_notification
+from streaming.sources.notifications import parse_notification
 from tests.integration.conftest import pull_all
 from tests.processes import ROOT, Child, python_module, run, wait_until
 
@@ -162,7 +162,7 @@ def reconciled(cloud):
     dead letters (one try, and all tries used up), a row for an older generation only
     (that generation is gone: a tombstone is due), and nothing at all."""
     import schemas
-    from streaming.bigquery import make_table
+    from streaming.sinks.bigquery import make_table
     from streaming.records import row_key
     bucket = cloud.storage.create_bucket(f"recon-{cloud.run_id}")
     gens = {}

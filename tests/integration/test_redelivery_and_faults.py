@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from analysis import sql
-from publisher.messages import notification_for
+from streaming.sources.contract import notification_for
 from tests import fixtures
 from tests.integration.conftest import pull_all, wait_until
 

@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 from apache_beam.io import PubsubMessage
 
-from publisher.messages import notification_for
-from streaming import main, pipeline, sinks
-from streaming.notifications import ParseNotifications
-from streaming.options import EmbedOptions
+from streaming.sources.contract import notification_for
+from streaming import main, pipeline
+from streaming.sinks import files
+from streaming.sources.notifications import ParseNotifications
+from streaming.config.options import EmbedOptions
 from tests import fixtures
 from tests.integration.conftest import pull_all, wait_until
 from tests.integration.http_proxy import HttpProxy, gcs_error, object_creator_rule
@@ -77,7 +78,7 @@ def run_job(messages, out_dir, *argv):
             with open(path, encoding="utf-8") as f:
                 found.append(json.loads(f.read()))
         return found
-    return read(sinks.ROWS_DIR), read(sinks.DEAD_LETTERS_DIR), main.counters(result)
+    return read(files.ROWS_DIR), read(files.DEAD_LETTERS_DIR), main.counters(result)
 
 
 def test_none_format_objects_are_filtered_on_their_fetched_content_type(bucket, tmp_path):

@@ -7,7 +7,7 @@ from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from streaming import sinks
+from streaming.sinks import files
 from streaming.records import ImageInfo, ImageRef
 from tests.integration.http_proxy import HttpProxy
 
@@ -22,7 +22,7 @@ def test_vector_write_to_a_missing_bucket_is_retried_then_dead_lettered(cloud, m
     element = (info, PredictionResult(None, np.ones(4, np.float32), "resnet50-avgpool@ab"))
     try:
         with TestPipeline(runner="BundleBasedDirectRunner") as p:
-            out = p | beam.Create([element]) | sinks.WriteVectors(f"gs://{bucket}/v/")
+            out = p | beam.Create([element]) | files.WriteVectors(f"gs://{bucket}/v/")
             assert_that(out.rows, equal_to([]), label="no row")
             assert_that(out.dead_letters | beam.Map(lambda d: (d.stage, d.reason, d.ref.name)),
                         equal_to([("write", "not_found", "a.jpg")]), label="dead")
@@ -41,7 +41,7 @@ def test_reads_are_retried_with_backoff_then_dead_lettered(cloud, monkeypatch):
 
     import pytest
 
-    from streaming.images import GcsReader
+    from streaming.stages.load import GcsReader
     from streaming.records import Rejected
     from tests import fixtures
     from tests.integration.tcp_proxy import TcpProxy

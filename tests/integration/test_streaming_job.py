@@ -9,7 +9,7 @@ import re
 import numpy as np
 import pytest
 
-from streaming.images import decode_image
+from streaming.stages.load import decode_image
 from tests import fixtures
 from tests.integration.conftest import pull_all, wait_until
 

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from streaming import resnet50
-from streaming.images import decode_image
+from streaming.model import resnet50
+from streaming.stages.load import decode_image
 from tests import fixtures
 from tests.integration.conftest import start_job, wait_until
 
@@ -124,10 +124,10 @@ def test_uploads_before_during_and_after_a_switch(switching):
 def test_workers_sharing_a_gs_cache_claim_each_graph_once(cloud):
     """The create-only claim on Cloud Storage: one worker gets it, the others wait; a
     claim given back after a failed build can be taken again."""
-    from streaming import onnx_model
+    from streaming.model import onnx_runtime
     bucket = cloud.storage.create_bucket(f"switch-cache-{cloud.run_id}")
     cache, key = f"gs://{bucket.name}/onnx-cache/", "k1"
-    assert onnx_model.claim_entry(cache, key)
-    assert not onnx_model.claim_entry(cache, key)
-    onnx_model.release_claim(cache, key)
-    assert onnx_model.claim_entry(cache, key)
+    assert onnx_runtime.claim_entry(cache, key)
+    assert not onnx_runtime.claim_entry(cache, key)
+    onnx_runtime.release_claim(cache, key)
+    assert onnx_runtime.claim_entry(cache, key)

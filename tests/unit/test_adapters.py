@@ -1,4 +1,4 @@
-"""Each private API `streaming.adapters` relies on still exists and still does the job.
+"""Each private API `streaming.support.library_patches` relies on still exists and still does the job.
 
 These fail on a library upgrade that removes or changes one of them, naming it, before
 a pipeline would fail.
@@ -6,7 +6,7 @@ a pipeline would fail.
 import google.auth
 import pytest
 
-from streaming import adapters
+from streaming.support import library_patches
 
 
 def test_object_resource_is_the_json_api_resource_the_public_attributes_read():
@@ -15,7 +15,7 @@ def test_object_resource_is_the_json_api_resource_the_public_attributes_read():
     blob = bucket.blob("a/cat.jpg")
     blob.content_type = "image/jpeg"
     blob.metadata = {"camera": "X100"}
-    resource = adapters.object_resource(blob)
+    resource = library_patches.object_resource(blob)
     assert resource["contentType"] == "image/jpeg"
     assert resource["metadata"] == {"camera": "X100"}
     resource["contentType"] = "changed"  # a copy: the blob is left alone
@@ -29,7 +29,7 @@ def test_anonymous_credentials_reach_beams_own_credential_lookup(monkeypatch):
     monkeypatch.setattr(google.auth, "default", google.auth.default)  # restored after
     monkeypatch.setattr(auth._Credentials, "_credentials_init", False)
     monkeypatch.setattr(auth._Credentials, "_credentials", None)
-    adapters.use_anonymous_credentials("proj")
+    library_patches.use_anonymous_credentials("proj")
     default_credentials, project = google.auth.default()
     assert isinstance(default_credentials, AnonymousCredentials) and project == "proj"
     credentials = auth.get_service_credentials(PipelineOptions())
@@ -63,7 +63,7 @@ def _local_read(monkeypatch, subscriber, idle_secs=0.0):
     monkeypatch.setattr(reader, "_unwrapped_subscriber_client", None, raising=False)
     monkeypatch.setattr(reader, "_get_subscriber_client",
                         classmethod(lambda _cls, _transform: subscriber))
-    adapters.pull_more_locally(1000, 0.5, idle_secs)
+    library_patches.pull_more_locally(1000, 0.5, idle_secs)
     evaluator = object.__new__(reader)
     evaluator._applied_ptransform, evaluator._sub_name = object(), "projects/p/subscriptions/s"
     return evaluator._read_from_pubsub(None)
@@ -87,7 +87,7 @@ def test_an_empty_pull_that_answers_at_once_waits_out_the_idle_time(monkeypatch,
     """The emulator answers an empty pull at once: without the wait, an idle local job
     would pull again and again, a core's worth; a pull with messages never waits."""
     slept = []
-    monkeypatch.setattr(adapters.time, "sleep", slept.append)
+    monkeypatch.setattr(library_patches.time, "sleep", slept.append)
     _local_read(monkeypatch, _Subscriber(messages=messages), idle_secs=0.2)
     assert bool(slept) is sleeps
     if sleeps:

@@ -2,7 +2,7 @@
 the fingerprint check, output formats and usage errors.
 
 The rows are made with the pipeline's own functions (decode_image, the ResNet50 of
-streaming.model with `random:0` weights, sinks.embedding_row), written where embed-stream
+streaming.model.inference with `random:0` weights, sinks.files.embedding_row), written where embed-stream
 writes them, without running a pipeline.
 
 About the images: with random weights every ResNet50 embedding points in almost the
@@ -28,8 +28,8 @@ from PIL import Image
 
 from analysis import rows as rows_mod
 from analysis import search
-from streaming import sinks
-from streaming.images import decode_image
+from streaming.sinks.files import embedding_row, tombstone_row
+from streaming.stages.load import decode_image
 from streaming.records import ImageInfo, ImageRef, object_file_name, row_key
 from tools.samples import photo_like
 
@@ -96,8 +96,8 @@ def embedding_rows(model, bucket: str, files: dict[str, bytes], source: str = "l
         ref = ImageRef(bucket, name, generation, source=source, content_type=content_type,
                        size=len(data), event_time="2026-11-27T10:00:00+00:00")
         info = ImageInfo(ref, decoded.width, decoded.height, decoded.format)
-        rows.append(sinks.embedding_row(info, vector, model.model_id, None))
-    rows.append(sinks.tombstone_row(ImageRef(bucket, DELETED, 7, event_type="OBJECT_DELETE",
+        rows.append(embedding_row(info, vector, model.model_id, None))
+    rows.append(tombstone_row(ImageRef(bucket, DELETED, 7, event_type="OBJECT_DELETE",
                                              source=source)))
     return rows
 
@@ -115,7 +115,7 @@ def write_rows(out: str, rows: list[dict]) -> None:
 def session_embedder(keras_model):
     """The pipeline's EmbeddingModel around the session's random:0 ResNet50 (the
     conftest's), put in the process's model cache as `random:0`: one load per session."""
-    from streaming import model as model_mod
+    from streaming.model import inference as model_mod
     with model_mod._LOAD_LOCK:
         if "random:0" not in model_mod._LOADED:
             model = model_mod.EmbeddingModel(keras_model)
@@ -187,8 +187,8 @@ def test_object_uses_its_stored_embedding(capsys, local_folder, monkeypatch):
 
     def no_model(weights):
         raise AssertionError("a stored object needs no model")
-    from streaming import model
-    monkeypatch.setattr(model, "load_embedding_model", no_model)
+    from streaming.model import inference
+    monkeypatch.setattr(inference, "load_embedding_model", no_model)
     for argv in (["--object", os.path.join(images, ORIGINAL)],
                  ["--bucket", images, "--name", ORIGINAL]):
         code, stdout, _ = run(capsys, *argv, "--output_dir", out, "--json")

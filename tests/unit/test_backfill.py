@@ -8,8 +8,8 @@ import pytest
 
 import schemas
 from publisher import backfill
-from publisher.messages import notification_for
-from streaming.notifications import parse_notification
+from streaming.sources.contract import notification_for
+from streaming.sources.notifications import parse_notification
 
 RESOURCE = schemas.notification_contract()["example"]["data"]
 
@@ -78,7 +78,7 @@ def test_resume_file_of_another_source_is_refused(tmp_path):
 
 
 def test_the_source_is_a_bucket_and_a_prefix():
-    from streaming.names import split_gcs_uri
+    from streaming.config.names import split_gcs_uri
     assert split_gcs_uri("gs://my-images") == ("my-images", "")
     assert split_gcs_uri("gs://my-images/x/y") == ("my-images", "x/y")
     for bad in ("/local/path", "gs://", "gs://b/x"):

@@ -6,7 +6,8 @@ import logging
 import pytest
 from google.api_core import exceptions as gexc
 
-from streaming import bigquery, failures
+from streaming import failures
+from streaming.sinks import bigquery
 from tests.integration.strict_bigquery import MAX_REQUEST_BYTES as BIGQUERY_LIMIT
 
 

@@ -11,7 +11,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from streaming import main
-from streaming.notifications import ParseNotifications
+from streaming.sources.notifications import ParseNotifications
 from tests import fixtures
 from tests.processes import Child, python_module, wait_until
 
@@ -45,7 +45,7 @@ def test_minimum_batch_size_depends_on_the_source(argv, expected):
 @pytest.mark.parametrize("argv, expected", [
     # A folder runs full batches of 8 from the start, not a ramp from 1.
     (["--input_dir", "i"], {"min_batch_size": 8, "max_batch_size": 8}),
-    # Streaming: refs are batched across bundles upstream (streaming/batching.py), so
+    # Streaming: refs are batched across bundles upstream (streaming/stages/batching.py), so
     # RunInference batches within bundles and never holds pixels in state.
     (["--input_subscription", "projects/my-project/subscriptions/subs"],
      {"min_batch_size": 8, "max_batch_size": 8, "max_batch_duration_secs": None}),

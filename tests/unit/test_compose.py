@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from streaming import main
-from streaming.options import EmbedOptions
+from streaming.config.options import EmbedOptions
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())

@@ -93,18 +93,18 @@ def test_template_launches_run_as_the_launcher_runs_them(argv, capsys):
 
 @pytest.mark.slow
 def test_the_one_time_conversion_fills_the_cache_the_launch_names(tmp_path):
-    """`python -m streaming.prepare_model` as documented (random weights, a local cache
+    """`python -m streaming.model.prepare` as documented (random weights, a local cache
     folder for the bucket); a fresh process then loads from it without TensorFlow."""
-    (argv,) = commands("python -m streaming.prepare_model")
+    (argv,) = commands("python -m streaming.model.prepare")
     cache = str(tmp_path / "onnx-cache")
     args = [cache if a == EXAMPLE_ENV["MODEL_CACHE"] else
             "random:0" if a == EXAMPLE_ENV["WEIGHTS"] else a for a in argv[3:]]
-    run = subprocess.run([sys.executable, "-m", "streaming.prepare_model", *args], cwd=ROOT,
+    run = subprocess.run([sys.executable, "-m", "streaming.model.prepare", *args], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     code = ("import json, sys, logging\n"
-            "from streaming import model\n"
-            f"m = model.load_embedding_model('random:0', 'onnx', {cache!r})\n"
+            "from streaming.model import inference\n"
+            f"m = inference.load_embedding_model('random:0', 'onnx', {cache!r})\n"
             "print(json.dumps([m.model_id, sorted(k for k in sys.modules "
             "if k.split('.')[0] in ('tensorflow', 'keras'))]))")
     again = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from streaming import cli, names
+from streaming.config import cli, names
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -1,4 +1,4 @@
-from streaming.filters import (DEFAULT_EXTENSIONS, FilterConfig, output_prefixes, skip_reason,
+from streaming.stages.filters import (DEFAULT_EXTENSIONS, FilterConfig, output_prefixes, skip_reason,
                                split_list, type_accepted, type_skip_reason)
 from streaming.records import ImageRef
 
@@ -104,7 +104,7 @@ def test_a_none_format_deletion_gets_its_tombstone_whatever_the_name():
 
 
 def test_a_generation_brought_by_both_a_notification_and_the_catch_up_passes_once():
-    from streaming.filters import Claims
+    from streaming.stages.filters import Claims
     claims = Claims(limit=3)
     assert claims.first("k", "notification") and claims.first("k", "backfill")
     assert not claims.first("k", "catchup")  # the notification owns it
@@ -119,7 +119,7 @@ def test_duplicates_are_skipped_but_retries_and_redeliveries_pass():
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
-    from streaming import filters
+    from streaming.stages import filters
     from streaming.records import ImageRef
     filters.CLAIMS = filters.Claims()
     refs = [ImageRef("b", "x.jpg", 1, source="notification"),

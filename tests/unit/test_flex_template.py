@@ -10,8 +10,10 @@ import sys
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from streaming import flags, images, main
-from streaming.options import EmbedOptions, validate
+from streaming import main
+from streaming.config import flags
+from streaming.stages import load
+from streaming.config.options import EmbedOptions, validate
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 METADATA = json.loads((ROOT / "flex_template" / "metadata.json").read_text())
@@ -141,6 +143,6 @@ def test_runtime_regex_is_the_jobs_choices():
 
 def test_resize_policy_regex_is_the_jobs_choices():
     param = PARAMS["resize_policy"]
-    assert all(matches(param, p) for p in images.RESIZE_POLICIES)
+    assert all(matches(param, p) for p in load.RESIZE_POLICIES)
     alternatives = re.fullmatch(r"\^\((.*)\)\$", param["regexes"][0]).group(1).split("|")
-    assert sorted(alternatives) == sorted(images.RESIZE_POLICIES)
+    assert sorted(alternatives) == sorted(load.RESIZE_POLICIES)

@@ -11,9 +11,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
 import schemas
-from streaming.filters import FilterConfig, bucket_allowed
-from streaming.images import decode_image
-from streaming.notifications import parse_notification
+from streaming.stages.filters import FilterConfig, bucket_allowed
+from streaming.stages.load import decode_image
+from streaming.sources.notifications import parse_notification
 from streaming.records import DeadLetter, ImageRef, Rejected, redact
 from tests import fixtures
 

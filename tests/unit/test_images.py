@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streaming import images
-from streaming.images import decode_image
+from streaming.stages import load
+from streaming.stages.load import decode_image
 from streaming.records import ImageRef, Rejected
 from tests import fixtures
 
@@ -116,7 +116,7 @@ def test_jpeg_draft_decoding_matches_a_full_decode(monkeypatch):
     monkeypatch.undo()
     assert seen and max(seen[0]) <= 1000  # decoded at 1/4 or less, not 4000x3000
     full = Image.open(io.BytesIO(data)).convert("RGB")
-    slow = images.resize(full, "center_crop")
+    slow = load.resize(full, "center_crop")
     assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 3
 
 
@@ -143,29 +143,29 @@ def test_pixel_limit_is_checked_before_decoding():
 
 def test_read_bytes_reports_missing_and_large_objects(tmp_path):
     with pytest.raises(Rejected) as e:
-        images.read_bytes(str(tmp_path / "gone.jpg"), 100)
+        load.read_bytes(str(tmp_path / "gone.jpg"), 100)
     assert e.value.reason == "object_gone"
     big = tmp_path / "big.jpg"
     big.write_bytes(b"x" * 101)
     with pytest.raises(Rejected) as e:
-        images.read_bytes(str(big), 100)
+        load.read_bytes(str(big), 100)
     assert e.value.reason == "too_large"
-    assert images.read_bytes(str(big), 101) == b"x" * 101
+    assert load.read_bytes(str(big), 101) == b"x" * 101
 
 
 @pytest.mark.parametrize("size, ok", [(None, True), (100, True), (101, False)])
 def test_one_size_check_for_declared_and_read_sizes(size, ok):
     if ok:
-        images.check_size(size, 100)
+        load.check_size(size, 100)
         return
     with pytest.raises(Rejected) as e:
-        images.check_size(size, 100)
+        load.check_size(size, 100)
     assert e.value.reason == "too_large" and "100-byte limit" in str(e.value)
 
 
 def test_a_declared_size_over_the_limit_is_rejected_unread():
     def read(ref):
         raise AssertionError("read an object whose declared size is over the limit")
-    ref, stage, decoded, error = images.load_image(
+    ref, stage, decoded, error = load.load_image(
         ImageRef("b", "big.jpg", 1, size=101), read, "center_crop", 10**6, 100)
     assert (stage, decoded, error.reason) == ("load", None, "too_large")

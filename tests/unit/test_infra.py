@@ -210,7 +210,7 @@ def test_service_accounts_and_image_repository():
 
 def test_outputs_named_for_job_options_are_job_options():
     from apache_beam.options.pipeline_options import PipelineOptions
-    from streaming.options import EmbedOptions  # noqa: F401 (registers the job's options)
+    from streaming.config.options import EmbedOptions  # noqa: F401 (registers the job's options)
     known = PipelineOptions().get_all_options()
     for name in ("input_subscription", "output_table", "dead_letter_table", "output_gcs",
                  "service_account_email"):

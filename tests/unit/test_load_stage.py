@@ -10,9 +10,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
-from streaming import images
-from streaming.decode import decode_image
-from streaming.local_source import local_ref
+from streaming.stages import load
+from streaming.stages.preprocess import decode_image
+from streaming.sources.local_folder import local_ref
 from tests import fixtures
 
 
@@ -40,20 +40,20 @@ def test_pooled_loading_gives_the_same_images_and_dead_letters(tmp_path, threads
         try:
             out = decode_image((tmp_path / ref.name).read_bytes())
             expected.append((ref.name, int(out.pixels.astype(np.int64).sum())))
-        except images.Rejected as e:
+        except load.Rejected as e:
             expected.append((ref.name, e.reason))
     with TestPipeline() as p:
         loaded = (p | beam.Create(refs)
-                  | images.LoadImages(threads=threads, window=window_size))
+                  | load.LoadImages(threads=threads, window=window_size))
         both = (loaded.images, loaded.dead_letters) | beam.Flatten()
         assert_that(both | beam.Map(summarize), equal_to(expected))
 
 
-class _GatedLoadFn(images._LoadFn):
+class _GatedLoadFn(load._LoadFn):
     """Reads meet at a barrier: it only opens when `parties` reads run at once."""
 
     def __init__(self, parties, **kw):
-        super().__init__("center_crop", images.DEFAULT_MAX_PIXELS, images.DEFAULT_MAX_BYTES,
+        super().__init__("center_crop", load.DEFAULT_MAX_PIXELS, load.DEFAULT_MAX_BYTES,
                          **kw)
         self.barrier = threading.Barrier(parties, timeout=10)
 
@@ -92,8 +92,8 @@ def test_images_are_read_and_decoded_in_parallel_ahead_of_the_outputs(tmp_path):
 
 def test_outputs_keep_their_own_timestamp_and_window(tmp_path):
     refs = write_folder(tmp_path, good=3)
-    outs = run_fn(images._LoadFn("center_crop", images.DEFAULT_MAX_PIXELS,
-                                 images.DEFAULT_MAX_BYTES, threads=2, window=8), refs)
+    outs = run_fn(load._LoadFn("center_crop", load.DEFAULT_MAX_PIXELS,
+                                 load.DEFAULT_MAX_BYTES, threads=2, window=8), refs)
     assert len(outs) == len(refs)
     by_name = {}
     for out in outs:
@@ -118,13 +118,13 @@ def test_any_read_error_is_a_dead_letter_and_a_late_type_check_a_skip():
         def read(_ref):
             raise error
         return read
-    load = lambda read: images.load_image(ref, read, "center_crop", 10 ** 6, 10 ** 6)
+    load_with = lambda read: load.load_image(ref, read, "center_crop", 10 ** 6, 10 ** 6)
     for error, reason in [(gexc.Forbidden("denied"), "permission_denied"),
                           (gexc.RetryError("deadline", None), "read_error"),
                           (RuntimeError("bug"), "read_error")]:
-        _, stage, decoded, rejected = load(failing(error))
+        _, stage, decoded, rejected = load_with(failing(error))
         assert (stage, decoded, rejected.reason) == ("load", None, reason)
-    _, _, _, skipped = load(failing(Skipped("skipped.type", "text/plain")))
+    _, _, _, skipped = load_with(failing(Skipped("skipped.type", "text/plain")))
     assert isinstance(skipped, Skipped) and skipped.reason == "skipped.type"
-    _, stage, _, rejected = load(lambda r: (r, fixtures.jpeg(seed=3)))
+    _, stage, _, rejected = load_with(lambda r: (r, fixtures.jpeg(seed=3)))
     assert (stage, rejected) == ("decode", None)

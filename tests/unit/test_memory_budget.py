@@ -1,5 +1,5 @@
 """A burst of the largest allowed images through the local multi-process runner stays
-within the peak memory that streaming/sizing.py (and docs/performance.md) budget for it."""
+within the peak memory that streaming/config/sizing.py (and docs/performance.md) budget for it."""
 import json
 import os
 import time
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streaming import sizing
+from streaming.config import sizing
 from tests import processes
 
 ROOT = processes.ROOT

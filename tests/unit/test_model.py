@@ -8,18 +8,18 @@ import time
 import numpy as np
 import pytest
 
-from streaming import model
-from streaming.images import decode_image
+from streaming.model import inference
+from streaming.stages.load import decode_image
 from tests import fixtures
 
 
 def test_random_weights_are_deterministic_and_fingerprinted(keras_model):
-    again = model.load_keras_model("random:0")
-    other = model.load_keras_model("random:1")
-    fp = model.weights_fingerprint(keras_model)
-    assert model.weights_fingerprint(again) == fp
-    assert model.weights_fingerprint(other) != fp
-    assert keras_model.output_shape == (None, model.EMBEDDING_DIM)
+    again = inference.load_keras_model("random:0")
+    other = inference.load_keras_model("random:1")
+    fp = inference.weights_fingerprint(keras_model)
+    assert inference.weights_fingerprint(again) == fp
+    assert inference.weights_fingerprint(other) != fp
+    assert keras_model.output_shape == (None, inference.EMBEDDING_DIM)
 
 
 def test_random_weights_ignore_other_threads_drawing_from_random(keras_model):
@@ -35,26 +35,26 @@ def test_random_weights_ignore_other_threads_drawing_from_random(keras_model):
     thread = threading.Thread(target=draw, daemon=True)
     thread.start()
     try:
-        rebuilt = model.load_keras_model("random:0")
+        rebuilt = inference.load_keras_model("random:0")
     finally:
         stop.set()
         thread.join()
-    assert model.weights_fingerprint(rebuilt) == model.weights_fingerprint(keras_model)
+    assert inference.weights_fingerprint(rebuilt) == inference.weights_fingerprint(keras_model)
 
 
 def test_weights_file_round_trip_keeps_the_fingerprint(tmp_path, keras_model):
     path = str(tmp_path / "resnet.weights.h5")
     keras_model.save_weights(path)
-    loaded = model.load_embedding_model(path, "tensorflow")
-    assert loaded.fingerprint == model.weights_fingerprint(keras_model)
+    loaded = inference.load_embedding_model(path, "tensorflow")
+    assert loaded.fingerprint == inference.weights_fingerprint(keras_model)
     assert loaded.model_id == f"resnet50-avgpool@{loaded.fingerprint}"
-    assert model.split_model_id(model.result_model_id(loaded)) == (
+    assert inference.split_model_id(inference.result_model_id(loaded)) == (
         "resnet50-avgpool", loaded.fingerprint, loaded.runtime_version)
     assert loaded.runtime_version.startswith("tensorflow-")
 
 
 def test_batched_embedding_equals_a_direct_keras_call(keras_model, direct_embed):
-    emb = model.EmbeddingModel(keras_model)
+    emb = inference.EmbeddingModel(keras_model)
     batch = np.stack([decode_image(fixtures.jpeg(300, 200, seed=s)).pixels for s in range(3)])
     got = emb(batch)
     assert got.shape == (3, 2048) and got.dtype == np.float32
@@ -68,15 +68,15 @@ def test_batched_embedding_equals_a_direct_keras_call(keras_model, direct_embed)
     ("random:abc", "random:<integer seed>"),
 ])
 def test_unusable_weights_give_one_clear_error(spec, needle):
-    with pytest.raises(model.WeightsUnavailableError, match=needle):
-        model.load_keras_model(spec)
+    with pytest.raises(inference.WeightsUnavailableError, match=needle):
+        inference.load_keras_model(spec)
 
 
 def test_corrupt_weights_file_is_refused(tmp_path):
     bad = tmp_path / "bad.weights.h5"
     bad.write_bytes(b"not an hdf5 file at all")
-    with pytest.raises(model.WeightsUnavailableError, match="Cannot load ResNet50 weights"):
-        model.load_keras_model(str(bad))
+    with pytest.raises(inference.WeightsUnavailableError, match="Cannot load ResNet50 weights"):
+        inference.load_keras_model(str(bad))
 
 
 @pytest.mark.slow
@@ -106,18 +106,18 @@ def test_cli_with_unusable_weights_fails_at_start_up_with_one_message(tmp_path, 
 
 @pytest.mark.slow
 def test_every_batch_size_reuses_the_graph_traced_at_warm_up():
-    loaded = model.load_embedding_model("random:0", "tensorflow")
+    loaded = inference.load_embedding_model("random:0", "tensorflow")
     for n in (1, 3, 7, 32):
-        assert loaded(np.zeros((n, 224, 224, 3), np.uint8)).shape == (n, model.EMBEDDING_DIM)
+        assert loaded(np.zeros((n, 224, 224, 3), np.uint8)).shape == (n, inference.EMBEDDING_DIM)
     assert loaded._embed.experimental_get_tracing_count() == 1
 
 
 @pytest.mark.slow
 def test_a_process_loads_each_model_once_and_keeps_only_the_latest():
-    first = model.load_embedding_model("random:0", "tensorflow")
-    assert model.load_embedding_model("random:0", "tensorflow") is first
-    other = model.load_embedding_model("random:1", "tensorflow")
+    first = inference.load_embedding_model("random:0", "tensorflow")
+    assert inference.load_embedding_model("random:0", "tensorflow") is first
+    other = inference.load_embedding_model("random:1", "tensorflow")
     assert other is not first and other.fingerprint != first.fingerprint
-    assert list(model._LOADED) == [("random:1", "tensorflow", None, (0, 0))]
-    again = model.load_embedding_model("random:0", "tensorflow")
+    assert list(inference._LOADED) == [("random:1", "tensorflow", None, (0, 0))]
+    again = inference.load_embedding_model("random:0", "tensorflow")
     assert again is not first and again.fingerprint == first.fingerprint

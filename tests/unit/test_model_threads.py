@@ -3,8 +3,9 @@ each size does to ONNX Runtime's session (the threads it starts, its execution m
 TensorFlow's side is in test_worker_layout.py."""
 import pytest
 
-from streaming import main, onnx_model
-from streaming.options import EmbedOptions
+from streaming import main
+from streaming.model import onnx_runtime
+from streaming.config.options import EmbedOptions
 from streaming.pipeline import model_threads
 from tests.processes import python_json
 
@@ -45,7 +46,7 @@ def test_without_the_jobs_worker_defaults_each_vcpus_process_gets_one_thread(arg
 ])
 def test_onnx_runtime_session_options(threads, intra, inter, parallel):
     import onnxruntime as ort
-    options = onnx_model.session_options(threads)
+    options = onnx_runtime.session_options(threads)
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (intra, inter)
     assert (options.execution_mode == ort.ExecutionMode.ORT_PARALLEL) is parallel
 
@@ -56,8 +57,8 @@ def test_onnx_runtime_starts_the_threads_the_sizes_name():
     physical core."""
     code = (
         "import json, psutil\n"
-        "from streaming import resnet50\n"
-        "from streaming.onnx_model import OnnxEmbeddingModel\n"
+        "from streaming.model import resnet50\n"
+        "from streaming.model.onnx_runtime import OnnxEmbeddingModel\n"
         "graph = resnet50.to_onnx(resnet50.random_weights(0))\n"
         "OnnxEmbeddingModel(graph, 'fp', 'm', (1, 0)).warm_up()  # ONNX Runtime's own start\n"
         "added = {}\n"

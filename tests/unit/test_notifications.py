@@ -3,7 +3,7 @@ import json
 import pytest
 
 import schemas
-from streaming.notifications import parse_notification, raw_prefix
+from streaming.sources.notifications import parse_notification, raw_prefix
 from streaming.records import Rejected
 
 CONTRACT = schemas.notification_contract()

@@ -13,10 +13,11 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.options.pipeline_options import StandardOptions
 
-from streaming import main, pipeline, vectors
-from streaming.images import decode_image
-from streaming.local_source import local_ref
-from streaming.options import EmbedOptions
+from streaming import main, pipeline
+from streaming.sinks import vectors
+from streaming.stages.load import decode_image
+from streaming.sources.local_folder import local_ref
+from streaming.config.options import EmbedOptions
 from tests import fixtures
 
 pytestmark = pytest.mark.slow  # the whole job, with the model

@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, strategies as st
 
-from streaming import reconcile
+from streaming.sources import catch_up
 
 
 def res(name, generation):
@@ -12,23 +12,23 @@ def res(name, generation):
 def row(name, generation, **state):
     """What the tables hold: by default an embedding row (embedded, finalized)."""
     state = state or {"embedded": True, "finalized": True}
-    return reconcile.Known(name, generation, **state)
+    return catch_up.Known(name, generation, **state)
 
 
 def dead(name, generation, attempts=1, final=False):
-    return reconcile.Known(name, generation, dead_final=final, attempts=attempts)
+    return catch_up.Known(name, generation, dead_final=final, attempts=attempts)
 
 
 def to_embed(listing, known, **kw):
     return [(f.resource["name"], int(f.resource["generation"]), f.attempt)
-            for f in reconcile.compare(listing, known, "b", **kw)
-            if f.action == reconcile.EMBED]
+            for f in catch_up.compare(listing, known, "b", **kw)
+            if f.action == catch_up.EMBED]
 
 
 def gone(listing, known, **kw):
     return [(f.resource["name"], int(f.resource["generation"]))
-            for f in reconcile.compare(listing, known, "b", **kw)
-            if f.action == reconcile.GONE]
+            for f in catch_up.compare(listing, known, "b", **kw)
+            if f.action == catch_up.GONE]
 
 
 def test_generations_with_neither_row_nor_dead_letter_are_embedded():
@@ -41,9 +41,9 @@ def test_generations_with_neither_row_nor_dead_letter_are_embedded():
 def test_every_listed_generation_has_one_finding_in_name_order():
     listing = [res("a.jpg", 1), res("b.jpg", 5), res("c.jpg", 2)]
     known = [row("a.jpg", 1), dead("c.jpg", 2, final=True)]
-    findings = list(reconcile.compare(listing, known, "b"))
+    findings = list(catch_up.compare(listing, known, "b"))
     assert [(f.resource["name"], f.action) for f in findings] == [
-        ("a.jpg", reconcile.DONE), ("b.jpg", reconcile.EMBED), ("c.jpg", reconcile.DONE)]
+        ("a.jpg", catch_up.DONE), ("b.jpg", catch_up.EMBED), ("c.jpg", catch_up.DONE)]
 
 
 def test_current_rows_whose_generation_is_gone_get_a_tombstone():
@@ -65,7 +65,7 @@ def test_dead_letters_only_are_not_gone_when_missing():
 def test_retryable_dead_letters_are_embedded_again_up_to_the_limit():
     listing = [res("a.jpg", 1), res("b.jpg", 1), res("c.jpg", 1), res("d.jpg", 1)]
     known = [dead("a.jpg", 1, attempts=1),                # one try so far: again
-             dead("b.jpg", 1, attempts=reconcile.failures.MAX_ATTEMPTS),  # used up
+             dead("b.jpg", 1, attempts=catch_up.failures.MAX_ATTEMPTS),  # used up
              dead("c.jpg", 1, final=True),                # final: left alone
              dead("d.jpg", 1, attempts=2), row("d.jpg", 1)]  # a later try made its row
     assert to_embed(listing, known) == [("a.jpg", 1, 1)]
@@ -80,9 +80,9 @@ def test_a_row_and_a_dead_letter_of_one_generation_merge():
 
 def test_out_of_order_inputs_fail_loudly_instead_of_missing_matches():
     with pytest.raises(ValueError, match="listing out of name order"):
-        list(reconcile.compare([res("b", 1), res("a", 1)], [], "b"))
+        list(catch_up.compare([res("b", 1), res("a", 1)], [], "b"))
     with pytest.raises(ValueError, match="query out of name order"):
-        list(reconcile.compare([res("c", 1)], [row("b", 1), row("a", 1)], "b"))
+        list(catch_up.compare([res("c", 1)], [row("b", 1), row("a", 1)], "b"))
 
 
 names = st.text(alphabet="ab/é.", min_size=1, max_size=4)
@@ -108,40 +108,40 @@ def test_merge_reads_the_known_stream_lazily():
             yield row(f"{i:07d}", 1)
 
     listing = (res(f"{i:07d}", 2) for i in range(0, 1_000_000, 100_000))
-    findings = reconcile.compare(listing, known(), "b")
+    findings = catch_up.compare(listing, known(), "b")
     first = next(findings)
-    assert first.action == reconcile.GONE and first.resource["name"] == "0000000"
+    assert first.action == catch_up.GONE and first.resource["name"] == "0000000"
     assert len(pulled) <= 3
 
 
 def test_scopes_cover_each_bucket_and_prefix():
-    assert reconcile.scopes(["x", "y"], ["p/", "q/"]) == [
-        reconcile.Scope("x", "p/"), reconcile.Scope("x", "q/"),
-        reconcile.Scope("y", "p/"), reconcile.Scope("y", "q/")]
-    assert reconcile.scopes(["x"], None) == [reconcile.Scope("x", "")]
+    assert catch_up.scopes(["x", "y"], ["p/", "q/"]) == [
+        catch_up.Scope("x", "p/"), catch_up.Scope("x", "q/"),
+        catch_up.Scope("y", "p/"), catch_up.Scope("y", "q/")]
+    assert catch_up.scopes(["x"], None) == [catch_up.Scope("x", "")]
 
 
 def test_known_query_unions_rows_and_dead_letters_in_name_order():
-    sql = reconcile.known_query("my-project:ds.embeddings", "my-project:ds.dead_letters",
+    sql = catch_up.known_query("my-project:ds.embeddings", "my-project:ds.dead_letters",
                                 fingerprint="abc", after="k")
     assert "`my-project.ds.embeddings`" in sql and "`my-project.ds.dead_letters`" in sql
     assert "UNION ALL" in sql and sql.endswith("ORDER BY name, generation")
     assert "@fingerprint" in sql and sql.count("name > @after") == 2
     assert "GROUP BY name, generation" in sql and "retryable" in sql
-    plain = reconcile.known_query("my-project:ds.embeddings")
+    plain = catch_up.known_query("my-project:ds.embeddings")
     assert "UNION" not in plain and "@fingerprint" not in plain and "@after" not in plain
 
 
 def test_a_catch_up_ref_is_what_the_notification_would_give():
     resource = {"bucket": "b", "name": "x/cat.jpg", "generation": "17", "size": "10",
                 "contentType": "image/jpeg", "updated": "2026-01-01T00:00:00Z"}
-    ref = reconcile.ref_of(resource, "catchup")
+    ref = catch_up.ref_of(resource, "catchup")
     assert (ref.bucket, ref.name, ref.generation, ref.size) == ("b", "x/cat.jpg", 17, 10)
     assert ref.content_type == "image/jpeg" and ref.source == "catchup"
-    again = reconcile.finding_ref(reconcile.Finding(resource, reconcile.EMBED, 2), "catchup")
+    again = catch_up.finding_ref(catch_up.Finding(resource, catch_up.EMBED, 2), "catchup")
     assert again.attempt == 2 and again.event_type == "OBJECT_FINALIZE"
-    deletion = reconcile.finding_ref(reconcile.Finding(
-        {"bucket": "b", "name": "x/cat.jpg", "generation": "17"}, reconcile.GONE), "catchup")
+    deletion = catch_up.finding_ref(catch_up.Finding(
+        {"bucket": "b", "name": "x/cat.jpg", "generation": "17"}, catch_up.GONE), "catchup")
     assert deletion.event_type == "OBJECT_DELETE" and deletion.generation == 17
 
 

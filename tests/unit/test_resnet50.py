@@ -6,8 +6,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from streaming import model, resnet50
-from streaming.images import decode_image
+from streaming.model import inference, resnet50
+from streaming.stages.load import decode_image
 from tests.processes import python_json
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -22,7 +22,7 @@ def test_random_weights_are_the_keras_models_without_building_it(keras_model):
     ours = resnet50.random_weights(0)
     theirs = keras_model.get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(ours, theirs))
-    assert resnet50.fingerprint(ours) == model.weights_fingerprint(keras_model)
+    assert resnet50.fingerprint(ours) == inference.weights_fingerprint(keras_model)
     assert resnet50.fingerprint(resnet50.random_weights(1)) != resnet50.fingerprint(ours)
 
 
@@ -49,7 +49,7 @@ def test_a_trained_looking_model_gives_tensorflows_vectors_from_both_file_layout
     import onnxruntime as ort
     from keras.src.legacy.saving import legacy_h5_format
 
-    keras_model = model.load_keras_model("random:3")
+    keras_model = inference.load_keras_model("random:3")
     rng = np.random.default_rng(3)
     for var in keras_model.weights:
         kind, shape = var.path.rsplit("/", 1)[1], tuple(var.shape)
@@ -62,7 +62,7 @@ def test_a_trained_looking_model_gives_tensorflows_vectors_from_both_file_layout
     with h5py.File(keras2, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, keras_model)
     pixels = np.stack([decode_image(p.read_bytes()).pixels for p in PHOTOS])
-    expected = model.EmbeddingModel(keras_model)(pixels)
+    expected = inference.EmbeddingModel(keras_model)(pixels)
     for path in (keras3, keras2):
         weights = resnet50.read_weights_h5(path)
         assert all(np.array_equal(a, b) for a, b in zip(weights, keras_model.get_weights()))
@@ -91,15 +91,15 @@ def test_a_first_onnx_run_imports_no_tensorflow_and_says_where_it_stores_the_mod
     cache = str(tmp_path / "cache")
     code = (
         "import json, sys\n"
-        "from streaming import model\n"
-        f"a = model.load_embedding_model('random:0', 'onnx', {cache!r})\n"
-        f"b = model.load_embedding_model({weights_file!r}, 'onnx', {cache!r})\n"
+        "from streaming.model import inference\n"
+        f"a = inference.load_embedding_model('random:0', 'onnx', {cache!r})\n"
+        f"b = inference.load_embedding_model({weights_file!r}, 'onnx', {cache!r})\n"
         "heavy = sorted(n for n in sys.modules if n.split('.')[0] in "
         "('tensorflow', 'keras', 'tf2onnx'))\n"
         "print(json.dumps([a.fingerprint, b.fingerprint, heavy]))\n")
     (a, b, heavy), stderr = python_json(code, timeout=240)
     assert heavy == []
-    assert a == b == model.weights_fingerprint(keras_model)
+    assert a == b == inference.weights_fingerprint(keras_model)
     notices = [line for line in stderr.splitlines() if "once" in line]
     assert len(notices) == 2 and all(cache in line for line in notices), stderr
     assert "random:0" in notices[0] and weights_file in notices[1]
@@ -109,5 +109,5 @@ def test_a_first_onnx_run_imports_no_tensorflow_and_says_where_it_stores_the_mod
 def test_a_file_written_without_tensorflow_loads_in_keras(tmp_path, keras_model):
     path = str(tmp_path / "w.weights.h5")
     resnet50.write_weights_h5(path, resnet50.random_weights(0))
-    assert model.weights_fingerprint(model.load_keras_model(path)) == \
-        model.weights_fingerprint(keras_model)
+    assert inference.weights_fingerprint(inference.load_keras_model(path)) == \
+        inference.weights_fingerprint(keras_model)

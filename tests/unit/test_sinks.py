@@ -4,7 +4,7 @@ import os
 import numpy as np
 
 import schemas
-from streaming import sinks
+from streaming.sinks import files
 from streaming.records import DeadLetter, ImageInfo, ImageRef, row_key
 
 
@@ -13,7 +13,7 @@ REF = ImageRef("b", "a/x.jpg", 9, content_type="image/jpeg", size=10,
 
 
 def test_rows_have_exactly_the_bigquery_schema():
-    row = sinks.embedding_row(ImageInfo(REF, 4, 3, "JPEG"), np.arange(2048, dtype=np.float32),
+    row = files.embedding_row(ImageInfo(REF, 4, 3, "JPEG"), np.arange(2048, dtype=np.float32),
                               "resnet50-avgpool@0123456789abcdef+onnxruntime-1.32.0",
                               "gs://o/v.npy")
     assert list(row) == schemas.field_names()
@@ -21,7 +21,7 @@ def test_rows_have_exactly_the_bigquery_schema():
     assert (row["model_name"], row["model_runtime"]) == ("resnet50-avgpool",
                                                          "onnxruntime-1.32.0")
     assert json.loads(row["metadata"]) == {"k": "v"}
-    tomb = sinks.tombstone_row(ImageRef("b", "a/x.jpg", 9, event_type="OBJECT_DELETE"))
+    tomb = files.tombstone_row(ImageRef("b", "a/x.jpg", 9, event_type="OBJECT_DELETE"))
     assert list(tomb) == schemas.field_names()
     assert tomb["embedding"] == [] and tomb["row_key"] != row["row_key"]
     assert tomb["row_key"] == row_key("b", "a/x.jpg", 9, "OBJECT_DELETE")
@@ -30,8 +30,8 @@ def test_rows_have_exactly_the_bigquery_schema():
 
 
 def test_rows_bigquery_rejects_become_dead_letters_with_identity():
-    row = sinks.embedding_row(ImageInfo(REF, 4, 3, "JPEG"), np.zeros(2048), "m@f", None)
-    dead = sinks.rejected_row_to_dead_letter(
+    row = files.embedding_row(ImageInfo(REF, 4, 3, "JPEG"), np.zeros(2048), "m@f", None)
+    dead = files.rejected_row_to_dead_letter(
         ("p:d.t", row, [{"reason": "invalid", "message": "no such field: x"}]))
     assert (dead.stage, dead.reason, dead.ref.name, dead.ref.generation) == (
         "write", "bigquery_rejected", "a/x.jpg", 9)
@@ -40,8 +40,8 @@ def test_rows_bigquery_rejects_become_dead_letters_with_identity():
 
 def test_local_writes_are_atomic_and_idempotent(tmp_path):
     path = str(tmp_path / "v" / "x.npy")
-    sinks.write_atomically(path, sinks.npy_bytes(np.ones(3)))
-    sinks.write_atomically(path, sinks.npy_bytes(np.ones(3)))
+    files.write_atomically(path, files.npy_bytes(np.ones(3)))
+    files.write_atomically(path, files.npy_bytes(np.ones(3)))
     assert os.listdir(tmp_path / "v") == ["x.npy"]  # no temporary files left behind
     np.testing.assert_array_equal(np.load(path), np.ones(3, np.float32))
 
@@ -53,19 +53,19 @@ def test_dead_letter_rows_transform_gives_the_table_rows():
     letters = [DeadLetter("decode", "not_an_image", "x", ref=REF),
                DeadLetter("parse", "not_json", "y", raw="{")]
     with TestPipeline(runner="BundleBasedDirectRunner") as p:
-        rows = p | beam.Create(letters) | sinks.DeadLetterRows()
+        rows = p | beam.Create(letters) | files.DeadLetterRows()
         assert_that(rows | beam.Map(lambda r: (r["row_key"], r["stage"], r["reason"], r["uri"])),
                     equal_to([(d.key, d.stage, d.reason, d.to_row()["uri"]) for d in letters]))
 
 
 def test_vector_writes_retry_what_may_pass_and_not_a_permission_refusal():
     from google.api_core import exceptions as gexc
-    assert sinks._retryable(gexc.ServiceUnavailable("busy"))
-    assert sinks._retryable(gexc.NotFound("bucket being created"))
-    assert sinks._retryable(ConnectionError("reset"))
-    assert not sinks._retryable(gexc.Forbidden("objectCreator cannot overwrite"))
-    assert not sinks._retryable(gexc.Unauthorized("expired"))
-    assert not sinks._retryable(TypeError("bug"))
+    assert files._retryable(gexc.ServiceUnavailable("busy"))
+    assert files._retryable(gexc.NotFound("bucket being created"))
+    assert files._retryable(ConnectionError("reset"))
+    assert not files._retryable(gexc.Forbidden("objectCreator cannot overwrite"))
+    assert not files._retryable(gexc.Unauthorized("expired"))
+    assert not files._retryable(TypeError("bug"))
 
 
 ONNX_ID = "resnet50-avgpool@aaaa+onnxruntime-1.32.0"
@@ -73,14 +73,14 @@ TF_ID = "resnet50-avgpool@aaaa+tensorflow-2.21.0"
 
 
 def test_the_vector_path_follows_the_model_id_weights_and_runtime():
-    old = sinks.vector_path("gs://v/", REF, ONNX_ID)
-    new = sinks.vector_path("gs://v/", REF, ONNX_ID.replace("@aaaa", "@bbbb"))
-    other_runtime = sinks.vector_path("gs://v/", REF, TF_ID)
+    old = files.vector_path("gs://v/", REF, ONNX_ID)
+    new = files.vector_path("gs://v/", REF, ONNX_ID.replace("@aaaa", "@bbbb"))
+    other_runtime = files.vector_path("gs://v/", REF, TF_ID)
     assert old == "gs://v/b/a%2Fx.jpg@9.aaaa.onnxruntime-1.32.0.npy"
     assert new.endswith(".bbbb.onnxruntime-1.32.0.npy")
     assert other_runtime.endswith(".aaaa.tensorflow-2.21.0.npy")
     assert len({old, new, other_runtime}) == 3
-    assert sinks.vector_path("gs://v/", REF, ONNX_ID) == old  # a redelivery: same path
+    assert files.vector_path("gs://v/", REF, ONNX_ID) == old  # a redelivery: same path
 
 
 def test_each_runtimes_row_points_at_its_own_vector(tmp_path):
@@ -97,7 +97,7 @@ def test_each_runtimes_row_points_at_its_own_vector(tmp_path):
     with TestPipeline(runner="BundleBasedDirectRunner") as p:
         written = (p | beam.Create([(info, PredictionResult(None, v, m))
                                     for m, v in vectors.items()])
-                   | sinks.WriteVectors(root))
+                   | files.WriteVectors(root))
         assert_that(written.rows | beam.Map(
             lambda r: (r["model_runtime"], float(np.load(r["vector_uri"])[0]),
                        r["embedding"][0])),

@@ -1,5 +1,5 @@
 """Vectors in shards: the float32 wire form, shard names, create-only shard writes and the
-rows that point into them (streaming/vectors.py)."""
+rows that point into them (streaming/sinks/vectors.py)."""
 from __future__ import annotations
 
 import io
@@ -14,7 +14,7 @@ import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from streaming import sinks, vectors
+from streaming.sinks import files, vectors
 from streaming.records import ImageInfo, ImageRef, RecordFormatError
 
 MODEL = "resnet50-avgpool@0123456789abcdef+onnxruntime-1.32.0"
@@ -64,7 +64,7 @@ def test_shard_names_follow_rows_order_and_the_whole_model_id():
 
 def test_row_floats_are_short_and_exact():
     vec = np.random.default_rng(0).standard_normal(2048).astype(np.float32)
-    short = sinks.float32_list(vec)
+    short = files.float32_list(vec)
     np.testing.assert_array_equal(np.float32(short), vec)
     assert len(json.dumps(short)) < 0.7 * len(json.dumps(vec.tolist()))
 
@@ -188,7 +188,7 @@ def test_readers_take_a_row_without_its_embedding_from_the_shard(tmp_path):
     for r in rows:
         r = dict(r, embedding=[])  # a row that names its vector instead of carrying it
         with open(out / "rows" / "bkt" / f"{r['name']}.json", "wb") as f:
-            f.write(sinks.ndjson_line(r))
+            f.write(files.ndjson_line(r))
     current = {r["name"]: r for r in LocalRows(str(out)).current()}
     for e in group:
         np.testing.assert_array_equal(np.float32(current[e.info.ref.name]["embedding"]),
@@ -199,6 +199,6 @@ def test_readers_take_a_row_without_its_embedding_from_the_shard(tmp_path):
                                         ("--shard_wait_secs", "0")])
 def test_shard_options_out_of_range_are_refused_before_the_job_starts(flag, value):
     from streaming import main
-    from streaming.cli import UsageError
+    from streaming.config.cli import UsageError
     with pytest.raises(UsageError, match=flag):
         main.make_options(["--input_dir", ".", "--output_dir", "out", flag, value])

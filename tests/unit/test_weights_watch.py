@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from streaming import main, model, onnx_model, resnet50, weights_watch
-from streaming.cli import UsageError
+from streaming import main
+from streaming.model import inference, onnx_runtime, resnet50, weights_watch
+from streaming.config.cli import UsageError
 
 
 class FakeModel:
@@ -69,14 +70,14 @@ def test_new_weights_are_built_beside_the_running_model_without_holding_a_batch(
         switch.start()
         assert building.wait(10)
         during = []
-        batch = threading.Thread(target=lambda: during.extend(model.embed_batch(watched, BATCH)))
+        batch = threading.Thread(target=lambda: during.extend(inference.embed_batch(watched, BATCH)))
         batch.start()
         batch.join(10)
         assert not batch.is_alive(), "a batch waited for the new weights to build"
         assert {r.model_id for r in during} == {"resnet50-avgpool@0000000000000001+fake-1"}
         release.set()
         switch.join(10)
-        after = model.embed_batch(watched, BATCH)
+        after = inference.embed_batch(watched, BATCH)
         assert {r.model_id for r in after} == {"resnet50-avgpool@0000000000000002+fake-1"}
         assert all(r.inference[0] == 2.0 for r in after)
         assert watched.take_counts() == (1, 0) and watched.take_counts() == (0, 0)
@@ -107,7 +108,7 @@ def test_a_batch_runs_on_one_model_and_carries_its_id(tmp_path):
     old = FakeModel(1, during_call=lambda: setattr(watched, "_current", FakeModel(2)))
     watched = weights_watch.WatchedModel(old, str(tmp_path), 3600, lambda p: FakeModel(3))
     try:
-        results = model.embed_batch(watched, BATCH)
+        results = inference.embed_batch(watched, BATCH)
         assert {(r.model_id, float(r.inference[0])) for r in results} == {
             ("resnet50-avgpool@0000000000000001+fake-1", 1.0)}
     finally:
@@ -116,7 +117,7 @@ def test_a_batch_runs_on_one_model_and_carries_its_id(tmp_path):
 
 def test_weights_that_cannot_load_keep_the_running_model(tmp_path):
     def build(path):
-        raise model.WeightsUnavailableError(f"Cannot load ResNet50 weights from {path!r}")
+        raise inference.WeightsUnavailableError(f"Cannot load ResNet50 weights from {path!r}")
 
     watched = weights_watch.WatchedModel(FakeModel(1), str(tmp_path), 3600, build)
     try:
@@ -133,7 +134,7 @@ def test_the_watch_switches_by_itself_to_real_weights(tmp_path, capsys):
     cache = str(tmp_path / "cache")
     watch = tmp_path / "watch"
     watch.mkdir()
-    build = lambda spec: model.build_embedding_model(spec, "onnx", cache)  # noqa: E731
+    build = lambda spec: inference.build_embedding_model(spec, "onnx", cache)  # noqa: E731
     watched = weights_watch.WatchedModel(build("random:0"), str(watch), 0.2, build)
     try:
         new = resnet50.random_weights(1)
@@ -146,10 +147,10 @@ def test_the_watch_switches_by_itself_to_real_weights(tmp_path, capsys):
         pixels = np.random.default_rng(0).integers(0, 255, (2, 224, 224, 3), np.uint8)
         import onnxruntime as ort
         direct = ort.InferenceSession(resnet50.to_onnx(new), providers=["CPUExecutionProvider"])
-        [r0, r1] = model.embed_batch(watched, list(pixels))
+        [r0, r1] = inference.embed_batch(watched, list(pixels))
         np.testing.assert_allclose(np.stack([r0.inference, r1.inference]),
                                    direct.run(None, {"pixels": pixels})[0], rtol=1e-4, atol=1e-4)
-        assert model.split_model_id(r0.model_id)[1] == resnet50.fingerprint(new)
+        assert inference.split_model_id(r0.model_id)[1] == resnet50.fingerprint(new)
     finally:
         watched.stop()
     assert capsys.readouterr().err.count(" once; ") == 2  # random:0, then v2: once each
@@ -158,30 +159,30 @@ def test_the_watch_switches_by_itself_to_real_weights(tmp_path, capsys):
 def test_workers_sharing_a_cache_build_each_graph_once(tmp_path, monkeypatch):
     """The entry another process claimed is waited for and loaded, not built again."""
     cache, spec = str(tmp_path), "random:4"
-    key = onnx_model.cache_key(onnx_model.weights_source_id(spec))
-    assert onnx_model.claim_entry(cache, key)          # the other worker's claim
-    assert not onnx_model.claim_entry(cache, key)      # ours: taken
+    key = onnx_runtime.cache_key(onnx_runtime.weights_source_id(spec))
+    assert onnx_runtime.claim_entry(cache, key)          # the other worker's claim
+    assert not onnx_runtime.claim_entry(cache, key)      # ours: taken
     graph = resnet50.to_onnx(resnet50.random_weights(4))
 
     def other_worker_finishes():
         time.sleep(1.0)
-        onnx_model.write_entry(cache, key, graph, {"fingerprint": "f" * 16, "weights": spec})
+        onnx_runtime.write_entry(cache, key, graph, {"fingerprint": "f" * 16, "weights": spec})
 
     def no_second_build(*args, **kwargs):
         raise AssertionError("built a graph another worker was building")
 
     monkeypatch.setattr(resnet50, "to_onnx", no_second_build)
     threading.Thread(target=other_worker_finishes).start()
-    loaded = model.build_embedding_model(spec, "onnx", cache)
+    loaded = inference.build_embedding_model(spec, "onnx", cache)
     assert loaded.fingerprint == "f" * 16
 
 
 def test_a_claim_whose_builder_died_is_taken_over(tmp_path):
     key = "k"
-    assert onnx_model.claim_entry(str(tmp_path), key)
+    assert onnx_runtime.claim_entry(str(tmp_path), key)
     marker = tmp_path / key / "building"
     os.utime(marker, (time.time() - 600, time.time() - 600))
-    assert onnx_model.claim_entry(str(tmp_path), key, stale_after=300)
+    assert onnx_runtime.claim_entry(str(tmp_path), key, stale_after=300)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -199,13 +200,13 @@ def test_a_failed_build_gives_its_claim_back(tmp_path, monkeypatch):
     """Weights that fail to build must not leave a claim that makes the next process
     (a restarted job, another worker) wait for a graph nobody builds."""
     cache, spec = str(tmp_path), "random:9"
-    key = onnx_model.cache_key(onnx_model.weights_source_id(spec))
+    key = onnx_runtime.cache_key(onnx_runtime.weights_source_id(spec))
 
     def broken(*args, **kwargs):
         raise RuntimeError("out of memory")
 
     monkeypatch.setattr(resnet50, "to_onnx", broken)
     with pytest.raises(RuntimeError, match="out of memory"):
-        model.build_embedding_model(spec, "onnx", cache)
+        inference.build_embedding_model(spec, "onnx", cache)
     assert not (tmp_path / key / "building").exists()
-    assert onnx_model.claim_entry(cache, key)
+    assert onnx_runtime.claim_entry(cache, key)

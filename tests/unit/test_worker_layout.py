@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from streaming import cli, main
+from streaming import main
+from streaming.config import cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

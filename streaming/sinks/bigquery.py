@@ -22,7 +22,8 @@ import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
 
 import schemas
-from streaming import failures, metrics, names
+from streaming import failures, metrics
+from streaming.config import names
 
 _LOG = logging.getLogger(__name__)
 MAX_BACKOFF_SECS = 30.0
@@ -108,8 +109,8 @@ class _InsertRowsFn(beam.DoFn):
         self._local, self._batch_size, self._max_bytes = local, batch_size, max_bytes
 
     def setup(self):
-        from streaming import endpoints
-        self._client = endpoints.worker_bigquery_client(self._local,
+        from streaming.support import clients
+        self._client = clients.worker_bigquery_client(self._local,
                                                         self._table_id.split(".")[0])
         self._stalls = failures.StallLog(_LOG)
         if self._table_id not in _CHECKED:

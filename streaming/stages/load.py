@@ -1,5 +1,5 @@
 """The load stage: read an object's bytes (local path or the exact gs:// generation) and
-decode them with `streaming.decode` into the model's 224x224 RGB input; failures become
+decode them with `streaming.stages.preprocess` into the model's 224x224 RGB input; failures become
 dead letters with a reason.
 
 Reading and decoding run on a small thread pool, a window of images ahead of the
@@ -18,14 +18,16 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 
-from streaming import endpoints, filters, metrics
-from streaming.ahead import WorkAhead
-from streaming.adapters import object_resource
-from streaming.decode import (  # noqa: F401 - re-exported: the stage's pure core
+from streaming import metrics
+from streaming.support import clients
+from streaming.stages import filters
+from streaming.support.ordered_pool import WorkAhead
+from streaming.support.library_patches import object_resource
+from streaming.stages.preprocess import (  # noqa: F401 - re-exported: the stage's pure core
     BACKGROUND, CENTER_CROP_FRACTION, DEFAULT_DECODE_THREADS, DEFAULT_DECODE_WINDOW,
     DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, INPUT_SIZE, RESIZE_POLICIES, DecodedImage,
     decode_image, resize, to_rgb)
-from streaming.notifications import payload_fields
+from streaming.sources.notifications import payload_fields
 from streaming.records import DeadLetter, ImageInfo, ImageRef, Rejected, Skipped, rejected_from
 
 DEAD = "dead_letters"
@@ -47,7 +49,7 @@ class GcsReader:
 
     def __init__(self, attempts: int = 4, initial_delay: float = 0.5):
         from google.api_core import retry as api_retry
-        self._client = endpoints.worker_storage_client()
+        self._client = clients.worker_storage_client()
         self._retry = api_retry.Retry(initial=initial_delay, maximum=8.0, multiplier=2.0,
                                       timeout=initial_delay * (2 ** attempts))
 

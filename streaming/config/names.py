@@ -33,6 +33,16 @@ def parse_table_id(table: str) -> tuple[str, str, str]:
     return m.group("project"), m.group("dataset"), m.group("table")
 
 
+class Fragment(str):
+    """SQL text made from a checked name or by the code (a quoted table id, a view's
+    query), never raw user input: `analysis.sql.render` inserts it as is."""
+
+
+def table_ref(table: str) -> Fragment:
+    """`project.dataset.table`, back-quoted for SQL, from a validated table id."""
+    return Fragment("`%s.%s.%s`" % parse_table_id(table))
+
+
 def standard_table_id(table: str) -> str:
     """`P.D.T`, the form google-cloud-bigquery takes, of `P:D.T` or `P.D.T`."""
     return "%s.%s.%s" % parse_table_id(table)

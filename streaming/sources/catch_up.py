@@ -32,8 +32,12 @@ from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.utils.timestamp import Duration, Timestamp
 
-from streaming import failures, filters, metrics, names
-from streaming.adapters import object_resource
+from streaming import failures, metrics
+from streaming.stages import filters
+from streaming.config import names
+from streaming.sources.contract import notification_for
+from streaming.sources.notifications import parse_notification
+from streaming.support.library_patches import object_resource
 
 _LOG = logging.getLogger(__name__)
 
@@ -77,7 +81,6 @@ def known_query(table: str, dead_letter_table: Optional[str] = None,
     (the `Known` columns): rows (embedded of `fingerprint` when given, finalized,
     deleted) and, with `dead_letter_table`, dead letters (final, attempts).
     Parameters: @bucket, @prefix (and @fingerprint, @after, @until when used)."""
-    from analysis.sql import table_ref
     after_sql = (" AND name > @after" if after is not None else "") + (
         " AND name <= @until" if until is not None else "")
     where = "WHERE bucket = @bucket AND STARTS_WITH(name, @prefix)" + after_sql
@@ -87,12 +90,12 @@ def known_query(table: str, dead_letter_table: Optional[str] = None,
              f"LOGICAL_OR({finalize}) AS finalized, "
              "LOGICAL_OR(event_type = 'OBJECT_DELETE') AS deleted, "
              "FALSE AS dead_final, 0 AS attempts "
-             f"FROM {table_ref(table)} {where} GROUP BY name, generation"]
+             f"FROM {names.table_ref(table)} {where} GROUP BY name, generation"]
     if dead_letter_table:
         parts.append("SELECT name, generation, FALSE AS embedded, FALSE AS finalized, "
                      "FALSE AS deleted, LOGICAL_OR(NOT IFNULL(retryable, FALSE)) AS dead_final, "
                      "MAX(IFNULL(attempt, 0)) + 1 AS attempts "
-                     f"FROM {table_ref(dead_letter_table)} {where} "
+                     f"FROM {names.table_ref(dead_letter_table)} {where} "
                      "AND generation IS NOT NULL GROUP BY name, generation")
     return " UNION ALL ".join(parts) + " ORDER BY name, generation"
 
@@ -241,8 +244,6 @@ def _by_name(known: Iterable[Known]) -> Iterator[tuple[str, dict[int, Known]]]:
 def ref_of(resource: dict[str, Any], source: str, event_type: str = "OBJECT_FINALIZE",
            attempt: int = 0):
     """The ImageRef a notification for `resource` would give (one rule for both)."""
-    from publisher.messages import notification_for
-    from streaming.notifications import parse_notification
     ref = parse_notification(*notification_for(resource, event_type=event_type,
                                                 attempt=attempt))
     return dataclasses.replace(ref, source=source)
@@ -285,10 +286,10 @@ class _CatchUpFn(beam.DoFn):
         self._chunk = chunk
 
     def setup(self):
-        from streaming import endpoints
+        from streaming.support import clients
         project = names.parse_table_id(self._table)[0]
-        self._storage = endpoints.storage_client(self._local, project)
-        self._bq = endpoints.bigquery_client(self._local, project)
+        self._storage = clients.storage_client(self._local, project)
+        self._bq = clients.bigquery_client(self._local, project)
 
     def process(self, element, cursor=beam.DoFn.StateParam(CURSOR),
                 next_step=beam.DoFn.TimerParam(NEXT)) -> Iterator:

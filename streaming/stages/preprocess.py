@@ -7,7 +7,7 @@ through Pillow's conversion); pixel counts are checked from the header before an
 decoding; JPEGs are DCT-scaled (`draft`) to just above the size the resize needs, so a
 12-megapixel photo costs a fraction of a full decode. Animated images use their first
 frame. ResNet50's `preprocess_input` is applied later, per batch, inside the model
-(see `model.py`): passing uint8 between stages keeps elements 4x smaller.
+(see `streaming/model/inference.py`): passing uint8 between stages keeps elements 4x smaller.
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         # In place and in the source's own width (an int64 copy would hold 8 bytes a
-        # pixel, see streaming/sizing.py).
+        # pixel, see streaming/config/sizing.py).
         arr = np.array(img)
         if arr.dtype.kind == "i":
             np.clip(arr, 0, 65535, out=arr)

@@ -18,7 +18,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 from streaming import metrics
-from streaming.flags import DEFAULT_EXTENSIONS  # noqa: F401 - the rule's home is here
+from streaming.config.flags import DEFAULT_EXTENSIONS  # noqa: F401 - the rule's home is here
 from streaming.records import DeadLetter, ImageRef
 
 DELETES = "deletes"

@@ -2,6 +2,10 @@
 
 The backfill publishes these, so the streaming job needs no special path: it parses a
 backfilled object the same way as a fresh upload; only the `backfill` attribute differs.
+The catch-up builds the same message for what it finds and parses it with
+`notifications.parse_notification`, so both paths give the same `ImageRef`. It lives
+beside the parser, in the pipeline, because dependencies run one way: `publisher/`
+imports the pipeline, never the reverse.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ def notification_for(resource: Mapping[str, Any], *, event_type: str = "OBJECT_F
     """The (data, attributes) of the notification for one object resource.
 
     Args:
-      resource: the object's JSON API resource (`streaming.adapters.object_resource`
+      resource: the object's JSON API resource (`streaming.support.library_patches.object_resource`
         of a google-cloud-storage Blob: name, bucket, generation, size, ... as strings).
       event_type: the event to announce.
       config_id: the notificationConfig id to name.

@@ -16,7 +16,7 @@ import os
 import tempfile
 from typing import Callable, Optional
 
-from streaming import cli, names
+from streaming.config import cli, names
 
 _TIMEOUT = 30.0
 
@@ -133,7 +133,7 @@ def check_services(opts, local: bool) -> list[str]:
     for `cli.describe`."""
     from google.api_core import exceptions as gexc
 
-    from streaming import endpoints
+    from streaming.support import clients
     skipped: list[str] = []
 
     def missing(option: str, value: str, what: str) -> cli.UsageError:
@@ -160,7 +160,7 @@ def check_services(opts, local: bool) -> list[str]:
     tables = [("--output_table", opts.output_table),
               ("--dead_letter_table", opts.dead_letter_table)]
     if any(t for _, t in tables):
-        bq = endpoints.bigquery_client(local)
+        bq = clients.bigquery_client(local)
         for option, table in tables:
             if table:
                 project, dataset, _ = names.parse_table_id(table)
@@ -175,7 +175,7 @@ def check_services(opts, local: bool) -> list[str]:
             ("--model_cache_dir", opts.model_cache_dir), ("--weights", opts.weights)]
     uris = [(o, u) for o, u in uris if u and u.startswith("gs://")]
     if uris:
-        storage = endpoints.storage_client(local)
+        storage = clients.storage_client(local)
         for option, uri in uris:
             bucket, name = names.split_gcs_uri(uri)
             if option == "--weights":

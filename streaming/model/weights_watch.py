@@ -6,7 +6,7 @@ polls LOCATION every `--weights_watch_interval` seconds for the newest weights f
 the same (time and size) at the next look, it builds the
 next model beside the running one, off the element path: the weights are copied,
 built into an ONNX graph once per weights for every worker sharing
-`--model_cache_dir` (streaming/onnx_model.py claims the entry), loaded and warmed up,
+`--model_cache_dir` (streaming/model/onnx_runtime.py claims the entry), loaded and warmed up,
 while the batches keep going through the current model. Then one reference swap: every
 batch runs on exactly one model, and each row names the fingerprint of the weights that
 embedded it. A switch logs one line and counts `weights_switches`; weights that cannot

@@ -1,4 +1,5 @@
-"""Local endpoints: point every client of the job and the CLIs at the emulators.
+"""Makes the Google clients (Cloud Storage, BigQuery) of the job and the CLIs, pointed
+at the real services or, with `--local_endpoints`, at the emulators.
 
 One switch (`--local_endpoints`) reads the standard variables
 
@@ -8,8 +9,8 @@ One switch (`--local_endpoints`) reads the standard variables
 
 and makes every Google client use anonymous credentials: Beam's credential lookup
 would retry Google's default credentials before going anonymous, so it is
-set here (through `streaming.adapters`), once, in the process that runs the pipeline
-(the DirectRunner runs it in-process). Production never calls this.
+set here (through `streaming.support.library_patches`), once, in the process that
+runs the pipeline (the DirectRunner runs it in-process). Production never calls this.
 """
 from __future__ import annotations
 
@@ -44,8 +45,8 @@ def use_local_endpoints() -> dict[str, Optional[str]]:
     for var in ("GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT"):
         os.environ.setdefault(var, "127.0.0.1:1")
 
-    from streaming import adapters
-    adapters.use_anonymous_credentials(project_from_env())
+    from streaming.support import library_patches
+    library_patches.use_anonymous_credentials(project_from_env())
     _applied = True
     return endpoints
 

@@ -23,9 +23,10 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import retry
 
-from streaming import endpoints, metrics
-from streaming.ahead import WorkAhead
-from streaming.model import split_model_id
+from streaming import metrics
+from streaming.support import clients
+from streaming.support.ordered_pool import WorkAhead
+from streaming.model.inference import split_model_id
 from streaming.records import (DeadLetter, ImageInfo, ImageRef, object_file_name,
                                rejected_from, utcnow_iso)
 
@@ -52,7 +53,7 @@ def vector_path(root: str, info_or_ref, model_id: str = "") -> str:
 def embedding_row(info: ImageInfo, embedding: np.ndarray, model_id: str,
                   vector_uri: str | None, vector_index: int | None = None) -> dict[str, Any]:
     """The BigQuery row (schemas/embeddings.json) of one embedded image; `vector_index`
-    is the vector's row in a shard (streaming/vectors.py), None for a .npy of its own."""
+    is the vector's row in a shard (streaming/sinks/vectors.py), None for a .npy of its own."""
     model_name, fingerprint, runtime = split_model_id(model_id)
     row = _ref_row(info.ref)
     row.update(width=info.width, height=info.height, format=info.format,
@@ -191,7 +192,7 @@ class _WriteVectorFn(WorkAhead):
     def setup(self):
         super().setup()
         # One storage client per process, for create-only writes to gs://.
-        self._gcs = endpoints.worker_storage_client() \
+        self._gcs = clients.worker_storage_client() \
             if (self._root or "").startswith("gs://") else None
 
     def work(self, element):

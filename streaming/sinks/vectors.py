@@ -6,7 +6,7 @@ whichever comes first) go into one `(n, 2048)` float32 .npy, and each row carrie
 `vector_uri` (the shard) and `vector_index` (its row in the shard).
 
 A shard's name derives from the model id and the ordered row keys it holds, and a
-gs:// shard is written create-only (`sinks.create_object`): a retried group with the
+gs:// shard is written create-only (`sinks.files.create_object`): a retried group with the
 same elements finds its shard already there (same name, same rows at the same indexes)
 and emits the same rows; a group regrouped differently after a failure writes another
 shard. Rows are emitted only after their shard exists, so no row ever points at an
@@ -30,9 +30,11 @@ import numpy as np
 import apache_beam as beam
 from apache_beam import coders, pvalue
 
-from streaming import endpoints, metrics, sinks
-from streaming.flags import VECTOR_LAYOUTS
-from streaming.model import split_model_id
+from streaming import metrics
+from streaming.support import clients
+from streaming.sinks import files
+from streaming.config.flags import VECTOR_LAYOUTS
+from streaming.model.inference import split_model_id
 from streaming.records import DeadLetter, ImageInfo, decode_record, encode_record, rejected_from
 
 SHARDS, OBJECTS = VECTOR_LAYOUTS
@@ -162,7 +164,7 @@ def read_vectors(uri: str, indexes: Optional[Iterable[int]] = None, gcs=None) ->
     float32. Reads a one-vector .npy too (index 0)."""
     if uri.startswith("gs://"):
         bucket, _, name = uri[len("gs://"):].partition("/")
-        client = gcs or endpoints.storage_client()
+        client = gcs or clients.storage_client()
         data = client.bucket(bucket).blob(name).download_as_bytes()
         matrix = np.load(io.BytesIO(data), allow_pickle=False)
     else:
@@ -210,7 +212,7 @@ class _WriteShardFn(beam.DoFn):
         self._root = root
 
     def setup(self):
-        self._gcs = endpoints.worker_storage_client() \
+        self._gcs = clients.worker_storage_client() \
             if (self._root or "").startswith("gs://") else None
 
     def process(self, batch) -> Iterable:
@@ -228,18 +230,18 @@ class _WriteShardFn(beam.DoFn):
             return
         for e in batch:
             metrics.count("images_embedded")
-            yield sinks.embedding_row(e.info, e.vector, e.model_id, uri)
+            yield files.embedding_row(e.info, e.vector, e.model_id, uri)
 
     def _write(self, group: list[Embedded], model_id: str) -> Iterable:
         uri = shard_path(self._root, model_id, (e.info.ref.key for e in group))
         try:
-            sinks.write_with_retries(uri, shard_bytes(np.stack([e.vector for e in group])),
+            files.write_with_retries(uri, shard_bytes(np.stack([e.vector for e in group])),
                                      self._gcs)
         except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle
             error = rejected_from(e, "vector_write_error")
             for item in group:
                 metrics.dead_letter(error.reason)
-                yield pvalue.TaggedOutput(sinks.DEAD, DeadLetter(
+                yield pvalue.TaggedOutput(files.DEAD, DeadLetter(
                     "write", error.reason, str(error), ref=item.info.ref))
             return
         metrics.count("vector_shards_written")
@@ -247,7 +249,7 @@ class _WriteShardFn(beam.DoFn):
             uri = os.path.abspath(uri)
         for index, item in enumerate(group):
             metrics.count("images_embedded")
-            yield sinks.embedding_row(item.info, item.vector, item.model_id, uri, index)
+            yield files.embedding_row(item.info, item.vector, item.model_id, uri, index)
 
 
 class WriteShards(beam.PTransform):
@@ -260,4 +262,4 @@ class WriteShards(beam.PTransform):
 
     def expand(self, batches):
         return batches | "Write shards" >> beam.ParDo(_WriteShardFn(self._root)).with_outputs(
-            sinks.DEAD, main="rows")
+            files.DEAD, main="rows")

@@ -1,6 +1,6 @@
 """ResNet50 on ONNX Runtime, built once per weights and cached.
 
-`streaming/resnet50.py` writes the pipeline's own batch function (uint8 pixels ->
+`streaming/model/resnet50.py` writes the pipeline's own batch function (uint8 pixels ->
 `preprocess_input` -> average-pooled ResNet50) as an ONNX graph (opset 17) from the
 weights, which is stored under a cache key derived from the weights spec: the
 content hash of a weights file, the spec itself for `imagenet` and `random:SEED`. The
@@ -11,7 +11,7 @@ every row.
 
 Beam ships `apache_beam.ml.inference.onnx_inference`, a handler around a ready `.onnx`
 URI; the job needs more than that (building the graph, the fingerprint in the model id, one
-model per process shared with the start-up check), so `streaming.model` keeps its own
+model per process shared with the start-up check), so `streaming.model.inference` keeps its own
 handler and this module only supplies the model behind it.
 
 The cache is a local folder (default: `image-embeddings/onnx` under the user's cache
@@ -102,9 +102,10 @@ def claim_entry(cache_dir: str, key: str, stale_after: float = 300.0) -> bool:
     path = _join(cache_dir, key, _CLAIM_FILE)
     stamp = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}".encode()
     if "://" in cache_dir:
-        from streaming import endpoints, sinks
+        from streaming.support import clients
+        from streaming.sinks import files
         if path.startswith("gs://"):
-            return sinks.create_object(endpoints.worker_storage_client(), path, stamp)
+            return files.create_object(clients.worker_storage_client(), path, stamp)
         return True  # no create-only write on other filesystems: everyone builds
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
@@ -123,9 +124,9 @@ def release_claim(cache_dir: str, key: str) -> None:
     path = _join(cache_dir, key, _CLAIM_FILE)
     try:
         if path.startswith("gs://"):  # the client that made it (FileSystems may not see it yet)
-            from streaming import endpoints
+            from streaming.support import clients
             bucket, _, name = path[len("gs://"):].partition("/")
-            endpoints.worker_storage_client().bucket(bucket).blob(name).delete()
+            clients.worker_storage_client().bucket(bucket).blob(name).delete()
         elif "://" not in cache_dir:
             os.remove(path)
     except Exception as e:  # noqa: BLE001 - the claim then goes stale and is taken over
@@ -182,7 +183,7 @@ def session_options(threads: tuple[int, int] = (0, 0)):
 
 
 class OnnxEmbeddingModel:
-    """An ONNX Runtime session with the same call as `streaming.model.EmbeddingModel`."""
+    """An ONNX Runtime session with the same call as `streaming.model.inference.EmbeddingModel`."""
 
     runtime = RUNTIME
 

@@ -7,8 +7,8 @@ import os
 from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
                                                   StandardOptions)
 
-from streaming import flags, names
-from streaming.cli import UsageError
+from streaming.config import flags, names
+from streaming.config.cli import UsageError
 
 
 class EmbedOptions(PipelineOptions):

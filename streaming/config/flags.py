@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from streaming import decode
+from streaming.stages import preprocess
 
 DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
 DEFAULT_PROGRESS_INTERVAL = 10.0
@@ -82,7 +82,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                             ".weights.h5/.keras file, or random:SEED (offline smoke test).")
     model.add_argument("--runtime", type=str, default=DEFAULT_RUNTIME, choices=RUNTIMES,
                        help="What runs ResNet50. onnx (default): ONNX Runtime on a graph "
-                            "built from the same weights (streaming/resnet50.py), cached per "
+                            "built from the same weights (streaming/model/resnet50.py), cached per "
                             "weights under --model_cache_dir, so a cached start imports no "
                             "TensorFlow and builds no Keras layers; faster on CPU, vectors "
                             "within cosine 0.99999 of TensorFlow's (docs/performance.md). "
@@ -114,16 +114,16 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                             "flushed (0 disables stateful batching).")
     img = parser.add_argument_group("images")
     img.add_argument("--resize_policy", type=str, default="center_crop",
-                     choices=decode.RESIZE_POLICIES,
+                     choices=preprocess.RESIZE_POLICIES,
                      help="center_crop (ResNet evaluation crop, default), squash or pad.")
-    img.add_argument("--max_pixels", type=int, default=decode.DEFAULT_MAX_PIXELS,
+    img.add_argument("--max_pixels", type=int, default=preprocess.DEFAULT_MAX_PIXELS,
                      help="Images with more pixels are dead-lettered before decoding.")
-    img.add_argument("--max_bytes", type=int, default=decode.DEFAULT_MAX_BYTES,
+    img.add_argument("--max_bytes", type=int, default=preprocess.DEFAULT_MAX_BYTES,
                      help="Objects larger than this are dead-lettered unread.")
-    img.add_argument("--decode_threads", type=int, default=decode.DEFAULT_DECODE_THREADS,
+    img.add_argument("--decode_threads", type=int, default=preprocess.DEFAULT_DECODE_THREADS,
                      help="Threads per DoFn that read and decode images while the "
                           "model runs (Pillow releases the GIL).")
-    img.add_argument("--decode_window", type=int, default=decode.DEFAULT_DECODE_WINDOW,
+    img.add_argument("--decode_window", type=int, default=preprocess.DEFAULT_DECODE_WINDOW,
                      help="Images read and decoded ahead of the model; only decoded "
                           "224x224 arrays wait in it.")
     img.add_argument("--extensions", type=str, default=DEFAULT_EXTENSIONS,

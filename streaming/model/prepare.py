@@ -1,6 +1,6 @@
 """Builds ResNet50's ONNX graph for some weights once, into the cache a Dataflow job reads.
 
-  python -m streaming.prepare_model --weights gs://B/models/r50.weights.h5 \\
+  python -m streaming.model.prepare --weights gs://B/models/r50.weights.h5 \\
       --model_cache_dir gs://B/models/onnx-cache/
 
 Run it before the first launch (and after new weights): the job's workers then find the
@@ -14,9 +14,9 @@ from __future__ import annotations
 import sys
 from typing import Optional, Sequence
 
-from streaming import cli
+from streaming.config import cli
 
-PROG = "python -m streaming.prepare_model"
+PROG = "python -m streaming.model.prepare"
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -29,9 +29,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cli.setup_logging(False)
     try:
-        from streaming import model
+        from streaming.model import inference
         with cli.quiet_native_stderr():
-            loaded = model.load_embedding_model(args.weights, "onnx", args.model_cache_dir)
+            loaded = inference.load_embedding_model(args.weights, "onnx", args.model_cache_dir)
     except Exception as e:  # noqa: BLE001 - one line, the traceback at debug level
         return cli.fail(PROG, e)
     print(f"{args.model_cache_dir}: {loaded.model_id} ready ({loaded.runtime_version})")

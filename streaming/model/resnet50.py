@@ -12,7 +12,7 @@ over them is the one the TensorFlow runtime reports for the same model. They com
 from `random_weights(seed)` (the values `random:SEED` gives the Keras model, drawn
 without building it) or `read_weights_h5` (a Keras `.weights.h5` file, or a
 Keras 2 style file such as the published `..._notop.h5`, read with h5py); anything
-else goes through Keras once (`streaming.model`).
+else goes through Keras once (`streaming.model.inference`).
 
 The graph computes exactly the TensorFlow runtime's function: uint8 RGB pixels
 (n, 224, 224, 3) -> `preprocess_input` ("caffe": BGR, ImageNet mean subtracted) ->

@@ -11,8 +11,8 @@ ResNet50 (2048 float32 per image). Every result carries `resnet50-avgpool@<finge
 as its model id, the fingerprint being a hash of the weights actually loaded.
 
 `--runtime` chooses what runs the forward pass: TensorFlow (the reference), or ONNX
-Runtime on a graph built from the same weights (`streaming/resnet50.py`) and cached per
-weights (`streaming/onnx_model.py`), which never imports TensorFlow for `random:SEED`
+Runtime on a graph built from the same weights (`streaming/model/resnet50.py`) and cached per
+weights (`streaming/onnx_runtime.py`), which never imports TensorFlow for `random:SEED`
 or a weights file, and not at all once the graph is cached. Results name the runtime
 next to the fingerprint.
 """
@@ -33,7 +33,9 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, PredictionResult,
                                            RunInference)
 
-from streaming import flags, metrics, resnet50
+from streaming import metrics
+from streaming.config import flags
+from streaming.model import resnet50
 from streaming.records import DeadLetter
 
 MODEL_NAME = "resnet50-avgpool"
@@ -211,7 +213,7 @@ def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
     `threads` (intra-op, inter-op; 0 keeps the runtime's default) size the runtime's
     thread pools; TensorFlow takes them only before its runtime starts.
 
-    Returns an `EmbeddingModel` or an `onnx_model.OnnxEmbeddingModel`: both map uint8
+    Returns an `EmbeddingModel` or an `onnx_runtime.OnnxEmbeddingModel`: both map uint8
     (n, 224, 224, 3) to float32 (n, 2048) and carry `model_id` and `runtime_version`.
     """
     key = (spec, runtime, cache_dir, tuple(threads))
@@ -245,18 +247,18 @@ CLAIM_WAIT_SECS = 300.0
 
 def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
     """The cached ONNX graph for `spec`; on a miss, builds it from the weights once
-    (`streaming/resnet50.py`, no TensorFlow for `random:SEED` or a weights file) and
+    (`streaming/model/resnet50.py`, no TensorFlow for `random:SEED` or a weights file) and
     stores it for the next process."""
-    from streaming import onnx_model
-    cache_dir = cache_dir or onnx_model.default_cache_dir()
+    from streaming.model import onnx_runtime
+    cache_dir = cache_dir or onnx_runtime.default_cache_dir()
     fixed = spec == "imagenet" or spec.startswith("random:")
     local = None if fixed else _local_copy(spec)
     try:
-        key = onnx_model.cache_key(onnx_model.weights_source_id(spec, local))
-        entry = onnx_model.read_entry(cache_dir, key)
-        if entry is None and not onnx_model.claim_entry(cache_dir, key, CLAIM_WAIT_SECS):
+        key = onnx_runtime.cache_key(onnx_runtime.weights_source_id(spec, local))
+        entry = onnx_runtime.read_entry(cache_dir, key)
+        if entry is None and not onnx_runtime.claim_entry(cache_dir, key, CLAIM_WAIT_SECS):
             _LOG.info("Another process builds the ONNX model for weights %s; waiting", spec)
-            entry = onnx_model.wait_for_entry(cache_dir, key, CLAIM_WAIT_SECS)
+            entry = onnx_runtime.wait_for_entry(cache_dir, key, CLAIM_WAIT_SECS)
         if entry is None:
             model_bytes, fingerprint = _build_entry(spec, local, cache_dir, key)
         else:
@@ -265,26 +267,26 @@ def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
     finally:
         if local is not None and local != spec:  # a downloaded copy: only needed here
             shutil.rmtree(os.path.dirname(local), ignore_errors=True)
-    return onnx_model.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
+    return onnx_runtime.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
 
 
 def _build_entry(spec: str, local: Optional[str], cache_dir: str, key: str) -> tuple[bytes, str]:
     """Builds and stores the graph of a claimed entry; (model bytes, fingerprint). A
     failure gives the claim back, so the next process tries at once instead of waiting."""
-    from streaming import onnx_model
-    where = onnx_model.entry_location(cache_dir, key)
+    from streaming.model import onnx_runtime
+    where = onnx_runtime.entry_location(cache_dir, key)
     print(f"Building the ONNX model for weights {spec} once; later runs load it "
           f"from {where}", file=sys.stderr, flush=True)
     try:
         weights = resnet50_weights(spec, local)
         fingerprint = resnet50.fingerprint(weights)
-        model_bytes = resnet50.to_onnx(weights, onnx_model.OPSET)
+        model_bytes = resnet50.to_onnx(weights, onnx_runtime.OPSET)
         del weights
-        onnx_model.write_entry(cache_dir, key, model_bytes, {
+        onnx_runtime.write_entry(cache_dir, key, model_bytes, {
             "weights": spec, "fingerprint": fingerprint, "model_name": MODEL_NAME,
-            "opset": onnx_model.OPSET})
+            "opset": onnx_runtime.OPSET})
     except BaseException:
-        onnx_model.release_claim(cache_dir, key)
+        onnx_runtime.release_claim(cache_dir, key)
         raise
     _LOG.info("Stored %s@%s for ONNX Runtime in %s", MODEL_NAME, fingerprint, where)
     return model_bytes, fingerprint
@@ -368,7 +370,7 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
         model = load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
         if not self.weights_watch:
             return model
-        from streaming import weights_watch
+        from streaming.model import weights_watch
         build = functools.partial(build_embedding_model, runtime=self.runtime,
                                   cache_dir=self.cache_dir, threads=self.threads)
         return weights_watch.watched(

@@ -1,0 +1,1 @@
+"""Where the job writes: each output is a `Sink`; the pipeline iterates over them."""
