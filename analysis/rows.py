@@ -19,6 +19,7 @@ from typing import Any, Iterable, Optional, Sequence
 import numpy as np
 
 from analysis import sql
+from streaming.config.names import is_gcs_uri
 from streaming.records import object_uri
 
 FINALIZE, DELETE = "OBJECT_FINALIZE", "OBJECT_DELETE"
@@ -209,7 +210,7 @@ class BigQueryRows:
         return rows[0] if rows else None
 
     def lookup_uri(self, uri: str) -> Optional[dict[str, Any]]:
-        if not uri.startswith("gs://"):
+        if not is_gcs_uri(uri):
             raise SourceError(f"{uri!r}: name a table object as gs://BUCKET/NAME or with "
                               "--bucket and --name")
         return self.lookup(*split_gs_uri(uri))

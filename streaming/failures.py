@@ -41,34 +41,63 @@ class Reason:
     meaning: str
 
 
+# The reason codes: stages write these constants, never the strings (a unit test
+# checks), so a reason is defined here and nowhere else.
+NOT_A_NOTIFICATION = "not_a_notification"
+MISSING_ATTRIBUTE = "missing_attribute"
+UNKNOWN_EVENT_TYPE = "unknown_event_type"
+UNSUPPORTED_PAYLOAD_FORMAT = "unsupported_payload_format"
+NOT_JSON = "not_json"
+NOT_OBJECT_RESOURCE = "not_object_resource"
+CONTRADICTORY_ATTRIBUTES = "contradictory_attributes"
+BAD_ATTRIBUTE = "bad_attribute"
+PARSE_ERROR = "parse_error"
+BUCKET_NOT_ALLOWED = "bucket_not_allowed"
+OBJECT_GONE = "object_gone"
+SUPERSEDED = "superseded"
+TOO_LARGE = "too_large"
+PERMISSION_DENIED = "permission_denied"
+NOT_FOUND = "not_found"
+READ_ERROR = "read_error"
+EMPTY_OBJECT = "empty_object"
+NOT_AN_IMAGE = "not_an_image"
+TRUNCATED_IMAGE = "truncated_image"
+DECODE_ERROR = "decode_error"
+TOO_MANY_PIXELS = "too_many_pixels"
+DECOMPRESSION_BOMB = "decompression_bomb"
+INFERENCE_ERROR = "inference_error"
+VECTOR_WRITE_ERROR = "vector_write_error"
+BIGQUERY_REJECTED = "bigquery_rejected"
+ROW_TOO_LARGE = "row_too_large"
+
 REASONS: dict[str, Reason] = {r.code: r for r in (
-    Reason("not_a_notification", ("parse",), False, "not a storage notification"),
-    Reason("missing_attribute", ("parse",), False, "a required attribute is missing"),
-    Reason("unknown_event_type", ("parse",), False, "an event type the contract lacks"),
-    Reason("unsupported_payload_format", ("parse",), False, "neither JSON_API_V1 nor NONE"),
-    Reason("not_json", ("parse",), False, "the payload is not JSON"),
-    Reason("not_object_resource", ("parse",), False, "the payload is not an object resource"),
-    Reason("contradictory_attributes", ("parse",), False, "attributes and payload disagree"),
-    Reason("bad_attribute", ("parse",), False, "an attribute of the wrong type"),
-    Reason("parse_error", ("parse",), False, "anything else unexpected in a message"),
-    Reason("bucket_not_allowed", ("filter",), False, "a bucket not in --buckets"),
-    Reason("object_gone", ("load",), False, "the generation is deleted, none is live"),
-    Reason("superseded", ("load",), False, "the generation is replaced by a newer one"),
-    Reason("too_large", ("load",), False, "more than --max_bytes"),
-    Reason("permission_denied", ("load", "write"), False,
+    Reason(NOT_A_NOTIFICATION, ("parse",), False, "not a storage notification"),
+    Reason(MISSING_ATTRIBUTE, ("parse",), False, "a required attribute is missing"),
+    Reason(UNKNOWN_EVENT_TYPE, ("parse",), False, "an event type the contract lacks"),
+    Reason(UNSUPPORTED_PAYLOAD_FORMAT, ("parse",), False, "neither JSON_API_V1 nor NONE"),
+    Reason(NOT_JSON, ("parse",), False, "the payload is not JSON"),
+    Reason(NOT_OBJECT_RESOURCE, ("parse",), False, "the payload is not an object resource"),
+    Reason(CONTRADICTORY_ATTRIBUTES, ("parse",), False, "attributes and payload disagree"),
+    Reason(BAD_ATTRIBUTE, ("parse",), False, "an attribute of the wrong type"),
+    Reason(PARSE_ERROR, ("parse",), False, "anything else unexpected in a message"),
+    Reason(BUCKET_NOT_ALLOWED, ("filter",), False, "a bucket not in --buckets"),
+    Reason(OBJECT_GONE, ("load",), False, "the generation is deleted, none is live"),
+    Reason(SUPERSEDED, ("load",), False, "the generation is replaced by a newer one"),
+    Reason(TOO_LARGE, ("load",), False, "more than --max_bytes"),
+    Reason(PERMISSION_DENIED, ("load", "write"), False,
            "401/403: fix the role, then --retry-dead-letters"),
-    Reason("not_found", ("load", "write"), True, "404 for the bucket, after retries"),
-    Reason("read_error", ("load",), True, "a read failed after its retries"),
-    Reason("empty_object", ("decode",), False, "zero bytes"),
-    Reason("not_an_image", ("decode",), False, "bytes Pillow cannot identify"),
-    Reason("truncated_image", ("decode",), False, "the image data ends early"),
-    Reason("decode_error", ("decode",), False, "Pillow failed to decode it"),
-    Reason("too_many_pixels", ("decode",), False, "more than --max_pixels"),
-    Reason("decompression_bomb", ("decode",), False, "above Pillow's bomb limit"),
-    Reason("inference_error", ("embed",), True, "the model failed on the batch"),
-    Reason("vector_write_error", ("write",), True, "the .npy write failed after retries"),
-    Reason("bigquery_rejected", ("write",), False, "BigQuery refused the row itself"),
-    Reason("row_too_large", ("write",), False,
+    Reason(NOT_FOUND, ("load", "write"), True, "404 for the bucket, after retries"),
+    Reason(READ_ERROR, ("load",), True, "a read failed after its retries"),
+    Reason(EMPTY_OBJECT, ("decode",), False, "zero bytes"),
+    Reason(NOT_AN_IMAGE, ("decode",), False, "bytes Pillow cannot identify"),
+    Reason(TRUNCATED_IMAGE, ("decode",), False, "the image data ends early"),
+    Reason(DECODE_ERROR, ("decode",), False, "Pillow failed to decode it"),
+    Reason(TOO_MANY_PIXELS, ("decode",), False, "more than --max_pixels"),
+    Reason(DECOMPRESSION_BOMB, ("decode",), False, "above Pillow's bomb limit"),
+    Reason(INFERENCE_ERROR, ("embed",), True, "the model failed on the batch"),
+    Reason(VECTOR_WRITE_ERROR, ("write",), True, "the .npy write failed after retries"),
+    Reason(BIGQUERY_REJECTED, ("write",), False, "BigQuery refused the row itself"),
+    Reason(ROW_TOO_LARGE, ("write",), False,
            "the row alone exceeds the insert request limit"),
 )}
 

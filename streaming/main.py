@@ -24,9 +24,6 @@ PROG = "embed-stream"
 BEAM_NOTE = ("Beam and Dataflow pipeline options (--runner, --project, --region, "
              "--temp_location, --max_num_workers, ...) are accepted too.")
 _LOG = logging.getLogger(PROG)
-# Beam's runners that execute on this machine (names as --runner takes them, lower-case,
-# without "runner"); any other runner submits the job.
-LOCAL_RUNNERS = ("direct", "bundlebaseddirect", "switchingdirect", "prism")
 # Flags every Dataflow job starts with; a flag given at launch wins (they come first).
 # docs/performance.md, "Worker layout", says why: one SDK process per VM (one model,
 # shared by its bundle threads), bundle threads x decode threads = the vCPUs of the
@@ -82,7 +79,7 @@ def summary(totals: dict[str, int], seconds: float) -> str:
              f"dead letters: {sum(dead.values())}"
              + "".join(f"\n  {reason}: {n}" for reason, n in sorted(dead.items()))]
     if skipped:
-        lines.append("skipped: " + ", ".join(f"{k[8:]}={v}" for k, v in sorted(skipped.items())))
+        lines.append("skipped: " + ", ".join(f"{k.removeprefix(metrics.SKIPPED_PREFIX)}={v}" for k, v in sorted(skipped.items())))
     lines.append(f"wall time: {seconds:.1f} s, {embedded / seconds if seconds else 0:.2f} images/s")
     return "\n".join(lines)
 
@@ -106,7 +103,7 @@ def worker_kind(opts) -> str:
 
 def worker_defaults(opts) -> list[str]:
     """The WORKER_DEFAULTS of a Dataflow job (none for any other runner)."""
-    from streaming.pipeline import on_dataflow
+    from streaming.config.runners import on_dataflow
     return list(WORKER_DEFAULTS[worker_kind(opts)]) if on_dataflow(opts) else []
 
 
@@ -117,10 +114,11 @@ def default_model_cache(opts) -> Optional[str]:
     from apache_beam.io.filesystems import FileSystems
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-    from streaming.pipeline import on_dataflow
+    from streaming.config.names import is_gcs_uri
+    from streaming.config.runners import on_dataflow
     temp = opts.view_as(GoogleCloudOptions).temp_location
     if (not on_dataflow(opts) or opts.runtime != "onnx" or opts.model_cache_dir
-            or not (temp or "").startswith("gs://") or opts.weights.startswith("/")):
+            or not is_gcs_uri(temp) or opts.weights.startswith("/")):
         return opts.model_cache_dir
     return FileSystems.join(temp, MODEL_CACHE_UNDER_TEMP)
 
@@ -167,13 +165,6 @@ def make_options(argv: Optional[Sequence[str]]):
     return opts
 
 
-def is_remote(opts) -> bool:
-    from apache_beam.options.pipeline_options import StandardOptions
-    runner = opts.view_as(StandardOptions).runner
-    name = (runner if isinstance(runner, str) else type(runner).__name__).lower()
-    return name.removesuffix("runner") not in LOCAL_RUNNERS
-
-
 def check_before_start(opts) -> None:
     """Everything that can fail before the model loads (see streaming/config/preflight.py).
     What the caller may not read (a 403) is skipped, named in one warning line."""
@@ -181,13 +172,14 @@ def check_before_start(opts) -> None:
 
     from streaming.support import clients
     from streaming.config import preflight
+    from streaming.config.runners import is_remote
+    from streaming.model.spec import is_fixed
     remote = is_remote(opts)
     if remote:
         for option in ("weights", "model_cache_dir"):
             value = getattr(opts, option) or ""
             if value and "://" not in value and not value.startswith("/") and not (
-                    option == "weights" and (value == "imagenet"
-                                             or value.startswith("random:"))):
+                    option == "weights" and is_fixed(value)):
                 raise cli.UsageError(
                     f"--{option} {value}: Dataflow workers cannot read this machine's "
                     "files; pass a gs:// URI, or an absolute path inside the worker image")
@@ -237,6 +229,7 @@ class Run:
 
         from streaming.model import inference
         from streaming.support import progress
+        from streaming.config.runners import is_remote
         from streaming.pipeline import build_pipeline, catch_up_enabled, model_threads
         opts = make_options(argv)
         check_before_start(opts)

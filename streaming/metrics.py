@@ -25,6 +25,11 @@ INFERRED = "images_inferred"
 LATENCY = "notification_to_row_ms"
 
 
+def skipped(why: str) -> str:
+    """The counter of objects skipped for `why`: `skipped.<why>`."""
+    return SKIPPED_PREFIX + why
+
+
 class Tally:
     """Thread-safe counts and the latest latencies of this process."""
 

@@ -13,7 +13,8 @@ import schemas
 from streaming import metrics
 from streaming.support import library_patches
 from streaming.stages import batching, filters, load
-from streaming.sinks import bigquery, files
+from streaming import sinks
+from streaming.sinks import files
 from streaming.model import inference
 from streaming.sources import catch_up
 from streaming import coders  # noqa: F401 - registers the records' versioned coders
@@ -21,6 +22,7 @@ from streaming.sinks import vectors as vectors_
 from streaming.sources.local_folder import ReadLocalFolder
 from streaming.sources.notifications import ParseNotifications
 from streaming.config.options import EmbedOptions
+from streaming.config.runners import on_dataflow
 
 # The local runner's Pub/Sub read: the most one pull may return, and how long a pull
 # waits for a message before the runner gets on with its timers.
@@ -63,10 +65,6 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
         chunk=opts.catch_up_chunk)
     refs = (parsed.refs, missed) | "Notified and missed" >> beam.Flatten()
     return refs, parsed.dead_letters
-
-
-def on_dataflow(opts: EmbedOptions) -> bool:
-    return (opts.view_as(StandardOptions).runner or "").endswith("DataflowRunner")
 
 
 def catch_up_enabled(opts: EmbedOptions) -> bool:
@@ -164,8 +162,7 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
         opts.resize_policy, opts.max_pixels, opts.max_bytes,
         threads=opts.decode_threads, window=opts.decode_window, accept=accept)
     results, embed_dead = loaded.images | "Embed with ResNet50" >> inference.EmbedImages(handler)
-    vector_root = opts.output_gcs or (
-        files.FileSystems.join(opts.output_dir, files.VECTORS_DIR) if opts.output_dir else None)
+    vector_root = files.vector_root(opts.output_gcs, opts.output_dir)
     # Only the vector travels on, as float32 bytes (vectors.EmbeddedCoder).
     vectors = results | "Drop pixels" >> beam.MapTuple(vectors_.embedded).with_output_types(
         vectors_.Embedded)
@@ -187,28 +184,10 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
             "write": written.dead_letters}
     if extra_dead:
         dead["parse"] = extra_dead[0]
-    if opts.output_table:
-        rejected = (tuple(rows.values()) | "All rows" >> beam.Flatten()
-                    | "Write to BigQuery" >> bigquery.WriteRows(
-                        opts.output_table, local=opts.local_endpoints))
-        dead["bigquery"] = rejected | "Dead-letter rejected rows" >> beam.Map(
-            files.rejected_row_to_dead_letter)
+    outputs = sinks.sinks_for(opts)
+    for sink in outputs:
+        dead.update(sink.write_rows(rows))
     all_dead = tuple(dead.values()) | "Gather dead letters" >> beam.Flatten()
-    if opts.dead_letter_table:
-        (all_dead
-         | "Dead-letter rows" >> files.DeadLetterRows()
-         | "Write dead letters to BigQuery" >> bigquery.WriteRows(
-             opts.dead_letter_table, schemas.DEAD_LETTERS, local=opts.local_endpoints))
-    if opts.output_dir:
-        # One file sink per input, not one after a Flatten: the local --watch run executes
-        # on the FnApiRunner, where a Flatten waits for its (never-ending) inputs.
-        for label, part in rows.items():
-            part | f"Write {label}" >> files.WriteJsonFiles(
-                files.FileSystems.join(opts.output_dir, files.ROWS_DIR), "rows")
-        for stage, part in dead.items():
-            (part
-             | f"Dead-letter rows ({stage})" >> files.DeadLetterRows()
-             | f"Write dead letters ({stage})" >> files.WriteJsonFiles(
-                 files.FileSystems.join(opts.output_dir, files.DEAD_LETTERS_DIR),
-                 "dead_letters"))
+    for sink in outputs:
+        sink.write_dead_letters(dead, all_dead)
     return {"rows": written.rows, "tombstones": tombstones, "dead_letters": all_dead}

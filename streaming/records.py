@@ -19,6 +19,7 @@ import re
 from typing import Any, Optional
 from urllib.parse import quote
 
+from streaming import failures
 
 ERROR_CHARS = 1000  # bound on error text and raw message prefixes kept in dead letters
 _MAX_ENCODED_NAME = 180  # keeps file names under common 255-byte limits
@@ -144,8 +145,7 @@ class DeadLetter:
     @property
     def retryable(self) -> bool:
         """Whether the catch-up embeds the generation again (streaming/failures.py)."""
-        from streaming.failures import is_retryable
-        return self.ref is not None and is_retryable(self.reason)
+        return self.ref is not None and failures.is_retryable(self.reason)
 
     def to_row(self) -> dict[str, Any]:
         ref = self.ref
@@ -280,7 +280,7 @@ class Skipped(Rejected):
 
 
 # HTTP statuses of Google API errors (google.api_core exceptions carry `.code`).
-_REASON_BY_STATUS = {401: "permission_denied", 403: "permission_denied", 404: "not_found"}
+_REASON_BY_STATUS = {401: failures.PERMISSION_DENIED, 403: failures.PERMISSION_DENIED, 404: failures.NOT_FOUND}
 
 
 def rejected_from(error: BaseException, default: str) -> Rejected:

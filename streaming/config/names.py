@@ -83,11 +83,26 @@ def pubsub_path(value: str, kind: str, project: Optional[str] = None) -> str:
     return value
 
 
+GCS_SCHEME = "gs://"
+
+
+def is_gcs_uri(path: Optional[str]) -> bool:
+    """Whether `path` (None for an option left out) names Cloud Storage."""
+    return (path or "").startswith(GCS_SCHEME)
+
+
+def gcs_parts(uri: str) -> tuple[str, str]:
+    """(bucket, object name or prefix) of a gs:// URI the job made itself; unchecked
+    (`split_gcs_uri` checks what a user typed)."""
+    bucket, _, name = uri[len(GCS_SCHEME):].partition("/")
+    return bucket, name
+
+
 def split_gcs_uri(uri: str) -> tuple[str, str]:
     """(bucket, prefix) of `gs://BUCKET[/prefix]`; ValueError for anything else."""
-    if not (uri or "").startswith("gs://"):
+    if not is_gcs_uri(uri):
         raise ValueError(f"expected gs://BUCKET[/prefix], got {uri!r}")
-    bucket, _, prefix = uri[5:].partition("/")
+    bucket, prefix = gcs_parts(uri)
     if not _BUCKET.fullmatch(bucket):
         raise ValueError(f"not a Cloud Storage bucket name in {uri!r}")
     return bucket, prefix

@@ -84,5 +84,5 @@ def check_names(opts: EmbedOptions) -> None:
     checked("input_topic", lambda v: names.pubsub_path(v, "topics", project))
     for option in ("output_gcs", "output_dir", "weights", "model_cache_dir", "weights_watch"):
         value = getattr(opts, option)
-        if option == "output_gcs" or (value or "").startswith("gs://"):
+        if option == "output_gcs" or names.is_gcs_uri(value):
             checked(option, lambda v: names.split_gcs_uri(v) and v)

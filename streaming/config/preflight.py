@@ -17,6 +17,7 @@ import tempfile
 from typing import Callable, Optional
 
 from streaming.config import cli, names
+from streaming.model import spec as model_spec
 
 _TIMEOUT = 30.0
 
@@ -24,17 +25,9 @@ _TIMEOUT = 30.0
 def weights_problem(spec: str, exists: Callable[[str], bool]) -> Optional[str]:
     """Why `--weights spec` cannot be used, or None. `exists` tells whether a path or
     URI exists (only called for files)."""
-    if spec == "imagenet":
-        return None
-    if spec.startswith("random:"):
-        try:
-            int(spec.split(":", 1)[1])
-        except ValueError:
-            return f"--weights {spec!r}: expected random:<integer seed> (random:SEED)"
-        return None
-    if not spec.endswith((".weights.h5", ".keras", ".h5")):
-        return (f"--weights {spec!r}: expected imagenet, random:SEED, or a .weights.h5 / "
-                ".keras file (local or gs://)")
+    problem = model_spec.weights_syntax_problem(spec)
+    if problem or model_spec.is_fixed(spec):
+        return problem
     if not exists(spec):
         return (f"--weights {spec!r}: weights file does not exist; pass --weights imagenet, "
                 "random:SEED, or an existing .weights.h5 path / gs:// URI")
@@ -99,8 +92,8 @@ def cloud_names(opts) -> bool:
     """Whether the options name any cloud resource (Pub/Sub, BigQuery, gs://)."""
     return any([opts.input_subscription, opts.input_topic, opts.output_table,
                 opts.dead_letter_table, opts.output_gcs,
-                (opts.output_dir or "").startswith("gs://"), opts.weights.startswith("gs://"),
-                (opts.model_cache_dir or "").startswith("gs://")])
+                names.is_gcs_uri(opts.output_dir), names.is_gcs_uri(opts.weights),
+                names.is_gcs_uri(opts.model_cache_dir)])
 
 
 def _denied(error: BaseException) -> bool:
@@ -173,7 +166,7 @@ def check_services(opts, local: bool) -> list[str]:
                                    f"{project}:{dataset})")
     uris = [("--output_gcs", opts.output_gcs), ("--output_dir", opts.output_dir),
             ("--model_cache_dir", opts.model_cache_dir), ("--weights", opts.weights)]
-    uris = [(o, u) for o, u in uris if u and u.startswith("gs://")]
+    uris = [(o, u) for o, u in uris if names.is_gcs_uri(u)]
     if uris:
         storage = clients.storage_client(local)
         for option, uri in uris:
@@ -215,7 +208,7 @@ def check(opts, *, local: bool, dry_run: bool, remote: bool = False) -> list[str
     """
     skipped = check_paths(opts, remote)
     if dry_run or not cloud_names(opts):
-        if opts.weights.startswith("gs://"):
+        if names.is_gcs_uri(opts.weights):
             problem = weights_problem(opts.weights, lambda _: True)
             if problem:
                 raise cli.UsageError(problem)

@@ -33,13 +33,14 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, PredictionResult,
                                            RunInference)
 
+from streaming import failures
 from streaming import metrics
 from streaming.config import flags
 from streaming.model import resnet50
+from streaming.model import spec as model_spec
+from streaming.model.spec import EMBEDDING_DIM, INPUT_SHAPE, MODEL_NAME  # noqa: F401
 from streaming.records import DeadLetter
 
-MODEL_NAME = "resnet50-avgpool"
-EMBEDDING_DIM = 2048
 RUNTIMES, DEFAULT_RUNTIME = flags.RUNTIMES, flags.DEFAULT_RUNTIME
 _LOG = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def _keras():
 def build_resnet50(weights: Optional[str] = None):
     """The Keras ResNet50 trunk with global average pooling (no classifier)."""
     return _keras().applications.ResNet50(
-        include_top=False, weights=weights, pooling="avg", input_shape=(224, 224, 3))
+        include_top=False, weights=weights, pooling="avg", input_shape=INPUT_SHAPE)
 
 
 def weights_fingerprint(model) -> str:
@@ -75,7 +76,8 @@ def load_keras_model(spec: str):
       WeightsUnavailableError: with a message naming the alternatives.
     """
     keras = _keras()
-    if spec == "imagenet":
+    kind = model_spec.weights_kind(spec)
+    if kind == model_spec.IMAGENET:
         try:
             return build_resnet50("imagenet")
         except Exception as e:  # noqa: BLE001 - network, proxy, cache permission...
@@ -85,7 +87,7 @@ def load_keras_model(spec: str):
                 "--weights PATH.weights.h5 (local or gs://, e.g. a copy of "
                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 saved with "
                 "model.save_weights) or --weights random:SEED for a smoke test.") from e
-    if spec.startswith("random:"):
+    if kind == model_spec.RANDOM:
         return _seeded(build_resnet50(None), random_seed(spec))
     local = _local_copy(spec)
     try:
@@ -104,9 +106,9 @@ def load_keras_model(spec: str):
 def random_seed(spec: str) -> int:
     """The seed of a `random:SEED` spec."""
     try:
-        return int(spec.split(":", 1)[1])
-    except ValueError:
-        raise WeightsUnavailableError(f"--weights {spec!r}: expected random:<integer seed>")
+        return model_spec.parse_weights(spec).seed
+    except ValueError as e:
+        raise WeightsUnavailableError(str(e)) from None
 
 
 def _seeded(model, seed: int):
@@ -166,7 +168,7 @@ class EmbeddingModel:
 
         # One signature, traced once at warm-up: every batch size reuses the graph (a new
         # shape would otherwise trace again, seconds, on the first batch of that size).
-        @tf.function(input_signature=[tf.TensorSpec([None, 224, 224, 3], tf.uint8)])
+        @tf.function(input_signature=[tf.TensorSpec([None, *INPUT_SHAPE], tf.uint8)])
         def embed(batch_uint8):
             x = preprocess_input(tf.cast(batch_uint8, tf.float32))
             return keras_model(x, training=False)
@@ -179,7 +181,7 @@ class EmbeddingModel:
 
     def warm_up(self) -> None:
         """Traces the graph now, not on the first element (seconds in a new process)."""
-        self(np.zeros((1, 224, 224, 3), np.uint8))
+        self(np.zeros((1, *INPUT_SHAPE), np.uint8))
 
 
 def configure_threads(intra_op: int = 0, inter_op: int = 0) -> None:
@@ -251,7 +253,7 @@ def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
     stores it for the next process."""
     from streaming.model import onnx_runtime
     cache_dir = cache_dir or onnx_runtime.default_cache_dir()
-    fixed = spec == "imagenet" or spec.startswith("random:")
+    fixed = model_spec.is_fixed(spec)
     local = None if fixed else _local_copy(spec)
     try:
         key = onnx_runtime.cache_key(onnx_runtime.weights_source_id(spec, local))
@@ -303,11 +305,12 @@ def resnet50_weights(spec: str, local: Optional[str] = None) -> list[np.ndarray]
       WeightsUnavailableError: as `load_keras_model`, or when the file's tensors are
         not ResNet50's.
     """
-    if spec.startswith("random:"):
+    kind = model_spec.weights_kind(spec)
+    if kind == model_spec.RANDOM:
         return resnet50.random_weights(random_seed(spec))
     path = local or spec
     weights = None
-    if spec != "imagenet" and path.endswith(".h5"):
+    if kind == model_spec.FILE and path.endswith(".h5"):
         try:
             weights = resnet50.read_weights_h5(path)
         except (OSError, KeyError, ValueError) as e:  # not HDF5, or not laid out as expected
@@ -433,6 +436,6 @@ class EmbedImages(beam.PTransform):
 def _failed_batch_to_dead_letters(failure) -> Iterable[DeadLetter]:
     batch, error = failure
     for info, _ in batch:
-        metrics.dead_letter("inference_error")
-        yield DeadLetter("embed", "inference_error", f"{type(error).__name__}: {error}",
+        metrics.dead_letter(failures.INFERENCE_ERROR)
+        yield DeadLetter("embed", failures.INFERENCE_ERROR, f"{type(error).__name__}: {error}",
                          ref=info.ref)

@@ -34,6 +34,9 @@ from typing import Optional
 
 import numpy as np
 
+from streaming.config.names import gcs_parts, is_gcs_uri
+from streaming.model.spec import INPUT_SHAPE, is_fixed
+
 OPSET = 17
 RUNTIME = "onnx"
 # Part of every cache key: a change of the converted graph's contract (input dtype,
@@ -54,7 +57,7 @@ def weights_source_id(spec: str, local_path: Optional[str] = None) -> str:
     """What identifies the weights without building the model: the spec for `imagenet`
     and `random:SEED` (both name fixed values), the sha256 of the bytes of a weights
     file (`local_path`, its local copy)."""
-    if spec == "imagenet" or spec.startswith("random:"):
+    if is_fixed(spec):
         return spec
     digest = hashlib.sha256()
     with open(local_path or spec, "rb") as f:
@@ -102,10 +105,9 @@ def claim_entry(cache_dir: str, key: str, stale_after: float = 300.0) -> bool:
     path = _join(cache_dir, key, _CLAIM_FILE)
     stamp = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}".encode()
     if "://" in cache_dir:
-        from streaming.support import clients
-        from streaming.sinks import files
-        if path.startswith("gs://"):
-            return files.create_object(clients.worker_storage_client(), path, stamp)
+        from streaming.support import clients, storage
+        if is_gcs_uri(path):
+            return storage.create_object(clients.worker_storage_client(), path, stamp)
         return True  # no create-only write on other filesystems: everyone builds
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
@@ -123,9 +125,9 @@ def release_claim(cache_dir: str, key: str) -> None:
     """Removes this process's claim after a failed build (best effort)."""
     path = _join(cache_dir, key, _CLAIM_FILE)
     try:
-        if path.startswith("gs://"):  # the client that made it (FileSystems may not see it yet)
+        if is_gcs_uri(path):  # the client that made it (FileSystems may not see it yet)
             from streaming.support import clients
-            bucket, _, name = path[len("gs://"):].partition("/")
+            bucket, name = gcs_parts(path)
             clients.worker_storage_client().bucket(bucket).blob(name).delete()
         elif "://" not in cache_dir:
             os.remove(path)
@@ -149,17 +151,8 @@ def write_entry(cache_dir: str, key: str, model_bytes: bytes, meta: dict) -> Non
     """Writes the model, then the meta that marks the entry complete."""
     for name, data in ((_MODEL_FILE, model_bytes),
                        (_META_FILE, json.dumps(meta, indent=1).encode())):
-        path = _join(cache_dir, key, name)
-        if "://" in cache_dir:
-            from apache_beam.io.filesystems import FileSystems
-            with FileSystems.create(path, compression_type="uncompressed") as f:
-                f.write(data)  # the object appears only when the upload completes
-        else:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            tmp = f"{path}.{os.getpid()}.tmp"
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+        from streaming.support import storage
+        storage.write_atomically(_join(cache_dir, key, name), data)
 
 
 def session_options(threads: tuple[int, int] = (0, 0)):
@@ -204,4 +197,4 @@ class OnnxEmbeddingModel:
 
     def warm_up(self) -> None:
         """Runs one batch so the first element does not pay the session's set-up."""
-        self(np.zeros((1, 224, 224, 3), np.uint8))
+        self(np.zeros((1, *INPUT_SHAPE), np.uint8))

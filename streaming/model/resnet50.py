@@ -27,13 +27,12 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
+from streaming.model.spec import CAFFE_MEAN_BGR, EMBEDDING_DIM, INPUT_SHAPE
+
 BN_EPSILON = 1.001e-5  # keras.applications.resnet's BatchNormalization(epsilon=...)
-# preprocess_input's ImageNet mean, in the BGR order it subtracts it.
-CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 # (stage name, filters, blocks, stride of its first block) of ResNet50.
 STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2),
           ("conv5", 512, 3, 2))
-EMBEDDING_DIM = 2048
 _BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
@@ -245,7 +244,7 @@ def to_onnx(weights: Sequence[np.ndarray], opset: int = 17) -> bytes:
               helper.make_node("Flatten", ["avg_pool"], ["embedding"], axis=1)]
     graph = helper.make_graph(
         nodes, "resnet50_avgpool",
-        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["n", 224, 224, 3])],
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["n", *INPUT_SHAPE])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", EMBEDDING_DIM])],
         initializer=inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],

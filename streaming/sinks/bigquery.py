@@ -24,6 +24,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 import schemas
 from streaming import failures, metrics
 from streaming.config import names
+from streaming.records import DeadLetter, ImageRef
+from streaming.sinks import Sink
+from streaming.sinks.files import DeadLetterRows
 
 _LOG = logging.getLogger(__name__)
 MAX_BACKOFF_SECS = 30.0
@@ -234,7 +237,7 @@ def _is_invalid(errors: list) -> bool:
 
 def _too_large(size: Optional[int], limit: int, message: str = "") -> list[dict]:
     text = message or f"the row is {size} bytes as JSON; an insert request holds {limit}"
-    return [{"reason": "row_too_large", "message": text}]
+    return [{"reason": failures.ROW_TOO_LARGE, "message": text}]
 
 
 def _short(e: BaseException) -> str:
@@ -254,3 +257,46 @@ class WriteRows(beam.PTransform):
 
     def expand(self, rows):
         return rows | "Insert rows" >> beam.ParDo(self._fn)
+
+
+def rejected_row_to_dead_letter(failure) -> DeadLetter:
+    """A row BigQuery refused, as a dead letter: `row_too_large` if it alone exceeds an
+    insert request, else `bigquery_rejected`."""
+    _table, row, errors = failure
+    reason = failures.ROW_TOO_LARGE if any(
+        isinstance(e, dict) and e.get("reason") == failures.ROW_TOO_LARGE for e in errors) \
+        else failures.BIGQUERY_REJECTED
+    metrics.dead_letter(reason)
+    ref = None
+    if row.get("bucket") is not None and row.get("name") is not None:
+        ref = ImageRef(row["bucket"], row["name"], int(row.get("generation") or 0),
+                       event_type=row.get("event_type") or "OBJECT_FINALIZE",
+                       event_time=row.get("event_time"))
+    return DeadLetter("write", reason, json.dumps(errors, default=str), ref=ref)
+
+
+class BigQueryRows(Sink):
+    """--output_table: every row and tombstone, by streaming insert; rows BigQuery
+    refuses come back as dead letters of the `bigquery` stage."""
+
+    def __init__(self, table: str, local: bool):
+        self._table, self._local = table, local
+
+    def write_rows(self, rows):
+        rejected = (tuple(rows.values()) | "All rows" >> beam.Flatten()
+                    | "Write to BigQuery" >> WriteRows(self._table, local=self._local))
+        return {"bigquery": rejected | "Dead-letter rejected rows" >> beam.Map(
+            rejected_row_to_dead_letter)}
+
+
+class BigQueryDeadLetters(Sink):
+    """--dead_letter_table: every dead letter, as one row each."""
+
+    def __init__(self, table: str, local: bool):
+        self._table, self._local = table, local
+
+    def write_dead_letters(self, by_stage, gathered):
+        (gathered
+         | "Dead-letter rows" >> DeadLetterRows()
+         | "Write dead letters to BigQuery" >> WriteRows(
+             self._table, schemas.DEAD_LETTERS, local=self._local))

@@ -3,7 +3,7 @@
 Every write is idempotent: paths and row keys derive from bucket + name + generation
 (`records.row_key`, `records.object_file_name`), so a redelivered notification
 overwrites what it wrote before, or, for a .npy in Cloud Storage, finds it already
-there (`create_object`). Files are written whole or not at all: a local file goes to
+there (`support.storage.create_object`). Files are written whole or not at all: a local file goes to
 a temporary name and is renamed; a Cloud Storage object only appears when its upload
 completes.
 """
@@ -12,8 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 import numpy as np
 import orjson
@@ -23,8 +22,12 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import retry
 
+from streaming import failures
 from streaming import metrics
+from streaming.config.names import is_gcs_uri
+from streaming.sinks import Sink
 from streaming.support import clients
+from streaming.support.storage import create_object, write_atomically
 from streaming.support.ordered_pool import WorkAhead
 from streaming.model.inference import split_model_id
 from streaming.records import (DeadLetter, ImageInfo, ImageRef, object_file_name,
@@ -113,49 +116,6 @@ def ndjson_line(row: dict[str, Any]) -> bytes:
     return orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE)
 
 
-def write_atomically(path: str, data: bytes) -> None:
-    """Writes `data` to a local path or a Beam filesystem URI, all or nothing."""
-    if "://" in path:
-        with FileSystems.create(path, mime_type="application/octet-stream") as f:
-            f.write(data)
-        return
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def create_object(client, uri: str, data: bytes) -> bool:
-    """Creates the gs:// object `uri` unless it exists (`if_generation_match=0`).
-
-    Returns True if this call created it, False if it was already there: a work item
-    re-run after a failed bundle or a restarted worker, a redelivery or a re-embed
-    writes the same path (it derives from the image's generation). A create-only
-    write needs no more than `roles/storage.objectCreator`, which cannot overwrite;
-    the row carries its own embedding, so an existing .npy never costs the row.
-
-    Raises:
-      google.api_core.exceptions.GoogleAPICallError: any other refusal or failure.
-    """
-    from google.api_core import exceptions as gexc
-    bucket, _, name = uri[len("gs://"):].partition("/")
-    try:
-        # No retry inside: write_with_retries bounds the attempts, and an attempt whose
-        # answer was lost after the object was created sees 412 on the next one.
-        client.bucket(bucket).blob(name).upload_from_string(
-            data, content_type="application/octet-stream", if_generation_match=0, retry=None)
-    except gexc.PreconditionFailed:
-        return False
-    return True
-
-
 def _retryable(error: BaseException) -> bool:
     """Worth another attempt: not a programming error, not a permission refusal."""
     if isinstance(error, (TypeError, ValueError)):
@@ -169,7 +129,7 @@ def write_with_retries(path: str, data: bytes, gcs=None) -> None:
     """`create_object` for gs:// when given a storage client, else `write_atomically`;
     retried with backoff a bounded number of times (then the caller dead-letters):
     transient storage errors should not cost an embedding."""
-    if gcs is not None and path.startswith("gs://"):
+    if gcs is not None and is_gcs_uri(path):
         create_object(gcs, path, data)
     else:
         write_atomically(path, data)
@@ -192,8 +152,7 @@ class _WriteVectorFn(WorkAhead):
     def setup(self):
         super().setup()
         # One storage client per process, for create-only writes to gs://.
-        self._gcs = clients.worker_storage_client() \
-            if (self._root or "").startswith("gs://") else None
+        self._gcs = clients.worker_storage_client() if is_gcs_uri(self._root) else None
 
     def work(self, element):
         info, result = element
@@ -204,7 +163,7 @@ class _WriteVectorFn(WorkAhead):
             try:
                 write_with_retries(uri, npy_bytes(vector), self._gcs)
             except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle
-                error = rejected_from(e, "vector_write_error")
+                error = rejected_from(e, failures.VECTOR_WRITE_ERROR)
             if "://" not in uri:
                 uri = os.path.abspath(uri)
         return info, vector, result.model_id, uri, error
@@ -265,17 +224,28 @@ class DeadLetterRows(beam.PTransform):
         return dead_letters | "To row" >> beam.Map(DeadLetter.to_row)
 
 
-def rejected_row_to_dead_letter(failure) -> DeadLetter:
-    """A row BigQuery refused, as a dead letter: `row_too_large` if it alone exceeds an
-    insert request, else `bigquery_rejected`."""
-    _table, row, errors = failure
-    reason = "row_too_large" if any(
-        isinstance(e, dict) and e.get("reason") == "row_too_large" for e in errors) \
-        else "bigquery_rejected"
-    metrics.dead_letter(reason)
-    ref = None
-    if row.get("bucket") is not None and row.get("name") is not None:
-        ref = ImageRef(row["bucket"], row["name"], int(row.get("generation") or 0),
-                       event_type=row.get("event_type") or "OBJECT_FINALIZE",
-                       event_time=row.get("event_time"))
-    return DeadLetter("write", reason, json.dumps(errors, default=str), ref=ref)
+def vector_root(output_gcs: Optional[str], output_dir: Optional[str]) -> Optional[str]:
+    """Where the .npy vectors go: --output_gcs, else `vectors/` under --output_dir."""
+    return output_gcs or (FileSystems.join(output_dir, VECTORS_DIR) if output_dir else None)
+
+
+class LocalFiles(Sink):
+    """--output_dir: one NDJSON file per row and per dead letter (local or any Beam
+    filesystem), one file sink per input, never after a Flatten: the local --watch run
+    executes on the FnApiRunner, where a Flatten waits for its (never-ending) inputs."""
+
+    def __init__(self, output_dir: str):
+        self._dir = output_dir
+
+    def write_rows(self, rows):
+        for label, part in rows.items():
+            part | f"Write {label}" >> WriteJsonFiles(
+                FileSystems.join(self._dir, ROWS_DIR), "rows")
+        return {}
+
+    def write_dead_letters(self, by_stage, gathered):
+        for stage, part in by_stage.items():
+            (part
+             | f"Dead-letter rows ({stage})" >> DeadLetterRows()
+             | f"Write dead letters ({stage})" >> WriteJsonFiles(
+                 FileSystems.join(self._dir, DEAD_LETTERS_DIR), "dead_letters"))

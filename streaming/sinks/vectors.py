@@ -30,10 +30,12 @@ import numpy as np
 import apache_beam as beam
 from apache_beam import coders, pvalue
 
+from streaming import failures
 from streaming import metrics
 from streaming.support import clients
 from streaming.sinks import files
 from streaming.config.flags import VECTOR_LAYOUTS
+from streaming.config.names import gcs_parts, is_gcs_uri
 from streaming.model.inference import split_model_id
 from streaming.records import DeadLetter, ImageInfo, decode_record, encode_record, rejected_from
 
@@ -162,8 +164,8 @@ def shard_bytes(vectors: np.ndarray) -> bytes:
 def read_vectors(uri: str, indexes: Optional[Iterable[int]] = None, gcs=None) -> np.ndarray:
     """Rows `indexes` (all if None) of the .npy at `uri` (a path, file:// or gs://), as
     float32. Reads a one-vector .npy too (index 0)."""
-    if uri.startswith("gs://"):
-        bucket, _, name = uri[len("gs://"):].partition("/")
+    if is_gcs_uri(uri):
+        bucket, name = gcs_parts(uri)
         client = gcs or clients.storage_client()
         data = client.bucket(bucket).blob(name).download_as_bytes()
         matrix = np.load(io.BytesIO(data), allow_pickle=False)
@@ -212,8 +214,7 @@ class _WriteShardFn(beam.DoFn):
         self._root = root
 
     def setup(self):
-        self._gcs = clients.worker_storage_client() \
-            if (self._root or "").startswith("gs://") else None
+        self._gcs = clients.worker_storage_client() if is_gcs_uri(self._root) else None
 
     def process(self, batch) -> Iterable:
         batch = list(batch)
@@ -238,7 +239,7 @@ class _WriteShardFn(beam.DoFn):
             files.write_with_retries(uri, shard_bytes(np.stack([e.vector for e in group])),
                                      self._gcs)
         except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle
-            error = rejected_from(e, "vector_write_error")
+            error = rejected_from(e, failures.VECTOR_WRITE_ERROR)
             for item in group:
                 metrics.dead_letter(error.reason)
                 yield pvalue.TaggedOutput(files.DEAD, DeadLetter(

@@ -13,6 +13,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 
 import schemas
+from streaming import failures
 from streaming.records import DeadLetter, ImageRef, Rejected, ERROR_CHARS, rejected_from
 from streaming import metrics
 
@@ -32,9 +33,9 @@ def _int(value: Any, what: str) -> Optional[int]:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise Rejected("bad_attribute", f"{what} is not an integer: {str(value)[:80]!r}") from None
+        raise Rejected(failures.BAD_ATTRIBUTE, f"{what} is not an integer: {str(value)[:80]!r}") from None
     if number < 0:
-        raise Rejected("bad_attribute", f"{what} is negative: {number}")
+        raise Rejected(failures.BAD_ATTRIBUTE, f"{what} is negative: {number}")
     return number
 
 
@@ -55,13 +56,13 @@ def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
     """
     attributes = dict(attributes or {})
     if not any(k in attributes for k in ("eventType", "bucketId", "objectId")):
-        raise Rejected("not_a_notification", "message has none of eventType/bucketId/objectId")
+        raise Rejected(failures.NOT_A_NOTIFICATION, "message has none of eventType/bucketId/objectId")
     missing = [k for k in REQUIRED_ATTRIBUTES if not attributes.get(k)]
     if missing:
-        raise Rejected("missing_attribute", "missing attributes: " + ", ".join(missing))
+        raise Rejected(failures.MISSING_ATTRIBUTE, "missing attributes: " + ", ".join(missing))
     event_type = attributes["eventType"]
     if event_type not in EVENT_TYPES:
-        raise Rejected("unknown_event_type", f"eventType {event_type[:80]!r}")
+        raise Rejected(failures.UNKNOWN_EVENT_TYPE, f"eventType {event_type[:80]!r}")
     payload_format = attributes["payloadFormat"]
     generation = _int(attributes["objectGeneration"], "objectGeneration")
     fields: dict[str, Any] = {}
@@ -71,11 +72,11 @@ def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
                                    ("objectId", "name", attributes["objectId"]),
                                    ("objectGeneration", "generation", generation)):
             if fields.get(field) is not None and fields[field] != value:
-                raise Rejected("contradictory_attributes",
+                raise Rejected(failures.CONTRADICTORY_ATTRIBUTES,
                                f"attribute {attr}={str(value)[:200]!r} but payload {field}="
                                f"{str(fields[field])[:200]!r}")
     elif payload_format != "NONE":
-        raise Rejected("unsupported_payload_format", f"payloadFormat {payload_format[:40]!r}")
+        raise Rejected(failures.UNSUPPORTED_PAYLOAD_FORMAT, f"payloadFormat {payload_format[:40]!r}")
     return ImageRef(
         bucket=attributes["bucketId"],
         name=attributes["objectId"],
@@ -100,10 +101,10 @@ def _parse_payload(data: bytes) -> dict[str, Any]:
     try:
         resource = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
-        raise Rejected("not_json", f"payload is not JSON: {e}") from None
+        raise Rejected(failures.NOT_JSON, f"payload is not JSON: {e}") from None
     if not isinstance(resource, dict) or not isinstance(resource.get("name"), str) \
             or not isinstance(resource.get("bucket"), str):
-        raise Rejected("not_object_resource", "payload is not a storage object resource")
+        raise Rejected(failures.NOT_OBJECT_RESOURCE, "payload is not a storage object resource")
     return payload_fields(resource)
 
 
@@ -123,10 +124,10 @@ def payload_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
             value = _int(value, key)
         elif kind.startswith("map"):
             if not isinstance(value, dict):
-                raise Rejected("not_object_resource", f"{key} is not an object")
+                raise Rejected(failures.NOT_OBJECT_RESOURCE, f"{key} is not an object")
             value = tuple(sorted((str(k), str(v)) for k, v in value.items()))
         elif not isinstance(value, str):
-            raise Rejected("not_object_resource", f"{key} is not a string")
+            raise Rejected(failures.NOT_OBJECT_RESOURCE, f"{key} is not a string")
         fields[spec["field"]] = value
     return fields
 
@@ -146,7 +147,7 @@ class _ParseFn(beam.DoFn):
         try:
             ref = parse_notification(data, attributes)
         except Exception as e:  # noqa: BLE001 - no message may fail the bundle
-            rejected = rejected_from(e, "parse_error")
+            rejected = rejected_from(e, failures.PARSE_ERROR)
             metrics.dead_letter(rejected.reason)
             yield pvalue.TaggedOutput(DEAD, DeadLetter(
                 "parse", rejected.reason, str(rejected), raw=raw_prefix(data, attributes)))

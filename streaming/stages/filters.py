@@ -17,13 +17,29 @@ from typing import Iterable, Optional
 import apache_beam as beam
 from apache_beam import pvalue
 
+from streaming import failures
 from streaming import metrics
-from streaming.config.flags import DEFAULT_EXTENSIONS  # noqa: F401 - the rule's home is here
+# The default of --extensions (embed-stream and embed-backfill), beside the rule that applies it.
+from streaming.config.flags import DEFAULT_EXTENSIONS  # noqa: F401
+from streaming.config.names import gcs_parts, is_gcs_uri
 from streaming.records import DeadLetter, ImageRef
+
+# Why an object is not embedded: the counters `metrics.skipped` names.
+SKIPPED_OWN_OUTPUT = metrics.skipped("own_output")
+SKIPPED_BY_PREFIX = metrics.skipped("prefix")
+SKIPPED_TYPE = metrics.skipped("type")
+SKIPPED_DUPLICATE = metrics.skipped("duplicate")
+
+
+def skipped_event(event_type: str) -> str:
+    """The counter of an event that is not OBJECT_FINALIZE (a deletion: a tombstone)."""
+    return metrics.skipped(f"event_{event_type}")
+
+
+SKIPPED_DELETE = skipped_event("OBJECT_DELETE")
 
 DELETES = "deletes"
 DEAD = "dead_letters"
-# Accepted name suffixes by default (--extensions of embed-stream and embed-backfill).
 
 
 def split_list(value: Optional[str], lower: bool = False) -> tuple[str, ...]:
@@ -68,9 +84,8 @@ def output_prefixes(outputs: Iterable[Optional[str]], local_root: Optional[str])
     for out in outputs:
         if not out:
             continue
-        if out.startswith("gs://"):
-            bucket, _, prefix = out[5:].partition("/")
-            pairs.append((bucket, prefix))
+        if is_gcs_uri(out):
+            pairs.append(gcs_parts(out))
         elif local_root:
             root, path = os.path.abspath(local_root), os.path.abspath(out)
             if os.path.commonpath([root, path]) == root:
@@ -88,7 +103,7 @@ def skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
     """
     reason = object_skip_reason(ref, config)
     if reason is None and ref.event_type != "OBJECT_FINALIZE":
-        reason = f"skipped.event_{ref.event_type}"
+        reason = skipped_event(ref.event_type)
     return reason
 
 
@@ -101,11 +116,11 @@ def own_output(ref: ImageRef, config: FilterConfig) -> bool:
 def object_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
     """Why the object (whatever the event) is not one the job embeds, or None."""
     if own_output(ref, config):
-        return "skipped.own_output"
+        return SKIPPED_OWN_OUTPUT
     if config.include_prefixes and not ref.name.startswith(config.include_prefixes):
-        return "skipped.prefix"
+        return SKIPPED_BY_PREFIX
     if config.exclude_prefixes and ref.name.startswith(config.exclude_prefixes):
-        return "skipped.prefix"
+        return SKIPPED_BY_PREFIX
     reason = type_skip_reason(ref, config)
     if reason is not None and awaits_metadata(ref):
         return None  # the load stage decides once it has read the content type
@@ -118,7 +133,7 @@ def type_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
     NONE-format notification's metadata) both decide with this rule."""
     if type_accepted(ref.name, ref.content_type, config.extensions, config.content_types):
         return None
-    return "skipped.type"
+    return SKIPPED_TYPE
 
 
 def awaits_metadata(ref: ImageRef) -> bool:
@@ -174,22 +189,22 @@ class _FilterFn(beam.DoFn):
     def process(self, ref: ImageRef):
         if own_output(ref, self._config):
             # Whichever bucket: the job's own .npy notifications are no one's fault.
-            metrics.count("skipped.own_output")
+            metrics.count(SKIPPED_OWN_OUTPUT)
             return
         if not bucket_allowed(ref, self._config):
-            metrics.dead_letter("bucket_not_allowed")
+            metrics.dead_letter(failures.BUCKET_NOT_ALLOWED)
             yield pvalue.TaggedOutput(DEAD, DeadLetter(
-                "filter", "bucket_not_allowed",
+                "filter", failures.BUCKET_NOT_ALLOWED,
                 f"bucket {ref.bucket!r} is not in --buckets", ref=ref))
             return
         reason = skip_reason(ref, self._config)
         if reason is None and not ref.attempt and not CLAIMS.first(ref.key, ref.source):
-            reason = "skipped.duplicate"
+            reason = SKIPPED_DUPLICATE
         if reason is None:
             yield ref
             return
         metrics.count(reason)
-        if reason == "skipped.event_OBJECT_DELETE":
+        if reason == SKIPPED_DELETE:
             yield pvalue.TaggedOutput(DELETES, ref)
 
 

@@ -18,6 +18,7 @@ import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 
+from streaming import failures
 from streaming import metrics
 from streaming.support import clients
 from streaming.stages import filters
@@ -64,7 +65,7 @@ class GcsReader:
             blob = self._client.bucket(ref.bucket).get_blob(
                 ref.name, generation=ref.generation or None, retry=self._retry)
         except Exception as e:  # noqa: BLE001 - retries exhausted or not retryable
-            raise rejected_from(e, "read_error") from None
+            raise rejected_from(e, failures.READ_ERROR) from None
         if blob is None:
             raise self._gone(ref)
         fields = payload_fields(object_resource(blob))
@@ -81,7 +82,7 @@ class GcsReader:
         except gexc.RequestRangeNotSatisfiable:
             return b""  # a zero-byte object has no byte 0
         except Exception as e:  # noqa: BLE001 - retries exhausted or not retryable
-            raise rejected_from(e, "read_error") from None
+            raise rejected_from(e, failures.READ_ERROR) from None
         check_size(len(data), max_bytes)
         return data
 
@@ -89,11 +90,11 @@ class GcsReader:
         try:
             live = self._client.bucket(ref.bucket).get_blob(ref.name, retry=self._retry)
         except Exception as e:  # noqa: BLE001 - cannot tell gone from superseded
-            return rejected_from(e, "read_error")
+            return rejected_from(e, failures.READ_ERROR)
         if live is not None and live.generation and live.generation > ref.generation:
-            return Rejected("superseded", f"generation {ref.generation} was replaced by "
+            return Rejected(failures.SUPERSEDED, f"generation {ref.generation} was replaced by "
                                           f"{live.generation} before it was read")
-        return Rejected("object_gone", f"gs://{ref.bucket}/{ref.name}#{ref.generation} "
+        return Rejected(failures.OBJECT_GONE, f"gs://{ref.bucket}/{ref.name}#{ref.generation} "
                                        "no longer exists")
 
 
@@ -105,7 +106,7 @@ def check_size(size: Optional[int], max_bytes: int) -> None:
       Rejected: `too_large`.
     """
     if size is not None and size > max_bytes:
-        raise Rejected("too_large", f"object is larger than the {max_bytes}-byte limit "
+        raise Rejected(failures.TOO_LARGE, f"object is larger than the {max_bytes}-byte limit "
                                     f"(at least {size} bytes)")
 
 
@@ -120,11 +121,11 @@ def read_bytes(uri: str, max_bytes: int) -> bytes:
         with FileSystems.open(uri, compression_type="uncompressed") as f:
             data = f.read(max_bytes + 1)
     except FileNotFoundError as e:
-        raise Rejected("object_gone", str(e)) from None
+        raise Rejected(failures.OBJECT_GONE, str(e)) from None
     except Exception as e:  # noqa: BLE001
         if _is_not_found(e):
-            raise Rejected("object_gone", f"{type(e).__name__}: {e}") from None
-        raise rejected_from(e, "read_error") from None
+            raise Rejected(failures.OBJECT_GONE, f"{type(e).__name__}: {e}") from None
+        raise rejected_from(e, failures.READ_ERROR) from None
     check_size(len(data), max_bytes)
     return data
 
@@ -148,8 +149,8 @@ def load_image(ref: ImageRef, read, policy: str, max_pixels: int, max_bytes: int
         stage = "decode"
         return ref, stage, decode_image(data, policy=policy, max_pixels=max_pixels), None
     except Exception as e:  # noqa: BLE001 - see the docstring
-        return ref, stage, None, rejected_from(e, "read_error" if stage == "load"
-                                               else "decode_error")
+        return ref, stage, None, rejected_from(e, failures.READ_ERROR if stage == "load"
+                                               else failures.DECODE_ERROR)
 
 
 class _LoadFn(WorkAhead):
@@ -174,9 +175,9 @@ class _LoadFn(WorkAhead):
             try:
                 mtime = os.stat(ref.uri).st_mtime_ns
             except FileNotFoundError:
-                raise Rejected("object_gone", f"{ref.uri} was deleted while being read") from None
+                raise Rejected(failures.OBJECT_GONE, f"{ref.uri} was deleted while being read") from None
             if mtime != ref.generation:  # rewritten since listed: --watch sees the new one
-                raise Rejected("superseded", f"{ref.uri} changed (mtime {mtime} != "
+                raise Rejected(failures.SUPERSEDED, f"{ref.uri} changed (mtime {mtime} != "
                                              f"generation {ref.generation})")
             return ref, data
         if self._gcs is None:

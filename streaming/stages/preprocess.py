@@ -19,9 +19,10 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from streaming import failures
+from streaming.model.spec import INPUT_SIZE
 from streaming.records import Rejected
 
-INPUT_SIZE = 224
 RESIZE_POLICIES = ("center_crop", "squash", "pad")
 # ResNet's evaluation crop: resize the short side to 256, keep the central 224.
 CENTER_CROP_FRACTION = INPUT_SIZE / 256
@@ -68,27 +69,27 @@ def decode_image(data: bytes, *, policy: str = "center_crop",
     if policy not in RESIZE_POLICIES:
         raise ValueError(f"resize policy must be one of {RESIZE_POLICIES}, not {policy!r}")
     if not data:
-        raise Rejected("empty_object", "object has zero bytes")
+        raise Rejected(failures.EMPTY_OBJECT, "object has zero bytes")
     try:
         img = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
-        raise Rejected("decompression_bomb", str(e)) from None
+        raise Rejected(failures.DECOMPRESSION_BOMB, str(e)) from None
     except UnidentifiedImageError:
-        raise Rejected("not_an_image", "Pillow cannot identify the bytes as an image") from None
+        raise Rejected(failures.NOT_AN_IMAGE, "Pillow cannot identify the bytes as an image") from None
     except Exception as e:  # noqa: BLE001 - plugins raise anything on hostile headers
-        raise Rejected("not_an_image", f"{type(e).__name__}: {e}") from None
+        raise Rejected(failures.NOT_AN_IMAGE, f"{type(e).__name__}: {e}") from None
     try:
         return _decode_opened(img, policy, max_pixels, size)
     except Rejected:
         raise
     except Image.DecompressionBombError as e:
-        raise Rejected("decompression_bomb", str(e)) from None
+        raise Rejected(failures.DECOMPRESSION_BOMB, str(e)) from None
     except (OSError, SyntaxError, EOFError) as e:
-        reason = "truncated_image" if "truncat" in str(e).lower() or isinstance(e, EOFError) \
-            else "decode_error"
+        reason = failures.TRUNCATED_IMAGE if "truncat" in str(e).lower() or isinstance(e, EOFError) \
+            else failures.DECODE_ERROR
         raise Rejected(reason, f"{type(e).__name__}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a decoder bug must not kill the stream
-        raise Rejected("decode_error", f"{type(e).__name__}: {e}") from None
+        raise Rejected(failures.DECODE_ERROR, f"{type(e).__name__}: {e}") from None
     finally:
         img.close()
 
@@ -97,9 +98,9 @@ def _decode_opened(img: Image.Image, policy: str, max_pixels: int, size: int) ->
     fmt = img.format
     width, height = img.size
     if width <= 0 or height <= 0:
-        raise Rejected("decode_error", f"image has no pixels ({width}x{height})")
+        raise Rejected(failures.DECODE_ERROR, f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise Rejected("too_many_pixels",
+        raise Rejected(failures.TOO_MANY_PIXELS,
                        f"{width}x{height} = {width * height} pixels > limit {max_pixels}")
     orientation = img.getexif().get(0x0112, 1)
     if orientation in (5, 6, 7, 8):

@@ -4,7 +4,8 @@ import os
 import numpy as np
 
 import schemas
-from streaming.sinks import files
+from streaming.sinks import bigquery, files
+from streaming.support import storage
 from streaming.records import DeadLetter, ImageInfo, ImageRef, row_key
 
 
@@ -31,7 +32,7 @@ def test_rows_have_exactly_the_bigquery_schema():
 
 def test_rows_bigquery_rejects_become_dead_letters_with_identity():
     row = files.embedding_row(ImageInfo(REF, 4, 3, "JPEG"), np.zeros(2048), "m@f", None)
-    dead = files.rejected_row_to_dead_letter(
+    dead = bigquery.rejected_row_to_dead_letter(
         ("p:d.t", row, [{"reason": "invalid", "message": "no such field: x"}]))
     assert (dead.stage, dead.reason, dead.ref.name, dead.ref.generation) == (
         "write", "bigquery_rejected", "a/x.jpg", 9)
@@ -40,8 +41,8 @@ def test_rows_bigquery_rejects_become_dead_letters_with_identity():
 
 def test_local_writes_are_atomic_and_idempotent(tmp_path):
     path = str(tmp_path / "v" / "x.npy")
-    files.write_atomically(path, files.npy_bytes(np.ones(3)))
-    files.write_atomically(path, files.npy_bytes(np.ones(3)))
+    storage.write_atomically(path, files.npy_bytes(np.ones(3)))
+    storage.write_atomically(path, files.npy_bytes(np.ones(3)))
     assert os.listdir(tmp_path / "v") == ["x.npy"]  # no temporary files left behind
     np.testing.assert_array_equal(np.load(path), np.ones(3, np.float32))
 
