@@ -51,30 +51,38 @@ PRICES = {
                     "https://cloud.google.com/storage/pricing-examples"),
     "bq_insert_all": (0.01 / 200, "$ per MiB (streaming inserts: $0.01 per 200 MB, each row "
                       "at least 1 KB)", "https://cloud.google.com/bigquery/pricing"),
-    "bq_write_api": (0.025, "$ per GiB (Storage Write API; first 2 TiB a month free); "
-                     "Google's page says 'lower pricing' without the figure, this is the "
-                     "list price as quoted by a cost tool",
+    "bq_write_api": (0.025, "$ per GiB (Storage Write API; Google's page states the free "
+                     "first 2 TiB a month and 'a significantly lower cost than insertAll'; "
+                     "the $ figure as a cost tool quotes the price list)",
+                     "https://cloud.google.com/bigquery/docs/write-api and "
                      "https://help.nops.io/inform/supported-recommendations/"
                      "use-bigquery-storage-write-api-instead-of-streaming-inserts.md"),
     "bq_storage": (0.02, "$ per GiB-month (active logical storage)",
                    "https://cloud.google.com/bigquery/pricing"),
-    "pubsub": (40.0, "$ per TiB of throughput (publish and delivery; at least 1,000 bytes "
-               "a request; first 10 GiB a month free)",
-               "https://raw.githubusercontent.com/api-evangelist/google/refs/heads/main/plans/"
-               "google-plans-pricing.yml (a transcription of "
-               "https://cloud.google.com/pubsub/pricing)"),
+    "pubsub": (40.0, "$ per TiB of throughput (publish and delivery; 'a minimum of 1000 "
+               "bytes per publish, push or pull request'; first 10 GiB a month free)",
+               "https://cloud.google.com/pubsub/pricing"),
+    "streaming_engine": (0.018, "$ per GiB of Streaming Engine data processed (us-central1): "
+                         "the data-processed billing a streaming job gets unless it opts "
+                         "into resource-based billing (https://cloud.google.com/dataflow/docs/"
+                         "streaming-engine); the stored copies of Google's price page render "
+                         "no figures, this one is as two price tables transcribed from it "
+                         "(read 2026-06 and 2026-09) agree",
+                         "https://cloud.google.com/dataflow/pricing"),
 }
-# Not priced: no figure for Streaming Engine's data processed was found in the pages read
-# (https://cloud.google.com/dataflow/pricing names the SKU; the stored copies give no
-# number). Its bytes are counted; the table says at what price per GiB the goal still holds.
-STREAMING_ENGINE_SOURCE = "https://cloud.google.com/dataflow/pricing"
+# Streaming Engine data processed, as counted here: the notification bytes read, plus each
+# byte into a step that shuffles or keeps state twice (written in, read back out). Google
+# does not publish the metering rule; counting both directions errs on the high side.
+SE_PASSES = 2
 GOALS = {"objects_per_1000": 10, "services_over_workers": 1.5}
 GIB, MIB, TIB = 2 ** 30, 2 ** 20, 2 ** 40
 
 RUNS = {  # name: (options, what it stands for)
     "objects": (["--vector_layout", "objects"], "one .npy per image (the former layout)"),
-    "shards": ([], "shards, default options (16 keys, 2 s, 500 vectors), at the emulator's rate"),
-    "shards-at-scale": (["--shard_keys", "1", "--shard_wait_secs", "60"],
+    "shards": ([], "shards, default options (16 keys, 0.1 s idle gap, 2 s wait, 500 vectors), "
+               "at the emulator's rate"),
+    "shards-at-scale": (["--shard_keys", "1", "--shard_wait_secs", "60",
+                         "--shard_idle_secs", "60"],
                         "shards, one key: each key fills as one of 16 keys does at 5,000 "
                         "images/s (312 images/s, 500 vectors in 1.6 s, under the 2 s wait)"),
 }
@@ -406,6 +414,12 @@ def append_rows(rows: list[dict]) -> dict:
 
 # ------------------------------------------------------------------ prices
 
+def streaming_engine_bytes(c: dict, shuffle: float) -> float:
+    """Streaming Engine bytes per image: the notification, plus `SE_PASSES` x `shuffle`
+    (the bytes per image into the steps that shuffle or keep state)."""
+    return c["pubsub_bytes"] / 1000 + SE_PASSES * shuffle
+
+
 def per_million(c: dict, shuffle: float, ingest: str) -> dict:
     """$ per million images per service from counts per 1,000 images."""
     m = 1000  # per 1,000 -> per million
@@ -419,7 +433,9 @@ def per_million(c: dict, shuffle: float, ingest: str) -> dict:
         "BigQuery ingestion": round(bq, 3),
         "Pub/Sub (publish + delivery)": round(2 * c["pubsub_billed_bytes"] * m / TIB
                                               * price("pubsub"), 3),
-        "_streaming_engine_gib": round(shuffle * 1e6 / GIB, 2),
+        "Dataflow Streaming Engine (data processed)": round(
+            streaming_engine_bytes(c, shuffle) * 1e6 / GIB * price("streaming_engine"), 3),
+        "_streaming_engine_gib": round(streaming_engine_bytes(c, shuffle) * 1e6 / GIB, 2),
     }
 
 
@@ -496,7 +512,7 @@ def markdown(res: dict) -> str:
     lines.append("| **all services above** | " + " | ".join(
         f"**{res['usd_per_million'][k][i]['_total']}**" for k in runs
         for i in ("insert_all", "write_api")) + " |")
-    lines.append("| Streaming Engine: GiB through the shuffles (not priced) | " + " | ".join(
+    lines.append("| Streaming Engine: GiB processed (in the total above) | " + " | ".join(
         str(res["usd_per_million"][k][i]["_streaming_engine_gib"]) for k in runs
         for i in ("insert_all", "write_api")) + " |")
     for images, wk in workers.items():
@@ -505,9 +521,6 @@ def markdown(res: dict) -> str:
         lines.append(f"| services / workers, {images} | " + " | ".join(
             str(round(res["usd_per_million"][k][i]["_total"] / wk["usd_per_million"], 2))
             for k in runs for i in ("insert_all", "write_api")) + " |")
-        lines.append(f"| Streaming Engine price per GiB under which the goal holds, {images} | "
-                     + " | ".join(str(res["usd_per_million"][k][i]["_se_break_even"][images])
-                                  for k in runs for i in ("insert_all", "write_api")) + " |")
     best = min(((k, i) for k in runs for i in ("insert_all", "write_api")),
                key=lambda x: res["usd_per_million"][x[0]][x[1]]["_total"])
     lines += ["", "## Goals", "",
@@ -515,7 +528,7 @@ def markdown(res: dict) -> str:
               f"{GOALS['objects_per_1000']}): " + ", ".join(
                   f"{k} {r['per_1000']['objects_written']}" for k, r in runs.items()) + ".",
               f"- All services together per million images, over the workers' share (goal: "
-              f"at most {GOALS['services_over_workers']}x), Streaming Engine left out: "
+              f"at most {GOALS['services_over_workers']}x): "
               + "; ".join(f"{images}: " + ", ".join(
                   f"{k} with {'insertAll' if i == 'insert_all' else 'the Write API'} "
                   f"{round(res['usd_per_million'][k][i]['_total'] / wk['usd_per_million'], 2)}x"
@@ -534,8 +547,9 @@ def markdown(res: dict) -> str:
               "## Prices (list, USD; read " + READ_ON + ")", ""]
     for k, (value, unit, source) in PRICES.items():
         lines.append(f"- `{k}`: {value:g} {unit}. Source: {source}")
-    lines.append(f"- Streaming Engine data processed: no figure found ({STREAMING_ENGINE_SOURCE}"
-                 "); counted in GiB, and the price under which the goal holds is given.")
+    lines.append(f"- Streaming Engine data processed is counted as the notification bytes "
+                 f"read plus {SE_PASSES}x the bytes per image into each step that shuffles "
+                 "or keeps state (in and out; Google does not publish the metering rule).")
     lines += ["", "Not counted: the images' own storage and uploads (the user's), network "
               "(same region), free tiers, and the catch-up's listings (off on Dataflow: "
               "`--catch_up auto`). Pub/Sub: each notification billed at least 1,000 bytes, "
@@ -558,7 +572,7 @@ def main() -> int:
     res = {"machine": C.machine(), "settings": {"images": args.images, "runs": args.runs},
            "goals": GOALS, "prices_read_on": READ_ON,
            "prices": {k: {"value": v, "unit": u, "source": s} for k, (v, u, s) in PRICES.items()},
-           "streaming_engine_price_source": STREAMING_ENGINE_SOURCE, "runs": {}}
+           "streaming_engine_passes": SE_PASSES, "runs": {}}
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as work:
         folder = C.make_jpegs(os.path.join(work, "images"), args.images, 640, 480, 8)
         images = {n: os.path.join(folder, n) for n in sorted(os.listdir(folder))}
@@ -583,10 +597,6 @@ def main() -> int:
             costs = per_million(c, shuffled, ingest)
             total = round(sum(v for k, v in costs.items() if not k.startswith("_")), 3)
             costs["_total"] = total
-            costs["_se_break_even"] = {
-                images: round(max(0.0, GOALS["services_over_workers"] * wk["usd_per_million"]
-                                  - total) / costs["_streaming_engine_gib"], 4)
-                for images, wk in workers.items()}
             res["usd_per_million"][name][ingest] = costs
         res["usd_per_million"][name]["storage_per_month"] = {
             "vectors": round(c["object_bytes"] * 1000 / GIB * PRICES["gcs_storage"][0], 3),

@@ -175,7 +175,8 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     else:
         # Streaming: the same one shuffle, grouping vectors into shards on the way.
         groups = vectors | "Spread writes" >> vectors_.GroupForShards(
-            opts.vectors_per_shard, opts.shard_wait_secs, opts.shard_keys, streaming)
+            opts.vectors_per_shard, opts.shard_wait_secs, opts.shard_keys, streaming,
+            idle_secs=opts.shard_idle_secs)
         written = groups | "Write vectors" >> vectors_.WriteShards(vector_root)
     _ = written.rows | "Measure latency" >> beam.FlatMap(metrics.observe_row)
     tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(files.tombstone_row)

@@ -15,7 +15,8 @@ RUNTIMES = ("onnx", "tensorflow")
 DEFAULT_RUNTIME = "onnx"
 VECTOR_LAYOUTS = ("shards", "objects")
 DEFAULT_VECTORS_PER_SHARD = 500  # 500 x 8 KiB of float32: a 4 MiB object
-DEFAULT_SHARD_WAIT_SECS = 2
+DEFAULT_SHARD_WAIT_SECS = 2.0
+DEFAULT_SHARD_IDLE_SECS = 0.1
 DEFAULT_SHARD_KEYS = 16
 
 
@@ -62,9 +63,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
                           "docs/options.md.")
     out.add_argument("--vectors_per_shard", type=int, default=DEFAULT_VECTORS_PER_SHARD,
                      help="Most vectors in one shard (default %(default)s: 4 MiB).")
-    out.add_argument("--shard_wait_secs", type=int, default=DEFAULT_SHARD_WAIT_SECS,
+    out.add_argument("--shard_wait_secs", type=float, default=DEFAULT_SHARD_WAIT_SECS,
                      help="Streaming: the longest a vector (and its row) waits for its shard "
                           "to fill (default %(default)s s).")
+    out.add_argument("--shard_idle_secs", type=float, default=DEFAULT_SHARD_IDLE_SECS,
+                     help="Streaming: a shard closes when no vector has joined it for this "
+                          "long (default %(default)s s): a lone upload waits only this.")
     out.add_argument("--shard_keys", type=int, default=DEFAULT_SHARD_KEYS,
                      help="Streaming: shards filled at once (default %(default)s); fewer "
                           "keys fill shards faster at low rates, more write in parallel.")

@@ -49,8 +49,9 @@ def validate(opts: EmbedOptions) -> None:
     for option in ("vectors_per_shard", "shard_keys"):
         if getattr(opts, option) < 1:
             raise UsageError(f"--{option} must be at least 1, not {getattr(opts, option)}")
-    if opts.shard_wait_secs < 1:  # a shard without a deadline could wait forever
-        raise UsageError(f"--shard_wait_secs must be at least 1, not {opts.shard_wait_secs}")
+    for option in ("shard_wait_secs", "shard_idle_secs"):  # a shard must have a deadline
+        if not getattr(opts, option) > 0:
+            raise UsageError(f"--{option} must be positive, not {getattr(opts, option)}")
     if opts.weights_watch_interval <= 0:
         raise UsageError("--weights_watch_interval must be positive, not "
                          f"{opts.weights_watch_interval}")

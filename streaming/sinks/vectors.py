@@ -1,9 +1,11 @@
 """Vectors in shards: many embeddings per .npy object, each row saying where its own is.
 
 One object per vector costs one Cloud Storage Class A operation per image. Here the
-vectors of a group (per key, up to `--vectors_per_shard` or `--shard_wait_secs`,
-whichever comes first) go into one `(n, 2048)` float32 .npy, and each row carries
-`vector_uri` (the shard) and `vector_index` (its row in the shard).
+vectors of a group go into one `(n, 2048)` float32 .npy, and each row carries
+`vector_uri` (the shard) and `vector_index` (its row in the shard). A group closes at
+`--vectors_per_shard` vectors, when no vector has joined it for `--shard_idle_secs`, or
+`--shard_wait_secs` after its first vector, whichever comes first: at a high rate vectors
+keep coming and shards fill; at one image a second a row waits only the idle gap.
 
 A shard's name derives from the model id and the ordered row keys it holds, and a
 gs:// shard is written create-only (`sinks.files.create_object`): a retried group with the
@@ -23,12 +25,15 @@ import io
 import os
 import random
 import struct
+import time
 from typing import Iterable, Optional, Tuple
 
 import numpy as np
 
 import apache_beam as beam
 from apache_beam import coders, pvalue
+from apache_beam.transforms import userstate
+from apache_beam.transforms.timeutil import TimeDomain
 
 from streaming import failures
 from streaming import metrics
@@ -183,17 +188,77 @@ def shard_key(keys: int):
     return lambda element: (random.randrange(keys), element)
 
 
+def flush_at(first: float, now: float, wait_secs: float, idle_secs: float) -> float:
+    """When a partial shard closes: `idle_secs` after its latest vector, but never later
+    than `wait_secs` after its first."""
+    return min(first + wait_secs, now + idle_secs)
+
+
+class _ShardBufferFn(beam.DoFn):
+    """(key, Embedded) -> lists of Embedded: Beam's GroupIntoBatches (same state, same
+    window-end flush) with one more way to close a group, the idle gap."""
+    VALUES = userstate.BagStateSpec("values", EmbeddedCoder())
+    COUNT = userstate.CombiningValueStateSpec("count", coders.VarIntCoder(),
+                                              beam.combiners.CountCombineFn())
+    FIRST = userstate.ReadModifyWriteStateSpec("first", coders.FloatCoder())
+    WINDOW_END = userstate.TimerSpec("window_end", TimeDomain.WATERMARK)
+    FLUSH = userstate.TimerSpec("flush", TimeDomain.REAL_TIME)
+
+    def __init__(self, size: int, wait_secs: float, idle_secs: float, clock=time.time):
+        self._size, self._wait, self._idle, self._clock = size, wait_secs, idle_secs, clock
+
+    def process(self, element, window=beam.DoFn.WindowParam,
+                values=beam.DoFn.StateParam(VALUES), count=beam.DoFn.StateParam(COUNT),
+                first=beam.DoFn.StateParam(FIRST),
+                window_end=beam.DoFn.TimerParam(WINDOW_END),
+                flush=beam.DoFn.TimerParam(FLUSH)):
+        window_end.set(window.end)
+        values.add(element[1])
+        count.add(1)
+        now = self._clock()
+        if count.read() == 1:
+            first.write(now)
+        if count.read() >= self._size:
+            yield from self._flush(values, count, first, flush)
+            return
+        flush.set(flush_at(first.read(), now, self._wait, self._idle))
+
+    @userstate.on_timer(WINDOW_END)
+    def on_window_end(self, values=beam.DoFn.StateParam(VALUES),
+                      count=beam.DoFn.StateParam(COUNT), first=beam.DoFn.StateParam(FIRST),
+                      flush=beam.DoFn.TimerParam(FLUSH)):
+        yield from self._flush(values, count, first, flush)
+
+    @userstate.on_timer(FLUSH)
+    def on_flush(self, values=beam.DoFn.StateParam(VALUES),
+                 count=beam.DoFn.StateParam(COUNT), first=beam.DoFn.StateParam(FIRST),
+                 flush=beam.DoFn.TimerParam(FLUSH)):
+        yield from self._flush(values, count, first, flush)
+
+    @staticmethod
+    def _flush(values, count, first, flush):
+        batch = list(values.read())
+        values.clear()
+        count.clear()
+        first.clear()
+        flush.clear()
+        if batch:
+            yield batch
+
+
 class GroupForShards(beam.PTransform):
     """Embedded -> lists of Embedded, one list per shard.
 
-    Streaming: keyed over `keys` random keys, then `GroupIntoBatches` (up to `size`
-    vectors, a lone vector waits at most `wait_secs`): one shuffle, and the vectors in it
-    are float32 bytes. Bounded: `BatchElements` within bundles, no shuffle.
+    Streaming: keyed over `keys` random keys, then grouped per key (`_ShardBufferFn`):
+    one shuffle, and the vectors in it are float32 bytes. Bounded: `BatchElements` within
+    bundles, no shuffle.
     """
 
-    def __init__(self, size: int, wait_secs: float, keys: int, streaming: bool):
+    def __init__(self, size: int, wait_secs: float, keys: int, streaming: bool,
+                 idle_secs: float = 0.0):
         super().__init__()
         self._size, self._wait, self._keys, self._streaming = size, wait_secs, keys, streaming
+        self._idle = idle_secs or wait_secs
 
     def expand(self, vectors):
         if not self._streaming:
@@ -202,9 +267,7 @@ class GroupForShards(beam.PTransform):
         return (vectors
                 | "Key by shard" >> beam.Map(shard_key(self._keys)).with_output_types(
                     Tuple[int, Embedded])
-                | "Group" >> beam.GroupIntoBatches(
-                    self._size, max_buffering_duration_secs=self._wait or None)
-                | "Drop keys" >> beam.MapTuple(lambda _key, batch: list(batch)))
+                | "Group" >> beam.ParDo(_ShardBufferFn(self._size, self._wait, self._idle)))
 
 
 class _WriteShardFn(beam.DoFn):

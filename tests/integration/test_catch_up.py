@@ -50,7 +50,7 @@ def backlog(cloud, stack, tmp_path_factory):
             "--max_batch_duration_secs", "1", "--catch_up_chunk", "250",
             # One shard group for the whole backlog, as a busy key fills at scale: its
             # rows reach the BigQuery writer together, enough to fill requests to the cap.
-            "--shard_keys", "1", "--shard_wait_secs", "60"]
+            "--shard_keys", "1", "--shard_wait_secs", "60", "--shard_idle_secs", "60"]
     state = {"job": None, "starts": 0}
 
     def start(env=None):

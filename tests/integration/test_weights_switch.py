@@ -3,17 +3,22 @@ before, during and after the switch each get exactly one row, with the fingerpri
 the weights that embedded it; the new weights' graph is built once, the switch logged
 once, and the rows after it hold the new weights' vectors."""
 import os
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from streaming.model import resnet50
+from streaming.model.spec import MODEL_NAME
 from streaming.stages.load import decode_image
 from tests import fixtures
 from tests.integration.conftest import start_job, wait_until
 
-OLD, NEW = resnet50.random_weights(0), resnet50.random_weights(1)
+OLD, NEW, THIRD = (resnet50.random_weights(seed) for seed in (0, 1, 2))
+# The third weights' graph is held back (claimed by "another worker") this long, and an
+# upload must have its row this long before the graph arrives.
+HOLD_SECS, ROW_WITHIN_SECS = 15.0, 6.0
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +66,15 @@ def switching(cloud, tmp_path_factory):
                                    else None)(rows()),
                           timeout=300, what=f"rows for {len(names)} uploads", job=job)
 
-    def new_weights() -> None:
-        path = str(work / "v2.weights.h5")
-        resnet50.write_weights_h5(path, NEW)
-        models.blob("weights/v2.weights.h5").upload_from_filename(path)
+    def new_weights(weights=NEW, name="v2.weights.h5") -> str:
+        path = str(work / name)
+        resnet50.write_weights_h5(path, weights)
+        models.blob(f"weights/{name}").upload_from_filename(path)
+        return path
 
     yield dict(job=job, upload=upload, rows=rows, rows_for=rows_for, uploaded=uploaded,
-               new_weights=new_weights, models=models)
+               new_weights=new_weights, models=models, cache=str(work / "model-cache"),
+               work=work)
     job.stop()
 
 
@@ -118,6 +125,61 @@ def test_uploads_before_during_and_after_a_switch(switching):
     output = job.output()
     assert output.count(switched) == 1
     assert output.count("Building the ONNX model for weights gs://") == 1
+    assert job.poll() is None
+
+
+def test_batches_keep_flowing_while_the_next_weights_are_built(switching):
+    """The next model is prepared off the element path: while another worker holds the
+    third weights' graph for HOLD_SECS, uploads keep getting rows from the running model;
+    a switch that loaded the new model inside a batch would hold that batch's rows (and,
+    behind it, the stream) until the graph arrived."""
+    from streaming.model import onnx_runtime
+    s = switching
+    job = s["job"]
+    path = str(s["work"] / "v3.weights.h5")
+    resnet50.write_weights_h5(path, THIRD)
+    key = onnx_runtime.cache_key(onnx_runtime.weights_source_id("gs://x", path))
+    assert onnx_runtime.claim_entry(s["cache"], key)  # this test is the worker building it
+    uploads: dict[str, float] = {}
+    stop = threading.Event()
+
+    def keep_uploading():
+        for i in range(1000):
+            if stop.wait(0.5):
+                return
+            s["upload"](f"held/{i}.jpg", 100 + i)
+            uploads[f"held/{i}.jpg"] = time.monotonic()
+
+    uploader = threading.Thread(target=keep_uploading, daemon=True)
+    uploader.start()
+    try:
+        time.sleep(2.0)  # uploads before the weights land too
+        s["new_weights"](THIRD, "v3.weights.h5")
+        wait_until(lambda: "v3.weights.h5: building them next to" in job.output(),
+                   timeout=120, what="the build of the third weights", job=job)
+        time.sleep(HOLD_SECS)
+        release = time.monotonic()
+        seen = {r["name"]: r["model_fingerprint"] for r in s["rows"]()}
+        third = resnet50.fingerprint(THIRD)
+        onnx_runtime.write_entry(s["cache"], key, resnet50.to_onnx(THIRD, onnx_runtime.OPSET), {
+            "weights": "gs://held", "fingerprint": third, "model_name": MODEL_NAME,
+            "opset": onnx_runtime.OPSET})
+        wait_until(lambda: f"-> {third}" in job.output(), timeout=120,
+                   what="the switch to the third weights", job=job)
+        time.sleep(2.0)  # uploads after the switch too
+    finally:
+        stop.set()
+        uploader.join(10)
+    due = sorted(n for n, at in uploads.items() if at <= release - ROW_WITHIN_SECS)
+    assert len(due) >= 10, due
+    late = [n for n in due if n not in seen]
+    assert not late, (f"{len(late)} of {len(due)} uploads made at least {ROW_WITHIN_SECS} s "
+                      f"before the graph arrived had no row by then: {late}")
+    assert third not in {seen[n] for n in due}
+    held = [r for r in s["rows_for"](list(uploads)) if r["name"].startswith("held/")]
+    assert sorted(r["name"] for r in held) == sorted(uploads)  # one row each
+    got = {r["name"]: r for r in held}
+    assert got[max(uploads, key=uploads.get)]["model_fingerprint"] == third
     assert job.poll() is None
 
 

@@ -43,7 +43,8 @@ def test_row_bytes_follow_bigquerys_data_size_rules():
 
 def test_pubsub_and_bigquery_minimums_apply_per_unit():
     counts = {"gcs_class_a": 1, "gcs_class_b": 1000, "bq_billed_bytes": 500 * 1000,
-              "bq_billed_bytes_insert_all": 1024 * 1000, "pubsub_billed_bytes": 1000 * 1000}
+              "bq_billed_bytes_insert_all": 1024 * 1000, "pubsub_billed_bytes": 1000 * 1000,
+              "pubsub_bytes": 500 * 1000}
     insert_all = cost.per_million(counts, 0, "insert_all")
     write_api = cost.per_million(counts, 0, "write_api")
     # A million rows of 1 KB: 1,000,000 KiB = 976.6 MiB at $0.01 per 200 MiB.
@@ -51,6 +52,17 @@ def test_pubsub_and_bigquery_minimums_apply_per_unit():
     assert write_api["BigQuery ingestion"] == pytest.approx(500e6 / 2 ** 30 * 0.025, abs=0.001)
     assert insert_all["Cloud Storage Class A"] == 0.005
     assert insert_all["Cloud Storage Class B"] == 0.4
+
+
+def test_streaming_engine_counts_the_notification_and_each_buffered_byte_both_ways():
+    counts = {"gcs_class_a": 0, "gcs_class_b": 0, "bq_billed_bytes": 0,
+              "bq_billed_bytes_insert_all": 0, "pubsub_billed_bytes": 0,
+              "pubsub_bytes": 500 * 1000}
+    costs = cost.per_million(counts, 9000, "write_api")
+    gib = (500 + 2 * 9000) * 1e6 / 2 ** 30
+    assert costs["_streaming_engine_gib"] == pytest.approx(gib, abs=0.01)
+    assert costs["Dataflow Streaming Engine (data processed)"] == pytest.approx(
+        gib * 0.018, abs=0.001)
 
 
 @pytest.fixture(scope="module")

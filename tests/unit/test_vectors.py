@@ -196,9 +196,48 @@ def test_readers_take_a_row_without_its_embedding_from_the_shard(tmp_path):
 
 
 @pytest.mark.parametrize("flag,value", [("--vectors_per_shard", "0"), ("--shard_keys", "0"),
-                                        ("--shard_wait_secs", "0")])
+                                        ("--shard_wait_secs", "0"),
+                                        ("--shard_idle_secs", "0"),
+                                        ("--shard_idle_secs", "nan")])
 def test_shard_options_out_of_range_are_refused_before_the_job_starts(flag, value):
     from streaming import main
     from streaming.config.cli import UsageError
     with pytest.raises(UsageError, match=flag):
         main.make_options(["--input_dir", ".", "--output_dir", "out", flag, value])
+
+
+def test_a_partial_shard_closes_at_the_idle_gap_but_never_after_the_wait():
+    assert vectors.flush_at(first=10.0, now=10.5, wait_secs=2.0, idle_secs=0.1) == 10.6
+    assert vectors.flush_at(first=10.0, now=11.95, wait_secs=2.0, idle_secs=0.1) == 12.0
+
+
+def _groups_over_processing_time(idle_secs, steps):
+    """Lengths of the shards `_ShardBufferFn` emits for `steps`: ("add", n) or
+    ("advance", secs) on the test clock, which starts at 0 (the fn's clock reads 0)."""
+    from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+    from apache_beam.testing.test_stream import TestStream
+    opts = PipelineOptions()
+    opts.view_as(StandardOptions).streaming = True
+    stream, made = TestStream(), 0
+    for kind, value in steps:
+        if kind == "add":
+            stream = stream.add_elements([item(made + i) for i in range(value)])
+            made += value
+        else:
+            stream = stream.advance_processing_time(value)
+    stream = stream.advance_watermark_to_infinity()
+    with TestPipeline(options=opts) as p:
+        groups = (p | stream | beam.Map(lambda e: (0, e))
+                  | beam.ParDo(vectors._ShardBufferFn(100, 60.0, idle_secs,
+                                                      clock=lambda: 0.0)))
+        assert_that(groups | beam.Map(len), equal_to(EXPECTED[idle_secs]))
+
+
+EXPECTED = {0.1: [2, 1], 1.0: [3]}
+
+
+@pytest.mark.parametrize("idle_secs", sorted(EXPECTED))
+def test_a_lone_vector_waits_only_the_idle_gap(idle_secs):
+    # Two vectors, 0.5 s of nothing, one more: a 0.1 s gap closes the first shard at two.
+    _groups_over_processing_time(idle_secs, [("add", 2), ("advance", 0.5), ("add", 1),
+                                             ("advance", 5.0)])
