@@ -1,15 +1,25 @@
 """Installs the embedding service for users and on Dataflow workers (--setup_file)."""
+
 import setuptools
 
 setuptools.setup(
     name="image-embeddings",
     version="0.1.0",
     description="Streaming ResNet50 image embeddings on Apache Beam: GCS notifications "
-                "to BigQuery and .npy vectors.",
+    "to BigQuery and .npy vectors.",
     python_requires=">=3.11,<3.12",
-    packages=setuptools.find_packages(include=["streaming", "streaming.*", "publisher",
-                                               "publisher.*", "schemas", "schemas.*",
-                                               "analysis", "analysis.*"]),
+    packages=setuptools.find_packages(
+        include=[
+            "streaming",
+            "streaming.*",
+            "publisher",
+            "publisher.*",
+            "schemas",
+            "schemas.*",
+            "analysis",
+            "analysis.*",
+        ]
+    ),
     package_data={"schemas": ["*.json", "sql/*.sql"]},
     # Compatible ranges: the package installs next to other code. The exact set that CI,
     # the worker image and the Flex Template launcher install is requirements.lock
@@ -35,16 +45,27 @@ setuptools.setup(
     ],
     extras_require={
         # embed-search / embed-map; scikit-learn only for `embed-map --method tsne`.
-        "analysis": ["duckdb>=1.5,<1.6", "pyarrow>=21,<26", "matplotlib>=3.9,<4",
-                     "scikit-learn>=1.5,<2"],
-        "dev": ["pytest>=9.2,<10", "hypothesis>=6.170,<7", "duckdb>=1.5,<1.6",
-                "pyarrow>=21,<26", "matplotlib>=3.9,<4", "scikit-learn>=1.5,<2", "sqlglot>=30.11,<31",
-                # benchmarks/vs_script.py: process trees' memory and the machine's load.
-                "psutil>=7,<8",
-                # benchmarks/first_run.py: the Keras -> tf2onnx conversion, for comparison.
-                "tf2onnx>=1.17,<1.18",
-                # Lint and format ([tool.ruff] in pyproject.toml); CI runs both.
-                "ruff>=0.17,<0.18"],
+        "analysis": [
+            "duckdb>=1.5,<1.6",
+            "pyarrow>=21,<26",
+            "matplotlib>=3.9,<4",
+            "scikit-learn>=1.5,<2",
+        ],
+        "dev": [
+            "pytest>=9.2,<10",
+            "hypothesis>=6.170,<7",
+            "duckdb>=1.5,<1.6",
+            "pyarrow>=21,<26",
+            "matplotlib>=3.9,<4",
+            "scikit-learn>=1.5,<2",
+            "sqlglot>=30.11,<31",
+            # benchmarks/vs_script.py: process trees' memory and the machine's load.
+            "psutil>=7,<8",
+            # benchmarks/first_run.py: the Keras -> tf2onnx conversion, for comparison.
+            "tf2onnx>=1.17,<1.18",
+            # Lint and format ([tool.ruff] in pyproject.toml); CI runs both.
+            "ruff>=0.17,<0.18",
+        ],
         # GPU workers (Dockerfile --build-arg EXTRAS=gpu): TensorFlow with its CUDA wheels.
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },

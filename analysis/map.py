@@ -11,12 +11,14 @@ a repeatable sample of at most --sample of them, projects them to 2-D (PCA by de
 through Beam's FileSystems). The HTML page shows each object's thumbnail and fields on
 hover and needs nothing but a browser.
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -29,29 +31,61 @@ from streaming.config import cli
 COLOR_BY = ("prefix", "bucket", "content_type", "date", "format", "source")
 
 
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    p = cli.ArgumentParser(prog="embed-map",
-                           description=__doc__.replace("`embed-map`: ", "", 1))
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = cli.ArgumentParser(prog="embed-map", description=__doc__.replace("`embed-map`: ", "", 1))
     add_source_args(p)
-    p.add_argument("--png", default="embedding-map.png", help="PNG to write "
-                   "(default embedding-map.png; '' for none)")
-    p.add_argument("--html", default="embedding-map.html", help="HTML page to write "
-                   "(default embedding-map.html; '' for none)")
-    p.add_argument("--color-by", "--color_by", dest="color_by", default="prefix",
-                   choices=COLOR_BY, help="colour points by the object's first path "
-                   "component (prefix, default), bucket, content_type, date (of the "
-                   "upload event), format or source")
-    p.add_argument("--sample", type=int, default=2000,
-                   help="at most this many objects (a repeatable sample; default 2000)")
-    p.add_argument("--method", choices=projection.METHODS, default="pca",
-                   help="pca (default) or tsne (needs scikit-learn)")
-    p.add_argument("--model_fingerprint", "--model-fingerprint", dest="model_fingerprint",
-                   help="which model's embeddings (default: the most common)")
-    p.add_argument("--thumbnails", type=int, default=200,
-                   help="objects whose thumbnail the HTML page embeds (default 200)")
-    p.add_argument("--png_thumbnails", "--png-thumbnails", dest="png_thumbnails", type=int,
-                   default=16, help="thumbnails drawn on the PNG, spread over the map "
-                                    "(default 16)")
+    p.add_argument(
+        "--png",
+        default="embedding-map.png",
+        help="PNG to write (default embedding-map.png; '' for none)",
+    )
+    p.add_argument(
+        "--html",
+        default="embedding-map.html",
+        help="HTML page to write (default embedding-map.html; '' for none)",
+    )
+    p.add_argument(
+        "--color-by",
+        "--color_by",
+        dest="color_by",
+        default="prefix",
+        choices=COLOR_BY,
+        help="colour points by the object's first path "
+        "component (prefix, default), bucket, content_type, date (of the "
+        "upload event), format or source",
+    )
+    p.add_argument(
+        "--sample",
+        type=int,
+        default=2000,
+        help="at most this many objects (a repeatable sample; default 2000)",
+    )
+    p.add_argument(
+        "--method",
+        choices=projection.METHODS,
+        default="pca",
+        help="pca (default) or tsne (needs scikit-learn)",
+    )
+    p.add_argument(
+        "--model_fingerprint",
+        "--model-fingerprint",
+        dest="model_fingerprint",
+        help="which model's embeddings (default: the most common)",
+    )
+    p.add_argument(
+        "--thumbnails",
+        type=int,
+        default=200,
+        help="objects whose thumbnail the HTML page embeds (default 200)",
+    )
+    p.add_argument(
+        "--png_thumbnails",
+        "--png-thumbnails",
+        dest="png_thumbnails",
+        type=int,
+        default=16,
+        help="thumbnails drawn on the PNG, spread over the map (default 16)",
+    )
     p.add_argument("--title", default=None, help="title of the map")
     args = p.parse_args(argv)
     check_source_args(p, args)
@@ -75,11 +109,13 @@ def label_of(row: dict[str, Any], color_by: str) -> str:
     return str(value) if value not in (None, "") else "(none)"
 
 
-def read_thumbnails(rows: Sequence[dict[str, Any]], indices: Sequence[int],
-                    max_bytes: int = 32 * 1024 * 1024) -> dict[int, Any]:
+def read_thumbnails(
+    rows: Sequence[dict[str, Any]], indices: Sequence[int], max_bytes: int = 32 * 1024 * 1024
+) -> dict[int, Any]:
     """Pillow thumbnails of the given rows' objects; unreadable ones are skipped."""
-    from streaming.stages.load import read_bytes
     from streaming.records import Rejected
+    from streaming.stages.load import read_bytes
+
     out = {}
     for i in indices:
         try:
@@ -95,6 +131,7 @@ def read_thumbnails(rows: Sequence[dict[str, Any]], indices: Sequence[int],
 def build_map(args: argparse.Namespace) -> dict[str, Any]:
     if args.local_endpoints:
         from streaming.support import clients
+
         clients.use_local_endpoints()
     source = rows_mod.open_source(args, args.local_endpoints)
     fingerprints = source.fingerprints()
@@ -102,13 +139,19 @@ def build_map(args: argparse.Namespace) -> dict[str, Any]:
         raise SourceError(f"no current embeddings in {source.description}")
     fingerprint = args.model_fingerprint or fingerprints[0][0]
     if fingerprint not in dict(fingerprints):
-        raise SourceError(f"no current embeddings of model fingerprint {fingerprint} in "
-                          f"{source.description} (there are: "
-                          + ", ".join(f"{fp} ({n})" for fp, n in fingerprints) + ")")
+        raise SourceError(
+            f"no current embeddings of model fingerprint {fingerprint} in "
+            f"{source.description} (there are: "
+            + ", ".join(f"{fp} ({n})" for fp, n in fingerprints)
+            + ")"
+        )
     others = [(fp, n) for fp, n in fingerprints if fp != fingerprint]
     if others:
-        print(f"embed-map: mapping model {fingerprint}; not mixing in "
-              + ", ".join(f"{n} objects of {fp}" for fp, n in others), file=sys.stderr)
+        print(
+            f"embed-map: mapping model {fingerprint}; not mixing in "
+            + ", ".join(f"{n} objects of {fp}" for fp, n in others),
+            file=sys.stderr,
+        )
     rows = source.sample(fingerprint, args.sample)
     dims = {len(r["embedding"]) for r in rows}
     if len(dims) > 1:
@@ -121,31 +164,55 @@ def build_map(args: argparse.Namespace) -> dict[str, Any]:
     labels = [label_of(r, args.color_by) for r in rows]
     colors, legend = render.assign_colors(labels, ordered=args.color_by == "date")
     total = dict(fingerprints)[fingerprint]
-    title = args.title or (f"{len(rows)} images of {source.description}"
-                           if len(rows) == total else
-                           f"{len(rows)} of {total} images of {source.description}")
+    title = args.title or (
+        f"{len(rows)} images of {source.description}"
+        if len(rows) == total
+        else f"{len(rows)} of {total} images of {source.description}"
+    )
     subtitle = f"{how}; model fingerprint {fingerprint}; colour: {args.color_by}"
     thumb_idx = render.spread_sample(coords, range(len(rows)), max(0, args.thumbnails))
     thumbs = read_thumbnails(rows, thumb_idx)
     written = []
     if args.png:
         import matplotlib  # noqa: F401 - fail before any file is written
+
         png_idx = render.spread_sample(coords, sorted(thumbs), max(0, args.png_thumbnails))
         _makedirs(args.png)
-        render.write_png(args.png, coords, colors, legend, title=title, subtitle=subtitle,
-                         color_by=args.color_by, thumbs={i: thumbs[i] for i in png_idx})
+        render.write_png(
+            args.png,
+            coords,
+            colors,
+            legend,
+            title=title,
+            subtitle=subtitle,
+            color_by=args.color_by,
+            thumbs={i: thumbs[i] for i in png_idx},
+        )
         written.append(args.png)
     if args.html:
         infos = [render.info_of(r, rows_mod.uri_of(r)) for r in rows]
         for info, label in zip(infos, labels):
             info["colour"] = f"{args.color_by}: {label}"
         _makedirs(args.html)
-        render.write_html(args.html, coords, colors, legend, infos,
-                          {i: render.jpeg_data_uri(img) for i, img in thumbs.items()},
-                          title=title, subtitle=subtitle, color_by=args.color_by)
+        render.write_html(
+            args.html,
+            coords,
+            colors,
+            legend,
+            infos,
+            {i: render.jpeg_data_uri(img) for i, img in thumbs.items()},
+            title=title,
+            subtitle=subtitle,
+            color_by=args.color_by,
+        )
         written.append(args.html)
-    return {"points": len(rows), "thumbnails": len(thumbs), "written": written,
-            "model_fingerprint": fingerprint, "projection": how}
+    return {
+        "points": len(rows),
+        "thumbnails": len(thumbs),
+        "written": written,
+        "model_fingerprint": fingerprint,
+        "projection": how,
+    }
 
 
 def _makedirs(path: str) -> None:
@@ -153,7 +220,7 @@ def _makedirs(path: str) -> None:
     os.makedirs(folder, exist_ok=True)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
     try:
@@ -164,13 +231,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except ImportError as e:
         if "matplotlib" not in str(e):
             raise
-        print("embed-map: the PNG needs matplotlib (pip install 'image-embeddings[analysis]'"
-              "); --png '' writes the HTML page only", file=sys.stderr)
+        print(
+            "embed-map: the PNG needs matplotlib (pip install 'image-embeddings[analysis]'"
+            "); --png '' writes the HTML page only",
+            file=sys.stderr,
+        )
         return 1
     except Exception as e:  # noqa: BLE001 - e.g. BigQuery NotFound / Forbidden
         return cli.fail("embed-map", e)
-    print(f"{summary['points']} points ({summary['thumbnails']} thumbnails), "
-          f"{summary['projection']}: " + ", ".join(summary["written"]))
+    print(
+        f"{summary['points']} points ({summary['thumbnails']} thumbnails), "
+        f"{summary['projection']}: " + ", ".join(summary["written"])
+    )
     return 0
 
 

@@ -1,6 +1,7 @@
 """The map as a PNG (matplotlib, Agg) and as one self-contained HTML page (inline SVG,
 base64 JPEG thumbnails, a few lines of inline JavaScript for the hover card; nothing
 loaded from anywhere else)."""
+
 from __future__ import annotations
 
 import base64
@@ -8,13 +9,24 @@ import collections
 import html
 import io
 import json
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 # matplotlib's tab10, and grey for "other": the same colours in the PNG and the HTML.
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-           "#bcbd22", "#17becf", "#7f7f7f")
+PALETTE = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#bcbd22",
+    "#17becf",
+    "#7f7f7f",
+)
 OTHER = "(other)"
 OTHER_COLOR = "#c7c7c7"
 MAX_CATEGORIES = len(PALETTE) - 1
@@ -41,8 +53,10 @@ def assign_colors(labels: Sequence[str], ordered: bool = False) -> tuple[list[st
     if ordered:
         values = sorted(counts)
         span = max(1, len(values) - 1)
-        colors = {v: sequential_color(i / span) if len(values) > 1 else PALETTE[0]
-                  for i, v in enumerate(values)}
+        colors = {
+            v: sequential_color(i / span) if len(values) > 1 else PALETTE[0]
+            for i, v in enumerate(values)
+        }
         legend = [(v, colors[v], counts[v]) for v in values]
         if len(legend) > 12:  # keep the legend short: first, some middle, last
             step = (len(legend) - 1) / 10
@@ -66,7 +80,9 @@ def thumbnail(data: bytes, size: int = 96):
     """A small RGB Pillow image of encoded image bytes (EXIF orientation applied), or
     None when the bytes are not an image."""
     from PIL import Image, ImageOps
+
     from streaming.stages.load import to_rgb
+
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.draft("RGB", (size, size))
@@ -103,11 +119,21 @@ def spread_sample(coords: np.ndarray, candidates: Sequence[int], m: int) -> list
     return [candidates[i] for i in chosen]
 
 
-def write_png(path: str, coords: np.ndarray, colors: Sequence[str],
-              legend: Sequence[tuple[str, str, int]], *, title: str, subtitle: str,
-              color_by: str, thumbs: dict[int, Any], dpi: int = 100) -> None:
+def write_png(
+    path: str,
+    coords: np.ndarray,
+    colors: Sequence[str],
+    legend: Sequence[tuple[str, str, int]],
+    *,
+    title: str,
+    subtitle: str,
+    color_by: str,
+    thumbs: dict[int, Any],
+    dpi: int = 100,
+) -> None:
     """The scatter plot with a legend and thumbnails (point index -> Pillow image)."""
     import matplotlib
+
     matplotlib.use("Agg", force=False)
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -116,24 +142,56 @@ def write_png(path: str, coords: np.ndarray, colors: Sequence[str],
     fig = Figure(figsize=(11, 8.5), dpi=dpi)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.scatter(coords[:, 0], coords[:, 1], c=list(colors), s=22, alpha=0.85,
-               edgecolors="white", linewidths=0.4, zorder=2)
+    ax.scatter(
+        coords[:, 0],
+        coords[:, 1],
+        c=list(colors),
+        s=22,
+        alpha=0.85,
+        edgecolors="white",
+        linewidths=0.4,
+        zorder=2,
+    )
     for i, img in thumbs.items():
         # beside its point, linked to it by a short line, so the point stays visible
         box = OffsetImage(np.asarray(img), zoom=0.5)
-        ab = AnnotationBbox(box, (coords[i, 0], coords[i, 1]), xybox=(0, 34),
-                            boxcoords="offset points", frameon=True, pad=0.15,
-                            bboxprops={"edgecolor": colors[i], "linewidth": 1.5},
-                            arrowprops={"arrowstyle": "-", "color": colors[i], "lw": 1},
-                            zorder=3)
+        ab = AnnotationBbox(
+            box,
+            (coords[i, 0], coords[i, 1]),
+            xybox=(0, 34),
+            boxcoords="offset points",
+            frameon=True,
+            pad=0.15,
+            bboxprops={"edgecolor": colors[i], "linewidth": 1.5},
+            arrowprops={"arrowstyle": "-", "color": colors[i], "lw": 1},
+            zorder=3,
+        )
         ax.add_artist(ab)
     from matplotlib.lines import Line2D
-    handles = [Line2D([0], [0], marker="o", linestyle="", markerfacecolor=c,
-                      markeredgecolor="white", markersize=8, label=f"{label} ({n})")
-               for label, c, n in legend]
+
+    handles = [
+        Line2D(
+            [0],
+            [0],
+            marker="o",
+            linestyle="",
+            markerfacecolor=c,
+            markeredgecolor="white",
+            markersize=8,
+            label=f"{label} ({n})",
+        )
+        for label, c, n in legend
+    ]
     if handles:
-        ax.legend(handles=handles, title=color_by, fontsize=8, title_fontsize=9,
-                  loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        ax.legend(
+            handles=handles,
+            title=color_by,
+            fontsize=8,
+            title_fontsize=9,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0,
+        )
     if len(coords):
         span_x = np.ptp(coords[:, 0]) or 1.0
         span_y = np.ptp(coords[:, 1]) or 1.0
@@ -225,27 +283,46 @@ ul.legend span {{ display: inline-block; width: 11px; height: 11px; border-radiu
 """
 
 
-def write_html(path: str, coords: np.ndarray, colors: Sequence[str],
-               legend: Sequence[tuple[str, str, int]], infos: Sequence[dict[str, Any]],
-               thumbs: dict[int, str], *, title: str, subtitle: str, color_by: str,
-               width: int = 900, height: int = 700) -> None:
+def write_html(
+    path: str,
+    coords: np.ndarray,
+    colors: Sequence[str],
+    legend: Sequence[tuple[str, str, int]],
+    infos: Sequence[dict[str, Any]],
+    thumbs: dict[int, str],
+    *,
+    title: str,
+    subtitle: str,
+    color_by: str,
+    width: int = 900,
+    height: int = 700,
+) -> None:
     """One HTML file: an SVG circle per point (hover: thumbnail and fields)."""
     margin = 24
     xy = _to_pixels(coords, width, height, margin)
     circles = "\n".join(
         f'<circle data-i="{i}" cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{colors[i]}">'
         f"<title>{html.escape(str(infos[i].get('name', '')))}</title></circle>"
-        for i, (x, y) in enumerate(xy))
+        for i, (x, y) in enumerate(xy)
+    )
     legend_html = "\n".join(
         f'<li><span style="background:{c}"></span>{html.escape(str(label))} ({n})</li>'
-        for label, c, n in legend)
+        for label, c, n in legend
+    )
     points = [{"info": infos[i], "thumb": thumbs.get(i)} for i in range(len(infos))]
     points_json = json.dumps(points, default=str, ensure_ascii=True)
     # inside <script>: no "</script>", "<!--" or "]]>" can appear
     points_json = points_json.replace("<", "\\u003c").replace(">", "\\u003e")
-    page = _HTML.format(title=html.escape(title), subtitle=html.escape(subtitle),
-                        width=width, height=height, circles=circles, legend=legend_html,
-                        color_by=html.escape(color_by), points_json=points_json)
+    page = _HTML.format(
+        title=html.escape(title),
+        subtitle=html.escape(subtitle),
+        width=width,
+        height=height,
+        circles=circles,
+        legend=legend_html,
+        color_by=html.escape(color_by),
+        points_json=points_json,
+    )
     with open(path, "w", encoding="utf-8") as f:
         f.write(page)
 
@@ -261,22 +338,29 @@ def _to_pixels(coords: np.ndarray, width: int, height: int, margin: int) -> np.n
         unit[:, 0] = 0.5
     if (hi - lo)[1] == 0:
         unit[:, 1] = 0.5
-    return np.column_stack([margin + unit[:, 0] * (width - 2 * margin),
-                            margin + unit[:, 1] * (height - 2 * margin)])
+    return np.column_stack(
+        [margin + unit[:, 0] * (width - 2 * margin), margin + unit[:, 1] * (height - 2 * margin)]
+    )
 
 
-def info_of(row: dict[str, Any], uri: str) -> dict[str, Optional[str]]:
+def info_of(row: dict[str, Any], uri: str) -> dict[str, str | None]:
     """What the hover card shows for one row."""
     size = f"{row['width']}x{row['height']}" if row.get("width") else None
-    return {"name": row.get("name"), "bucket": row.get("bucket"), "uri": uri,
-            "generation": str(row.get("generation")), "content_type": row.get("content_type"),
-            "format": row.get("format"), "size": size,
-            "bytes": str(row["size_bytes"]) if row.get("size_bytes") is not None else None,
-            "event_time": _iso(row.get("event_time")),
-            "processed": _iso(row.get("processing_time"))}
+    return {
+        "name": row.get("name"),
+        "bucket": row.get("bucket"),
+        "uri": uri,
+        "generation": str(row.get("generation")),
+        "content_type": row.get("content_type"),
+        "format": row.get("format"),
+        "size": size,
+        "bytes": str(row["size_bytes"]) if row.get("size_bytes") is not None else None,
+        "event_time": _iso(row.get("event_time")),
+        "processed": _iso(row.get("processing_time")),
+    }
 
 
-def _iso(value) -> Optional[str]:
+def _iso(value) -> str | None:
     if value is None:
         return None
     return value.isoformat() if hasattr(value, "isoformat") else str(value)

@@ -6,6 +6,7 @@ generation, then the latest write; the object is hidden when that row is a delet
 `LocalRows` applies it in Python to `OUT/rows/*/*.json`; `BigQueryRows` runs the
 shipped SQL over the view (or the view's query inlined).
 """
+
 from __future__ import annotations
 
 import collections
@@ -14,7 +15,8 @@ import glob
 import json
 import os
 import re
-from typing import Any, Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -24,9 +26,21 @@ from streaming.records import object_uri
 
 FINALIZE, DELETE = "OBJECT_FINALIZE", "OBJECT_DELETE"
 # Columns a result carries (everything but the embedding and the bulky metadata).
-RESULT_FIELDS = ("bucket", "name", "generation", "source", "content_type", "width",
-                 "height", "format", "model_fingerprint", "vector_uri", "vector_index", "event_time",
-                 "processing_time")
+RESULT_FIELDS = (
+    "bucket",
+    "name",
+    "generation",
+    "source",
+    "content_type",
+    "width",
+    "height",
+    "format",
+    "model_fingerprint",
+    "vector_uri",
+    "vector_index",
+    "event_time",
+    "processing_time",
+)
 
 
 class SourceError(Exception):
@@ -62,19 +76,26 @@ def current_rows(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """The current row of every live object (the view's rule, in Python)."""
     best: dict[tuple[str, str], tuple[tuple, dict]] = {}
     for r in rows:
-        rank = (-int(r["generation"]), 0 if r.get("event_type") == DELETE else 1,
-                -_timestamp(r.get("processing_time")), r.get("row_key") or "")
+        rank = (
+            -int(r["generation"]),
+            0 if r.get("event_type") == DELETE else 1,
+            -_timestamp(r.get("processing_time")),
+            r.get("row_key") or "",
+        )
         key = (r["bucket"], r["name"])
         if key not in best or rank < best[key][0]:
             best[key] = (rank, r)
-    return sorted((r for _, r in best.values() if r.get("event_type") == FINALIZE),
-                  key=lambda r: (r["bucket"], r["name"]))
+    return sorted(
+        (r for _, r in best.values() if r.get("event_type") == FINALIZE),
+        key=lambda r: (r["bucket"], r["name"]),
+    )
 
 
 def fill_vectors(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Rows whose `embedding` is empty get it from their .npy: the shard at `vector_uri`,
     row `vector_index` (None: a .npy of one vector). Each shard is read once."""
     from streaming.sinks.vectors import read_vectors
+
     wanted: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         if not r.get("embedding") and r.get("vector_uri") and r.get("event_type") != DELETE:
@@ -103,7 +124,7 @@ def fingerprint_counts(rows: Sequence[dict[str, Any]]) -> list[tuple[str, int]]:
     return sorted(((fp, n) for fp, n in counts.items() if fp), key=lambda x: (-x[1], x[0]))
 
 
-def result(row: dict[str, Any], distance: Optional[float] = None) -> dict[str, Any]:
+def result(row: dict[str, Any], distance: float | None = None) -> dict[str, Any]:
     out = {k: _plain(row.get(k)) for k in RESULT_FIELDS}
     out["uri"] = uri_of(row)
     if distance is not None:
@@ -127,15 +148,17 @@ class LocalRows:
         rows = []
         if "://" in self.output_dir:
             from apache_beam.io.filesystems import FileSystems
+
             pattern = FileSystems.join(self.output_dir, "rows", "*", "*.json")
             paths = [m.path for m in FileSystems.match([pattern])[0].metadata_list]
-            opener = lambda p: FileSystems.open(p, compression_type="uncompressed")  # noqa: E731
+            opener = lambda p: FileSystems.open(p, compression_type="uncompressed")
         else:
             if not os.path.isdir(os.path.join(self.output_dir, "rows")):
-                raise SourceError(f"no rows/ folder under {self.output_dir!r} (the "
-                                  "--output_dir of embed-stream)")
+                raise SourceError(
+                    f"no rows/ folder under {self.output_dir!r} (the --output_dir of embed-stream)"
+                )
             paths = glob.glob(os.path.join(glob.escape(self.output_dir), "rows", "*", "*.json"))
-            opener = lambda p: open(p, "rb")  # noqa: E731
+            opener = lambda p: open(p, "rb")
         for path in sorted(paths):
             with opener(path) as f:
                 for line in f.read().decode("utf-8").splitlines():
@@ -149,13 +172,13 @@ class LocalRows:
     def fingerprints(self) -> list[tuple[str, int]]:
         return fingerprint_counts(self._rows)
 
-    def lookup(self, bucket: str, name: str) -> Optional[dict[str, Any]]:
+    def lookup(self, bucket: str, name: str) -> dict[str, Any] | None:
         for r in self._rows:
             if r["bucket"] == bucket and r["name"] == name:
                 return r
         return None
 
-    def lookup_uri(self, uri: str) -> Optional[dict[str, Any]]:
+    def lookup_uri(self, uri: str) -> dict[str, Any] | None:
         if "://" not in uri:
             uri = os.path.abspath(uri)
         for r in self._rows:
@@ -163,17 +186,24 @@ class LocalRows:
                 return r
         return None
 
-    def _of_model(self, fingerprint: str, dim: Optional[int] = None) -> list[dict[str, Any]]:
-        return [r for r in self._rows if r.get("model_fingerprint") == fingerprint
-                and r.get("embedding") and (dim is None or len(r["embedding"]) == dim)]
+    def _of_model(self, fingerprint: str, dim: int | None = None) -> list[dict[str, Any]]:
+        return [
+            r
+            for r in self._rows
+            if r.get("model_fingerprint") == fingerprint
+            and r.get("embedding")
+            and (dim is None or len(r["embedding"]) == dim)
+        ]
 
     def nearest(self, query: np.ndarray, fingerprint: str, k: int) -> list[dict[str, Any]]:
         rows = self._of_model(fingerprint, len(query))
         if not rows:
             return []
         d = cosine_distances(np.array([r["embedding"] for r in rows]), query)
-        order = sorted((i for i in range(len(rows)) if np.isfinite(d[i])),
-                       key=lambda i: (d[i], rows[i]["bucket"], rows[i]["name"]))
+        order = sorted(
+            (i for i in range(len(rows)) if np.isfinite(d[i])),
+            key=lambda i: (d[i], rows[i]["bucket"], rows[i]["name"]),
+        )
         return [result(rows[i], d[i]) for i in order[:k]]
 
     def sample(self, fingerprint: str, n: int) -> list[dict[str, Any]]:
@@ -185,8 +215,9 @@ class LocalRows:
 class BigQueryRows:
     """The embeddings table (and its current view) in BigQuery or the emulator."""
 
-    def __init__(self, client, table: str, current_view: Optional[str] = None,
-                 use_vector_search: bool = False):
+    def __init__(
+        self, client, table: str, current_view: str | None = None, use_vector_search: bool = False
+    ):
         sql.parse_table_id(table)
         if current_view:
             sql.parse_table_id(current_view)
@@ -194,30 +225,34 @@ class BigQueryRows:
         self.use_vector_search = use_vector_search
         self.description = f"table {table}"
 
-    def query(self, sql_file: str, /, *, top_k: Optional[int] = None, **params) -> list[dict]:
+    def query(self, sql_file: str, /, *, top_k: int | None = None, **params) -> list[dict]:
         text = sql.text(sql_file)
         ints = {"top_k": top_k} if top_k is not None else {}
-        body = sql.without_comment_lines(sql.render(
-            sql_file, embeddings=self.table, current=self.current_view, **ints))
+        body = sql.without_comment_lines(
+            sql.render(sql_file, embeddings=self.table, current=self.current_view, **ints)
+        )
         return run_query(self.client, body, sql.declared_params(text), params)
 
     def fingerprints(self) -> list[tuple[str, int]]:
-        return [(r["model_fingerprint"], int(r["objects"]))
-                for r in self.query("model_fingerprints.sql") if r["model_fingerprint"]]
+        return [
+            (r["model_fingerprint"], int(r["objects"]))
+            for r in self.query("model_fingerprints.sql")
+            if r["model_fingerprint"]
+        ]
 
-    def lookup(self, bucket: str, name: str) -> Optional[dict[str, Any]]:
+    def lookup(self, bucket: str, name: str) -> dict[str, Any] | None:
         rows = self.query("object_current_row.sql", bucket=bucket, name=name)
         return rows[0] if rows else None
 
-    def lookup_uri(self, uri: str) -> Optional[dict[str, Any]]:
+    def lookup_uri(self, uri: str) -> dict[str, Any] | None:
         if not is_gcs_uri(uri):
-            raise SourceError(f"{uri!r}: name a table object as gs://BUCKET/NAME or with "
-                              "--bucket and --name")
+            raise SourceError(
+                f"{uri!r}: name a table object as gs://BUCKET/NAME or with --bucket and --name"
+            )
         return self.lookup(*split_gs_uri(uri))
 
     def nearest(self, query: np.ndarray, fingerprint: str, k: int) -> list[dict[str, Any]]:
-        params = dict(query_embedding=[float(x) for x in query],
-                      model_fingerprint=fingerprint, k=k)
+        params = dict(query_embedding=[float(x) for x in query], model_fingerprint=fingerprint, k=k)
         if self.use_vector_search:
             rows = self.query("vector_search.sql", top_k=min(10_000, 4 * k + 20), **params)
         else:
@@ -231,6 +266,7 @@ class BigQueryRows:
 def run_query(client, body: str, types: dict[str, str], params: dict[str, Any]) -> list[dict]:
     """Runs SQL with typed query parameters (types from the file's `-- params:` line)."""
     from google.cloud import bigquery
+
     missing = set(types) - set(params)
     extra = set(params) - set(types)
     if missing or extra:
@@ -251,7 +287,12 @@ def open_source(args, local_endpoints: bool = False):
     if args.output_dir:
         return LocalRows(args.output_dir)
     from streaming.support import clients
+
     project = getattr(args, "billing_project", None) or sql.parse_table_id(args.table)[0]
     client = clients.bigquery_client(local_endpoints, project=project)
-    return BigQueryRows(client, args.table, getattr(args, "current_view", None),
-                        getattr(args, "use_vector_search", False))
+    return BigQueryRows(
+        client,
+        args.table,
+        getattr(args, "current_view", None),
+        getattr(args, "use_vector_search", False),
+    )

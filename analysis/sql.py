@@ -22,16 +22,18 @@ Each file starts with comment lines; two of them are read by code and tests:
 `python -m analysis.sql NAME --embeddings P:D.T [--dead_letters ...]` prints a
 rendered file (to pipe into `bq query --use_legacy_sql=false`).
 """
+
 from __future__ import annotations
 
 import re
 import string
 import sys
+from collections.abc import Sequence
 from importlib import resources
-from typing import Optional, Sequence
 
 import schemas
 from streaming.config import cli
+
 # The one grammar of table ids and the one quoting of them in SQL, shared with the
 # pipeline's catch-up; re-exported for the tests and callers of this module.
 from streaming.config.names import Fragment, parse_table_id, table_ref  # noqa: F401
@@ -67,7 +69,7 @@ def placeholders(sql_text: str) -> list[str]:
     return seen
 
 
-def requires(sql_text: str) -> Optional[str]:
+def requires(sql_text: str) -> str | None:
     """The `-- requires:` header: the BigQuery feature the emulator lacks, or None."""
     m = _REQUIRES.search(_header(sql_text))
     return m.group(1) if m else None
@@ -113,7 +115,7 @@ def strip_comments_and_strings(sql_text: str) -> str:
                 raise ValueError("unterminated /* comment")
             i = j + 2
         elif c in "'\"`":
-            quote = sql_text[i:i + 3] if sql_text[i:i + 3] in ("'''", '"""') else c
+            quote = sql_text[i : i + 3] if sql_text[i : i + 3] in ("'''", '"""') else c
             j = i + len(quote)
             while True:
                 if j >= n:
@@ -138,8 +140,9 @@ def structural_problems(sql_text: str) -> list[str]:
     problems = []
     try:
         unknown = [p for p in placeholders(sql_text) if p not in KNOWN_PLACEHOLDERS]
-        comments = "\n".join(line for line in sql_text.splitlines()
-                             if line.lstrip().startswith("--"))
+        comments = "\n".join(
+            line for line in sql_text.splitlines() if line.lstrip().startswith("--")
+        )
         in_comments = placeholders(comments)
     except ValueError as e:  # a lone { or }
         return [f"bad placeholder syntax: {e}"]
@@ -174,24 +177,36 @@ def structural_problems(sql_text: str) -> list[str]:
     return problems
 
 
-def current_relation(embeddings: str, view: Optional[str] = None) -> Fragment:
+def current_relation(embeddings: str, view: str | None = None) -> Fragment:
     """What `{current}` becomes: the view if one is named, else the view's query
     (schemas/sql/current_embeddings.sql, minus its CREATE VIEW line) as a subquery."""
     if view:
         return table_ref(view)
     body = text(CURRENT_VIEW_FILE)
     body = "\n".join(line for line in body.splitlines() if not line.lstrip().startswith("--"))
-    body = re.sub(r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?"
-                  r"\{current\}\s+AS\s+", "", body, count=1, flags=re.I)
+    body = re.sub(
+        r"^\s*CREATE\s+(?:OR\s+REPLACE\s+)?VIEW\s+(?:IF\s+NOT\s+EXISTS\s+)?"
+        r"\{current\}\s+AS\s+",
+        "",
+        body,
+        count=1,
+        flags=re.I,
+    )
     if "{current}" in body:
         raise ValueError(f"cannot inline {CURRENT_VIEW_FILE}: it refers to {{current}}")
     inner = _format(body, {"embeddings": table_ref(embeddings)})
     return Fragment("(\n" + inner.strip().rstrip(";") + "\n)")
 
 
-def render(name: str, *, embeddings: Optional[str] = None, dead_letters: Optional[str] = None,
-           current: Optional[str] = None, current_view: Optional[str] = None,
-           **ints: int) -> str:
+def render(
+    name: str,
+    *,
+    embeddings: str | None = None,
+    dead_letters: str | None = None,
+    current: str | None = None,
+    current_view: str | None = None,
+    **ints: int,
+) -> str:
     """A shipped file with its placeholders filled.
 
     Args:
@@ -213,8 +228,9 @@ def render(name: str, *, embeddings: Optional[str] = None, dead_letters: Optiona
             view = current or current_view
             if not view and not embeddings:
                 raise ValueError(f"{name} needs the current view or the embeddings table")
-            values[field] = current_relation(embeddings or "", view) if not view \
-                else table_ref(view)
+            values[field] = (
+                current_relation(embeddings or "", view) if not view else table_ref(view)
+            )
         elif field in INT_PLACEHOLDERS:
             if field not in ints:
                 raise ValueError(f"{name} needs {field}")
@@ -230,8 +246,12 @@ def render(name: str, *, embeddings: Optional[str] = None, dead_letters: Optiona
 def without_comment_lines(sql_text: str) -> str:
     """The SQL without its whole-line `--` comments (what is sent to BigQuery: the
     emulator counts `@name` in comments as parameters)."""
-    return "\n".join(line for line in sql_text.splitlines()
-                     if not line.lstrip().startswith("--")).strip() + "\n"
+    return (
+        "\n".join(
+            line for line in sql_text.splitlines() if not line.lstrip().startswith("--")
+        ).strip()
+        + "\n"
+    )
 
 
 def _checked_int(field: str, value) -> int:
@@ -248,21 +268,24 @@ def _format(sql_text: str, values: dict[str, str]) -> str:
 def suggest_num_lists(rows: int) -> int:
     """A starting IVF list count: rows/1000 up to a million rows, sqrt(rows) above
     (the usual IVF rule of thumb), within BigQuery's 1..5000."""
-    guess = rows // 1000 if rows <= 1_000_000 else int(rows ** 0.5)
+    guess = rows // 1000 if rows <= 1_000_000 else int(rows**0.5)
     return max(1, min(5000, guess))
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(
         prog="python -m analysis.sql",
-        description="Print a shipped SQL file with its table placeholders filled in.")
+        description="Print a shipped SQL file with its table placeholders filled in.",
+    )
     parser.add_argument("name", nargs="?", help="file under schemas/sql/ (omit to list them)")
-    parser.add_argument("--embeddings", "--table", dest="embeddings",
-                        help="embeddings table P:D.T")
-    parser.add_argument("--dead_letters", "--dead-letters", dest="dead_letters",
-                        help="dead-letter table P:D.T")
-    parser.add_argument("--current", help="current-embeddings view P:D.V (default: inline "
-                                          "the view's query over --embeddings)")
+    parser.add_argument("--embeddings", "--table", dest="embeddings", help="embeddings table P:D.T")
+    parser.add_argument(
+        "--dead_letters", "--dead-letters", dest="dead_letters", help="dead-letter table P:D.T"
+    )
+    parser.add_argument(
+        "--current",
+        help="current-embeddings view P:D.V (default: inline the view's query over --embeddings)",
+    )
     parser.add_argument("--top_k", "--top-k", dest="top_k", type=int, default=None)
     parser.add_argument("--num_lists", "--num-lists", dest="num_lists", type=int, default=None)
     args = parser.parse_args(argv)
@@ -271,11 +294,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             feature = requires(text(name))
             print(name + (f"  (requires {feature})" if feature else ""))
         return 0
-    ints = {k: v for k, v in (("top_k", args.top_k), ("num_lists", args.num_lists))
-            if v is not None}
+    ints = {
+        k: v for k, v in (("top_k", args.top_k), ("num_lists", args.num_lists)) if v is not None
+    }
     try:
-        print(render(args.name, embeddings=args.embeddings, dead_letters=args.dead_letters,
-                     current=args.current, **ints))
+        print(
+            render(
+                args.name,
+                embeddings=args.embeddings,
+                dead_letters=args.dead_letters,
+                current=args.current,
+                **ints,
+            )
+        )
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,6 +1,7 @@
 """The benchmarks' harness: the machine and versions, a quiet machine before each run,
 whole processes measured with psutil (wall time, peak RSS of the process tree, the CPU
 other processes used meanwhile), paired rounds, and results as NAME.json + NAME.md."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,8 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from importlib.metadata import version
-from typing import Sequence
 
 import psutil
 
@@ -25,9 +26,11 @@ from tests.processes import Child, tree_rss  # noqa: E402 - the one child-proces
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 # Children never probe a metadata server, and TensorFlow's C++ logs stay short.
-CHILD_ENV = {"TF_CPP_MIN_LOG_LEVEL": "2", "NO_GCE_CHECK": "true",
-             **{k: "127.0.0.1:1" for k in ("GCE_METADATA_HOST", "GCE_METADATA_IP",
-                                           "GCE_METADATA_ROOT")}}
+CHILD_ENV = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "NO_GCE_CHECK": "true",
+    **{k: "127.0.0.1:1" for k in ("GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT")},
+}
 PACKAGES = ("apache-beam", "tensorflow", "keras", "onnxruntime", "tf2onnx", "pillow", "numpy")
 
 
@@ -38,31 +41,39 @@ def machine() -> dict:
         with open("/proc/cpuinfo") as f:
             cpu = next((x.split(":", 1)[1].strip() for x in f if x.startswith("model name")), cpu)
     versions = {"python": platform.python_version(), **{p: version(p) for p in PACKAGES}}
-    return {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "cores": psutil.cpu_count(), "cpu": cpu, "gemm_gflops": gemm_gflops(),
-            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "load_average": [round(x, 2) for x in psutil.getloadavg()], "versions": versions}
+    return {
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "cores": psutil.cpu_count(),
+        "cpu": cpu,
+        "gemm_gflops": gemm_gflops(),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average": [round(x, 2) for x in psutil.getloadavg()],
+        "versions": versions,
+    }
 
 
 def gemm_gflops(n: int = 2048, repeats: int = 5) -> float:
     """The host's float32 GEMM rate (numpy matmul, best of `repeats`), in GFLOP/s: a
     model's images/s reads as a fraction of it (ResNet50: about 8.2 GFLOP an image)."""
     import numpy as np
+
     a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         a @ a
         best = min(best, time.perf_counter() - start)
-    return round(2 * n ** 3 / best / 1e9, 1)
+    return round(2 * n**3 / best / 1e9, 1)
 
 
 def describe(info: dict) -> str:
     """machine() in one line, for the top of a .md."""
     gemm = f", float32 GEMM {info['gemm_gflops']} GFLOP/s" if "gemm_gflops" in info else ""
-    return (f"{info['cores']} cores ({info['cpu']}{gemm}), {info['memory_gib']} GiB, load average "
-            f"{info['load_average']} at start; "
-            + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    return (
+        f"{info['cores']} cores ({info['cpu']}{gemm}), {info['memory_gib']} GiB, load average "
+        f"{info['load_average']} at start; "
+        + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    )
 
 
 def cpu_mark() -> tuple[float, float]:
@@ -120,8 +131,12 @@ def run_process(argv: Sequence[str], timeout: float = 1800) -> dict:
         output = child.output()
     if code:
         raise RuntimeError(f"{' '.join(argv)} exited {code}:\n{output[-3000:]}")
-    return {"wall_s": round(wall, 2), "peak_mib": round(peak / 2**20),
-            "other_cores": other_cores(mark, wall), "output": output}
+    return {
+        "wall_s": round(wall, 2),
+        "peak_mib": round(peak / 2**20),
+        "other_cores": other_cores(mark, wall),
+        "output": output,
+    }
 
 
 def paired_order(names: Sequence[str], round_index: int) -> list[str]:
@@ -152,6 +167,7 @@ def make_jpegs(folder: str, count: int, width: int, height: int, distinct: int) 
     from PIL import Image
 
     from tools.samples import photo_like
+
     os.makedirs(folder)
     for i in range(count):
         path = os.path.join(folder, f"img-{i:04d}.jpg")

@@ -17,6 +17,7 @@ job's converted model is cached first.
 
 Writes catch_up.{json,md}.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -27,9 +28,9 @@ import threading
 import time
 import uuid
 
+import _common as C
 import psutil
 
-import _common as C
 from tests.processes import Child, python_module, wait_until
 
 GOALS = {"peak_gb": 1.5, "live_row_s": 10.0}
@@ -37,31 +38,57 @@ GOALS = {"peak_gb": 1.5, "live_row_s": 10.0}
 
 def upload_many(bucket, items: list[tuple[str, bytes]], threads: int = 16) -> None:
     with cf.ThreadPoolExecutor(threads) as pool:
-        list(pool.map(lambda item: bucket.blob(item[0]).upload_from_string(
-            item[1], content_type="image/jpeg"), items))
+        list(
+            pool.map(
+                lambda item: bucket.blob(item[0]).upload_from_string(
+                    item[1], content_type="image/jpeg"
+                ),
+                items,
+            )
+        )
 
 
 def existing_rows(bucket: str, names_generations: list[tuple[str, int]]) -> list[dict]:
     from streaming.records import row_key
+
     now = "2026-01-01T00:00:00Z"
-    return [{"row_key": row_key(bucket, n, g), "bucket": bucket, "name": n, "generation": g,
-             "event_type": "OBJECT_FINALIZE", "source": "notification", "embedding": [0.5],
-             "model_fingerprint": "old", "processing_time": now}
-            for n, g in names_generations]
+    return [
+        {
+            "row_key": row_key(bucket, n, g),
+            "bucket": bucket,
+            "name": n,
+            "generation": g,
+            "event_type": "OBJECT_FINALIZE",
+            "source": "notification",
+            "embedding": [0.5],
+            "model_fingerprint": "old",
+            "processing_time": now,
+        }
+        for n, g in names_generations
+    ]
 
 
 def run(args, work: str) -> dict:
-    from google.cloud import bigquery, pubsub_v1
+    from google.cloud import pubsub_v1
 
     import schemas
-    from streaming.support import clients
     from streaming.sinks.bigquery import make_table
+    from streaming.support import clients
     from tests import fixtures
+
     # Fills the converted-model cache (not measured): the catch-up is measured, not a
     # first run's conversion.
-    C.run_process(python_module("streaming.main", "--input_dir",
-                                os.path.join(C.ROOT, "samples", "images"), "--output_dir",
-                                os.path.join(work, "warm"), "--weights", "random:0"))
+    C.run_process(
+        python_module(
+            "streaming.main",
+            "--input_dir",
+            os.path.join(C.ROOT, "samples", "images"),
+            "--output_dir",
+            os.path.join(work, "warm"),
+            "--weights",
+            "random:0",
+        )
+    )
     clients.use_local_endpoints()
     storage, bq = clients.storage_client(True), clients.bigquery_client(True)
     project = clients.project_from_env()
@@ -77,14 +104,12 @@ def run(args, work: str) -> dict:
     old = [(f"done/{i:06d}.jpg", b"x") for i in range(args.objects)]
     upload_many(bucket, old)
     gone = [f"gone/{i:04d}.jpg" for i in range(args.gone)]
-    missing = [(f"missing/{i:04d}.jpg", fixtures.jpeg(96, 64, seed=i))
-               for i in range(args.missing)]
+    missing = [(f"missing/{i:04d}.jpg", fixtures.jpeg(96, 64, seed=i)) for i in range(args.missing)]
     upload_many(bucket, missing)
     listed = {b.name: b.generation for b in storage.list_blobs(bucket.name)}
-    rows = existing_rows(bucket.name, [(n, listed[n]) for n, _ in old]
-                         + [(n, 1) for n in gone])
+    rows = existing_rows(bucket.name, [(n, listed[n]) for n, _ in old] + [(n, 1) for n in gone])
     for i in range(0, len(rows), 500):
-        assert bq.insert_rows_json(table, rows[i:i + 500], retry=None) == []
+        assert bq.insert_rows_json(table, rows[i : i + 500], retry=None) == []
     setup_s = time.monotonic() - t
 
     subscriber = pubsub_v1.SubscriberClient()
@@ -93,16 +118,31 @@ def run(args, work: str) -> dict:
     time.sleep(2)  # the set-up uploads' notifications go by before the job subscribes
     subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=60)
     argv = python_module(
-        "streaming.main", "--input_subscription", sub, "--output_table",
-        table.replace(".", ":", 1), "--output_gcs", f"gs://{vectors.name}/", "--buckets",
-        bucket.name, "--weights", "random:0", "--local_endpoints",
-        "--max_batch_duration_secs", "1", "--catch_up_chunk", str(args.chunk))
+        "streaming.main",
+        "--input_subscription",
+        sub,
+        "--output_table",
+        table.replace(".", ":", 1),
+        "--output_gcs",
+        f"gs://{vectors.name}/",
+        "--buckets",
+        bucket.name,
+        "--weights",
+        "random:0",
+        "--local_endpoints",
+        "--max_batch_duration_secs",
+        "1",
+        "--catch_up_chunk",
+        str(args.chunk),
+    )
 
     def current(prefix: str) -> dict[str, int]:
         try:
-            found = bq.query(f"SELECT name, COUNT(*) AS n FROM `{table}` WHERE "
-                             f"STARTS_WITH(name, '{prefix}') AND event_type = "
-                             "'OBJECT_FINALIZE' GROUP BY name").result()
+            found = bq.query(
+                f"SELECT name, COUNT(*) AS n FROM `{table}` WHERE "
+                f"STARTS_WITH(name, '{prefix}') AND event_type = "
+                "'OBJECT_FINALIZE' GROUP BY name"
+            ).result()
             return {r["name"]: r["n"] for r in found}
         except Exception:  # noqa: BLE001 - an emulator hiccup: ask again
             return {}
@@ -121,51 +161,70 @@ def run(args, work: str) -> dict:
                 if time.monotonic() - start > 1800:
                     return
                 time.sleep(0.25)
+
         poller = threading.Thread(target=poll, daemon=True)
         poller.start()
         i = 0
         while done_at[0] is None and time.monotonic() - start < 1800:
             name = f"live/{i:03d}.jpg"
-            bucket.blob(name).upload_from_string(fixtures.jpeg(96, 64, seed=900 + i),
-                                                 content_type="image/jpeg")
+            bucket.blob(name).upload_from_string(
+                fixtures.jpeg(96, 64, seed=900 + i), content_type="image/jpeg"
+            )
             live[name] = time.monotonic()
             i += 1
             time.sleep(2)
         poller.join(timeout=300)
-        found = re.search(r"catch-up gs://\S+: (\d+) object generation\(s\) to embed, (\d+) "
-                          r"deleted while the job could not see it \((\d+) step", job.output())
+        found = re.search(
+            r"catch-up gs://\S+: (\d+) object generation\(s\) to embed, (\d+) "
+            r"deleted while the job could not see it \((\d+) step",
+            job.output(),
+        )
         assert found, job.log_tail()
         # Every live upload made while the catch-up ran, the first ones included (they
         # also wait for the job to start and load its model).
-        during = {n: round(seen[n] - t0, 2) for n, t0 in live.items()
-                  if n in seen and t0 <= done_at[0]}
-        wait_until(lambda: len(current("missing/")) >= args.missing, timeout=900,
-                   what="rows for the missing images", job=job)
+        during = {
+            n: round(seen[n] - t0, 2) for n, t0 in live.items() if n in seen and t0 <= done_at[0]
+        }
+        wait_until(
+            lambda: len(current("missing/")) >= args.missing,
+            timeout=900,
+            what="rows for the missing images",
+            job=job,
+        )
         res["big_bucket"] = {
             "objects_compared": args.objects + args.missing + args.gone,
-            "embedded": int(found.group(1)), "tombstones": int(found.group(2)),
+            "embedded": int(found.group(1)),
+            "tombstones": int(found.group(2)),
             "steps": int(found.group(3)),
             "catch_up_s": round(done_at[0] - start, 1),
             "live_uploads_during": len(during),
             "live_row_s": sorted(during.values()),
             "live_row_max_s": max(during.values()) if during else None,
-            "peak_mib": round(rss.stop() / 2**20)}
+            "peak_mib": round(rss.stop() / 2**20),
+        }
         job.stop()
 
     # The restart: uploads while the job is down, then the same command again.
-    restart = [(f"restart/{i:03d}.jpg", fixtures.jpeg(96, 64, seed=2000 + i))
-               for i in range(args.restart)]
+    restart = [
+        (f"restart/{i:03d}.jpg", fixtures.jpeg(96, 64, seed=2000 + i)) for i in range(args.restart)
+    ]
     upload_many(bucket, restart)
     time.sleep(2)
     with Child(argv, os.path.join(work, "job-2.log"), env=C.CHILD_ENV) as job:
-        wait_until(lambda: len(current("restart/")) >= args.restart, timeout=900,
-                   what="rows for the images uploaded while the job was down", job=job)
+        wait_until(
+            lambda: len(current("restart/")) >= args.restart,
+            timeout=900,
+            what="rows for the images uploaded while the job was down",
+            job=job,
+        )
         time.sleep(5)  # a second copy would be right behind the first
         counts = current("restart/")
         job.stop()
-    res["restart"] = {"images": args.restart,
-                      "embedded_twice": sum(1 for n in counts.values() if n > 1),
-                      "raw_rows": sum(counts.values())}
+    res["restart"] = {
+        "images": args.restart,
+        "embedded_twice": sum(1 for n in counts.values() if n > 1),
+        "raw_rows": sum(counts.values()),
+    }
     return res
 
 
@@ -176,16 +235,27 @@ def markdown(res: dict) -> str:
         ("steps (`--catch_up_chunk`)", f"{big['steps']} ({res['settings']['chunk']})", ""),
         ("embedded / tombstones written", f"{big['embedded']} / {big['tombstones']}", ""),
         ("job start -> catch-up done", f"{big['catch_up_s']} s", ""),
-        ("job peak (process tree)", f"{big['peak_mib'] / 1024:.2f} GB",
-         f"<= {GOALS['peak_gb']} GB"),
+        (
+            "job peak (process tree)",
+            f"{big['peak_mib'] / 1024:.2f} GB",
+            f"<= {GOALS['peak_gb']} GB",
+        ),
         ("live uploads during the catch-up", big["live_uploads_during"], ""),
-        ("their upload -> row queryable, max", f"{big['live_row_max_s']} s",
-         f"< {GOALS['live_row_s']} s"),
+        (
+            "their upload -> row queryable, max",
+            f"{big['live_row_max_s']} s",
+            f"< {GOALS['live_row_s']} s",
+        ),
         ("restart: images uploaded while down", restart["images"], ""),
-        ("restart: embedded twice (catch-up and notification)",
-         restart["embedded_twice"], "")]
-    return "\n".join([C.describe(res["machine"]), "", "| | measured | goal |",
-                      "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]) + "\n"
+        ("restart: embedded twice (catch-up and notification)", restart["embedded_twice"], ""),
+    ]
+    return (
+        "\n".join(
+            [C.describe(res["machine"]), "", "| | measured | goal |", "|---|---|---|"]
+            + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+        )
+        + "\n"
+    )
 
 
 def main() -> int:
@@ -203,8 +273,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-catchup-") as work:
         res.update(run(args, work))
     res["load_average_after"] = [round(x, 2) for x in psutil.getloadavg()]
-    C.write_results(args.out, "catch_up", res, "## The catch-up on a big bucket "
-                    "(`benchmarks/catch_up.py`)\n\n" + markdown(res))
+    C.write_results(
+        args.out,
+        "catch_up",
+        res,
+        "## The catch-up on a big bucket (`benchmarks/catch_up.py`)\n\n" + markdown(res),
+    )
     return 0
 
 

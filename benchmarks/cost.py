@@ -25,6 +25,7 @@ back. List prices (`PRICES`: each with the page read and the date) turn the coun
 into $ per million images per service, next to the workers' share in `scale.json`.
 Writes cost.{json,md}.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -35,60 +36,89 @@ import tempfile
 import time
 import uuid
 
+import _common as C
 import numpy as np
 
-import _common as C
 from tests.processes import Child, python_module, wait_until
 
 READ_ON = "2026-12-03"
 # (value, unit, source read on READ_ON)
 PRICES = {
-    "gcs_class_a": (0.005 / 1000, "$ per Class A operation (Standard storage)",
-                    "https://cloud.google.com/storage/pricing-examples"),
-    "gcs_class_b": (0.0004 / 1000, "$ per Class B operation (Standard storage)",
-                    "https://cloud.google.com/storage/pricing-examples"),
-    "gcs_storage": (0.020, "$ per GiB-month (Standard storage, us regions)",
-                    "https://cloud.google.com/storage/pricing-examples"),
-    "bq_insert_all": (0.01 / 200, "$ per MiB (streaming inserts: $0.01 per 200 MB, each row "
-                      "at least 1 KB)", "https://cloud.google.com/bigquery/pricing"),
-    "bq_write_api": (0.025, "$ per GiB (Storage Write API; Google's page states the free "
-                     "first 2 TiB a month and 'a significantly lower cost than insertAll'; "
-                     "the $ figure as a cost tool quotes the price list)",
-                     "https://cloud.google.com/bigquery/docs/write-api and "
-                     "https://help.nops.io/inform/supported-recommendations/"
-                     "use-bigquery-storage-write-api-instead-of-streaming-inserts.md"),
-    "bq_storage": (0.02, "$ per GiB-month (active logical storage)",
-                   "https://cloud.google.com/bigquery/pricing"),
-    "pubsub": (40.0, "$ per TiB of throughput (publish and delivery; 'a minimum of 1000 "
-               "bytes per publish, push or pull request'; first 10 GiB a month free)",
-               "https://cloud.google.com/pubsub/pricing"),
-    "streaming_engine": (0.018, "$ per GiB of Streaming Engine data processed (us-central1): "
-                         "the data-processed billing a streaming job gets unless it opts "
-                         "into resource-based billing (https://cloud.google.com/dataflow/docs/"
-                         "streaming-engine); the stored copies of Google's price page render "
-                         "no figures, this one is as two price tables transcribed from it "
-                         "(read 2026-06 and 2026-09) agree",
-                         "https://cloud.google.com/dataflow/pricing"),
+    "gcs_class_a": (
+        0.005 / 1000,
+        "$ per Class A operation (Standard storage)",
+        "https://cloud.google.com/storage/pricing-examples",
+    ),
+    "gcs_class_b": (
+        0.0004 / 1000,
+        "$ per Class B operation (Standard storage)",
+        "https://cloud.google.com/storage/pricing-examples",
+    ),
+    "gcs_storage": (
+        0.020,
+        "$ per GiB-month (Standard storage, us regions)",
+        "https://cloud.google.com/storage/pricing-examples",
+    ),
+    "bq_insert_all": (
+        0.01 / 200,
+        "$ per MiB (streaming inserts: $0.01 per 200 MB, each row at least 1 KB)",
+        "https://cloud.google.com/bigquery/pricing",
+    ),
+    "bq_write_api": (
+        0.025,
+        "$ per GiB (Storage Write API; Google's page states the free "
+        "first 2 TiB a month and 'a significantly lower cost than insertAll'; "
+        "the $ figure as a cost tool quotes the price list)",
+        "https://cloud.google.com/bigquery/docs/write-api and "
+        "https://help.nops.io/inform/supported-recommendations/"
+        "use-bigquery-storage-write-api-instead-of-streaming-inserts.md",
+    ),
+    "bq_storage": (
+        0.02,
+        "$ per GiB-month (active logical storage)",
+        "https://cloud.google.com/bigquery/pricing",
+    ),
+    "pubsub": (
+        40.0,
+        "$ per TiB of throughput (publish and delivery; 'a minimum of 1000 "
+        "bytes per publish, push or pull request'; first 10 GiB a month free)",
+        "https://cloud.google.com/pubsub/pricing",
+    ),
+    "streaming_engine": (
+        0.018,
+        "$ per GiB of Streaming Engine data processed (us-central1): "
+        "the data-processed billing a streaming job gets unless it opts "
+        "into resource-based billing (https://cloud.google.com/dataflow/docs/"
+        "streaming-engine); the stored copies of Google's price page render "
+        "no figures, this one is as two price tables transcribed from it "
+        "(read 2026-06 and 2026-09) agree",
+        "https://cloud.google.com/dataflow/pricing",
+    ),
 }
 # Streaming Engine data processed, as counted here: the notification bytes read, plus each
 # byte into a step that shuffles or keeps state twice (written in, read back out). Google
 # does not publish the metering rule; counting both directions errs on the high side.
 SE_PASSES = 2
 GOALS = {"objects_per_1000": 10, "services_over_workers": 1.5}
-GIB, MIB, TIB = 2 ** 30, 2 ** 20, 2 ** 40
+GIB, MIB, TIB = 2**30, 2**20, 2**40
 
 RUNS = {  # name: (options, what it stands for)
     "objects": (["--vector_layout", "objects"], "one .npy per image (the former layout)"),
-    "shards": ([], "shards, default options (16 keys, 0.1 s idle gap, 2 s wait, 500 vectors), "
-               "at the emulator's rate"),
-    "shards-at-scale": (["--shard_keys", "1", "--shard_wait_secs", "60",
-                         "--shard_idle_secs", "60"],
-                        "shards, one key: each key fills as one of 16 keys does at 5,000 "
-                        "images/s (312 images/s, 500 vectors in 1.6 s, under the 2 s wait)"),
+    "shards": (
+        [],
+        "shards, default options (16 keys, 0.1 s idle gap, 2 s wait, 500 vectors), "
+        "at the emulator's rate",
+    ),
+    "shards-at-scale": (
+        ["--shard_keys", "1", "--shard_wait_secs", "60", "--shard_idle_secs", "60"],
+        "shards, one key: each key fills as one of 16 keys does at 5,000 "
+        "images/s (312 images/s, 500 vectors in 1.6 s, under the 2 s wait)",
+    ),
 }
 
 
 # ------------------------------------------------------------------ counting
+
 
 def storage_op(request) -> tuple[str, str] | None:
     """(class, what) of one JSON API request: A for inserts, lists, compose/copy; B for
@@ -128,10 +158,12 @@ def data_size(value, field: dict) -> int:
 
 def row_bytes(row: dict) -> int:
     import schemas
+
     return sum(data_size(row.get(f["name"]), f) for f in schemas.table_schema())
 
 
 # ------------------------------------------------------------------ shuffles
+
 
 def shuffle_bytes(layout_args: list[str], ref, vector: np.ndarray, model_id: str) -> list[dict]:
     """Bytes per image into each step of the job's graph that shuffles or keeps state,
@@ -139,15 +171,26 @@ def shuffle_bytes(layout_args: list[str], ref, vector: np.ndarray, model_id: str
     import apache_beam as beam
     from apache_beam import coders
     from apache_beam.ml.inference.base import PredictionResult
+
     from streaming import main, pipeline
-    from streaming.sinks import files, vectors
     from streaming.records import ImageInfo
-    opts = main.make_options([
-        "--input_subscription", "projects/my-project/subscriptions/embed",
-        "--output_table", "my-project:images.embeddings",
-        "--output_gcs", "gs://my-vectors/embeddings/", "--weights", "random:0",
-        "--runner", "DirectRunner",
-        *layout_args])
+    from streaming.sinks import files, vectors
+
+    opts = main.make_options(
+        [
+            "--input_subscription",
+            "projects/my-project/subscriptions/embed",
+            "--output_table",
+            "my-project:images.embeddings",
+            "--output_gcs",
+            "gs://my-vectors/embeddings/",
+            "--weights",
+            "random:0",
+            "--runner",
+            "DirectRunner",
+            *layout_args,
+        ]
+    )
     p = beam.Pipeline(options=opts)
     pipeline.build_pipeline(p, opts)
     info = ImageInfo(ref, 640, 480, "JPEG")
@@ -161,6 +204,7 @@ def shuffle_bytes(layout_args: list[str], ref, vector: np.ndarray, model_id: str
 
         def visit_transform(self, node):
             self.enter_composite_transform(node)
+
     p.visit(Visitor())
     out = []
     for label, sample in samples.items():
@@ -169,34 +213,58 @@ def shuffle_bytes(layout_args: list[str], ref, vector: np.ndarray, model_id: str
         coder = coders.registry.get_coder(found[label])
         # Both steps add a key: a shard number (one varint byte) or BatchElements' shared
         # key; counted as one byte.
-        out.append({"step": label, "element": type(sample).__name__, "coder":
-                    type(coder).__name__, "bytes": len(coder.encode(sample)) + 1})
-    old = coders.registry.get_coder(object).encode(
-        (info, PredictionResult(None, vector, model_id)))
+        out.append(
+            {
+                "step": label,
+                "element": type(sample).__name__,
+                "coder": type(coder).__name__,
+                "bytes": len(coder.encode(sample)) + 1,
+            }
+        )
+    old = coders.registry.get_coder(object).encode((info, PredictionResult(None, vector, model_id)))
     row = files.embedding_row(info, vector, model_id, "gs://b/v/x.npy", 0)
-    out.append({"step": "for comparison: (ImageInfo, PredictionResult) with Beam's default "
-                        "coder (the former element)", "bytes": len(old)})
-    out.append({"step": "for comparison: the row's embedding as JSON text (short float32 "
-                        "decimals)", "bytes": len(json.dumps(row["embedding"]))})
-    out.append({"step": "for comparison: the same as float64 reprs (the former rows)",
-                "bytes": len(json.dumps(np.float32(vector).tolist()))})
+    out.append(
+        {
+            "step": "for comparison: (ImageInfo, PredictionResult) with Beam's default "
+            "coder (the former element)",
+            "bytes": len(old),
+        }
+    )
+    out.append(
+        {
+            "step": "for comparison: the row's embedding as JSON text (short float32 decimals)",
+            "bytes": len(json.dumps(row["embedding"])),
+        }
+    )
+    out.append(
+        {
+            "step": "for comparison: the same as float64 reprs (the former rows)",
+            "bytes": len(json.dumps(np.float32(vector).tolist())),
+        }
+    )
     return out
 
 
 # ------------------------------------------------------------------ one run
 
+
 def upload(bucket, files: dict[str, str]) -> None:
     with cf.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda n: bucket.blob(n).upload_from_filename(
-            files[n], content_type="image/jpeg"), files))
+        list(
+            pool.map(
+                lambda n: bucket.blob(n).upload_from_filename(files[n], content_type="image/jpeg"),
+                files,
+            )
+        )
 
 
 def pull_all(subscriber, subscription: str, quiet_for: float = 2.0) -> list:
     messages, last = [], time.monotonic()
     while time.monotonic() - last < quiet_for:
         try:
-            resp = subscriber.pull(subscription=subscription, max_messages=500, timeout=5,
-                                   retry=None)
+            resp = subscriber.pull(
+                subscription=subscription, max_messages=500, timeout=5, retry=None
+            )
         except Exception:  # noqa: BLE001 - an empty pull may time out
             resp = None
         got = list(resp.received_messages) if resp else []
@@ -211,9 +279,11 @@ def pull_all(subscriber, subscription: str, quiet_for: float = 2.0) -> list:
 
 def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -> dict:
     from google.cloud import pubsub_v1
+
     from streaming.support import clients
     from tests.integration.http_proxy import HttpProxy
     from tests.integration.strict_bigquery import Stats, insert_limits
+
     project = clients.project_from_env()
     storage, bq = clients.storage_client(True), clients.bigquery_client(True)
     rid = uuid.uuid4().hex[:8]
@@ -227,25 +297,49 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
         subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=60)
     gcs_proxy = HttpProxy(os.environ["STORAGE_EMULATOR_HOST"], record=True).start()
     stats = Stats()
-    bq_proxy = HttpProxy(os.environ["BIGQUERY_EMULATOR_HOST"],
-                         rule=lambda r: insert_limits(r, stats), record=False).start()
+    bq_proxy = HttpProxy(
+        os.environ["BIGQUERY_EMULATOR_HOST"], rule=lambda r: insert_limits(r, stats), record=False
+    ).start()
     table = f"{project}.{dataset}.embeddings"
     log = os.path.join(work, f"job-{name}.log")
-    job = Child(python_module(
-        "streaming.main", "--input_subscription", job_sub, "--buckets", img.name,
-        "--output_table", table.replace(".", ":", 1),
-        "--dead_letter_table", f"{project}:{dataset}.dead_letters",
-        "--output_gcs", f"gs://{vec.name}/vectors/", "--weights", "random:0",
-        "--catch_up", "never", "--local_endpoints", *extra), log,
-        env={**C.CHILD_ENV, "STORAGE_EMULATOR_HOST": gcs_proxy.url,
-             "BIGQUERY_EMULATOR_HOST": bq_proxy.url})
+    job = Child(
+        python_module(
+            "streaming.main",
+            "--input_subscription",
+            job_sub,
+            "--buckets",
+            img.name,
+            "--output_table",
+            table.replace(".", ":", 1),
+            "--dead_letter_table",
+            f"{project}:{dataset}.dead_letters",
+            "--output_gcs",
+            f"gs://{vec.name}/vectors/",
+            "--weights",
+            "random:0",
+            "--catch_up",
+            "never",
+            "--local_endpoints",
+            *extra,
+        ),
+        log,
+        env={
+            **C.CHILD_ENV,
+            "STORAGE_EMULATOR_HOST": gcs_proxy.url,
+            "BIGQUERY_EMULATOR_HOST": bq_proxy.url,
+        },
+    )
 
     def count(prefix: str) -> int:
         try:
-            return list(bq.query(f"SELECT COUNT(*) AS n FROM `{table}` WHERE "
-                                 f"STARTS_WITH(name, '{prefix}')").result())[0]["n"]
+            return list(
+                bq.query(
+                    f"SELECT COUNT(*) AS n FROM `{table}` WHERE STARTS_WITH(name, '{prefix}')"
+                ).result()
+            )[0]["n"]
         except Exception:  # noqa: BLE001 - the table is created by the job's first insert
             return 0
+
     try:
         names = sorted(images)
         upload(img, {f"warm/{n}": images[n] for n in names[:3]})
@@ -254,8 +348,7 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
         mark_requests, mark_stats = len(gcs_proxy.requests), stats.as_dict()
         start = time.time()
         upload(img, {f"run/{n}": images[n] for n in names})
-        wait_until(lambda: count("run/") >= len(names), 1800, "the run's rows", job,
-                   interval=1)
+        wait_until(lambda: count("run/") >= len(names), 1800, "the run's rows", job, interval=1)
         seconds = time.time() - start
     finally:
         job.stop()
@@ -274,24 +367,36 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
         ops.setdefault(op[0], {}).setdefault(key, 0)
         ops[op[0]][key] += 1
     written = [b for b in vec.list_blobs(prefix="vectors/")]
-    warm_objects = {r["vector_uri"] for r in bq.query(
-        f"SELECT DISTINCT vector_uri FROM `{table}` WHERE STARTS_WITH(name, 'warm/')").result()}
+    warm_objects = {
+        r["vector_uri"]
+        for r in bq.query(
+            f"SELECT DISTINCT vector_uri FROM `{table}` WHERE STARTS_WITH(name, 'warm/')"
+        ).result()
+    }
     run_objects = [b for b in written if f"gs://{vec.name}/{b.name}" not in warm_objects]
-    rows = [dict(r) for r in bq.query(
-        f"SELECT * FROM `{table}` WHERE STARTS_WITH(name, 'run/')").result()]
+    rows = [
+        dict(r)
+        for r in bq.query(f"SELECT * FROM `{table}` WHERE STARTS_WITH(name, 'run/')").result()
+    ]
     billed = [row_bytes(r) for r in rows]
-    notes = [m for m in pull_all(subscriber, tap)
-             if m.attributes.get("bucketId") == img.name
-             and m.attributes.get("objectId", "").startswith("run/")]
-    note_bytes = [len(m.data) + sum(len(k) + len(v) for k, v in m.attributes.items())
-                  for m in notes]
+    notes = [
+        m
+        for m in pull_all(subscriber, tap)
+        if m.attributes.get("bucketId") == img.name
+        and m.attributes.get("objectId", "").startswith("run/")
+    ]
+    note_bytes = [
+        len(m.data) + sum(len(k) + len(v) for k, v in m.attributes.items()) for m in notes
+    ]
     per_k = lambda x: round(x * 1000 / n, 2)
     sample = rows[0]
     bq.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
     for sub in (job_sub, tap):
         subscriber.delete_subscription(subscription=sub)
     return {
-        "images": n, "seconds": round(seconds, 1), "img_s": round(n / seconds, 1),
+        "images": n,
+        "seconds": round(seconds, 1),
+        "img_s": round(n / seconds, 1),
         "per_1000": {
             "objects_written": per_k(len(run_objects)),
             "object_bytes": per_k(sum(b.size for b in run_objects)),
@@ -308,17 +413,29 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
             "pubsub_billed_bytes": per_k(sum(max(b, 1000) for b in note_bytes)),
         },
         "largest_insert_request_bytes": after["max_insert_bytes"],
-        "sample": {"row": {k: sample[k] for k in ("bucket", "name", "generation", "size_bytes",
-                                                  "content_type", "event_time")},
-                   "model_id": f"{sample['model_name']}@{sample['model_fingerprint']}"
-                               f"+{sample['model_runtime']}",
-                   "vector": [float(x) for x in sample["embedding"]],
-                   "notification": (notes[0].data, dict(notes[0].attributes)),
-                   "rows": rows[:50]},
+        "sample": {
+            "row": {
+                k: sample[k]
+                for k in (
+                    "bucket",
+                    "name",
+                    "generation",
+                    "size_bytes",
+                    "content_type",
+                    "event_time",
+                )
+            },
+            "model_id": f"{sample['model_name']}@{sample['model_fingerprint']}"
+            f"+{sample['model_runtime']}",
+            "vector": [float(x) for x in sample["embedding"]],
+            "notification": (notes[0].data, dict(notes[0].attributes)),
+            "rows": rows[:50],
+        },
     }
 
 
 # ------------------------------------------------------------------ Storage Write API
+
 
 def append_rows(rows: list[dict]) -> dict:
     """The rows, appended as proto rows to the `_default` stream of a fresh table on
@@ -326,14 +443,17 @@ def append_rows(rows: list[dict]) -> dict:
     import grpc
     from google.api_core.client_options import ClientOptions
     from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery, bigquery_storage_v1
+    from google.cloud import bigquery_storage_v1
     from google.cloud.bigquery_storage_v1 import types
     from google.cloud.bigquery_storage_v1.services.big_query_write.transports import (
-        BigQueryWriteGrpcTransport)
+        BigQueryWriteGrpcTransport,
+    )
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
     import schemas
     from streaming.sinks import bigquery as sink
     from streaming.support import clients
+
     host = os.environ.get("BIGQUERY_EMULATOR_GRPC_HOST")
     if not host:
         return {"supported": None, "note": "BIGQUERY_EMULATOR_GRPC_HOST is not set"}
@@ -345,27 +465,38 @@ def append_rows(rows: list[dict]) -> dict:
     bq.create_table(sink.make_table(table_id, schemas.EMBEDDINGS))
     fields = schemas.table_schema()
     proto = descriptor_pb2.DescriptorProto(name="EmbeddingRow")
-    kinds = {"STRING": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-             "INTEGER": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
-             "TIMESTAMP": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,  # microseconds
-             "FLOAT": descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE,
-             "BOOLEAN": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL}
+    kinds = {
+        "STRING": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
+        "INTEGER": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
+        "TIMESTAMP": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,  # microseconds
+        "FLOAT": descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE,
+        "BOOLEAN": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
+    }
     for i, f in enumerate(fields, 1):
         repeated = f.get("mode") == "REPEATED"
-        proto.field.add(name=f["name"], number=i, type=kinds[f["type"]], label=(
-            descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED if repeated else
-            descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL),
-            options=descriptor_pb2.FieldOptions(packed=True) if repeated else None)
+        proto.field.add(
+            name=f["name"],
+            number=i,
+            type=kinds[f["type"]],
+            label=(
+                descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
+                if repeated
+                else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+            ),
+            options=descriptor_pb2.FieldOptions(packed=True) if repeated else None,
+        )
     pool = descriptor_pool.DescriptorPool()
-    pool.Add(descriptor_pb2.FileDescriptorProto(name=f"row_{rid}.proto", syntax="proto2",
-                                                message_type=[proto]))
+    pool.Add(
+        descriptor_pb2.FileDescriptorProto(
+            name=f"row_{rid}.proto", syntax="proto2", message_type=[proto]
+        )
+    )
     Row = message_factory.GetMessageClass(pool.FindMessageTypeByName("EmbeddingRow"))
 
     def micros(value):
         if isinstance(value, dt.datetime):
             return int(value.timestamp() * 1e6)
-        return int(dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
-                   * 1e6)
+        return int(dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1e6)
 
     serialized = []
     for row in rows:
@@ -382,16 +513,22 @@ def append_rows(rows: list[dict]) -> dict:
                 setattr(msg, f["name"], value)
         serialized.append(msg.SerializeToString())
     stream = f"projects/{project}/datasets/{dataset}/tables/embeddings/streams/_default"
-    client = bigquery_storage_v1.BigQueryWriteClient(transport=BigQueryWriteGrpcTransport(
-        channel=grpc.insecure_channel(host), credentials=AnonymousCredentials()),
-        client_options=ClientOptions(api_endpoint=host))
+    client = bigquery_storage_v1.BigQueryWriteClient(
+        transport=BigQueryWriteGrpcTransport(
+            channel=grpc.insecure_channel(host), credentials=AnonymousCredentials()
+        ),
+        client_options=ClientOptions(api_endpoint=host),
+    )
     requests, batch, size = [], [], 0
     schema = types.ProtoSchema(proto_descriptor=proto)
     for data in serialized + [None]:
         if data is None or size + len(data) > 9_000_000:
-            req = types.AppendRowsRequest(write_stream=stream, proto_rows=types.AppendRowsRequest
-                                          .ProtoData(writer_schema=schema,
-                                                     rows=types.ProtoRows(serialized_rows=batch)))
+            req = types.AppendRowsRequest(
+                write_stream=stream,
+                proto_rows=types.AppendRowsRequest.ProtoData(
+                    writer_schema=schema, rows=types.ProtoRows(serialized_rows=batch)
+                ),
+            )
             requests.append(req)
             batch, size = [], 0
         if data is not None:
@@ -406,13 +543,19 @@ def append_rows(rows: list[dict]) -> dict:
     finally:
         bq.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
     wire = sum(types.AppendRowsRequest.serialize(r).__len__() for r in requests)
-    return {"supported": landed == len(rows) and not errors, "rows": len(rows),
-            "rows_queryable": landed, "errors": errors[:3], "requests": len(requests),
-            "request_bytes_per_row": round(wire / len(rows), 1),
-            "proto_row_bytes": round(sum(map(len, serialized)) / len(rows), 1)}
+    return {
+        "supported": landed == len(rows) and not errors,
+        "rows": len(rows),
+        "rows_queryable": landed,
+        "errors": errors[:3],
+        "requests": len(requests),
+        "request_bytes_per_row": round(wire / len(rows), 1),
+        "proto_row_bytes": round(sum(map(len, serialized)) / len(rows), 1),
+    }
 
 
 # ------------------------------------------------------------------ prices
+
 
 def streaming_engine_bytes(c: dict, shuffle: float) -> float:
     """Streaming Engine bytes per image: the notification, plus `SE_PASSES` x `shuffle`
@@ -425,16 +568,22 @@ def per_million(c: dict, shuffle: float, ingest: str) -> dict:
     m = 1000  # per 1,000 -> per million
     price = lambda k: PRICES[k][0]
     bq_bytes = c["bq_billed_bytes_insert_all"] if ingest == "insert_all" else c["bq_billed_bytes"]
-    bq = bq_bytes * m / (MIB if ingest == "insert_all" else GIB) * price(
-        "bq_insert_all" if ingest == "insert_all" else "bq_write_api")
+    bq = (
+        bq_bytes
+        * m
+        / (MIB if ingest == "insert_all" else GIB)
+        * price("bq_insert_all" if ingest == "insert_all" else "bq_write_api")
+    )
     return {
         "Cloud Storage Class A": round(c["gcs_class_a"] * m * price("gcs_class_a"), 3),
         "Cloud Storage Class B": round(c["gcs_class_b"] * m * price("gcs_class_b"), 3),
         "BigQuery ingestion": round(bq, 3),
-        "Pub/Sub (publish + delivery)": round(2 * c["pubsub_billed_bytes"] * m / TIB
-                                              * price("pubsub"), 3),
+        "Pub/Sub (publish + delivery)": round(
+            2 * c["pubsub_billed_bytes"] * m / TIB * price("pubsub"), 3
+        ),
         "Dataflow Streaming Engine (data processed)": round(
-            streaming_engine_bytes(c, shuffle) * 1e6 / GIB * price("streaming_engine"), 3),
+            streaming_engine_bytes(c, shuffle) * 1e6 / GIB * price("streaming_engine"), 3
+        ),
         "_streaming_engine_gib": round(streaming_engine_bytes(c, shuffle) * 1e6 / GIB, 2),
     }
 
@@ -449,113 +598,205 @@ def workers_share(results_dir: str) -> dict:
         if not r["estimate"]:
             best = out.get(r["images"])
             if best is None or r["usd_per_million"] < best["usd_per_million"]:
-                out[r["images"]] = {"machine": r["machine"], "usd_per_million": r["usd_per_million"]}
+                out[r["images"]] = {
+                    "machine": r["machine"],
+                    "usd_per_million": r["usd_per_million"],
+                }
     return out
 
 
 def markdown(res: dict) -> str:
     runs, workers = res["runs"], res["workers_usd_per_million"]
-    lines = [f"# What a million images cost, every service counted ({res['machine']['date']})",
-             "", C.describe(res["machine"]), "",
-             f"Each run: the streaming job on the emulators (`--weights random:0 --catch_up "
-             f"never`), {res['settings']['images']} JPEGs uploaded at once after 3 warm-up "
-             "images; counts per 1,000 images from the proxies in front of Cloud Storage and "
-             "BigQuery, a second subscription on the notification topic, and the rows and "
-             "objects written.", "",
-             "## Counted per 1,000 images", "",
-             "| | " + " | ".join(runs) + " |", "|---|" + "---:|" * len(runs)]
-    keys = [("objects_written", "objects written"), ("object_bytes", "bytes of objects written"),
-            ("gcs_class_a", "Cloud Storage Class A operations"),
-            ("gcs_class_b", "Cloud Storage Class B operations"),
-            ("bq_insert_requests", "BigQuery insertAll requests"),
-            ("bq_insert_bytes", "BigQuery insertAll request bytes"),
-            ("bq_billed_bytes", "BigQuery rows' billed bytes (data-size rules)"),
-            ("pubsub_messages", "Pub/Sub notifications"),
-            ("pubsub_bytes", "Pub/Sub bytes (data + attributes)")]
+    lines = [
+        f"# What a million images cost, every service counted ({res['machine']['date']})",
+        "",
+        C.describe(res["machine"]),
+        "",
+        f"Each run: the streaming job on the emulators (`--weights random:0 --catch_up "
+        f"never`), {res['settings']['images']} JPEGs uploaded at once after 3 warm-up "
+        "images; counts per 1,000 images from the proxies in front of Cloud Storage and "
+        "BigQuery, a second subscription on the notification topic, and the rows and "
+        "objects written.",
+        "",
+        "## Counted per 1,000 images",
+        "",
+        "| | " + " | ".join(runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    keys = [
+        ("objects_written", "objects written"),
+        ("object_bytes", "bytes of objects written"),
+        ("gcs_class_a", "Cloud Storage Class A operations"),
+        ("gcs_class_b", "Cloud Storage Class B operations"),
+        ("bq_insert_requests", "BigQuery insertAll requests"),
+        ("bq_insert_bytes", "BigQuery insertAll request bytes"),
+        ("bq_billed_bytes", "BigQuery rows' billed bytes (data-size rules)"),
+        ("pubsub_messages", "Pub/Sub notifications"),
+        ("pubsub_bytes", "Pub/Sub bytes (data + attributes)"),
+    ]
     for key, label in keys:
-        lines.append(f"| {label} | " + " | ".join(str(r["per_1000"][key]) for r in runs.values())
-                     + " |")
+        lines.append(
+            f"| {label} | " + " | ".join(str(r["per_1000"][key]) for r in runs.values()) + " |"
+        )
     kinds = sorted({k for r in runs.values() for k in r["per_1000"]["gcs_by_kind"]})
     for k in kinds:
-        lines.append(f"| {k} | " + " | ".join(str(r["per_1000"]["gcs_by_kind"].get(k, 0))
-                                             for r in runs.values()) + " |")
-    lines.append("| job rate during the run, images/s | "
-                 + " | ".join(str(r["img_s"]) for r in runs.values()) + " |")
-    lines += ["", "Runs: " + "; ".join(f"**{k}**: {RUNS[k][1]}" for k in runs) + ".", "",
-              "## Bytes per image into each step that shuffles or keeps state", "",
-              "| step | element | coder | bytes |", "|---|---|---|---:|"]
+        lines.append(
+            f"| {k} | "
+            + " | ".join(str(r["per_1000"]["gcs_by_kind"].get(k, 0)) for r in runs.values())
+            + " |"
+        )
+    lines.append(
+        "| job rate during the run, images/s | "
+        + " | ".join(str(r["img_s"]) for r in runs.values())
+        + " |"
+    )
+    lines += [
+        "",
+        "Runs: " + "; ".join(f"**{k}**: {RUNS[k][1]}" for k in runs) + ".",
+        "",
+        "## Bytes per image into each step that shuffles or keeps state",
+        "",
+        "| step | element | coder | bytes |",
+        "|---|---|---|---:|",
+    ]
     for s in res["shuffles"]:
-        lines.append(f"| {s['step']} | {s.get('element', '')} | {s.get('coder', '')} | "
-                     f"{s['bytes']} |")
+        lines.append(
+            f"| {s['step']} | {s.get('element', '')} | {s.get('coder', '')} | {s['bytes']} |"
+        )
     w = res["write_api"]
-    lines += ["", "## BigQuery ingestion on the emulator", "",
-              f"- insertAll (byte-capped requests, `streaming/sinks/bigquery.py`): largest request "
-              f"{max(r['largest_insert_request_bytes'] for r in runs.values())} bytes; "
-              f"{runs['shards']['per_1000']['bq_insert_bytes'] / 1000:.0f} request bytes "
-              "per row.",
-              f"- Storage Write API, `AppendRows` on the `_default` stream (proto rows) on "
-              f"bqemulator's gRPC port: supported = {w.get('supported')}"
-              + (f"; {w['rows_queryable']} of {w['rows']} rows queryable after "
-                 f"{w['requests']} request(s), {w['request_bytes_per_row']} request bytes "
-                 f"per row ({w['proto_row_bytes']} of them the proto row)"
-                 if "rows" in w else f" ({w.get('error') or w.get('note')})") + ".", "",
-              "## $ per million images", "",
-              "| service | " + " | ".join(f"{k}, {i}" for k in runs for i in ("insertAll",
-                                                                           "Write API"))
-              + " |", "|---|" + "---:|" * (2 * len(runs))]
-    services = [k for k in next(iter(res["usd_per_million"].values()))["insert_all"]
-                if not k.startswith("_")]
+    lines += [
+        "",
+        "## BigQuery ingestion on the emulator",
+        "",
+        f"- insertAll (byte-capped requests, `streaming/sinks/bigquery.py`): largest request "
+        f"{max(r['largest_insert_request_bytes'] for r in runs.values())} bytes; "
+        f"{runs['shards']['per_1000']['bq_insert_bytes'] / 1000:.0f} request bytes "
+        "per row.",
+        f"- Storage Write API, `AppendRows` on the `_default` stream (proto rows) on "
+        f"bqemulator's gRPC port: supported = {w.get('supported')}"
+        + (
+            f"; {w['rows_queryable']} of {w['rows']} rows queryable after "
+            f"{w['requests']} request(s), {w['request_bytes_per_row']} request bytes "
+            f"per row ({w['proto_row_bytes']} of them the proto row)"
+            if "rows" in w
+            else f" ({w.get('error') or w.get('note')})"
+        )
+        + ".",
+        "",
+        "## $ per million images",
+        "",
+        "| service | "
+        + " | ".join(f"{k}, {i}" for k in runs for i in ("insertAll", "Write API"))
+        + " |",
+        "|---|" + "---:|" * (2 * len(runs)),
+    ]
+    services = [
+        k
+        for k in next(iter(res["usd_per_million"].values()))["insert_all"]
+        if not k.startswith("_")
+    ]
     for s in services:
-        lines.append(f"| {s} | " + " | ".join(str(res["usd_per_million"][k][i][s])
-                                             for k in runs for i in ("insert_all", "write_api"))
-                     + " |")
-    lines.append("| **all services above** | " + " | ".join(
-        f"**{res['usd_per_million'][k][i]['_total']}**" for k in runs
-        for i in ("insert_all", "write_api")) + " |")
-    lines.append("| Streaming Engine: GiB processed (in the total above) | " + " | ".join(
-        str(res["usd_per_million"][k][i]["_streaming_engine_gib"]) for k in runs
-        for i in ("insert_all", "write_api")) + " |")
+        lines.append(
+            f"| {s} | "
+            + " | ".join(
+                str(res["usd_per_million"][k][i][s])
+                for k in runs
+                for i in ("insert_all", "write_api")
+            )
+            + " |"
+        )
+    lines.append(
+        "| **all services above** | "
+        + " | ".join(
+            f"**{res['usd_per_million'][k][i]['_total']}**"
+            for k in runs
+            for i in ("insert_all", "write_api")
+        )
+        + " |"
+    )
+    lines.append(
+        "| Streaming Engine: GiB processed (in the total above) | "
+        + " | ".join(
+            str(res["usd_per_million"][k][i]["_streaming_engine_gib"])
+            for k in runs
+            for i in ("insert_all", "write_api")
+        )
+        + " |"
+    )
     for images, wk in workers.items():
-        lines.append(f"| workers, {images} ({wk['machine']}, `scale.json`) | " + " | ".join(
-            str(wk["usd_per_million"]) for _ in runs for _ in range(2)) + " |")
-        lines.append(f"| services / workers, {images} | " + " | ".join(
-            str(round(res["usd_per_million"][k][i]["_total"] / wk["usd_per_million"], 2))
-            for k in runs for i in ("insert_all", "write_api")) + " |")
-    best = min(((k, i) for k in runs for i in ("insert_all", "write_api")),
-               key=lambda x: res["usd_per_million"][x[0]][x[1]]["_total"])
-    lines += ["", "## Goals", "",
-              f"- Objects written per 1,000 images (goal: at most "
-              f"{GOALS['objects_per_1000']}): " + ", ".join(
-                  f"{k} {r['per_1000']['objects_written']}" for k, r in runs.items()) + ".",
-              f"- All services together per million images, over the workers' share (goal: "
-              f"at most {GOALS['services_over_workers']}x): "
-              + "; ".join(f"{images}: " + ", ".join(
-                  f"{k} with {'insertAll' if i == 'insert_all' else 'the Write API'} "
-                  f"{round(res['usd_per_million'][k][i]['_total'] / wk['usd_per_million'], 2)}x"
-                  for k in runs for i in ("insert_all", "write_api"))
-                  for images, wk in workers.items()) + f". Lowest: {best[0]} with "
-              f"{'insertAll' if best[1] == 'insert_all' else 'the Write API'}.",
-              "- The job rate of a run is its images over the seconds from the first upload "
-              "to the last row queryable; a run whose shards wait for company "
-              "(`--shard_wait_secs`) is bounded by that wait, not by the job."]
-    lines += ["", "Stored per month kept (not in the totals): vectors "
-              + ", ".join(f"{k} ${r['storage_per_month']['vectors']}"
-                          for k, r in res["usd_per_million"].items())
-              + "; BigQuery rows $" + str(next(iter(res["usd_per_million"].values()))
-                                          ["storage_per_month"]["bigquery_rows"])
-              + " per million images a month.", "",
-              "## Prices (list, USD; read " + READ_ON + ")", ""]
+        lines.append(
+            f"| workers, {images} ({wk['machine']}, `scale.json`) | "
+            + " | ".join(str(wk["usd_per_million"]) for _ in runs for _ in range(2))
+            + " |"
+        )
+        lines.append(
+            f"| services / workers, {images} | "
+            + " | ".join(
+                str(round(res["usd_per_million"][k][i]["_total"] / wk["usd_per_million"], 2))
+                for k in runs
+                for i in ("insert_all", "write_api")
+            )
+            + " |"
+        )
+    best = min(
+        ((k, i) for k in runs for i in ("insert_all", "write_api")),
+        key=lambda x: res["usd_per_million"][x[0]][x[1]]["_total"],
+    )
+    lines += [
+        "",
+        "## Goals",
+        "",
+        f"- Objects written per 1,000 images (goal: at most "
+        f"{GOALS['objects_per_1000']}): "
+        + ", ".join(f"{k} {r['per_1000']['objects_written']}" for k, r in runs.items())
+        + ".",
+        f"- All services together per million images, over the workers' share (goal: "
+        f"at most {GOALS['services_over_workers']}x): "
+        + "; ".join(
+            f"{images}: "
+            + ", ".join(
+                f"{k} with {'insertAll' if i == 'insert_all' else 'the Write API'} "
+                f"{round(res['usd_per_million'][k][i]['_total'] / wk['usd_per_million'], 2)}x"
+                for k in runs
+                for i in ("insert_all", "write_api")
+            )
+            for images, wk in workers.items()
+        )
+        + f". Lowest: {best[0]} with "
+        f"{'insertAll' if best[1] == 'insert_all' else 'the Write API'}.",
+        "- The job rate of a run is its images over the seconds from the first upload "
+        "to the last row queryable; a run whose shards wait for company "
+        "(`--shard_wait_secs`) is bounded by that wait, not by the job.",
+    ]
+    lines += [
+        "",
+        "Stored per month kept (not in the totals): vectors "
+        + ", ".join(
+            f"{k} ${r['storage_per_month']['vectors']}" for k, r in res["usd_per_million"].items()
+        )
+        + "; BigQuery rows $"
+        + str(next(iter(res["usd_per_million"].values()))["storage_per_month"]["bigquery_rows"])
+        + " per million images a month.",
+        "",
+        "## Prices (list, USD; read " + READ_ON + ")",
+        "",
+    ]
     for k, (value, unit, source) in PRICES.items():
         lines.append(f"- `{k}`: {value:g} {unit}. Source: {source}")
-    lines.append(f"- Streaming Engine data processed is counted as the notification bytes "
-                 f"read plus {SE_PASSES}x the bytes per image into each step that shuffles "
-                 "or keeps state (in and out; Google does not publish the metering rule).")
-    lines += ["", "Not counted: the images' own storage and uploads (the user's), network "
-              "(same region), free tiers, and the catch-up's listings (off on Dataflow: "
-              "`--catch_up auto`). Pub/Sub: each notification billed at least 1,000 bytes, "
-              "twice (publish, delivery). BigQuery bytes: BigQuery's data-size rules applied "
-              "to the rows the run wrote; insertAll bills each row at least 1 KB; the Storage "
-              "Write API is billed here on the same bytes, without a minimum."]
+    lines.append(
+        f"- Streaming Engine data processed is counted as the notification bytes "
+        f"read plus {SE_PASSES}x the bytes per image into each step that shuffles "
+        "or keeps state (in and out; Google does not publish the metering rule)."
+    )
+    lines += [
+        "",
+        "Not counted: the images' own storage and uploads (the user's), network "
+        "(same region), free tiers, and the catch-up's listings (off on Dataflow: "
+        "`--catch_up auto`). Pub/Sub: each notification billed at least 1,000 bytes, "
+        "twice (publish, delivery). BigQuery bytes: BigQuery's data-size rules applied "
+        "to the rows the run wrote; insertAll bills each row at least 1 KB; the Storage "
+        "Write API is billed here on the same bytes, without a minimum.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -566,13 +807,19 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.images = 60
-    from streaming.support import clients
     from streaming.sources.notifications import parse_notification
+    from streaming.support import clients
+
     clients.use_local_endpoints()
-    res = {"machine": C.machine(), "settings": {"images": args.images, "runs": args.runs},
-           "goals": GOALS, "prices_read_on": READ_ON,
-           "prices": {k: {"value": v, "unit": u, "source": s} for k, (v, u, s) in PRICES.items()},
-           "streaming_engine_passes": SE_PASSES, "runs": {}}
+    res = {
+        "machine": C.machine(),
+        "settings": {"images": args.images, "runs": args.runs},
+        "goals": GOALS,
+        "prices_read_on": READ_ON,
+        "prices": {k: {"value": v, "unit": u, "source": s} for k, (v, u, s) in PRICES.items()},
+        "streaming_engine_passes": SE_PASSES,
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory(prefix="bench-cost-") as work:
         folder = C.make_jpegs(os.path.join(work, "images"), args.images, 640, 480, 8)
         images = {n: os.path.join(folder, n) for n in sorted(os.listdir(folder))}
@@ -586,8 +833,9 @@ def main() -> int:
     res["shuffles"] = shuffle_bytes([], ref, vector, sample["model_id"])
     res["write_api"] = append_rows(sample["rows"])
     shuffled = sum(x["bytes"] for x in res["shuffles"] if not x["step"].startswith("for "))
-    workers = workers_share(args.out if os.path.exists(os.path.join(args.out, "scale.json"))
-                            else C.RESULTS)
+    workers = workers_share(
+        args.out if os.path.exists(os.path.join(args.out, "scale.json")) else C.RESULTS
+    )
     res["workers_usd_per_million"] = workers
     res["usd_per_million"] = {}
     for name, run in res["runs"].items():
@@ -600,8 +848,8 @@ def main() -> int:
             res["usd_per_million"][name][ingest] = costs
         res["usd_per_million"][name]["storage_per_month"] = {
             "vectors": round(c["object_bytes"] * 1000 / GIB * PRICES["gcs_storage"][0], 3),
-            "bigquery_rows": round(c["bq_billed_bytes"] * 1000 / GIB * PRICES["bq_storage"][0],
-                                   3)}
+            "bigquery_rows": round(c["bq_billed_bytes"] * 1000 / GIB * PRICES["bq_storage"][0], 3),
+        }
         run.pop("sample")
     C.write_results(args.out, "cost", res, markdown(res))
     return 0

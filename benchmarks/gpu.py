@@ -1,8 +1,9 @@
 """GPU check: does decoding keep one GPU fed? L and an end-to-end E per GPU.
 
 Runs without TensorFlow and Beam (on a GPU machine that has PyTorch or JAX), so it uses
-the same pieces the pipeline uses, without Beam: `streaming.stages.preprocess.decode_image` (draft JPEG decoding, RGB
-rules, the ResNet evaluation crop) in a process pool, and the same Keras ResNet50 trunk
+the same pieces the pipeline uses, without Beam:
+`streaming.stages.preprocess.decode_image` (draft JPEG decoding, RGB rules, the ResNet
+evaluation crop) in a process pool, and the same Keras ResNet50 trunk
 (`include_top=False, pooling="avg"`) with ResNet50's `preprocess_input`, on the GPU
 through a Keras backend that is there (`KERAS_BACKEND=torch` by default).
 
@@ -13,6 +14,7 @@ Measures, in one run: decode images/s per CPU core and with all cores (12 MP JPE
 (float32 and mixed bfloat16, with the cosine similarity of the two); E = files on disk
 -> decode pool -> GPU batches -> 2048-d vectors, for both image sets.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +32,11 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
+import numpy as np
+from PIL import Image
 
-from streaming.stages.preprocess import decode_image  # noqa: E402
-from tools.samples import photo_like  # noqa: E402
+from streaming.stages.preprocess import decode_image
+from tools.samples import photo_like
 
 
 def _make(args):
@@ -66,25 +68,31 @@ def decode_rate(paths, pool=None):
 
 def build_model(policy):
     import keras
+
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    model = keras.applications.ResNet50(include_top=False, weights=None, pooling="avg",
-                                        input_shape=(224, 224, 3))
+    model = keras.applications.ResNet50(
+        include_top=False, weights=None, pooling="avg", input_shape=(224, 224, 3)
+    )
+    import contextlib
+
     from keras.applications.resnet50 import preprocess_input
 
-    import contextlib
     if keras.backend.backend() == "torch":
         import torch
+
         no_grad = torch.inference_mode  # Keras' torch backend records autograd otherwise
     else:
         no_grad = contextlib.nullcontext
 
     def embed(batch_uint8):
         with no_grad():
-            x = preprocess_input(keras.ops.cast(keras.ops.convert_to_tensor(batch_uint8),
-                                                "float32"))
+            x = preprocess_input(
+                keras.ops.cast(keras.ops.convert_to_tensor(batch_uint8), "float32")
+            )
             out = model(x, training=False)
             return keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))
+
     return model, embed
 
 
@@ -112,14 +120,19 @@ def end_to_end(paths, embed, batch_size, pool):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--n-large", type=int, default=96, help="12 MP JPEGs")
     ap.add_argument("--n-small", type=int, default=512, help="1 MP JPEGs")
     ap.add_argument("--batches", type=str, default="32,64,128,256")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
-    ap.add_argument("--dir", type=str, default=None,
-                    help="generated images (default: a temporary folder, removed at exit)")
+    ap.add_argument(
+        "--dir",
+        type=str,
+        default=None,
+        help="generated images (default: a temporary folder, removed at exit)",
+    )
     ap.add_argument("--out", type=str, default=None, help="folder for gpu.json / gpu.md")
     args = ap.parse_args()
     if args.dir is None:
@@ -128,19 +141,39 @@ def main():
     # Fork the decode workers before Keras/TF/torch start their threads.
     pool = mp.get_context("fork").Pool(args.workers)
     import keras
+
     try:
-        gpu = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total",
-                              "--format=csv,noheader"], capture_output=True,
-                             text=True).stdout.strip() or "none"
+        gpu = (
+            subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip()
+            or "none"
+        )
     except FileNotFoundError:
         gpu = "none"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                if line.startswith("model name")), platform.processor())
-    info = {"gpu": gpu, "cpu": cpu, "cores": os.cpu_count(), "workers": args.workers,
-            "python": platform.python_version(), "keras": keras.__version__,
-            "backend": keras.backend.backend(), "pillow": Image.__version__}
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    info = {
+        "gpu": gpu,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "workers": args.workers,
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "pillow": Image.__version__,
+    }
     if info["backend"] == "torch":
         import torch
+
         info["torch"] = torch.__version__
     print(json.dumps(info))
     res = {"info": info}
@@ -152,8 +185,14 @@ def main():
         for name, paths in (("12mp", large), ("1mp", small)):
             res[f"decode_{name}_1core"] = decode_rate(paths[:16])
             res[f"decode_{name}_pool"] = decode_rate(paths, pool)
-            print(name, "decode/s 1 core", round(res[f"decode_{name}_1core"], 1),
-                  f"{args.workers} workers", round(res[f"decode_{name}_pool"], 1), flush=True)
+            print(
+                name,
+                "decode/s 1 core",
+                round(res[f"decode_{name}_1core"], 1),
+                f"{args.workers} workers",
+                round(res[f"decode_{name}_pool"], 1),
+                flush=True,
+            )
         sizes = [int(b) for b in args.batches.split(",")]
         rng = np.random.default_rng(0)
         probe = np.stack([_decode(p) for p in small[:8]])
@@ -167,8 +206,10 @@ def main():
             best = max(sizes, key=lambda b: res[f"L_{policy}_b{b}"])
             for name, paths in (("12mp", large), ("1mp", small)):
                 res[f"E_{policy}_{name}"] = end_to_end(paths, embed, best, pool)
-                print(f"E {policy} {name} (batch {best}): {res[f'E_{policy}_{name}']:.0f}/s",
-                      flush=True)
+                print(
+                    f"E {policy} {name} (batch {best}): {res[f'E_{policy}_{name}']:.0f}/s",
+                    flush=True,
+                )
         a, b = res.pop("probe_float32"), res.pop("probe_mixed_bfloat16")
         cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
         res["bf16_cosine_min"] = float(cos.min())

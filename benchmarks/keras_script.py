@@ -5,6 +5,7 @@
 with ResNet50 (random weights: the cost is the same as ImageNet's) and saves the
 vectors. It prints the seconds spent in `predict` + `np.save`, the part that excludes
 start-up (importing TensorFlow, building the model)."""
+
 import sys
 import time
 
@@ -16,8 +17,13 @@ from keras.applications.resnet50 import ResNet50, preprocess_input
 
 def main(images_dir: str, out_path: str) -> None:
     ds = keras.utils.image_dataset_from_directory(
-        images_dir, labels=None, image_size=(224, 224), batch_size=32, shuffle=False,
-        crop_to_aspect_ratio=True)
+        images_dir,
+        labels=None,
+        image_size=(224, 224),
+        batch_size=32,
+        shuffle=False,
+        crop_to_aspect_ratio=True,
+    )
     ds = ds.map(preprocess_input, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
     model = ResNet50(include_top=False, pooling="avg", weights=None)
     start = time.monotonic()

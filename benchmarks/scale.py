@@ -8,6 +8,7 @@ published float32 peaks (8.1 / 67 TFLOPS), capped by its vCPUs' decoding; Datafl
 streaming list prices (us-central1, `PRICES_AS_OF`) without Streaming Engine, Pub/Sub,
 BigQuery and storage, to check against https://cloud.google.com/dataflow/pricing.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,35 +45,54 @@ def main() -> None:
     for set_name, (vs_set, decode_key) in SETS.items():
         per_vcpu = measured["sets"][vs_set]["variants"][JOB]["median_img_s_after_start"] / cores
         for machine, (vcpus, mem, t4s) in MACHINES.items():
-            rate = (min(t4_rate * t4s, gpu[decode_key] * vcpus) if t4s
-                    else per_vcpu * vcpus)
+            rate = min(t4_rate * t4s, gpu[decode_key] * vcpus) if t4s else per_vcpu * vcpus
             hourly = vcpus * VCPU_HOUR + mem * GB_HOUR + t4s * T4_HOUR
             workers = math.ceil(args.target / rate)
-            rows.append({"images": set_name, "machine": machine, "worker_img_s": round(rate, 1),
-                         "estimate": bool(t4s), "workers": workers,
-                         "fleet_usd_per_hour": round(workers * hourly, 2),
-                         "usd_per_million": round(hourly / rate / 3600 * 1e6, 2)})
-    out = {"target_img_s": args.target, "measured_on_cores": cores,
-           "per_vcpu_source": "results/vs_script.json", "gpu_source": "results/gpu.json",
-           "t4_img_s_estimate": round(t4_rate, 1), "prices_as_of": PRICES_AS_OF,
-           "prices_usd_per_hour": {"vcpu": VCPU_HOUR, "memory_gb": GB_HOUR, "t4": T4_HOUR},
-           "rows": rows}
+            rows.append(
+                {
+                    "images": set_name,
+                    "machine": machine,
+                    "worker_img_s": round(rate, 1),
+                    "estimate": bool(t4s),
+                    "workers": workers,
+                    "fleet_usd_per_hour": round(workers * hourly, 2),
+                    "usd_per_million": round(hourly / rate / 3600 * 1e6, 2),
+                }
+            )
+    out = {
+        "target_img_s": args.target,
+        "measured_on_cores": cores,
+        "per_vcpu_source": "results/vs_script.json",
+        "gpu_source": "results/gpu.json",
+        "t4_img_s_estimate": round(t4_rate, 1),
+        "prices_as_of": PRICES_AS_OF,
+        "prices_usd_per_hour": {"vcpu": VCPU_HOUR, "memory_gb": GB_HOUR, "t4": T4_HOUR},
+        "rows": rows,
+    }
     with open(os.path.join(args.results, "scale.json"), "w") as f:
         json.dump(out, f, indent=1)
-    lines = [f"# Scale on paper: {args.target:.0f} images/s", "",
-             "| images | worker | img/s per worker | workers | fleet $/h | $ per million images |",
-             "|---|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# Scale on paper: {args.target:.0f} images/s",
+        "",
+        "| images | worker | img/s per worker | workers | fleet $/h | $ per million images |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         mark = " (estimate)" if r["estimate"] else ""
-        lines.append(f"| {r['images']} | {r['machine']} | {r['worker_img_s']}{mark} | "
-                     f"{r['workers']} | {r['fleet_usd_per_hour']} | {r['usd_per_million']} |")
-    lines += ["", f"Per-vCPU rates: the job's median steady-state img/s (E) in "
-              f"`vs_script.json` / its {cores} cores; E leaves out start-up, which a worker "
-              f"pays once. T4: {t4_rate:.0f} img/s estimated (H100's measured float32 "
-              f"rate x {T4_OVER_H100_FP32:.3f}), capped by decoding on the worker's vCPUs. "
-              f"Prices per hour: vCPU ${VCPU_HOUR}, GB ${GB_HOUR}, T4 ${T4_HOUR}; Dataflow "
-              f"streaming list prices, us-central1, as of {PRICES_AS_OF}; without Streaming "
-              "Engine, Pub/Sub, BigQuery and storage."]
+        lines.append(
+            f"| {r['images']} | {r['machine']} | {r['worker_img_s']}{mark} | "
+            f"{r['workers']} | {r['fleet_usd_per_hour']} | {r['usd_per_million']} |"
+        )
+    lines += [
+        "",
+        f"Per-vCPU rates: the job's median steady-state img/s (E) in "
+        f"`vs_script.json` / its {cores} cores; E leaves out start-up, which a worker "
+        f"pays once. T4: {t4_rate:.0f} img/s estimated (H100's measured float32 "
+        f"rate x {T4_OVER_H100_FP32:.3f}), capped by decoding on the worker's vCPUs. "
+        f"Prices per hour: vCPU ${VCPU_HOUR}, GB ${GB_HOUR}, T4 ${T4_HOUR}; Dataflow "
+        f"streaming list prices, us-central1, as of {PRICES_AS_OF}; without Streaming "
+        "Engine, Pub/Sub, BigQuery and storage.",
+    ]
     with open(os.path.join(args.results, "scale.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -19,6 +19,7 @@ letters to a fresh dataset on bqemulator. Once it has embedded warm-up images:
 Peak RSS of the job's process tree, and the cores the job and everything else (the
 emulators included) used during the burst. Writes stream.{json,md}.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -29,13 +30,19 @@ import threading
 import time
 import uuid
 
+import _common as C
 import psutil
 
-import _common as C
 from tests.processes import Child, python_module, tree_cpu_seconds, wait_until
 
-GOALS = {"latency_p95_s": 1.0, "burst_vs_folder": 0.9, "storm_msg_s": 300,
-         "storm_valid_max_s": 5.0, "peak_gb": 1.5, "idle_cores": 0.05}
+GOALS = {
+    "latency_p95_s": 1.0,
+    "burst_vs_folder": 0.9,
+    "storm_msg_s": 300,
+    "storm_valid_max_s": 5.0,
+    "peak_gb": 1.5,
+    "idle_cores": 0.05,
+}
 
 
 class Poller:
@@ -70,11 +77,24 @@ class Poller:
 
 def folder_rate(folder: str) -> dict:
     """embed-stream on the folder, a whole process: images / seconds after the model loaded."""
-    with tempfile.TemporaryDirectory() as out, Child(python_module(
-            "streaming.main", "--input_dir", folder, "--output_dir", out,
-            "--weights", "random:0"), env=C.CHILD_ENV) as job:
-        loaded = wait_until(lambda: "model: " in job.output() and time.time(), 600, "model",
-                            job, interval=0.05)
+    with (
+        tempfile.TemporaryDirectory() as out,
+        Child(
+            python_module(
+                "streaming.main",
+                "--input_dir",
+                folder,
+                "--output_dir",
+                out,
+                "--weights",
+                "random:0",
+            ),
+            env=C.CHILD_ENV,
+        ) as job,
+    ):
+        loaded = wait_until(
+            lambda: "model: " in job.output() and time.time(), 600, "model", job, interval=0.05
+        )
         job.wait(900)
     done, images = time.time(), len(os.listdir(folder))
     return {"wall_s": round(done - job.started, 2), "img_s": round(images / (done - loaded), 2)}
@@ -82,24 +102,31 @@ def folder_rate(folder: str) -> dict:
 
 def upload(bucket, files: dict[str, str]) -> dict[str, tuple[float, float]]:
     """Uploads object name -> local file, 8 at a time; returns name -> (start, end)."""
+
     def one(name):
         start = time.time()
         bucket.blob(name).upload_from_filename(files[name], content_type="image/jpeg")
         return name, (start, time.time())
+
     with cf.ThreadPoolExecutor(8) as pool:
         return dict(pool.map(one, files))
 
 
 def latencies(uploads: dict, seen: dict) -> dict:
     lat = sorted(seen[name] - end for name, (_, end) in uploads.items())
-    return {"images": len(lat), "p50_s": round(lat[len(lat) // 2], 3),
-            "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3),
-            "max_s": round(lat[-1], 3)}
+    return {
+        "images": len(lat),
+        "p50_s": round(lat[len(lat) // 2], 3),
+        "p95_s": round(lat[min(len(lat) - 1, int(0.95 * len(lat)))], 3),
+        "max_s": round(lat[-1], 3),
+    }
 
 
 def run(args, work: str) -> dict:
     from google.cloud import pubsub_v1
+
     from streaming.support import clients
+
     clients.use_local_endpoints()
     project = clients.project_from_env()
     storage, bq = clients.storage_client(True), clients.bigquery_client(True)
@@ -112,7 +139,7 @@ def run(args, work: str) -> dict:
     big = C.make_jpegs(os.path.join(work, "big"), args.latency, 4000, 3000, 4)
     small = C.make_jpegs(os.path.join(work, "small"), args.burst + 20, 1024, 768, 16)
     files = lambda folder: {n: os.path.join(folder, n) for n in sorted(os.listdir(folder))}
-    burst, valid = dict(list(files(small).items())[:args.burst]), list(files(small))[args.burst:]
+    burst, valid = dict(list(files(small).items())[: args.burst]), list(files(small))[args.burst :]
     burst_dir, warm_dir = os.path.join(work, "burst"), os.path.join(work, "warm")
     for folder, names in ((burst_dir, list(burst)), (warm_dir, list(burst)[:1])):
         os.makedirs(folder)
@@ -120,12 +147,25 @@ def run(args, work: str) -> dict:
             os.link(burst[name], os.path.join(folder, name))
     folder_rate(warm_dir)  # fills the converted-model cache; not measured
     res = {"folder_before": folder_rate(burst_dir)}
-    job = Child(python_module(
-        "streaming.main", "--input_subscription", subscription, "--buckets", bucket.name,
-        "--output_table", f"{project}:{dataset}.embeddings",
-        "--dead_letter_table", f"{project}:{dataset}.dead_letters",
-        "--output_gcs", f"gs://{bucket.name}/vectors/", "--weights", "random:0",
-        "--local_endpoints"), env=C.CHILD_ENV)
+    job = Child(
+        python_module(
+            "streaming.main",
+            "--input_subscription",
+            subscription,
+            "--buckets",
+            bucket.name,
+            "--output_table",
+            f"{project}:{dataset}.embeddings",
+            "--dead_letter_table",
+            f"{project}:{dataset}.dead_letters",
+            "--output_gcs",
+            f"gs://{bucket.name}/vectors/",
+            "--weights",
+            "random:0",
+            "--local_endpoints",
+        ),
+        env=C.CHILD_ENV,
+    )
     rss, poll = C.PeakRss(job.pid), Poller(bq, dataset)
     try:
         warm = upload(bucket, {f"warm/{n}": p for n, p in list(burst.items())[:3]})
@@ -134,8 +174,7 @@ def run(args, work: str) -> dict:
         time.sleep(5)
         cpu, start = tree_cpu_seconds(job.pid), time.monotonic()
         time.sleep(args.idle)
-        res["idle_cores"] = round((tree_cpu_seconds(job.pid) - cpu)
-                                  / (time.monotonic() - start), 3)
+        res["idle_cores"] = round((tree_cpu_seconds(job.pid) - cpu) / (time.monotonic() - start), 3)
         ups = {}
         for name, path in files(big).items():
             start, end = upload(bucket, {f"latency/{name}": path})[f"latency/{name}"]
@@ -150,24 +189,44 @@ def run(args, work: str) -> dict:
         first = min(start for start, _ in ups.values())
         drain = max(poll.seen[n] for n in ups) - first
         job_cores = (tree_cpu_seconds(job.pid) - cpu) / drain
-        res["burst"] = {"images": len(ups), "drain_s": round(drain, 2),
-                        "img_s": round(len(ups) / drain, 2), "job_cores": round(job_cores, 2),
-                        "other_cores": round(C.other_cores(mark, drain) - job_cores, 2)}
+        res["burst"] = {
+            "images": len(ups),
+            "drain_s": round(drain, 2),
+            "img_s": round(len(ups) / drain, 2),
+            "job_cores": round(job_cores, 2),
+            "other_cores": round(C.other_cores(mark, drain) - job_cores, 2),
+        }
 
         before, publisher, start = poll.dead[-1][1], pubsub_v1.PublisherClient(), time.time()
-        for future in [publisher.publish(
-                topic, b"not json %d" % i if i % 2 else b'{"kind": "storage#object"}',
-                eventType="OBJECT_FINALIZE", bucketId=bucket.name, objectId=f"storm/{i}",
-                payloadFormat="JSON_API_V1") for i in range(args.storm)]:
+        for future in [
+            publisher.publish(
+                topic,
+                b"not json %d" % i if i % 2 else b'{"kind": "storage#object"}',
+                eventType="OBJECT_FINALIZE",
+                bucketId=bucket.name,
+                objectId=f"storm/{i}",
+                payloadFormat="JSON_API_V1",
+            )
+            for i in range(args.storm)
+        ]:
             future.result()
-        ups = upload(bucket, {f"storm/{os.path.basename(p)}": p for p in
-                              (os.path.join(small, n) for n in valid)})
-        wait_until(lambda: poll.has(ups) and poll.dead[-1][1] >= before + args.storm, 900,
-                   "storm dead letters", job)
+        ups = upload(
+            bucket,
+            {f"storm/{os.path.basename(p)}": p for p in (os.path.join(small, n) for n in valid)},
+        )
+        wait_until(
+            lambda: poll.has(ups) and poll.dead[-1][1] >= before + args.storm,
+            900,
+            "storm dead letters",
+            job,
+        )
         done = next(t for t, n in poll.dead if n >= before + args.storm)
-        res["storm"] = {"messages": args.storm, "dead_letters": poll.dead[-1][1] - before,
-                        "msg_s": round(args.storm / (done - start), 1),
-                        "valid": latencies(ups, poll.seen)}
+        res["storm"] = {
+            "messages": args.storm,
+            "dead_letters": poll.dead[-1][1] - before,
+            "msg_s": round(args.storm / (done - start), 1),
+            "valid": latencies(ups, poll.seen),
+        }
     finally:
         poll.stop()
         res["job_peak_gb"] = round(rss.stop() / 2**30, 2)
@@ -183,25 +242,51 @@ def markdown(res: dict) -> str:
     lat, burst, storm, g = res["latency"], res["burst"], res["storm"], res["goals"]
     before, after, valid = res["folder_before"], res["folder_after"], storm["valid"]
     rows = [
-        (f"idle: no message for {res['settings']['idle']:g} s", f"{res['idle_cores']} cores",
-         f"< {g['idle_cores']} cores"),
-        ("upload -> queryable row, 1 image/s, 4000x3000", f"p50 {lat['p50_s']} s, p95 "
-         f"{lat['p95_s']} s, max {lat['max_s']} s ({lat['images']} images)",
-         f"p95 < {g['latency_p95_s']} s"),
-        (f"burst: {burst['images']} uploads of 1024x768 at once", f"{burst['img_s']} img/s in "
-         f"{burst['drain_s']} s; the job used {burst['job_cores']} cores, everything else "
-         f"{burst['other_cores']}", ""),
-        ("folder mode, same files, before / after", f"{before['img_s']} / {after['img_s']} "
-         f"img/s after start-up; whole process {before['wall_s']} / {after['wall_s']} s", ""),
+        (
+            f"idle: no message for {res['settings']['idle']:g} s",
+            f"{res['idle_cores']} cores",
+            f"< {g['idle_cores']} cores",
+        ),
+        (
+            "upload -> queryable row, 1 image/s, 4000x3000",
+            f"p50 {lat['p50_s']} s, p95 "
+            f"{lat['p95_s']} s, max {lat['max_s']} s ({lat['images']} images)",
+            f"p95 < {g['latency_p95_s']} s",
+        ),
+        (
+            f"burst: {burst['images']} uploads of 1024x768 at once",
+            f"{burst['img_s']} img/s in "
+            f"{burst['drain_s']} s; the job used {burst['job_cores']} cores, everything else "
+            f"{burst['other_cores']}",
+            "",
+        ),
+        (
+            "folder mode, same files, before / after",
+            f"{before['img_s']} / {after['img_s']} "
+            f"img/s after start-up; whole process {before['wall_s']} / {after['wall_s']} s",
+            "",
+        ),
         ("burst / folder rate", burst["vs_folder"], f">= {g['burst_vs_folder']}"),
-        (f"storm: {storm['messages']} malformed messages at once", f"{storm['msg_s']} dead "
-         f"letters/s ({storm['dead_letters']} written)", f">= {g['storm_msg_s']}/s"),
-        ("20 valid uploads behind the storm", f"upload -> row p50 {valid['p50_s']} s, max "
-         f"{valid['max_s']} s", f"max < {g['storm_valid_max_s']} s"),
+        (
+            f"storm: {storm['messages']} malformed messages at once",
+            f"{storm['msg_s']} dead letters/s ({storm['dead_letters']} written)",
+            f">= {g['storm_msg_s']}/s",
+        ),
+        (
+            "20 valid uploads behind the storm",
+            f"upload -> row p50 {valid['p50_s']} s, max {valid['max_s']} s",
+            f"max < {g['storm_valid_max_s']} s",
+        ),
         ("job peak RSS (process tree)", f"{res['job_peak_gb']} GB", f"<= {g['peak_gb']} GB"),
-        ("job start -> warm-up rows queryable", f"{res['start_to_first_rows_s']} s", "")]
-    return "\n".join([C.describe(res["machine"]), "", "| | measured | goal |", "|---|---|---|"]
-                     + [f"| {a} | {b} | {c} |" for a, b, c in rows]) + "\n"
+        ("job start -> warm-up rows queryable", f"{res['start_to_first_rows_s']} s", ""),
+    ]
+    return (
+        "\n".join(
+            [C.describe(res["machine"]), "", "| | measured | goal |", "|---|---|---|"]
+            + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+        )
+        + "\n"
+    )
 
 
 def main() -> int:
@@ -218,8 +303,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-stream-") as work:
         res.update(run(args, work))
     res["load_average_after"] = [round(x, 2) for x in psutil.getloadavg()]
-    C.write_results(args.out, "stream", res, "## The streaming job on the emulators "
-                    "(`benchmarks/stream.py`)\n\n" + markdown(res))
+    C.write_results(
+        args.out,
+        "stream",
+        res,
+        "## The streaming job on the emulators (`benchmarks/stream.py`)\n\n" + markdown(res),
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ the same round, the steady-state rate each process prints (E) and E/L, peak RSS 
 process tree, the CPU other processes used; once, `embed-stream --help` (median of 5)
 and a first run that converts the model. Writes `vs_script.{json,md}`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,21 +24,41 @@ import time
 import _common as C
 
 SETS = {  # key: (count, width, height, distinct images)
-    "12mp": (96, 4000, 3000, 8), "1mp": (192, 1024, 768, 192), "1mp-few": (8, 1024, 768, 8)}
+    "12mp": (96, 4000, 3000, 8),
+    "1mp": (192, 1024, 768, 192),
+    "1mp-few": (8, 1024, 768, 8),
+}
 QUICK_SETS = {"12mp": (4, 4000, 3000, 2), "1mp": (8, 1024, 768, 8), "1mp-few": (2, 1024, 768, 2)}
 EMBED = [sys.executable, "-m", "streaming.main"]
 SCRIPT = "Keras script"
-VARIANTS = {"embed-stream": "onnx", "embed-stream --runtime tensorflow": "tensorflow",
-            SCRIPT: None}  # process: the runtime whose L it is compared with
+VARIANTS = {
+    "embed-stream": "onnx",
+    "embed-stream --runtime tensorflow": "tensorflow",
+    SCRIPT: None,
+}  # process: the runtime whose L it is compared with
 L_BATCH = 8
 
 
 def command(variant: str, folder: str, out: str, cache: str) -> list[str]:
     if variant == SCRIPT:
-        return [sys.executable, os.path.join(C.ROOT, "benchmarks", "keras_script.py"), folder,
-                os.path.join(out, "vectors.npy")]
-    return EMBED + ["--input_dir", folder, "--output_dir", out, "--weights", "random:0",
-                    "--runtime", VARIANTS[variant], "--model_cache_dir", cache]
+        return [
+            sys.executable,
+            os.path.join(C.ROOT, "benchmarks", "keras_script.py"),
+            folder,
+            os.path.join(out, "vectors.npy"),
+        ]
+    return EMBED + [
+        "--input_dir",
+        folder,
+        "--output_dir",
+        out,
+        "--weights",
+        "random:0",
+        "--runtime",
+        VARIANTS[variant],
+        "--model_cache_dir",
+        cache,
+    ]
 
 
 def measure(variant: str, folder: str, out: str, cache: str) -> dict:
@@ -59,9 +80,20 @@ def measure(variant: str, folder: str, out: str, cache: str) -> dict:
 
 def forward_rate(runtime: str, folder: str, cache: str, seconds: float) -> float:
     """L in a fresh process: `--forward RUNTIME` below, which prints the rate."""
-    run = C.run_process([sys.executable, os.path.abspath(__file__), "--forward", runtime,
-                         "--images", folder, "--model_cache_dir", cache,
-                         "--seconds", str(seconds)])
+    run = C.run_process(
+        [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--forward",
+            runtime,
+            "--images",
+            folder,
+            "--model_cache_dir",
+            cache,
+            "--seconds",
+            str(seconds),
+        ]
+    )
     return float(re.search(r"forward pass: ([\d.]+) img/s", run["output"]).group(1))
 
 
@@ -70,11 +102,16 @@ def forward(runtime: str, folder: str, cache: str, seconds: float) -> None:
     `seconds` after its warm-up (load_embedding_model warms it up)."""
     import numpy as np
 
-    from streaming.stages import preprocess
     from streaming.model import inference
+    from streaming.stages import preprocess
+
     files = sorted(os.listdir(folder))[:L_BATCH]
-    batch = np.stack([preprocess.decode_image(open(os.path.join(folder, f), "rb").read()).pixels
-                      for f in files * (L_BATCH // len(files) + 1)][:L_BATCH])
+    batch = np.stack(
+        [
+            preprocess.decode_image(open(os.path.join(folder, f), "rb").read()).pixels
+            for f in files * (L_BATCH // len(files) + 1)
+        ][:L_BATCH]
+    )
     embed = inference.load_embedding_model("random:0", runtime, cache)
     embed(batch)  # the first batch of this size allocates
     images, start = 0, time.monotonic()
@@ -86,13 +123,18 @@ def forward(runtime: str, folder: str, cache: str, seconds: float) -> None:
 
 def run(work: str, sets: dict, rounds: int, l_seconds: float) -> dict:
     info = C.machine()
-    folders = {k: C.make_jpegs(os.path.join(work, f"{n}-{w}x{h}"), n, w, h, d)
-               for k, (n, w, h, d) in sets.items()}
+    folders = {
+        k: C.make_jpegs(os.path.join(work, f"{n}-{w}x{h}"), n, w, h, d)
+        for k, (n, w, h, d) in sets.items()
+    }
     out, cache = os.path.join(work, "out"), os.path.join(work, "model-cache")  # cache: empty
     help_s = [C.run_process(EMBED + ["--help"])["wall_s"] for _ in range(5)]
     cold = measure("embed-stream", folders["1mp-few"], out, cache)  # fills the cache
-    print(f"embed-stream --help {statistics.median(help_s)} s; first run, converting: "
-          f"{cold['wall_s']} s", flush=True)
+    print(
+        f"embed-stream --help {statistics.median(help_s)} s; first run, converting: "
+        f"{cold['wall_s']} s",
+        flush=True,
+    )
     runs = {k: {v: [] for v in VARIANTS} for k in sets}
     fwd = {rt: [] for rt in ("onnx", "tensorflow")}
     for i in range(rounds):
@@ -103,25 +145,34 @@ def run(work: str, sets: dict, rounds: int, l_seconds: float) -> dict:
         for k in sets:
             for v in C.paired_order(list(VARIANTS), i):
                 before = C.wait_quiet()
-                runs[k][v].append(dict(measure(v, folders[k], out, cache),
-                                       other_cores_before=before))
+                runs[k][v].append(
+                    dict(measure(v, folders[k], out, cache), other_cores_before=before)
+                )
                 print(f"round {i + 1} {k} {v}: {runs[k][v][-1]}", flush=True)
-    result = {"machine": info, "rounds": rounds, "l_seconds": l_seconds, "l_batch": L_BATCH,
-              "help_s": {"runs": help_s, "median": statistics.median(help_s)},
-              "first_run_converting": cold,
-              "forward_img_s": {rt: {"runs": r, "median": statistics.median(r)}
-                                for rt, r in fwd.items()}, "sets": {}}
+    result = {
+        "machine": info,
+        "rounds": rounds,
+        "l_seconds": l_seconds,
+        "l_batch": L_BATCH,
+        "help_s": {"runs": help_s, "median": statistics.median(help_s)},
+        "first_run_converting": cold,
+        "forward_img_s": {rt: {"runs": r, "median": statistics.median(r)} for rt, r in fwd.items()},
+        "sets": {},
+    }
     for k, (n, w, h, _) in sets.items():
         variants = {}
         for v, rt in VARIANTS.items():
             mine, script = runs[k][v], runs[k][SCRIPT]
             rates = [r["img_s_after_start"] for r in mine]
             variants[v] = {
-                "runs": mine, "median_wall_s": statistics.median(r["wall_s"] for r in mine),
-                "wall_vs_script": C.paired_ratios([r["wall_s"] for r in mine],
-                                                  [r["wall_s"] for r in script]),
+                "runs": mine,
+                "median_wall_s": statistics.median(r["wall_s"] for r in mine),
+                "wall_vs_script": C.paired_ratios(
+                    [r["wall_s"] for r in mine], [r["wall_s"] for r in script]
+                ),
                 "median_img_s_after_start": statistics.median(rates),
-                "e_over_l": C.paired_ratios(rates, fwd[rt]) if rt else None}
+                "e_over_l": C.paired_ratios(rates, fwd[rt]) if rt else None,
+            }
         result["sets"][k] = {"label": f"{n} JPEGs {w}x{h}", "variants": variants}
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result
@@ -135,14 +186,18 @@ def _cell(ratios: dict | None) -> str:
 
 def markdown(result: dict) -> str:
     fwd, cold = result["forward_img_s"], result["first_run_converting"]
-    lines = [f"# embed-stream against the plain Keras script ({result['machine']['date']})", "",
-             C.describe(result["machine"]) + f"; load average "
-             f"{result['machine']['load_average_at_end']} at end. Paired rounds: "
-             f"{result['rounds']} (order alternating; each run after waiting up to 10 s for "
-             "other processes to use under half a core).", "",
-             "| images | process | wall s, median | / script: median (rounds) | img/s after "
-             "start-up: median (rounds) | E/L: median (rounds) | peak GiB | other cores, max |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# embed-stream against the plain Keras script ({result['machine']['date']})",
+        "",
+        C.describe(result["machine"]) + f"; load average "
+        f"{result['machine']['load_average_at_end']} at end. Paired rounds: "
+        f"{result['rounds']} (order alternating; each run after waiting up to 10 s for "
+        "other processes to use under half a core).",
+        "",
+        "| images | process | wall s, median | / script: median (rounds) | img/s after "
+        "start-up: median (rounds) | E/L: median (rounds) | peak GiB | other cores, max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for s in result["sets"].values():
         for v, d in s["variants"].items():
             rates = ", ".join(f"{r['img_s_after_start']:.1f}" for r in d["runs"])
@@ -150,24 +205,31 @@ def markdown(result: dict) -> str:
                 f"| {s['label']} | {v} | {d['median_wall_s']:.1f} | {_cell(d['wall_vs_script'])}"
                 f" | {d['median_img_s_after_start']:.1f} ({rates}) | {_cell(d['e_over_l'])} | "
                 f"{max(r['peak_mib'] for r in d['runs']) / 1024:.2f} | "
-                f"{max(r['other_cores'] for r in d['runs']):.2f} |")
+                f"{max(r['other_cores'] for r in d['runs']):.2f} |"
+            )
     lines += ["", "| runtime | L, img/s: median (rounds) |", "|---|---:|"]
-    lines += [f"| {rt} | {d['median']:.1f} ({', '.join(f'{x:.1f}' for x in d['runs'])}) |"
-              for rt, d in fwd.items()]
-    lines += ["", f"`embed-stream --help`: {result['help_s']['median']:.2f} s (median of "
-              f"{len(result['help_s']['runs'])} processes). A first run with an empty model "
-              f"cache ({cold['images']} JPEGs; builds the Keras model, converts it with "
-              f"tf2onnx, stores it): {cold['wall_s']:.1f} s, peak "
-              f"{cold['peak_mib'] / 1024:.2f} GiB.",
-              "", "The wall time is what a user waits for. `img/s after start-up` (E) is "
-              "the rate each process prints: for the job, images / the seconds after its "
-              "model is loaded, which leaves out the interpreter, imports, loading or "
-              "converting the model and its warm-up batch (Beam's pipeline start stays in); "
-              "for the script, images / the seconds of `predict` + `np.save`, which leaves "
-              "out importing TensorFlow, listing the folder and building ResNet50. "
-              f"L is the job's model alone on decoded 224x224 arrays, batch {result['l_batch']}"
-              f", {result['l_seconds']:g} s after its warm-up, in its own process; E/L divides "
-              "the job's E by its runtime's L of the same round."]
+    lines += [
+        f"| {rt} | {d['median']:.1f} ({', '.join(f'{x:.1f}' for x in d['runs'])}) |"
+        for rt, d in fwd.items()
+    ]
+    lines += [
+        "",
+        f"`embed-stream --help`: {result['help_s']['median']:.2f} s (median of "
+        f"{len(result['help_s']['runs'])} processes). A first run with an empty model "
+        f"cache ({cold['images']} JPEGs; builds the Keras model, converts it with "
+        f"tf2onnx, stores it): {cold['wall_s']:.1f} s, peak "
+        f"{cold['peak_mib'] / 1024:.2f} GiB.",
+        "",
+        "The wall time is what a user waits for. `img/s after start-up` (E) is "
+        "the rate each process prints: for the job, images / the seconds after its "
+        "model is loaded, which leaves out the interpreter, imports, loading or "
+        "converting the model and its warm-up batch (Beam's pipeline start stays in); "
+        "for the script, images / the seconds of `predict` + `np.save`, which leaves "
+        "out importing TensorFlow, listing the folder and building ResNet50. "
+        f"L is the job's model alone on decoded 224x224 arrays, batch {result['l_batch']}"
+        f", {result['l_seconds']:g} s after its warm-up, in its own process; E/L divides "
+        "the job's E by its runtime's L of the same round.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -181,8 +243,12 @@ def main() -> int:
         forward(args.forward, args.images, args.model_cache_dir, float(args.seconds))
         return 0
     with tempfile.TemporaryDirectory(prefix="embed-bench-") as work:
-        result = run(work, QUICK_SETS if args.quick else SETS, 1 if args.quick else args.rounds,
-                     2.0 if args.quick else args.l_seconds)
+        result = run(
+            work,
+            QUICK_SETS if args.quick else SETS,
+            1 if args.quick else args.rounds,
+            2.0 if args.quick else args.l_seconds,
+        )
     C.write_results(args.out, "vs_script", result, markdown(result))
     return 0
 

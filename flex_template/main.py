@@ -5,6 +5,7 @@ flags and it submits the job exactly as `embed-stream` does. The workers must ru
 same image (`sdk_container_image`): it holds TensorFlow and this package, which the
 default Beam worker image lacks, so a launch without it stops here with one line.
 """
+
 import sys
 
 from apache_beam.options.pipeline_options import PipelineOptions, WorkerOptions
@@ -14,10 +15,14 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     image = PipelineOptions(argv).view_as(WorkerOptions).sdk_container_image
     if not image:
-        print("embed-stream template: error: pass --parameters sdk_container_image=IMAGE "
-              "(the image this template was built from; the workers run it)", file=sys.stderr)
+        print(
+            "embed-stream template: error: pass --parameters sdk_container_image=IMAGE "
+            "(the image this template was built from; the workers run it)",
+            file=sys.stderr,
+        )
         return 2
     from streaming.main import main as embed_stream  # after the check: it is heavier
+
     return embed_stream(argv)
 
 

@@ -11,6 +11,7 @@ the Pub/Sub client's flow control. Progress is checkpointed to `--resume FILE`: 
 name up to which every object has been published (or recorded as failed), so an
 interrupted run resumes after it and re-publishes at most what was in flight.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,12 +24,13 @@ import signal
 import sys
 import tempfile
 import time
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
-from streaming.sources.contract import notification_for
 from streaming.config import cli
-from streaming.support.library_patches import object_resource
+from streaming.sources.contract import notification_for
 from streaming.stages.filters import DEFAULT_EXTENSIONS, split_list, type_accepted
+from streaming.support.library_patches import object_resource
 
 
 @dataclasses.dataclass
@@ -36,16 +38,17 @@ class Filters:
     prefix: str = ""
     content_types: tuple[str, ...] = ()
     extensions: tuple[str, ...] = ()
-    updated_since: Optional[dt.datetime] = None
-    updated_until: Optional[dt.datetime] = None
+    updated_since: dt.datetime | None = None
+    updated_until: dt.datetime | None = None
 
     def accepts(self, resource: Mapping[str, Any]) -> bool:
         """Same rule as the job: an accepted extension OR content type, then dates."""
         name = resource.get("name", "")
         if not name.startswith(self.prefix) or name.endswith("/"):
             return False
-        if not type_accepted(name, resource.get("contentType"), self.extensions,
-                             self.content_types):
+        if not type_accepted(
+            name, resource.get("contentType"), self.extensions, self.content_types
+        ):
             return False
         if self.updated_since or self.updated_until:
             updated = parse_time(resource.get("updated") or resource.get("timeCreated"))
@@ -58,37 +61,47 @@ class Filters:
         return True
 
 
-def parse_time(value: Optional[str]) -> Optional[dt.datetime]:
+def parse_time(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
 class Checkpoint:
     """The resume state: every name <= `after` is done; `failed` lists names whose
     publish failed (retried first on resume). Saved atomically."""
 
-    def __init__(self, path: Optional[str], source: str, topic: str, read_only: bool = False):
+    def __init__(self, path: str | None, source: str, topic: str, read_only: bool = False):
         self.path, self.source, self.topic = path, source, topic
         self.read_only = read_only  # a dry run reads the checkpoint and never moves it
-        self.after: Optional[str] = None
+        self.after: str | None = None
         self.failed: list[str] = []
         self._saved_at = 0.0
         if path and os.path.exists(path):
             with open(path) as f:
                 state = json.load(f)
             if state.get("source") != source or state.get("topic") != topic:
-                raise ValueError(f"--resume {path} belongs to {state.get('source')} -> "
-                                 f"{state.get('topic')}, not {source} -> {topic}")
+                raise ValueError(
+                    f"--resume {path} belongs to {state.get('source')} -> "
+                    f"{state.get('topic')}, not {source} -> {topic}"
+                )
             self.after, self.failed = state.get("after"), list(state.get("failed", []))
 
     def save(self, force: bool = False) -> None:
-        if not self.path or self.read_only or (
-                not force and time.monotonic() - self._saved_at < 0.5):
+        if (
+            not self.path
+            or self.read_only
+            or (not force and time.monotonic() - self._saved_at < 0.5)
+        ):
             return
-        state = {"source": self.source, "topic": self.topic, "after": self.after,
-                 "failed": self.failed, "saved": dt.datetime.now(dt.timezone.utc).isoformat()}
+        state = {
+            "source": self.source,
+            "topic": self.topic,
+            "after": self.after,
+            "failed": self.failed,
+            "saved": dt.datetime.now(dt.UTC).isoformat(),
+        }
         directory = os.path.dirname(os.path.abspath(self.path))
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=".resume-")
         with os.fdopen(fd, "w") as f:
@@ -103,7 +116,7 @@ class InFlight:
     def __init__(self, checkpoint: Checkpoint, counts: collections.Counter):
         self._queue: collections.deque = collections.deque()
         self._checkpoint, self._counts = checkpoint, counts
-        self.last_error: Optional[BaseException] = None  # why the latest failure failed
+        self.last_error: BaseException | None = None  # why the latest failure failed
 
     def add(self, name: str, future, ordered: bool = True) -> None:
         """`ordered`: the name comes from the listing (moves the checkpoint); retries
@@ -113,7 +126,7 @@ class InFlight:
     def __len__(self) -> int:
         return len(self._queue)
 
-    def advance(self, block: bool = False, timeout: Optional[float] = None) -> None:
+    def advance(self, block: bool = False, timeout: float | None = None) -> None:
         """Moves the checkpoint over every finished publish at the head of the queue."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self._queue:
@@ -147,7 +160,7 @@ class InFlight:
 class RateLimiter:
     """At most `rate` calls per second on average (no limit if rate is falsy)."""
 
-    def __init__(self, rate: Optional[float]):
+    def __init__(self, rate: float | None):
         self._rate, self._start, self._n = rate, time.monotonic(), 0
 
     def wait(self) -> None:
@@ -161,24 +174,31 @@ class RateLimiter:
 
 def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     """Runs one backfill; returns the counts (listed, published, failed, skipped...)."""
-    from streaming.support import clients
     from streaming.config import names
     from streaming.sources import catch_up
+    from streaming.support import clients
+
     if args.local_endpoints:
         clients.use_local_endpoints()
     bucket, prefix = names.split_gcs_uri(args.source)
-    filters = Filters(prefix=prefix, content_types=split_list(args.content_type, lower=True),
-                      extensions=split_list(args.extensions, lower=True),
-                      updated_since=parse_time(args.updated_since),
-                      updated_until=parse_time(args.updated_until))
+    filters = Filters(
+        prefix=prefix,
+        content_types=split_list(args.content_type, lower=True),
+        extensions=split_list(args.extensions, lower=True),
+        updated_since=parse_time(args.updated_since),
+        updated_until=parse_time(args.updated_until),
+    )
     checkpoint = Checkpoint(args.resume, args.source, args.topic, read_only=args.dry_run)
     counts: collections.Counter = collections.Counter()
     if args.skip_existing and not args.table:
         raise ValueError("--skip-existing needs --table P:D.T")
-    if (args.fingerprint or args.dead_letter_table or args.retry_dead_letters) \
-            and not args.skip_existing:
-        raise ValueError("--fingerprint, --dead-letter-table and --retry-dead-letters "
-                         "refine --skip-existing; add it")
+    if (
+        args.fingerprint or args.dead_letter_table or args.retry_dead_letters
+    ) and not args.skip_existing:
+        raise ValueError(
+            "--fingerprint, --dead-letter-table and --retry-dead-letters "
+            "refine --skip-existing; add it"
+        )
     storage = clients.storage_client(args.local_endpoints)
     publisher = None if args.dry_run else make_publisher(args.max_in_flight)
     check_targets(storage, publisher, bucket, args.topic)
@@ -196,18 +216,22 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
                 yield catch_up.Finding(object_resource(blob), catch_up.EMBED)
             else:
                 checkpoint.failed.remove(name)  # gone since: nothing to publish
-        listing = catch_up.list_resources(storage, bucket, prefix, checkpoint.after,
-                                           args.page_size)
+        listing = catch_up.list_resources(storage, bucket, prefix, checkpoint.after, args.page_size)
         if not args.skip_existing:
             yield from (catch_up.Finding(r, catch_up.EMBED) for r in listing)
             return
         # One query, merged with the listing in name order: memory stays bounded.
         known = catch_up.known_generations(
-            clients.bigquery_client(args.local_endpoints), args.table,
-            catch_up.Scope(bucket, prefix), fingerprint=args.fingerprint,
-            dead_letter_table=args.dead_letter_table, after=checkpoint.after)
-        yield from catch_up.compare(listing, known, bucket,
-                                     retry_dead_letters=args.retry_dead_letters)
+            clients.bigquery_client(args.local_endpoints),
+            args.table,
+            catch_up.Scope(bucket, prefix),
+            fingerprint=args.fingerprint,
+            dead_letter_table=args.dead_letter_table,
+            after=checkpoint.after,
+        )
+        yield from catch_up.compare(
+            listing, known, bucket, retry_dead_letters=args.retry_dead_letters
+        )
 
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -229,11 +253,15 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
             else:
                 limiter.wait()
                 data, attributes = notification_for(
-                    resource, event_type="OBJECT_DELETE" if gone else "OBJECT_FINALIZE",
-                    attempt=finding.attempt)
-                in_flight.add(resource["name"],
-                              publisher.publish(args.topic, data, **attributes),
-                              ordered=resource["name"] not in retry_names)
+                    resource,
+                    event_type="OBJECT_DELETE" if gone else "OBJECT_FINALIZE",
+                    attempt=finding.attempt,
+                )
+                in_flight.add(
+                    resource["name"],
+                    publisher.publish(args.topic, data, **attributes),
+                    ordered=resource["name"] not in retry_names,
+                )
             if publisher is None:
                 checkpoint.after = resource["name"]
                 checkpoint.save()
@@ -255,22 +283,28 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     counts["interrupted"] = int(interrupted)
     print(summary(counts, args), file=out)
     if counts.get("failed") or counts.get("in_flight_abandoned"):
-        print(f"embed-backfill: error: {failure_message(counts, args, in_flight.last_error)}",
-              file=sys.stderr)
+        print(
+            f"embed-backfill: error: {failure_message(counts, args, in_flight.last_error)}",
+            file=sys.stderr,
+        )
     return counts
 
 
 def show_counts(progress, counts: Mapping[str, int]) -> None:
     """The bar's counts: the same keys and values as the summary line."""
-    progress.set_postfix(published=counts["published"], failed=counts["failed"],
-                         skipped=counts["skipped_filter"] + counts["skipped_existing"],
-                         refresh=False)
+    progress.set_postfix(
+        published=counts["published"],
+        failed=counts["failed"],
+        skipped=counts["skipped_filter"] + counts["skipped_existing"],
+        refresh=False,
+    )
 
 
 def check_targets(storage, publisher, bucket: str, topic: str) -> None:
     """The bucket and (unless a dry run) the topic exist: a wrong name stops the run
     before listing, in one line, instead of one failed publish per object."""
     from google.api_core import exceptions as gexc
+
     if not storage.bucket(bucket).exists(timeout=30):
         raise cli.UsageError(f"bucket gs://{bucket} not found")
     if publisher is not None:
@@ -286,76 +320,128 @@ def _raise_interrupt(*_):
 
 def make_publisher(max_in_flight: int):
     from google.cloud import pubsub_v1
-    from google.cloud.pubsub_v1.types import (BatchSettings, LimitExceededBehavior,
-                                              PublishFlowControl, PublisherOptions)
+    from google.cloud.pubsub_v1.types import (
+        BatchSettings,
+        LimitExceededBehavior,
+        PublisherOptions,
+        PublishFlowControl,
+    )
+
     return pubsub_v1.PublisherClient(
-        batch_settings=BatchSettings(max_messages=500, max_bytes=5 * 1024 * 1024,
-                                     max_latency=0.05),
-        publisher_options=PublisherOptions(flow_control=PublishFlowControl(
-            message_limit=max_in_flight, byte_limit=64 * 1024 * 1024,
-            limit_exceeded_behavior=LimitExceededBehavior.BLOCK)))
+        batch_settings=BatchSettings(max_messages=500, max_bytes=5 * 1024 * 1024, max_latency=0.05),
+        publisher_options=PublisherOptions(
+            flow_control=PublishFlowControl(
+                message_limit=max_in_flight,
+                byte_limit=64 * 1024 * 1024,
+                limit_exceeded_behavior=LimitExceededBehavior.BLOCK,
+            )
+        ),
+    )
 
 
 def make_progress(args):
     from tqdm import tqdm
-    return tqdm(unit=" objects", desc="backfill", disable=args.no_progress, mininterval=0.5,
-                file=sys.stderr)
+
+    return tqdm(
+        unit=" objects", desc="backfill", disable=args.no_progress, mininterval=0.5, file=sys.stderr
+    )
 
 
 def summary(counts: Mapping[str, int], args) -> str:
-    keys = ("listed", "published", "would_publish", "skipped_filter", "skipped_existing",
-            "gone", "failed", "in_flight_abandoned", "seconds")
+    keys = (
+        "listed",
+        "published",
+        "would_publish",
+        "skipped_filter",
+        "skipped_existing",
+        "gone",
+        "failed",
+        "in_flight_abandoned",
+        "seconds",
+    )
     line = " ".join(f"{k}={counts.get(k, 0)}" for k in keys)
     status = "interrupted; resume with --resume" if counts.get("interrupted") else "done"
     return f"backfill {args.source} -> {args.topic}: {status}: {line}"
 
 
-def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = cli.ArgumentParser(prog="embed-backfill", description=__doc__)
     p.add_argument("source", type=str, help="gs://BUCKET[/prefix] to list.")
     p.add_argument("--topic", type=str, required=True, help="projects/P/topics/T to publish to.")
     p.add_argument("--dry-run", action="store_true", help="List and count; publish nothing.")
     p.add_argument("--rate", type=float, default=None, help="Max messages per second.")
-    p.add_argument("--content-type", type=str, default="image/",
-                   help="Accepted content-type prefixes, comma-separated ('' = any).")
-    p.add_argument("--extensions", type=str, default=DEFAULT_EXTENSIONS,
-                   help="Accepted name suffixes, comma-separated ('' = any). An object "
-                        "passes with an accepted suffix OR content type.")
+    p.add_argument(
+        "--content-type",
+        type=str,
+        default="image/",
+        help="Accepted content-type prefixes, comma-separated ('' = any).",
+    )
+    p.add_argument(
+        "--extensions",
+        type=str,
+        default=DEFAULT_EXTENSIONS,
+        help="Accepted name suffixes, comma-separated ('' = any). An object "
+        "passes with an accepted suffix OR content type.",
+    )
     p.add_argument("--updated-since", type=str, default=None, help="RFC 3339; inclusive.")
     p.add_argument("--updated-until", type=str, default=None, help="RFC 3339; exclusive.")
-    p.add_argument("--skip-existing", action="store_true",
-                   help="Skip object generations that already have a row in --table (or "
-                        "a final dead letter in --dead-letter-table), and publish a "
-                        "deletion for every current row whose generation is gone: the "
-                        "reconciliation that finds what notifications missed. One "
-                        "listing pass and one query.")
+    p.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="Skip object generations that already have a row in --table (or "
+        "a final dead letter in --dead-letter-table), and publish a "
+        "deletion for every current row whose generation is gone: the "
+        "reconciliation that finds what notifications missed. One "
+        "listing pass and one query.",
+    )
     p.add_argument("--table", type=str, default=None, help="BigQuery table P:D.T of rows.")
-    p.add_argument("--dead-letter-table", type=str, default=None,
-                   help="With --skip-existing: generations with a final dead letter "
-                        "here are skipped too; retryable ones are published again, up to "
-                        "3 attempts in all.")
-    p.add_argument("--retry-dead-letters", action="store_true",
-                   help="With --skip-existing: publish dead-lettered generations again, "
-                        "final ones and those out of attempts included.")
-    p.add_argument("--fingerprint", type=str, default=None,
-                   help="With --skip-existing: only rows of this model fingerprint count, "
-                        "so objects embedded by older weights are re-embedded.")
-    p.add_argument("--resume", type=str, default=None,
-                   help="Checkpoint file: created if missing, continued if present.")
-    p.add_argument("--max-in-flight", type=int, default=1000,
-                   help="Flow control: most unacknowledged publishes at once.")
+    p.add_argument(
+        "--dead-letter-table",
+        type=str,
+        default=None,
+        help="With --skip-existing: generations with a final dead letter "
+        "here are skipped too; retryable ones are published again, up to "
+        "3 attempts in all.",
+    )
+    p.add_argument(
+        "--retry-dead-letters",
+        action="store_true",
+        help="With --skip-existing: publish dead-lettered generations again, "
+        "final ones and those out of attempts included.",
+    )
+    p.add_argument(
+        "--fingerprint",
+        type=str,
+        default=None,
+        help="With --skip-existing: only rows of this model fingerprint count, "
+        "so objects embedded by older weights are re-embedded.",
+    )
+    p.add_argument(
+        "--resume",
+        type=str,
+        default=None,
+        help="Checkpoint file: created if missing, continued if present.",
+    )
+    p.add_argument(
+        "--max-in-flight",
+        type=int,
+        default=1000,
+        help="Flow control: most unacknowledged publishes at once.",
+    )
     p.add_argument("--page-size", type=int, default=1000, help="Objects per listing page.")
-    p.add_argument("--local-endpoints", action="store_true",
-                   help="Use the emulators named by STORAGE_/PUBSUB_/BIGQUERY_EMULATOR_HOST.")
+    p.add_argument(
+        "--local-endpoints",
+        action="store_true",
+        help="Use the emulators named by STORAGE_/PUBSUB_/BIGQUERY_EMULATOR_HOST.",
+    )
     p.add_argument("--no-progress", action="store_true", help="No progress bar.")
     p.add_argument("--verbose", action="store_true", help="With --dry-run, list each object.")
     return p.parse_args(argv)
 
 
-def failure_message(counts: Mapping[str, int], args, error: Optional[BaseException]) -> str:
+def failure_message(counts: Mapping[str, int], args, error: BaseException | None) -> str:
     """One line: how many publishes failed, why, and what happens to them."""
-    text = (f"{counts['failed']} publishes failed "
-            f"({counts['in_flight_abandoned']} unconfirmed)")
+    text = f"{counts['failed']} publishes failed ({counts['in_flight_abandoned']} unconfirmed)"
     if error is not None:
         text += f"; last error: {cli.describe(error)}"
     if args.resume:
@@ -363,10 +449,11 @@ def failure_message(counts: Mapping[str, int], args, error: Optional[BaseExcepti
     return text + "; run again (with --resume FILE to retry only what failed)"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     cli.setup_logging(args.verbose)
     from streaming.config import names
+
     try:
         names.split_gcs_uri(args.source)
         names.pubsub_path(args.topic, "topics")

@@ -3,6 +3,7 @@
 Data files, read through package resources so that the pipeline, the backfill
 CLI, the tests and the docs all use the same definitions.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,7 +21,7 @@ def read_text(filename: str) -> str:
     return resources.files(__name__).joinpath(filename).read_text(encoding="utf-8")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_json(filename: str) -> Any:
     return json.loads(read_text(filename))
 

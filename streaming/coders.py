@@ -5,9 +5,10 @@ Beam for each record class, so a job updated in place decodes the buffered recor
 the job it replaces, or fails loudly. Kept apart from `records` so that the CLIs'
 start-up (`--help`, option checks) never imports Beam.
 """
+
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 from apache_beam import coders
 
@@ -17,7 +18,7 @@ from streaming.records import RECORD_TYPES, RecordFormatError, decode_record, en
 class RecordCoder(coders.Coder):
     """Beam coder for the record classes, registered for each of them below."""
 
-    def __init__(self, record_type: Optional[type] = None):
+    def __init__(self, record_type: type | None = None):
         self._type = record_type
 
     @classmethod
@@ -30,8 +31,7 @@ class RecordCoder(coders.Coder):
     def decode(self, encoded: bytes):
         record = decode_record(encoded)
         if self._type is not None and not isinstance(record, self._type):
-            raise RecordFormatError(
-                f"expected {self._type.__name__}, got {type(record).__name__}")
+            raise RecordFormatError(f"expected {self._type.__name__}, got {type(record).__name__}")
         return record
 
     def is_deterministic(self) -> bool:
@@ -45,7 +45,6 @@ class RecordCoder(coders.Coder):
 
     def __hash__(self):
         return hash((type(self), self._type))
-
 
 
 for _cls in RECORD_TYPES.values():

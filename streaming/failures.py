@@ -16,12 +16,12 @@ One table, in code, that docs/reliability.md shows (a unit test keeps them equal
   retryable one again, up to `MAX_ATTEMPTS` attempts in all; final ones only with
   `--retry-dead-letters`.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
-from typing import Optional
 
 # Attempts at one object generation whose dead letters are all retryable, before the
 # catch-up and the reconciliation leave it alone (the first attempt included).
@@ -35,6 +35,7 @@ RETRIED, STALLED, DEAD_LETTERED = "retried", "stalled on", "dead-lettered"
 @dataclasses.dataclass(frozen=True)
 class Reason:
     """A dead-letter reason code: the stage(s) that write it and whether it is final."""
+
     code: str
     stages: tuple[str, ...]
     retryable: bool
@@ -70,36 +71,42 @@ VECTOR_WRITE_ERROR = "vector_write_error"
 BIGQUERY_REJECTED = "bigquery_rejected"
 ROW_TOO_LARGE = "row_too_large"
 
-REASONS: dict[str, Reason] = {r.code: r for r in (
-    Reason(NOT_A_NOTIFICATION, ("parse",), False, "not a storage notification"),
-    Reason(MISSING_ATTRIBUTE, ("parse",), False, "a required attribute is missing"),
-    Reason(UNKNOWN_EVENT_TYPE, ("parse",), False, "an event type the contract lacks"),
-    Reason(UNSUPPORTED_PAYLOAD_FORMAT, ("parse",), False, "neither JSON_API_V1 nor NONE"),
-    Reason(NOT_JSON, ("parse",), False, "the payload is not JSON"),
-    Reason(NOT_OBJECT_RESOURCE, ("parse",), False, "the payload is not an object resource"),
-    Reason(CONTRADICTORY_ATTRIBUTES, ("parse",), False, "attributes and payload disagree"),
-    Reason(BAD_ATTRIBUTE, ("parse",), False, "an attribute of the wrong type"),
-    Reason(PARSE_ERROR, ("parse",), False, "anything else unexpected in a message"),
-    Reason(BUCKET_NOT_ALLOWED, ("filter",), False, "a bucket not in --buckets"),
-    Reason(OBJECT_GONE, ("load",), False, "the generation is deleted, none is live"),
-    Reason(SUPERSEDED, ("load",), False, "the generation is replaced by a newer one"),
-    Reason(TOO_LARGE, ("load",), False, "more than --max_bytes"),
-    Reason(PERMISSION_DENIED, ("load", "write"), False,
-           "401/403: fix the role, then --retry-dead-letters"),
-    Reason(NOT_FOUND, ("load", "write"), True, "404 for the bucket, after retries"),
-    Reason(READ_ERROR, ("load",), True, "a read failed after its retries"),
-    Reason(EMPTY_OBJECT, ("decode",), False, "zero bytes"),
-    Reason(NOT_AN_IMAGE, ("decode",), False, "bytes Pillow cannot identify"),
-    Reason(TRUNCATED_IMAGE, ("decode",), False, "the image data ends early"),
-    Reason(DECODE_ERROR, ("decode",), False, "Pillow failed to decode it"),
-    Reason(TOO_MANY_PIXELS, ("decode",), False, "more than --max_pixels"),
-    Reason(DECOMPRESSION_BOMB, ("decode",), False, "above Pillow's bomb limit"),
-    Reason(INFERENCE_ERROR, ("embed",), True, "the model failed on the batch"),
-    Reason(VECTOR_WRITE_ERROR, ("write",), True, "the .npy write failed after retries"),
-    Reason(BIGQUERY_REJECTED, ("write",), False, "BigQuery refused the row itself"),
-    Reason(ROW_TOO_LARGE, ("write",), False,
-           "the row alone exceeds the insert request limit"),
-)}
+REASONS: dict[str, Reason] = {
+    r.code: r
+    for r in (
+        Reason(NOT_A_NOTIFICATION, ("parse",), False, "not a storage notification"),
+        Reason(MISSING_ATTRIBUTE, ("parse",), False, "a required attribute is missing"),
+        Reason(UNKNOWN_EVENT_TYPE, ("parse",), False, "an event type the contract lacks"),
+        Reason(UNSUPPORTED_PAYLOAD_FORMAT, ("parse",), False, "neither JSON_API_V1 nor NONE"),
+        Reason(NOT_JSON, ("parse",), False, "the payload is not JSON"),
+        Reason(NOT_OBJECT_RESOURCE, ("parse",), False, "the payload is not an object resource"),
+        Reason(CONTRADICTORY_ATTRIBUTES, ("parse",), False, "attributes and payload disagree"),
+        Reason(BAD_ATTRIBUTE, ("parse",), False, "an attribute of the wrong type"),
+        Reason(PARSE_ERROR, ("parse",), False, "anything else unexpected in a message"),
+        Reason(BUCKET_NOT_ALLOWED, ("filter",), False, "a bucket not in --buckets"),
+        Reason(OBJECT_GONE, ("load",), False, "the generation is deleted, none is live"),
+        Reason(SUPERSEDED, ("load",), False, "the generation is replaced by a newer one"),
+        Reason(TOO_LARGE, ("load",), False, "more than --max_bytes"),
+        Reason(
+            PERMISSION_DENIED,
+            ("load", "write"),
+            False,
+            "401/403: fix the role, then --retry-dead-letters",
+        ),
+        Reason(NOT_FOUND, ("load", "write"), True, "404 for the bucket, after retries"),
+        Reason(READ_ERROR, ("load",), True, "a read failed after its retries"),
+        Reason(EMPTY_OBJECT, ("decode",), False, "zero bytes"),
+        Reason(NOT_AN_IMAGE, ("decode",), False, "bytes Pillow cannot identify"),
+        Reason(TRUNCATED_IMAGE, ("decode",), False, "the image data ends early"),
+        Reason(DECODE_ERROR, ("decode",), False, "Pillow failed to decode it"),
+        Reason(TOO_MANY_PIXELS, ("decode",), False, "more than --max_pixels"),
+        Reason(DECOMPRESSION_BOMB, ("decode",), False, "above Pillow's bomb limit"),
+        Reason(INFERENCE_ERROR, ("embed",), True, "the model failed on the batch"),
+        Reason(VECTOR_WRITE_ERROR, ("write",), True, "the .npy write failed after retries"),
+        Reason(BIGQUERY_REJECTED, ("write",), False, "BigQuery refused the row itself"),
+        Reason(ROW_TOO_LARGE, ("write",), False, "the row alone exceeds the insert request limit"),
+    )
+}
 
 
 def is_retryable(reason: str) -> bool:
@@ -112,45 +119,57 @@ def is_retryable(reason: str) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Failure:
     """One row of the failure table: where, what, and what the job does."""
+
     stage: str
     cause: str
     action: str
-    reason: Optional[str] = None  # the dead-letter reason, when dead-lettered
+    reason: str | None = None  # the dead-letter reason, when dead-lettered
 
 
 FAILURES: tuple[Failure, ...] = (
     Failure("parse", "a malformed or foreign message", DEAD_LETTERED, "(parse reasons)"),
     Failure("filter", "a bucket not in --buckets", DEAD_LETTERED, "bucket_not_allowed"),
-    Failure("load", "5xx, timeout, connection reset", RETRIED + " (bounded time)",
-            "read_error (retryable)"),
+    Failure(
+        "load",
+        "5xx, timeout, connection reset",
+        RETRIED + " (bounded time)",
+        "read_error (retryable)",
+    ),
     Failure("load", "401/403", DEAD_LETTERED, "permission_denied"),
     Failure("load", "404: the generation is gone", DEAD_LETTERED, "object_gone / superseded"),
     Failure("decode", "bytes that are not a usable image", DEAD_LETTERED, "(decode reasons)"),
-    Failure("embed", "the model raises on a batch", DEAD_LETTERED,
-            "inference_error (retryable)"),
-    Failure("write .npy", "5xx, timeout, 404 bucket", RETRIED + " (3 retries)",
-            "vector_write_error / not_found (retryable)"),
+    Failure("embed", "the model raises on a batch", DEAD_LETTERED, "inference_error (retryable)"),
+    Failure(
+        "write .npy",
+        "5xx, timeout, 404 bucket",
+        RETRIED + " (3 retries)",
+        "vector_write_error / not_found (retryable)",
+    ),
     Failure("write .npy", "401/403", DEAD_LETTERED, "permission_denied"),
-    Failure("write rows", "5xx, timeout, connection reset, 403 rate or quota limit",
-            RETRIED + " (backoff up to 30 s, as long as it lasts)"),
+    Failure(
+        "write rows",
+        "5xx, timeout, connection reset, 403 rate or quota limit",
+        RETRIED + " (backoff up to 30 s, as long as it lasts)",
+    ),
     Failure("write rows", "404 table", RETRIED + " (the table is re-created from schemas/)"),
     Failure("write rows", "404 dataset", STALLED),
     Failure("write rows", "401/403 permission", STALLED),
-    Failure("write rows", "a request over BigQuery's limits (400/413)",
-            RETRIED + " (split in halves)"),
+    Failure(
+        "write rows", "a request over BigQuery's limits (400/413)", RETRIED + " (split in halves)"
+    ),
     Failure("write rows", "one row over the request limit", DEAD_LETTERED, "row_too_large"),
-    Failure("write rows", "a row BigQuery refuses (invalid)", DEAD_LETTERED,
-            "bigquery_rejected"),
+    Failure("write rows", "a row BigQuery refuses (invalid)", DEAD_LETTERED, "bigquery_rejected"),
 )
 
 
 def reasons_markdown() -> str:
     """The reasons table of docs/reliability.md."""
-    lines = ["| reason | stage | retried by the catch-up | what it means |",
-             "|---|---|---|---|"]
+    lines = ["| reason | stage | retried by the catch-up | what it means |", "|---|---|---|---|"]
     for r in REASONS.values():
-        lines.append(f"| `{r.code}` | {', '.join(r.stages)} | "
-                     f"{'yes' if r.retryable else 'no'} | {r.meaning} |")
+        lines.append(
+            f"| `{r.code}` | {', '.join(r.stages)} | "
+            f"{'yes' if r.retryable else 'no'} | {r.meaning} |"
+        )
     return "\n".join(lines)
 
 
@@ -165,8 +184,9 @@ def failures_markdown() -> str:
 class StallLog:
     """One log line per cause at most every `STALL_LOG_SECS`, however often it recurs."""
 
-    def __init__(self, logger: logging.Logger, every_secs: float = STALL_LOG_SECS,
-                 clock=time.monotonic):
+    def __init__(
+        self, logger: logging.Logger, every_secs: float = STALL_LOG_SECS, clock=time.monotonic
+    ):
         self._logger, self._every, self._clock = logger, every_secs, clock
         self._last: dict[str, float] = {}
 

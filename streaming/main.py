@@ -9,6 +9,7 @@ Every option is checked before the model loads; a wrong one is one line on stder
 (exit 2). Ctrl-C prints the summary so far (exit 130); SIGTERM stops the same way
 (exit 0).
 """
+
 from __future__ import annotations
 
 import logging
@@ -16,13 +17,15 @@ import os
 import signal
 import sys
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 from streaming.config import cli, flags
 
 PROG = "embed-stream"
-BEAM_NOTE = ("Beam and Dataflow pipeline options (--runner, --project, --region, "
-             "--temp_location, --max_num_workers, ...) are accepted too.")
+BEAM_NOTE = (
+    "Beam and Dataflow pipeline options (--runner, --project, --region, "
+    "--temp_location, --max_num_workers, ...) are accepted too."
+)
 _LOG = logging.getLogger(PROG)
 # Flags every Dataflow job starts with; a flag given at launch wins (they come first).
 # docs/performance.md, "Worker layout", says why: one SDK process per VM (one model,
@@ -32,11 +35,18 @@ _LOG = logging.getLogger(PROG)
 # whose --dataflow_service_options ask for a worker_accelerator. They live here, not
 # in the image, so a launch from a checkout and a Flex Template launch are one job.
 WORKER_DEFAULTS = {
-    "cpu": ("--experiments=no_use_multiple_sdk_containers",
-            "--number_of_worker_harness_threads=2", "--decode_threads=2"),
-    "gpu": ("--experiments=no_use_multiple_sdk_containers",
-            "--number_of_worker_harness_threads=4", "--decode_threads=2",
-            "--max_batch_size=64", "--runtime=tensorflow"),
+    "cpu": (
+        "--experiments=no_use_multiple_sdk_containers",
+        "--number_of_worker_harness_threads=2",
+        "--decode_threads=2",
+    ),
+    "gpu": (
+        "--experiments=no_use_multiple_sdk_containers",
+        "--number_of_worker_harness_threads=4",
+        "--decode_threads=2",
+        "--max_batch_size=64",
+        "--runtime=tensorflow",
+    ),
 }
 # Converted models of a Dataflow job without --model_cache_dir: under its temp location,
 # so the first worker converts and every later one loads.
@@ -49,8 +59,9 @@ class Terminated(BaseException):
 
 def help_parser() -> cli.ArgumentParser:
     """The job's own options; `--help` prints them without importing Beam."""
-    parser = cli.ArgumentParser(prog=PROG, description=__doc__,
-                                epilog=BEAM_NOTE + " " + cli.SPELLING_NOTE)
+    parser = cli.ArgumentParser(
+        prog=PROG, description=__doc__, epilog=BEAM_NOTE + " " + cli.SPELLING_NOTE
+    )
     flags.add_job_arguments(parser)
     return parser
 
@@ -60,6 +71,7 @@ def counters(result) -> dict[str, int]:
     from apache_beam.metrics.metric import MetricsFilter
 
     from streaming import metrics
+
     query = result.metrics().query(MetricsFilter().with_namespace(metrics.NAMESPACE))
     totals: dict[str, int] = {}
     for c in query["counters"]:
@@ -71,15 +83,26 @@ def counters(result) -> dict[str, int]:
 def summary(totals: dict[str, int], seconds: float) -> str:
     """A short human summary: images embedded, dead letters by reason, images/s."""
     from streaming import metrics
+
     embedded = totals.get(metrics.EMBEDDED, 0)
-    dead = {k[len(metrics.DEAD_PREFIX):]: v for k, v in totals.items()
-            if k.startswith(metrics.DEAD_PREFIX)}
+    dead = {
+        k[len(metrics.DEAD_PREFIX) :]: v
+        for k, v in totals.items()
+        if k.startswith(metrics.DEAD_PREFIX)
+    }
     skipped = {k: v for k, v in totals.items() if k.startswith(metrics.SKIPPED_PREFIX)}
-    lines = [f"images embedded: {embedded}",
-             f"dead letters: {sum(dead.values())}"
-             + "".join(f"\n  {reason}: {n}" for reason, n in sorted(dead.items()))]
+    lines = [
+        f"images embedded: {embedded}",
+        f"dead letters: {sum(dead.values())}"
+        + "".join(f"\n  {reason}: {n}" for reason, n in sorted(dead.items())),
+    ]
     if skipped:
-        lines.append("skipped: " + ", ".join(f"{k.removeprefix(metrics.SKIPPED_PREFIX)}={v}" for k, v in sorted(skipped.items())))
+        lines.append(
+            "skipped: "
+            + ", ".join(
+                f"{k.removeprefix(metrics.SKIPPED_PREFIX)}={v}" for k, v in sorted(skipped.items())
+            )
+        )
     lines.append(f"wall time: {seconds:.1f} s, {embedded / seconds if seconds else 0:.2f} images/s")
     return "\n".join(lines)
 
@@ -89,14 +112,18 @@ def unknown_options(opts, argv: Sequence[str]) -> list[str]:
     as the user typed them."""
     known = opts.get_all_options(drop_default=False)
     every = opts.get_all_options(drop_default=False, retain_unknown_options=True)
-    typed = {t.partition("=")[0].lstrip("-").replace("-", "_"): t.partition("=")[0]
-             for t in argv if t.startswith("--")}
+    typed = {
+        t.partition("=")[0].lstrip("-").replace("-", "_"): t.partition("=")[0]
+        for t in argv
+        if t.startswith("--")
+    }
     return [typed.get(k, "--" + k) for k in every if k not in known]
 
 
 def worker_kind(opts) -> str:
     """`gpu` when the job's --dataflow_service_options ask for a worker_accelerator."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions
+
     service = opts.view_as(GoogleCloudOptions).dataflow_service_options or []
     return "gpu" if any(o.startswith("worker_accelerator") for o in service) else "cpu"
 
@@ -104,10 +131,11 @@ def worker_kind(opts) -> str:
 def worker_defaults(opts) -> list[str]:
     """The WORKER_DEFAULTS of a Dataflow job (none for any other runner)."""
     from streaming.config.runners import on_dataflow
+
     return list(WORKER_DEFAULTS[worker_kind(opts)]) if on_dataflow(opts) else []
 
 
-def default_model_cache(opts) -> Optional[str]:
+def default_model_cache(opts) -> str | None:
     """Where a Dataflow job's workers find converted models when --model_cache_dir is
     not given: under --temp_location. None elsewhere, and for weights baked into the
     image (an absolute path), whose conversion the image's own cache holds."""
@@ -116,9 +144,15 @@ def default_model_cache(opts) -> Optional[str]:
 
     from streaming.config.names import is_gcs_uri
     from streaming.config.runners import on_dataflow
+
     temp = opts.view_as(GoogleCloudOptions).temp_location
-    if (not on_dataflow(opts) or opts.runtime != "onnx" or opts.model_cache_dir
-            or not is_gcs_uri(temp) or opts.weights.startswith("/")):
+    if (
+        not on_dataflow(opts)
+        or opts.runtime != "onnx"
+        or opts.model_cache_dir
+        or not is_gcs_uri(temp)
+        or opts.weights.startswith("/")
+    ):
         return opts.model_cache_dir
     return FileSystems.join(temp, MODEL_CACHE_UNDER_TEMP)
 
@@ -126,6 +160,7 @@ def default_model_cache(opts) -> Optional[str]:
 def parse(argv: Sequence[str]):
     """EmbedOptions of `argv`; raises UsageError for an option nobody defines."""
     from streaming.config.options import EmbedOptions
+
     argv = cli.respell(list(argv), help_parser().long_options())
     opts = EmbedOptions(argv)
     unknown = unknown_options(opts, argv)
@@ -135,7 +170,7 @@ def parse(argv: Sequence[str]):
     return opts
 
 
-def make_options(argv: Optional[Sequence[str]]):
+def make_options(argv: Sequence[str] | None):
     """Parses and validates the options (no network); picks the local runner.
 
     Raises:
@@ -144,6 +179,7 @@ def make_options(argv: Optional[Sequence[str]]):
     from apache_beam.options.pipeline_options import SetupOptions, StandardOptions
 
     from streaming.config.options import validate
+
     argv = list(argv or ())
     opts = parse(argv)
     defaults = worker_defaults(opts)
@@ -170,29 +206,40 @@ def check_before_start(opts) -> None:
     What the caller may not read (a 403) is skipped, named in one warning line."""
     from apache_beam.options.pipeline_options import TestOptions
 
-    from streaming.support import clients
     from streaming.config import preflight
     from streaming.config.runners import is_remote
     from streaming.model.spec import is_fixed
+    from streaming.support import clients
+
     remote = is_remote(opts)
     if remote:
         for option in ("weights", "model_cache_dir"):
             value = getattr(opts, option) or ""
-            if value and "://" not in value and not value.startswith("/") and not (
-                    option == "weights" and is_fixed(value)):
+            if (
+                value
+                and "://" not in value
+                and not value.startswith("/")
+                and not (option == "weights" and is_fixed(value))
+            ):
                 raise cli.UsageError(
                     f"--{option} {value}: Dataflow workers cannot read this machine's "
-                    "files; pass a gs:// URI, or an absolute path inside the worker image")
+                    "files; pass a gs:// URI, or an absolute path inside the worker image"
+                )
     if remote and (opts.input_dir or (opts.output_dir and "://" not in opts.output_dir)):
-        raise cli.UsageError("--input_dir and a local --output_dir work only locally; "
-                             "use Pub/Sub and gs:// with a remote runner")
+        raise cli.UsageError(
+            "--input_dir and a local --output_dir work only locally; "
+            "use Pub/Sub and gs:// with a remote runner"
+        )
     if opts.local_endpoints:
         clients.use_local_endpoints()
-    skipped = preflight.check(opts, local=opts.local_endpoints, remote=remote,
-                              dry_run=remote and bool(opts.view_as(TestOptions).dry_run))
+    skipped = preflight.check(
+        opts,
+        local=opts.local_endpoints,
+        remote=remote,
+        dry_run=remote and bool(opts.view_as(TestOptions).dry_run),
+    )
     if skipped:
-        print(f"{PROG}: warning: not checked: " + "; ".join(skipped), file=sys.stderr,
-              flush=True)
+        print(f"{PROG}: warning: not checked: " + "; ".join(skipped), file=sys.stderr, flush=True)
 
 
 def launch_summary(opts, result) -> str:
@@ -200,6 +247,7 @@ def launch_summary(opts, result) -> str:
     (--template_location: the Flex Template launcher submits it; there is no job yet),
     or built the job offline (--dry_run)."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions, TestOptions
+
     if opts.view_as(TestOptions).dry_run:
         job = getattr(result, "job", None)
         transforms = len(job.proto_pipeline.components.transforms) if job else 0
@@ -216,7 +264,7 @@ class Run:
     """One run of the job: options, timing, and what to say when it stops."""
 
     def __init__(self):
-        self.started: Optional[float] = None
+        self.started: float | None = None
         self.result = None
         self.reporter = None
 
@@ -227,17 +275,25 @@ class Run:
         """Checks, builds and runs the job; returns its counters (empty when submitted)."""
         import apache_beam as beam
 
-        from streaming.model import inference
-        from streaming.support import progress
         from streaming.config.runners import is_remote
+        from streaming.model import inference
         from streaming.pipeline import build_pipeline, catch_up_enabled, model_threads
+        from streaming.support import progress
+
         opts = make_options(argv)
         check_before_start(opts)
-        if (opts.input_subscription or opts.input_topic) and not is_remote(opts) \
-                and not catch_up_enabled(opts):
-            print(f"{PROG}: warning: no catch-up at start (--catch_up needs --buckets and "
-                  "--output_table): images in flight if this job is killed are not "
-                  "embedded again", file=sys.stderr, flush=True)
+        if (
+            (opts.input_subscription or opts.input_topic)
+            and not is_remote(opts)
+            and not catch_up_enabled(opts)
+        ):
+            print(
+                f"{PROG}: warning: no catch-up at start (--catch_up needs --buckets and "
+                "--output_table): images in flight if this job is killed are not "
+                "embedded again",
+                file=sys.stderr,
+                flush=True,
+            )
         pipeline = beam.Pipeline(options=opts)
         build_pipeline(pipeline, opts)
         if is_remote(opts):
@@ -248,15 +304,20 @@ class Run:
         # RunInference then reuses this copy (load_embedding_model caches it).
         with cli.quiet_native_stderr(enabled=not opts.verbose):
             loaded = inference.load_embedding_model(
-                opts.weights, opts.runtime, opts.model_cache_dir, threads=model_threads(opts))
-        print(f"model: {loaded.model_id} (weights {opts.weights}, {loaded.runtime_version} "
-              f"on {getattr(loaded, 'device', 'CPU')})",
-              file=sys.stderr, flush=True)
+                opts.weights, opts.runtime, opts.model_cache_dir, threads=model_threads(opts)
+            )
+        print(
+            f"model: {loaded.model_id} (weights {opts.weights}, {loaded.runtime_version} "
+            f"on {getattr(loaded, 'device', 'CPU')})",
+            file=sys.stderr,
+            flush=True,
+        )
         bounded = not (opts.watch or opts.input_subscription or opts.input_topic)
         total = progress.count_files(opts.input_dir) if bounded else None
         self.started = time.monotonic()
-        self.reporter = progress.Reporter(opts.progress_interval, total=total,
-                                          bar=bounded and sys.stderr.isatty()).start()
+        self.reporter = progress.Reporter(
+            opts.progress_interval, total=total, bar=bounded and sys.stderr.isatty()
+        ).start()
         self.result = pipeline.run()
         self.result.wait_until_finish()
         self.reporter.stop()
@@ -267,6 +328,7 @@ class Run:
     def stop(self, why: str) -> None:
         """After Ctrl-C or SIGTERM: cancel what runs, print the summary so far."""
         from streaming import metrics
+
         if self.reporter is not None:
             self.reporter.stop()
         if self.result is not None:
@@ -274,11 +336,14 @@ class Run:
                 self.result.cancel()
             except Exception:  # noqa: BLE001 - some runners cannot cancel; we exit anyway
                 _LOG.debug("cancel failed", exc_info=True)
-        print(summary(metrics.TALLY.snapshot()[0], self.seconds())
-              + f"\n{why}: stopped before the end (summary so far)", flush=True)
+        print(
+            summary(metrics.TALLY.snapshot()[0], self.seconds())
+            + f"\n{why}: stopped before the end (summary so far)",
+            flush=True,
+        )
 
 
-def run(argv: Optional[Sequence[str]] = None) -> dict[str, int]:
+def run(argv: Sequence[str] | None = None) -> dict[str, int]:
     """Checks, builds and runs the job in this process; returns its counters (empty
     when submitted to a remote runner). Raises on errors (`main` reports them)."""
     return Run().execute(list(sys.argv[1:] if argv is None else argv))
@@ -288,7 +353,7 @@ def _terminate(*_):
     raise Terminated
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = help_parser()
     if {"-h", "--help"} & set(cli.respell(argv, parser.long_options())):
@@ -309,6 +374,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         code, stopped = cli.EXIT_OK, True
     except Exception as e:  # noqa: BLE001 - one line, the traceback at debug level
         from streaming.model.inference import WeightsUnavailableError
+
         usage = run.started is None and isinstance(e, (ValueError, WeightsUnavailableError))
         code = cli.fail(PROG, e, usage=usage)
     finally:

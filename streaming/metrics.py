@@ -5,12 +5,14 @@ On Dataflow these are the job's numbers (the console's "Job metrics"). A local r
 also keeps the same counts in a process-local tally (`TALLY`) for its progress lines:
 a DirectRunner's Beam metrics can only be read once the pipeline has finished.
 """
+
 from __future__ import annotations
 
 import collections
 import datetime as dt
 import threading
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from apache_beam.metrics import Metrics
 
@@ -64,7 +66,7 @@ def dead_letter(reason: str) -> None:
     count(DEAD_PREFIX + reason)
 
 
-def latency_ms(row: Mapping[str, Any], now: Optional[dt.datetime] = None) -> Optional[float]:
+def latency_ms(row: Mapping[str, Any], now: dt.datetime | None = None) -> float | None:
     """Milliseconds from the notification's event time to now, for rows that came
     from a notification; None for local files (their mtime is no notification)."""
     event_time = row.get("event_time")
@@ -75,8 +77,8 @@ def latency_ms(row: Mapping[str, Any], now: Optional[dt.datetime] = None) -> Opt
     except ValueError:
         return None
     if then.tzinfo is None:
-        then = then.replace(tzinfo=dt.timezone.utc)
-    now = now or dt.datetime.now(dt.timezone.utc)
+        then = then.replace(tzinfo=dt.UTC)
+    now = now or dt.datetime.now(dt.UTC)
     return max(0.0, (now - then).total_seconds() * 1000.0)
 
 

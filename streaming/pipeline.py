@@ -4,25 +4,27 @@
 `TestPipeline`; the same graph runs on the DirectRunner and on Dataflow, only the
 edges (local folder or Pub/Sub in; files or BigQuery/GCS out) change with the options.
 """
+
 from __future__ import annotations
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import DebugOptions, StandardOptions
 
-import schemas
-from streaming import metrics
-from streaming.support import library_patches
-from streaming.stages import batching, filters, load
-from streaming import sinks
-from streaming.sinks import files
-from streaming.model import inference
-from streaming.sources import catch_up
-from streaming import coders  # noqa: F401 - registers the records' versioned coders
-from streaming.sinks import vectors as vectors_
-from streaming.sources.local_folder import ReadLocalFolder
-from streaming.sources.notifications import ParseNotifications
+from streaming import (
+    coders,  # noqa: F401 - registers the records' versioned coders
+    metrics,
+    sinks,
+)
 from streaming.config.options import EmbedOptions
 from streaming.config.runners import on_dataflow
+from streaming.model import inference
+from streaming.sinks import files
+from streaming.sinks import vectors as vectors_
+from streaming.sources import catch_up
+from streaming.sources.local_folder import ReadLocalFolder
+from streaming.sources.notifications import ParseNotifications
+from streaming.stages import batching, filters, load
+from streaming.support import library_patches
 
 # The local runner's Pub/Sub read: the most one pull may return, and how long a pull
 # waits for a message before the runner gets on with its timers.
@@ -48,21 +50,28 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
     """Returns (refs, dead letters) from the configured source."""
     if opts.input_dir:
         refs = pipeline | "Read local folder" >> ReadLocalFolder(
-            opts.input_dir, watch=opts.watch, interval=opts.watch_interval)
+            opts.input_dir, watch=opts.watch, interval=opts.watch_interval
+        )
         return refs, None
     if not on_dataflow(opts):
-        library_patches.pull_more_locally(LOCAL_PULL_MESSAGES, LOCAL_PULL_WAIT_SECS,
-                                   LOCAL_PULL_IDLE_SECS)
+        library_patches.pull_more_locally(
+            LOCAL_PULL_MESSAGES, LOCAL_PULL_WAIT_SECS, LOCAL_PULL_IDLE_SECS
+        )
     messages = pipeline | "Read notifications" >> beam.io.ReadFromPubSub(
-        subscription=opts.input_subscription, topic=opts.input_topic, with_attributes=True)
+        subscription=opts.input_subscription, topic=opts.input_topic, with_attributes=True
+    )
     parsed = messages | "Parse notifications" >> ParseNotifications()
     if not catch_up_enabled(opts):
         return parsed.refs, parsed.dead_letters
     missed = pipeline | "Catch up" >> catch_up.CatchUp(
         catch_up.scopes(filters.split_list(opts.buckets), opts.include_prefix),
-        opts.output_table, opts.dead_letter_table, local=opts.local_endpoints,
-        every_secs=opts.catch_up_every_minutes * 60 or None, accept=filter_config(opts),
-        chunk=opts.catch_up_chunk)
+        opts.output_table,
+        opts.dead_letter_table,
+        local=opts.local_endpoints,
+        every_secs=opts.catch_up_every_minutes * 60 or None,
+        accept=filter_config(opts),
+        chunk=opts.catch_up_chunk,
+    )
     refs = (parsed.refs, missed) | "Notified and missed" >> beam.Flatten()
     return refs, parsed.dead_letters
 
@@ -79,8 +88,10 @@ def catch_up_enabled(opts: EmbedOptions) -> bool:
     dataflow = on_dataflow(opts)
     if opts.catch_up_every_minutes and not dataflow:
         # The local streaming runner cannot expand PeriodicImpulse (a splittable DoFn).
-        raise ValueError("--catch_up_every_minutes runs on Dataflow; locally the catch-up "
-                         "runs at each start (or schedule embed-backfill --skip-existing)")
+        raise ValueError(
+            "--catch_up_every_minutes runs on Dataflow; locally the catch-up "
+            "runs at each start (or schedule embed-backfill --skip-existing)"
+        )
     return opts.catch_up == "always" or not dataflow
 
 
@@ -127,10 +138,16 @@ def model_handler(opts: EmbedOptions) -> inference.EmbeddingModelHandler:
     """
     smallest = opts.max_batch_size if batches_refs(opts) else min_batch_size(opts)
     return inference.make_model_handler(
-        opts.weights, min_batch_size=smallest, max_batch_size=opts.max_batch_size,
-        max_batch_duration_secs=None, runtime=opts.runtime, cache_dir=opts.model_cache_dir,
-        threads=model_threads(opts), weights_watch=opts.weights_watch,
-        weights_watch_interval=opts.weights_watch_interval)
+        opts.weights,
+        min_batch_size=smallest,
+        max_batch_size=opts.max_batch_size,
+        max_batch_duration_secs=None,
+        runtime=opts.runtime,
+        cache_dir=opts.model_cache_dir,
+        threads=model_threads(opts),
+        weights_watch=opts.weights_watch,
+        weights_watch_interval=opts.weights_watch_interval,
+    )
 
 
 def model_threads(opts: EmbedOptions) -> tuple[int, int]:
@@ -144,7 +161,8 @@ def model_threads(opts: EmbedOptions) -> tuple[int, int]:
     each size does on each runtime.
     """
     per_vcpu = on_dataflow(opts) and not opts.view_as(DebugOptions).lookup_experiment(
-        "no_use_multiple_sdk_containers")
+        "no_use_multiple_sdk_containers"
+    )
     default = 1 if per_vcpu else 0
     return opts.intra_op_threads or default, opts.inter_op_threads or default
 
@@ -157,15 +175,22 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     to_load = kept.accepted
     if batches_refs(opts):
         to_load = to_load | "Batch references" >> batching.BatchRefs(
-            min_batch_size(opts), opts.max_batch_size, opts.max_batch_duration_secs)
+            min_batch_size(opts), opts.max_batch_size, opts.max_batch_duration_secs
+        )
     loaded = to_load | "Load and resize" >> load.LoadImages(
-        opts.resize_policy, opts.max_pixels, opts.max_bytes,
-        threads=opts.decode_threads, window=opts.decode_window, accept=accept)
+        opts.resize_policy,
+        opts.max_pixels,
+        opts.max_bytes,
+        threads=opts.decode_threads,
+        window=opts.decode_window,
+        accept=accept,
+    )
     results, embed_dead = loaded.images | "Embed with ResNet50" >> inference.EmbedImages(handler)
     vector_root = files.vector_root(opts.output_gcs, opts.output_dir)
     # Only the vector travels on, as float32 bytes (vectors.EmbeddedCoder).
     vectors = results | "Drop pixels" >> beam.MapTuple(vectors_.embedded).with_output_types(
-        vectors_.Embedded)
+        vectors_.Embedded
+    )
     streaming = bool(opts.view_as(StandardOptions).streaming)
     if opts.vector_layout == vectors_.OBJECTS:
         if streaming:
@@ -175,14 +200,22 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     else:
         # Streaming: the same one shuffle, grouping vectors into shards on the way.
         groups = vectors | "Spread writes" >> vectors_.GroupForShards(
-            opts.vectors_per_shard, opts.shard_wait_secs, opts.shard_keys, streaming,
-            idle_secs=opts.shard_idle_secs)
+            opts.vectors_per_shard,
+            opts.shard_wait_secs,
+            opts.shard_keys,
+            streaming,
+            idle_secs=opts.shard_idle_secs,
+        )
         written = groups | "Write vectors" >> vectors_.WriteShards(vector_root)
     _ = written.rows | "Measure latency" >> beam.FlatMap(metrics.observe_row)
     tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(files.tombstone_row)
     rows = {"rows": written.rows, "tombstones": tombstones}
-    dead = {"filter": kept.dead_letters, "load": loaded.dead_letters, "embed": embed_dead,
-            "write": written.dead_letters}
+    dead = {
+        "filter": kept.dead_letters,
+        "load": loaded.dead_letters,
+        "embed": embed_dead,
+        "write": written.dead_letters,
+    }
     if extra_dead:
         dead["parse"] = extra_dead[0]
     outputs = sinks.sinks_for(opts)

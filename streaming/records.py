@@ -9,6 +9,7 @@ Records that cross a shuffle or wait in state (Dataflow persists them between st
 and across a streaming `--update`) travel in one versioned wire form, `encode_record`,
 never as pickled class layouts: see "Wire form" below.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +17,7 @@ import datetime as dt
 import hashlib
 import json
 import re
-from typing import Any, Optional
+from typing import Any
 from urllib.parse import quote
 
 from streaming import failures
@@ -26,7 +27,7 @@ _MAX_ENCODED_NAME = 180  # keeps file names under common 255-byte limits
 
 
 def utcnow_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat()
+    return dt.datetime.now(dt.UTC).isoformat()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,21 +37,22 @@ class ImageRef:
     For local files the input folder is the bucket, the relative path the name and
     the mtime in nanoseconds the generation.
     """
+
     bucket: str
     name: str
     generation: int
     event_type: str = "OBJECT_FINALIZE"
     source: str = "notification"  # notification | backfill | local
-    metageneration: Optional[int] = None
-    content_type: Optional[str] = None
-    size: Optional[int] = None
-    md5_hash: Optional[str] = None
-    crc32c: Optional[str] = None
-    time_created: Optional[str] = None
-    updated: Optional[str] = None
-    event_time: Optional[str] = None
-    payload_format: Optional[str] = None
-    metadata: Optional[tuple[tuple[str, str], ...]] = None  # sorted items, hashable
+    metageneration: int | None = None
+    content_type: str | None = None
+    size: int | None = None
+    md5_hash: str | None = None
+    crc32c: str | None = None
+    time_created: str | None = None
+    updated: str | None = None
+    event_time: str | None = None
+    payload_format: str | None = None
+    metadata: tuple[tuple[str, str], ...] | None = None  # sorted items, hashable
     # 0 for a first try; n for the n-th embedding again of a generation whose earlier
     # tries ended in retryable dead letters (set by the catch-up and the backfill).
     attempt: int = 0
@@ -77,8 +79,7 @@ def object_uri(bucket: str, name: str, local: bool) -> str:
     return f"gs://{bucket}/{name}"
 
 
-def row_key(bucket: str, name: str, generation: int,
-            event_type: str = "OBJECT_FINALIZE") -> str:
+def row_key(bucket: str, name: str, generation: int, event_type: str = "OBJECT_FINALIZE") -> str:
     """Deterministic id of an object generation's row (row key and BigQuery insert id).
 
     The same notification delivered twice gives the same key, so sinks overwrite
@@ -117,20 +118,22 @@ def _encode_part(value: str) -> str:
 @dataclasses.dataclass(frozen=True)
 class ImageInfo:
     """An ImageRef plus what decoding learnt about the image."""
+
     ref: ImageRef
     width: int
     height: int
-    format: Optional[str]
+    format: str | None
 
 
 @dataclasses.dataclass(frozen=True)
 class DeadLetter:
     """A failed element: where it failed, why (a short code) and the error text."""
+
     stage: str
     reason: str
     error: str
-    ref: Optional[ImageRef] = None
-    raw: Optional[str] = None
+    ref: ImageRef | None = None
+    raw: str | None = None
 
     @property
     def key(self) -> str:
@@ -170,7 +173,8 @@ _SECRETS = re.compile(
     r"(?i)((?:x-goog-(?:signature|credential)|x-amz-signature|signature|sig|access_token|"
     r"token|key|password|client_secret)=)[^&\s\"']+"
     r"|(bearer\s+)[A-Za-z0-9._~+/=-]+"
-    r"|(\"private_key\"\s*:\s*\")[^\"]+")
+    r"|(\"private_key\"\s*:\s*\")[^\"]+"
+)
 
 
 def redact(text: str) -> str:
@@ -221,7 +225,8 @@ def _from_wire(obj: dict[str, Any]):
     if unknown:
         raise RecordFormatError(
             f"{cls.__name__} in format {RECORD_FORMAT} has no field(s) {', '.join(unknown)}: "
-            "the record layout changed without a RECORD_FORMAT bump")
+            "the record layout changed without a RECORD_FORMAT bump"
+        )
     values = {}
     for name, value in obj["f"].items():
         if isinstance(value, dict) and "t" in value:
@@ -238,8 +243,7 @@ def _tuples(value):
 
 def encode_record(record) -> bytes:
     """ImageRef / ImageInfo / DeadLetter -> versioned bytes (deterministic)."""
-    body = json.dumps(_to_wire(record), ensure_ascii=False, sort_keys=True,
-                      separators=(",", ":"))
+    body = json.dumps(_to_wire(record), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
     return bytes([RECORD_FORMAT]) + body.encode("utf-8")
 
 
@@ -255,7 +259,8 @@ def decode_record(data: bytes):
         raise RecordFormatError(
             f"record bytes are format {found}, this code reads format {RECORD_FORMAT}: "
             "a job cannot be updated across a record format change; drain it and start "
-            "the new one")
+            "the new one"
+        )
     try:
         obj = json.loads(data[1:].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -280,7 +285,11 @@ class Skipped(Rejected):
 
 
 # HTTP statuses of Google API errors (google.api_core exceptions carry `.code`).
-_REASON_BY_STATUS = {401: failures.PERMISSION_DENIED, 403: failures.PERMISSION_DENIED, 404: failures.NOT_FOUND}
+_REASON_BY_STATUS = {
+    401: failures.PERMISSION_DENIED,
+    403: failures.PERMISSION_DENIED,
+    404: failures.NOT_FOUND,
+}
 
 
 def rejected_from(error: BaseException, default: str) -> Rejected:

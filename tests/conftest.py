@@ -1,4 +1,5 @@
 """Shared test set-up: quiet TensorFlow, no metadata-server probes, fixture images."""
+
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -8,16 +9,19 @@ os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:1")
 os.environ.setdefault("GCE_METADATA_ROOT", "127.0.0.1:1")
 # Converted ONNX models (--runtime onnx) go to a cache inside the checkout, shared by the
 # tests' subprocesses, instead of the user's own cache folder.
-os.environ.setdefault("XDG_CACHE_HOME", os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), ".test-cache"))
+os.environ.setdefault(
+    "XDG_CACHE_HOME",
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".test-cache"),
+)
 
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")
 def keras_model():
     """ResNet50 with `random:0` weights, built once for the whole session."""
     from streaming.model import inference
+
     return inference.load_keras_model("random:0")
 
 
@@ -31,4 +35,5 @@ def direct_embed(keras_model):
     def embed(pixels):
         x = preprocess_input(np.asarray(pixels, np.float32)[None].copy())
         return np.asarray(keras_model(x, training=False))[0]
+
     return embed

@@ -1,4 +1,5 @@
 """Fixture images made in code: every mode, EXIF rotation, broken files."""
+
 from __future__ import annotations
 
 import io
@@ -27,7 +28,7 @@ def halves(width=300, height=200, left=(255, 0, 0), right=(0, 0, 255)) -> Image.
     """Left half one colour, right half another: orientation is easy to check."""
     arr = np.zeros((height, width, 3), np.uint8)
     arr[:, : width // 2] = left
-    arr[:, width // 2:] = right
+    arr[:, width // 2 :] = right
     return Image.fromarray(arr)
 
 

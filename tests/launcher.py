@@ -6,16 +6,20 @@ parameters as `--name=value` flags, the launch's pipeline settings as Beam's opt
 and `--template_location` naming where the entry file must write the job file, which
 the launcher then submits. `launcher_argv` turns a documented command into that call.
 """
+
 from __future__ import annotations
 
 import shlex
 
 # gcloud's launch flags and the Beam option each becomes.
 _SETTINGS = {
-    "--region": "region", "--project": "project",
+    "--region": "region",
+    "--project": "project",
     "--service-account-email": "service_account_email",
-    "--staging-location": "staging_location", "--temp-location": "temp_location",
-    "--worker-machine-type": "machine_type", "--max-workers": "max_num_workers",
+    "--staging-location": "staging_location",
+    "--temp-location": "temp_location",
+    "--worker-machine-type": "machine_type",
+    "--max-workers": "max_num_workers",
 }
 _SWITCHES = {"--enable-streaming-engine": "enable_streaming_engine", "--update": "update"}
 _LISTS = ("--parameters", "--additional-pipeline-options")
@@ -29,8 +33,7 @@ def launcher_argv(gcloud: list[str], job_file: str) -> list[str]:
       job_file: the --template_location the launcher passes.
     """
     assert gcloud[:4] == ["gcloud", "dataflow", "flex-template", "run"], gcloud[:4]
-    argv = ["--runner=DataflowRunner", f"--job_name={gcloud[4]}",
-            f"--template_location={job_file}"]
+    argv = ["--runner=DataflowRunner", f"--job_name={gcloud[4]}", f"--template_location={job_file}"]
     rest = gcloud[5:]
     i = 0
     while i < len(rest):

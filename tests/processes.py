@@ -5,6 +5,7 @@ full pipe blocks the child: Beam and TensorFlow log a lot); it runs in its own s
 so stopping it stops what it started; `stop()` sends SIGTERM, then SIGKILL after a
 grace period. Waiting is for a condition (`wait_until`), not for a fixed time.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Callable, Optional, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 T = TypeVar("T")
@@ -29,8 +31,13 @@ class Child:
       env: variables added to this process's environment.
     """
 
-    def __init__(self, argv: Sequence[str], log_path: Optional[str] = None,
-                 env: Optional[dict] = None, cwd: str = ROOT):
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: str | None = None,
+        env: dict | None = None,
+        cwd: str = ROOT,
+    ):
         self._own_log = log_path is None
         if log_path is None:
             fd, log_path = tempfile.mkstemp(prefix="child-", suffix=".log")
@@ -38,19 +45,24 @@ class Child:
         self.log_path = log_path
         self._log = open(log_path, "wb")
         self.started = time.time()
-        self.proc = subprocess.Popen(list(argv), cwd=cwd, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True,
-                                     env={**os.environ, **(env or {})})
+        self.proc = subprocess.Popen(
+            list(argv),
+            cwd=cwd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
 
     @property
     def pid(self) -> int:
         return self.proc.pid
 
     @property
-    def returncode(self) -> Optional[int]:
+    def returncode(self) -> int | None:
         return self.proc.returncode
 
-    def poll(self) -> Optional[int]:
+    def poll(self) -> int | None:
         return self.proc.poll()
 
     def alive(self) -> bool:
@@ -66,7 +78,7 @@ class Child:
     def send_signal(self, sig: int) -> None:
         self.proc.send_signal(sig)
 
-    def wait(self, timeout: Optional[float] = None) -> int:
+    def wait(self, timeout: float | None = None) -> int:
         """The exit status; kills the child and raises TimeoutExpired after `timeout` s."""
         try:
             return self.proc.wait(timeout=timeout)
@@ -74,7 +86,7 @@ class Child:
             self.stop(grace=0)
             raise
 
-    def stop(self, grace: float = 20.0) -> Optional[int]:
+    def stop(self, grace: float = 20.0) -> int | None:
         """SIGTERM, then SIGKILL after `grace` s; returns the exit status."""
         if self.proc.poll() is None:
             self._signal_group(signal.SIGTERM)
@@ -96,7 +108,7 @@ class Child:
         if self._own_log and os.path.exists(self.log_path):
             os.unlink(self.log_path)
 
-    def __enter__(self) -> "Child":
+    def __enter__(self) -> Child:
         return self
 
     def __exit__(self, *_exc) -> None:
@@ -109,7 +121,7 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-def run(argv: Sequence[str], timeout: float, env: Optional[dict] = None) -> tuple[int, str]:
+def run(argv: Sequence[str], timeout: float, env: dict | None = None) -> tuple[int, str]:
     """Runs `argv` to the end: (exit status, stdout and stderr interleaved)."""
     with Child(argv, env=env) as child:
         code = child.wait(timeout)
@@ -119,14 +131,20 @@ def run(argv: Sequence[str], timeout: float, env: Optional[dict] = None) -> tupl
 def python_json(code: str, timeout: float) -> tuple[object, str]:
     """Runs Python `code` in a fresh interpreter from the repository root and returns
     (the JSON its last stdout line holds, its stderr); fails the test if it fails."""
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=timeout
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
-def wait_until(predicate: Callable[[], T], timeout: float, what: str = "condition",
-               job: Optional[Child] = None, interval: float = 0.5) -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float,
+    what: str = "condition",
+    job: Child | None = None,
+    interval: float = 0.5,
+) -> T:
     """Polls `predicate` until it returns something truthy, and returns that.
 
     Raises:
@@ -139,12 +157,16 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str = "conditio
         if value:
             return value
         if job is not None and job.poll() is not None:
-            raise AssertionError(f"{' '.join(job.proc.args[1:4])}... exited "
-                                 f"({job.returncode}) while waiting for {what}:\n"
-                                 f"{job.log_tail()}")
+            raise AssertionError(
+                f"{' '.join(job.proc.args[1:4])}... exited "
+                f"({job.returncode}) while waiting for {what}:\n"
+                f"{job.log_tail()}"
+            )
         if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}"
-                                 + (f":\n{job.log_tail()}" if job is not None else ""))
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what}"
+                + (f":\n{job.log_tail()}" if job is not None else "")
+            )
         time.sleep(interval)
 
 
@@ -160,6 +182,7 @@ def tree_cpu_seconds(pid: int) -> float:
 
 def _tree_sum(pid: int, measure: Callable) -> float:
     import psutil
+
     try:
         proc = psutil.Process(pid)
         procs = [proc] + proc.children(recursive=True)

@@ -12,10 +12,10 @@ the BigQuery emulator cannot run (VECTOR_SEARCH, CREATE VECTOR INDEX).
   definition (cosine distance by brute force, the top_k nearest), which the emulator
   runs, so the rest of the shipped query runs for real.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import sqlglot
 from sqlglot import exp
@@ -33,7 +33,8 @@ def column_types(schema_file: str) -> dict[str, str]:
     out = {}
     for field in schemas.table_schema(schema_file):
         kind = {"FLOAT": "FLOAT64", "INTEGER": "INT64", "BOOLEAN": "BOOL"}.get(
-            field["type"], field["type"])
+            field["type"], field["type"]
+        )
         out[field["name"]] = f"ARRAY<{kind}>" if field.get("mode") == "REPEATED" else kind
     return out
 
@@ -43,8 +44,7 @@ def catalog(tables: dict[str, str]) -> dict:
     nested: dict = {}
     for table_id, schema_file in tables.items():
         project, dataset, table = table_id.split(".")
-        nested.setdefault(project, {}).setdefault(dataset, {})[table] = \
-            column_types(schema_file)
+        nested.setdefault(project, {}).setdefault(dataset, {})[table] = column_types(schema_file)
     return nested
 
 
@@ -70,14 +70,15 @@ def problems(rendered: str, tables: dict[str, str]) -> list[str]:
     for search in tree.find_all(exp.VectorSearch):
         found += _vector_search_problems(tree, search, tables)
     try:
-        qualify(tree.copy(), schema=catalog(tables), dialect="bigquery",
-                validate_qualify_columns=True)
+        qualify(
+            tree.copy(), schema=catalog(tables), dialect="bigquery", validate_qualify_columns=True
+        )
     except sqlglot.errors.OptimizeError as e:
         found.append(str(e))
     return found
 
 
-def _kwarg(search: exp.VectorSearch, name: str) -> Optional[exp.Expression]:
+def _kwarg(search: exp.VectorSearch, name: str) -> exp.Expression | None:
     value = search.args.get(name)
     return value.expression if isinstance(value, exp.Kwarg) else value
 
@@ -129,6 +130,7 @@ def vector_index_problems(rendered: str, tables: dict[str, str]) -> list[str]:
     """CREATE VECTOR INDEX [IF NOT EXISTS] name ON table(column) [STORING(cols)]
     OPTIONS(key = literal, ...), checked token by token."""
     from sqlglot.dialects.bigquery import BigQuery
+
     tokens = [(t.token_type.name, t.text) for t in BigQuery().tokenize(rendered)]
     words = [text.upper() if kind != "STRING" else text for kind, text in tokens]
     found = []
@@ -138,8 +140,10 @@ def vector_index_problems(rendered: str, tables: dict[str, str]) -> list[str]:
         nonlocal pos
         for w in wanted:
             if pos >= len(words) or words[pos] != w:
-                found.append(f"expected {w!r} at token {pos}, got "
-                             f"{words[pos] if pos < len(words) else 'the end'!r}")
+                found.append(
+                    f"expected {w!r} at token {pos}, got "
+                    f"{words[pos] if pos < len(words) else 'the end'!r}"
+                )
                 raise StopIteration
             pos += 1
 
@@ -218,17 +222,19 @@ def exact_vector_search(rendered: str) -> str:
         column = search.args["column_to_search"].name
         top_k = _kwarg(search, "top_k")
         base_columns = ", ".join(f"b.{c} AS {c}" for c in _selected(search.this))
-        dot = (f"(SELECT SUM(x * y) FROM UNNEST(b.{column}) AS x WITH OFFSET AS i "
-               f"JOIN UNNEST(q.{column}) AS y WITH OFFSET AS j ON i = j)")
-        norm = "(SELECT SQRT(SUM(v * v)) FROM UNNEST({}.%s) AS v)" % column
+        dot = (
+            f"(SELECT SUM(x * y) FROM UNNEST(b.{column}) AS x WITH OFFSET AS i "
+            f"JOIN UNNEST(q.{column}) AS y WITH OFFSET AS j ON i = j)"
+        )
+        norm = f"(SELECT SQRT(SUM(v * v)) FROM UNNEST({{}}.{column}) AS v)"
         exact = sqlglot.parse_one(
             f"SELECT STRUCT({base_columns}) AS base, "
             f"1 - {dot} / ({norm.format('b')} * {norm.format('q')}) AS distance "
             f"FROM {search.this.sql('bigquery')} AS b "
             f"CROSS JOIN {search.args['query_table'].sql('bigquery')} AS q "
-            f"ORDER BY distance"
-            + (f" LIMIT {top_k.sql('bigquery')}" if top_k is not None else ""),
-            read="bigquery")
+            f"ORDER BY distance" + (f" LIMIT {top_k.sql('bigquery')}" if top_k is not None else ""),
+            read="bigquery",
+        )
         table = search.parent
         table.replace(exact.subquery(table.alias or None))
     return tree.sql(dialect="bigquery", pretty=True)

@@ -4,11 +4,12 @@ A developer tool, not part of the installed package (Dataflow workers do not nee
 run it from the repository root, `.venv/bin/python tools/samples.py DIR --count N
 [--with-bad]`, or import `photo_like` from tests and benchmarks. The images are
 generated, so any number of any size can be made without downloading anything."""
+
 from __future__ import annotations
 
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -22,8 +23,9 @@ def photo_like(width: int, height: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     small_w, small_h = max(2, width // 32), max(2, height // 32)
     coarse = rng.integers(0, 256, (small_h, small_w, 3), dtype=np.uint8)
-    base = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC),
-                      dtype=np.int16)
+    base = np.asarray(
+        Image.fromarray(coarse).resize((width, height), Image.BICUBIC), dtype=np.int16
+    )
     yy, xx = np.mgrid[0:height, 0:width]
     for _ in range(3):
         cx, cy = rng.uniform(0, width), rng.uniform(0, height)
@@ -34,8 +36,9 @@ def photo_like(width: int, height: int, seed: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def write_samples(directory: str, count: int, width: int, height: int,
-                  seed: int = 0, quality: int = 90) -> list[str]:
+def write_samples(
+    directory: str, count: int, width: int, height: int, seed: int = 0, quality: int = 90
+) -> list[str]:
     """Writes `count` JPEGs (and, for variety, every 4th as PNG) into `directory`."""
     os.makedirs(directory, exist_ok=True)
     paths = []
@@ -43,8 +46,9 @@ def write_samples(directory: str, count: int, width: int, height: int,
         arr = photo_like(width, height, seed + i)
         ext = "png" if i % 4 == 3 else "jpg"
         path = os.path.join(directory, f"sample-{seed + i:04d}.{ext}")
-        Image.fromarray(arr).save(path, quality=quality) if ext == "jpg" else \
-            Image.fromarray(arr).save(path)
+        Image.fromarray(arr).save(path, quality=quality) if ext == "jpg" else Image.fromarray(
+            arr
+        ).save(path)
         paths.append(path)
     return paths
 
@@ -58,11 +62,19 @@ def write_bad_files(directory: str) -> list[str]:
 
     def png_header(width: int, height: int) -> bytes:
         def chunk(kind: bytes, data: bytes) -> bytes:
-            return (struct.pack(">I", len(data)) + kind + data
-                    + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-        return (b"\x89PNG\r\n\x1a\n"
-                + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+            return (
+                struct.pack(">I", len(data))
+                + kind
+                + data
+                + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+            )
+
+        return (
+            b"\x89PNG\r\n\x1a\n"
+            + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+            + chunk(b"IEND", b"")
+        )
 
     buf = io.BytesIO()
     Image.fromarray(photo_like(640, 480, 7)).save(buf, "JPEG", quality=90)
@@ -88,15 +100,16 @@ def write_bad_files(directory: str) -> list[str]:
     return paths
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     parser = cli.ArgumentParser(prog="tools/samples.py", description=__doc__)
     parser.add_argument("directory", type=str, help="Folder to write into.")
     parser.add_argument("--count", type=int, default=24, help="Number of images.")
     parser.add_argument("--width", type=int, default=640, help="Width in pixels.")
     parser.add_argument("--height", type=int, default=480, help="Height in pixels.")
     parser.add_argument("--seed", type=int, default=0, help="First seed.")
-    parser.add_argument("--with-bad", action="store_true",
-                        help="Also write broken and hostile files under bad/.")
+    parser.add_argument(
+        "--with-bad", action="store_true", help="Also write broken and hostile files under bad/."
+    )
     args = parser.parse_args(argv)
     paths = write_samples(args.directory, args.count, args.width, args.height, args.seed)
     print(f"wrote {len(paths)} images to {args.directory}")

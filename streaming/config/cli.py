@@ -7,6 +7,7 @@ with the closest valid one named, and reports any failure as one line on stderr 
 log, which `--verbose` shows. Light on purpose: `--help` must not import Beam or
 TensorFlow.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,13 +16,15 @@ import difflib
 import logging
 import os
 import sys
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-CREDENTIALS_HINT = ("no Google Cloud credentials found: run `gcloud auth "
-                    "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), or "
-                    "pass --local_endpoints to use the emulators")
+CREDENTIALS_HINT = (
+    "no Google Cloud credentials found: run `gcloud auth "
+    "application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS), or "
+    "pass --local_endpoints to use the emulators"
+)
 SPELLING_NOTE = "Options may be spelled --a_b or --a-b."
 
 # Log lines that say nothing a user can act on; shown with --verbose only.
@@ -53,8 +56,10 @@ def respell(argv: Sequence[str], known: Iterable[str]) -> list[str]:
         if token.startswith("--"):
             name, eq, value = token.partition("=")
             if name not in known:
-                for candidate in ("--" + name[2:].replace("-", "_"),
-                                  "--" + name[2:].replace("_", "-")):
+                for candidate in (
+                    "--" + name[2:].replace("-", "_"),
+                    "--" + name[2:].replace("_", "-"),
+                ):
                     if candidate in known:
                         name = candidate
                         break
@@ -63,7 +68,7 @@ def respell(argv: Sequence[str], known: Iterable[str]) -> list[str]:
     return out
 
 
-def closest(option: str, known: Iterable[str]) -> Optional[str]:
+def closest(option: str, known: Iterable[str]) -> str | None:
     """The known option most like `option` (difflib), or None if none is close."""
     name = option.partition("=")[0]
     normal = lambda s: s.lstrip("-").replace("-", "_").lower()
@@ -87,8 +92,12 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if ("%(default)" not in text and action.default not in (None, False, [])
-                and action.default is not argparse.SUPPRESS and action.option_strings):
+        if (
+            "%(default)" not in text
+            and action.default not in (None, False, [])
+            and action.default is not argparse.SUPPRESS
+            and action.option_strings
+        ):
             text += " (default: %(default)s)"
         return text
 
@@ -140,7 +149,8 @@ def describe(error: BaseException) -> str:
         if isinstance(error, gexc.Unauthorized):
             return f"not authorised ({text}); {CREDENTIALS_HINT}"
     if isinstance(error, (ValueError, OSError)) and not type(error).__module__.startswith(
-            ("google", "apache_beam")):
+        ("google", "apache_beam")
+    ):
         return text
     return f"{type(error).__name__}: {text}"
 
@@ -161,9 +171,12 @@ class _DropNoise(logging.Filter):
 def setup_logging(verbose: bool) -> None:
     """WARNING and up in one-line form; DEBUG (tracebacks, TensorFlow's C++ log, Beam's
     notices) with `verbose`. Call before TensorFlow is imported."""
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
     root = logging.getLogger()
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
@@ -208,6 +221,7 @@ def check_credentials() -> None:
     missing, instead of letting a client retry or open an interactive prompt."""
     import google.auth
     from google.auth import exceptions as auth_exc
+
     auth_log = logging.getLogger("google.auth")
     level = auth_log.level
     if not logging.getLogger().isEnabledFor(logging.DEBUG):

@@ -4,10 +4,10 @@ Pub/Sub topic and subscription paths, gs:// URIs.
 Pure functions: they run before anything is contacted, so a typo fails in the first
 second with a message naming the value, not at the first image.
 """
+
 from __future__ import annotations
 
 import re
-from typing import Optional
 
 # GCP project ids: 6-30 lowercase letters, digits, hyphens, starting with a letter.
 PROJECT = r"[a-z][a-z0-9-]{4,28}[a-z0-9]"
@@ -18,8 +18,10 @@ _TABLE_ID = re.compile(rf"(?P<project>{PROJECT})[:.]{_DATASET_TABLE}")
 _SHORT_TABLE_ID = re.compile(_DATASET_TABLE)
 # Pub/Sub: 3-255 characters, starting with a letter.
 _PUBSUB_NAME = r"[A-Za-z][A-Za-z0-9._~%+-]{2,254}"
-_PUBSUB_PATH = re.compile(rf"projects/(?P<project>{PROJECT})/(?P<kind>topics|subscriptions)/"
-                          rf"(?P<name>{_PUBSUB_NAME})")
+_PUBSUB_PATH = re.compile(
+    rf"projects/(?P<project>{PROJECT})/(?P<kind>topics|subscriptions)/"
+    rf"(?P<name>{_PUBSUB_NAME})"
+)
 # Bucket names: 3-63 lowercase letters, digits, -, _ and dots, starting and ending
 # with a letter or digit.
 _BUCKET = re.compile(r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9]")
@@ -40,15 +42,16 @@ class Fragment(str):
 
 def table_ref(table: str) -> Fragment:
     """`project.dataset.table`, back-quoted for SQL, from a validated table id."""
-    return Fragment("`%s.%s.%s`" % parse_table_id(table))
+    project, dataset, name = parse_table_id(table)
+    return Fragment(f"`{project}.{dataset}.{name}`")
 
 
 def standard_table_id(table: str) -> str:
     """`P.D.T`, the form google-cloud-bigquery takes, of `P:D.T` or `P.D.T`."""
-    return "%s.%s.%s" % parse_table_id(table)
+    return ".".join(parse_table_id(table))
 
 
-def full_table_id(table: str, project: Optional[str] = None) -> str:
+def full_table_id(table: str, project: str | None = None) -> str:
     """`P:D.T` for `P:D.T`, `P.D.T`, or `D.T` when `project` is given.
 
     Raises:
@@ -57,14 +60,13 @@ def full_table_id(table: str, project: Optional[str] = None) -> str:
     short = _SHORT_TABLE_ID.fullmatch(table or "")
     if short and "." not in (table or "").partition(".")[2]:
         if not project:
-            raise ValueError(f"{table!r} has no project: write PROJECT:{table} or pass "
-                             "--project")
+            raise ValueError(f"{table!r} has no project: write PROJECT:{table} or pass --project")
         table = f"{project}:{table}"
     project_id, dataset, name = parse_table_id(table)
     return f"{project_id}:{dataset}.{name}"
 
 
-def pubsub_path(value: str, kind: str, project: Optional[str] = None) -> str:
+def pubsub_path(value: str, kind: str, project: str | None = None) -> str:
     """`projects/P/<kind>/NAME` for a full path, or for a bare NAME when `project` is given.
 
     Args:
@@ -86,7 +88,7 @@ def pubsub_path(value: str, kind: str, project: Optional[str] = None) -> str:
 GCS_SCHEME = "gs://"
 
 
-def is_gcs_uri(path: Optional[str]) -> bool:
+def is_gcs_uri(path: str | None) -> bool:
     """Whether `path` (None for an option left out) names Cloud Storage."""
     return (path or "").startswith(GCS_SCHEME)
 
@@ -94,7 +96,7 @@ def is_gcs_uri(path: Optional[str]) -> bool:
 def gcs_parts(uri: str) -> tuple[str, str]:
     """(bucket, object name or prefix) of a gs:// URI the job made itself; unchecked
     (`split_gcs_uri` checks what a user typed)."""
-    bucket, _, name = uri[len(GCS_SCHEME):].partition("/")
+    bucket, _, name = uri[len(GCS_SCHEME) :].partition("/")
     return bucket, name
 
 

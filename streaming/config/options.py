@@ -1,11 +1,15 @@
 """Command-line options of the embedding job (one PipelineOptions subclass) and the
 checks that need no network: option combinations and the syntax of every name."""
+
 from __future__ import annotations
 
 import os
 
-from apache_beam.options.pipeline_options import (GoogleCloudOptions, PipelineOptions,
-                                                  StandardOptions)
+from apache_beam.options.pipeline_options import (
+    GoogleCloudOptions,
+    PipelineOptions,
+    StandardOptions,
+)
 
 from streaming.config import flags, names
 from streaming.config.cli import UsageError
@@ -21,31 +25,35 @@ def validate(opts: EmbedOptions) -> None:
     """Cross-field checks and the syntax of every name; completes short names with
     --project (a table `D.T`, a bare subscription or topic name). Raises UsageError
     (a ValueError) with a message naming the option and its value."""
-    sources = [s for s in ("input_dir", "input_subscription", "input_topic")
-               if getattr(opts, s)]
+    sources = [s for s in ("input_dir", "input_subscription", "input_topic") if getattr(opts, s)]
     if len(sources) != 1:
-        raise UsageError("give exactly one of --input_dir, --input_subscription, --input_topic"
-                         f" (got {', '.join('--' + s for s in sources) or 'none'})")
+        raise UsageError(
+            "give exactly one of --input_dir, --input_subscription, --input_topic"
+            f" (got {', '.join('--' + s for s in sources) or 'none'})"
+        )
     if opts.watch and not opts.input_dir:
         raise UsageError("--watch needs --input_dir")
     if not (opts.output_dir or opts.output_table or opts.output_gcs):
         raise UsageError("give at least one of --output_dir, --output_table, --output_gcs")
-    if (opts.min_batch_size is not None and opts.min_batch_size < 1) or \
-            opts.max_batch_size < (opts.min_batch_size or 1):
+    if (opts.min_batch_size is not None and opts.min_batch_size < 1) or opts.max_batch_size < (
+        opts.min_batch_size or 1
+    ):
         raise UsageError("need 1 <= --min_batch_size <= --max_batch_size")
     if opts.catch_up == "always" and not (opts.buckets and opts.output_table):
         raise UsageError("--catch_up always needs --buckets and --output_table")
     if opts.catch_up_chunk < 1:
         raise UsageError(f"--catch_up_chunk must be >= 1, not {opts.catch_up_chunk}")
     if opts.catch_up_every_minutes < 0:
-        raise UsageError("--catch_up_every_minutes must be >= 0, not "
-                         f"{opts.catch_up_every_minutes}")
+        raise UsageError(
+            f"--catch_up_every_minutes must be >= 0, not {opts.catch_up_every_minutes}"
+        )
     if opts.decode_threads < 1 or opts.decode_window < 1:
         raise UsageError("--decode_threads and --decode_window must be at least 1")
     for option in ("intra_op_threads", "inter_op_threads"):
         if getattr(opts, option) < 0:
-            raise UsageError(f"--{option} must be >= 0 (0: the runtime's default), not "
-                             f"{getattr(opts, option)}")
+            raise UsageError(
+                f"--{option} must be >= 0 (0: the runtime's default), not {getattr(opts, option)}"
+            )
     for option in ("vectors_per_shard", "shard_keys"):
         if getattr(opts, option) < 1:
             raise UsageError(f"--{option} must be at least 1, not {getattr(opts, option)}")
@@ -53,13 +61,16 @@ def validate(opts: EmbedOptions) -> None:
         if not getattr(opts, option) > 0:
             raise UsageError(f"--{option} must be positive, not {getattr(opts, option)}")
     if opts.weights_watch_interval <= 0:
-        raise UsageError("--weights_watch_interval must be positive, not "
-                         f"{opts.weights_watch_interval}")
+        raise UsageError(
+            f"--weights_watch_interval must be positive, not {opts.weights_watch_interval}"
+        )
     watch = opts.weights_watch
     if watch and "://" not in watch:
         if (opts.view_as(StandardOptions).runner or "").endswith("DataflowRunner"):
-            raise UsageError(f"--weights_watch {watch}: Dataflow workers cannot see a local "
-                             "folder; pass a gs:// prefix")
+            raise UsageError(
+                f"--weights_watch {watch}: Dataflow workers cannot see a local "
+                "folder; pass a gs:// prefix"
+            )
         if not os.path.isdir(watch):
             raise UsageError(f"--weights_watch {watch}: not a folder (or gs:// prefix)")
     if opts.max_pixels < 1 or opts.max_bytes < 1:

@@ -10,11 +10,12 @@ than that (a bucket's metadata under `roles/storage.objectCreator`, a subscripti
 for a deployer without Pub/Sub roles): a check the caller may not make (a 403) is
 skipped and named, so the launch goes on with one warning line instead of failing.
 """
+
 from __future__ import annotations
 
 import os
 import tempfile
-from typing import Callable, Optional
+from collections.abc import Callable
 
 from streaming.config import cli, names
 from streaming.model import spec as model_spec
@@ -22,15 +23,17 @@ from streaming.model import spec as model_spec
 _TIMEOUT = 30.0
 
 
-def weights_problem(spec: str, exists: Callable[[str], bool]) -> Optional[str]:
+def weights_problem(spec: str, exists: Callable[[str], bool]) -> str | None:
     """Why `--weights spec` cannot be used, or None. `exists` tells whether a path or
     URI exists (only called for files)."""
     problem = model_spec.weights_syntax_problem(spec)
     if problem or model_spec.is_fixed(spec):
         return problem
     if not exists(spec):
-        return (f"--weights {spec!r}: weights file does not exist; pass --weights imagenet, "
-                "random:SEED, or an existing .weights.h5 path / gs:// URI")
+        return (
+            f"--weights {spec!r}: weights file does not exist; pass --weights imagenet, "
+            "random:SEED, or an existing .weights.h5 path / gs:// URI"
+        )
     return None
 
 
@@ -76,36 +79,43 @@ def check_paths(opts, remote: bool = False) -> list[str]:
     if opts.output_dir and "://" not in opts.output_dir:
         check_writable_dir("--output_dir", opts.output_dir)
     if "://" not in opts.weights:
-        in_image = remote and opts.weights.startswith("/") and not os.path.exists(
-            opts.weights)
-        problem = weights_problem(opts.weights, lambda _: True if in_image else
-                                  os.path.exists(_))
+        in_image = remote and opts.weights.startswith("/") and not os.path.exists(opts.weights)
+        problem = weights_problem(opts.weights, lambda _: True if in_image else os.path.exists(_))
         if problem:
             raise cli.UsageError(problem)
         if in_image:
-            return [f"--weights {opts.weights} (a file of the worker image, not on this "
-                    "machine)"]
+            return [f"--weights {opts.weights} (a file of the worker image, not on this machine)"]
     return []
 
 
 def cloud_names(opts) -> bool:
     """Whether the options name any cloud resource (Pub/Sub, BigQuery, gs://)."""
-    return any([opts.input_subscription, opts.input_topic, opts.output_table,
-                opts.dead_letter_table, opts.output_gcs,
-                names.is_gcs_uri(opts.output_dir), names.is_gcs_uri(opts.weights),
-                names.is_gcs_uri(opts.model_cache_dir)])
+    return any(
+        [
+            opts.input_subscription,
+            opts.input_topic,
+            opts.output_table,
+            opts.dead_letter_table,
+            opts.output_gcs,
+            names.is_gcs_uri(opts.output_dir),
+            names.is_gcs_uri(opts.weights),
+            names.is_gcs_uri(opts.model_cache_dir),
+        ]
+    )
 
 
 def _denied(error: BaseException) -> bool:
     from google.api_core import exceptions as gexc
+
     return isinstance(error, (gexc.Forbidden, gexc.PermissionDenied))
 
 
-def bucket_exists(storage, bucket: str) -> Optional[bool]:
+def bucket_exists(storage, bucket: str) -> bool | None:
     """Whether `bucket` exists, or None when the caller may not tell: its metadata
     (`storage.buckets.get`) is tried first, then a listing (`storage.objects.list`).
     A missing bucket answers 404 to both whatever the caller's roles."""
     from google.api_core import exceptions as gexc
+
     try:
         return storage.bucket(bucket).exists(timeout=_TIMEOUT)
     except gexc.Forbidden:
@@ -127,6 +137,7 @@ def check_services(opts, local: bool) -> list[str]:
     from google.api_core import exceptions as gexc
 
     from streaming.support import clients
+
     skipped: list[str] = []
 
     def missing(option: str, value: str, what: str) -> cli.UsageError:
@@ -134,24 +145,25 @@ def check_services(opts, local: bool) -> list[str]:
 
     if opts.input_subscription or opts.input_topic:
         from google.cloud import pubsub_v1
+
         option = "--input_subscription" if opts.input_subscription else "--input_topic"
         name = opts.input_subscription or opts.input_topic
         try:
             if opts.input_subscription:
                 with pubsub_v1.SubscriberClient() as sub:
-                    sub.get_subscription(subscription=opts.input_subscription,
-                                         timeout=_TIMEOUT)
+                    sub.get_subscription(subscription=opts.input_subscription, timeout=_TIMEOUT)
             else:
-                pubsub_v1.PublisherClient().get_topic(topic=opts.input_topic,
-                                                      timeout=_TIMEOUT)
+                pubsub_v1.PublisherClient().get_topic(topic=opts.input_topic, timeout=_TIMEOUT)
         except gexc.NotFound:
             raise missing(option, name, option[8:]) from None
         except gexc.GoogleAPICallError as e:
             if not _denied(e):
                 raise
             skipped.append(f"{option} {name} (permission denied)")
-    tables = [("--output_table", opts.output_table),
-              ("--dead_letter_table", opts.dead_letter_table)]
+    tables = [
+        ("--output_table", opts.output_table),
+        ("--dead_letter_table", opts.dead_letter_table),
+    ]
     if any(t for _, t in tables):
         bq = clients.bigquery_client(local)
         for option, table in tables:
@@ -162,10 +174,15 @@ def check_services(opts, local: bool) -> list[str]:
                 except gexc.NotFound:
                     raise missing(option, table, f"dataset {project}:{dataset}") from None
                 except gexc.Forbidden:
-                    skipped.append(f"{option} {table} (permission denied on dataset "
-                                   f"{project}:{dataset})")
-    uris = [("--output_gcs", opts.output_gcs), ("--output_dir", opts.output_dir),
-            ("--model_cache_dir", opts.model_cache_dir), ("--weights", opts.weights)]
+                    skipped.append(
+                        f"{option} {table} (permission denied on dataset {project}:{dataset})"
+                    )
+    uris = [
+        ("--output_gcs", opts.output_gcs),
+        ("--output_dir", opts.output_dir),
+        ("--model_cache_dir", opts.model_cache_dir),
+        ("--weights", opts.weights),
+    ]
     uris = [(o, u) for o, u in uris if names.is_gcs_uri(u)]
     if uris:
         storage = clients.storage_client(local)
@@ -175,8 +192,10 @@ def check_services(opts, local: bool) -> list[str]:
                 # The object itself (storage.objects.get): a missing bucket or object
                 # answers 404 either way.
                 try:
-                    problem = weights_problem(uri, lambda _: storage.bucket(bucket).blob(
-                        name).exists(timeout=_TIMEOUT))
+                    blob = storage.bucket(bucket).blob(name)
+                    problem = weights_problem(
+                        uri, lambda _, blob=blob: blob.exists(timeout=_TIMEOUT)
+                    )
                 except gexc.Forbidden:
                     skipped.append(f"{option} {uri} (permission denied)")
                     continue

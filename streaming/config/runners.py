@@ -5,6 +5,7 @@ machine: the job catches up on start, pulls Pub/Sub itself and checks local path
 other runner submits the job; Dataflow is the one whose worker layout, model cache and
 acknowledgement the job knows.
 """
+
 from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions

@@ -10,6 +10,7 @@ its own load DoFn with `--decode_threads` decoding; one decode holds the object'
 `DECODE_BYTES_PER_PIXEL` bytes each while Pillow decodes and converts them). The decode
 window holds only 224x224 arrays.
 """
+
 from __future__ import annotations
 
 # Counted from the arrays `decode.to_rgb` holds at once: Pillow keeps RGB as 4 bytes a
@@ -17,14 +18,23 @@ from __future__ import annotations
 # result (4); 16-bit grey about 10, 32-bit grey 14, 32-bit float grey 18.
 DECODE_BYTES_PER_PIXEL = 20
 WINDOW_BYTES_PER_IMAGE = 224 * 224 * 3
+
+
 def decode_bytes(max_pixels: int, max_bytes: int) -> int:
     """The most one decode holds: the object's bytes and its pixels while converted."""
     return max_bytes + DECODE_BYTES_PER_PIXEL * max_pixels
 
 
-def peak_bytes(*, processes: int, harness_threads: int, decode_threads: int,
-               decode_window: int, max_pixels: int, max_bytes: int,
-               base_mib: float) -> int:
+def peak_bytes(
+    *,
+    processes: int,
+    harness_threads: int,
+    decode_threads: int,
+    decode_window: int,
+    max_pixels: int,
+    max_bytes: int,
+    base_mib: float,
+) -> int:
     """A worker's peak resident bytes with the largest allowed images arriving at once.
 
     Args:
@@ -34,6 +44,8 @@ def peak_bytes(*, processes: int, harness_threads: int, decode_threads: int,
       decode_threads, decode_window, max_pixels, max_bytes: the job's options.
       base_mib: one SDK process at rest, measured (docs/performance.md).
     """
-    per_thread = decode_threads * decode_bytes(max_pixels, max_bytes) \
+    per_thread = (
+        decode_threads * decode_bytes(max_pixels, max_bytes)
         + decode_window * WINDOW_BYTES_PER_IMAGE
+    )
     return int(processes * (base_mib * 2**20 + harness_threads * per_thread))

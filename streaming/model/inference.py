@@ -16,6 +16,7 @@ weights (`streaming/onnx_runtime.py`), which never imports TensorFlow for `rando
 or a weights file, and not at all once the graph is cached. Results name the runtime
 next to the fingerprint.
 """
+
 from __future__ import annotations
 
 import functools
@@ -25,19 +26,24 @@ import shutil
 import sys
 import tempfile
 import threading
-from typing import Any, Iterable, Optional, Sequence
-
-import numpy as np
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import (KeyedModelHandler, ModelHandler, PredictionResult,
-                                           RunInference)
+import numpy as np
+from apache_beam.ml.inference.base import (
+    KeyedModelHandler,
+    ModelHandler,
+    PredictionResult,
+    RunInference,
+)
 
-from streaming import failures
-from streaming import metrics
+from streaming import failures, metrics
 from streaming.config import flags
 from streaming.model import resnet50
 from streaming.model import spec as model_spec
+
+# EMBEDDING_DIM and MODEL_NAME are re-exported: callers of the model read them here.
 from streaming.model.spec import EMBEDDING_DIM, INPUT_SHAPE, MODEL_NAME  # noqa: F401
 from streaming.records import DeadLetter
 
@@ -51,13 +57,15 @@ class WeightsUnavailableError(RuntimeError):
 
 def _keras():
     import keras  # heavy import, only where a model is built
+
     return keras
 
 
-def build_resnet50(weights: Optional[str] = None):
+def build_resnet50(weights: str | None = None):
     """The Keras ResNet50 trunk with global average pooling (no classifier)."""
     return _keras().applications.ResNet50(
-        include_top=False, weights=weights, pooling="avg", input_shape=INPUT_SHAPE)
+        include_top=False, weights=weights, pooling="avg", input_shape=INPUT_SHAPE
+    )
 
 
 def weights_fingerprint(model) -> str:
@@ -80,13 +88,14 @@ def load_keras_model(spec: str):
     if kind == model_spec.IMAGENET:
         try:
             return build_resnet50("imagenet")
-        except Exception as e:  # noqa: BLE001 - network, proxy, cache permission...
+        except Exception as e:  # network, proxy, cache permission...: named, re-raised
             raise WeightsUnavailableError(
                 f"Cannot load the ImageNet weights for ResNet50 ({type(e).__name__}: {e}). "
                 "Keras downloads them on first use; without network access pass "
                 "--weights PATH.weights.h5 (local or gs://, e.g. a copy of "
                 "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 saved with "
-                "model.save_weights) or --weights random:SEED for a smoke test.") from e
+                "model.save_weights) or --weights random:SEED for a smoke test."
+            ) from e
     if kind == model_spec.RANDOM:
         return _seeded(build_resnet50(None), random_seed(spec))
     local = _local_copy(spec)
@@ -96,11 +105,12 @@ def load_keras_model(spec: str):
         model = build_resnet50(None)
         model.load_weights(local)
         return model
-    except Exception as e:  # noqa: BLE001 - h5py/keras raise many kinds on bad files
+    except Exception as e:  # h5py/keras raise many kinds on bad files: named, re-raised
         raise WeightsUnavailableError(
             f"Cannot load ResNet50 weights from {spec!r} ({type(e).__name__}: {e}). "
             "Expected a Keras .weights.h5 or .keras file for ResNet50(include_top=False, "
-            "pooling='avg'); alternatives: --weights imagenet or random:SEED.") from e
+            "pooling='avg'); alternatives: --weights imagenet or random:SEED."
+        ) from e
 
 
 def random_seed(spec: str) -> int:
@@ -134,18 +144,22 @@ def _local_copy(spec: str) -> str:
     """A local path for the weights file, copying it from gs:// (or any Beam
     filesystem) once. Keras insists on the original suffix, so the name is kept."""
     from apache_beam.io.filesystems import FileSystems
+
     if "://" not in spec:
         if not os.path.exists(spec):
             raise WeightsUnavailableError(
                 f"Weights file {spec!r} does not exist; pass --weights imagenet, "
-                "random:SEED, or an existing .weights.h5 path / gs:// URI.")
+                "random:SEED, or an existing .weights.h5 path / gs:// URI."
+            )
         return spec
     target = os.path.join(tempfile.mkdtemp(prefix="weights-"), os.path.basename(spec))
     try:
-        with FileSystems.open(spec, compression_type="uncompressed") as src, \
-                open(target, "wb") as dst:
+        with (
+            FileSystems.open(spec, compression_type="uncompressed") as src,
+            open(target, "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst, 1 << 20)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise WeightsUnavailableError(f"Cannot read weights {spec!r}: {e}") from e
     return target
 
@@ -158,6 +172,7 @@ class EmbeddingModel:
     def __init__(self, keras_model):
         import tensorflow as tf
         from keras.applications.resnet50 import preprocess_input
+
         self.keras_model = keras_model
         self.fingerprint = weights_fingerprint(keras_model)
         self.model_id = f"{MODEL_NAME}@{self.fingerprint}"
@@ -190,6 +205,7 @@ def configure_threads(intra_op: int = 0, inter_op: int = 0) -> None:
     runtime starts, so the handler calls it before it builds the model; later calls
     (a second handler in the same process) are logged and ignored."""
     import tensorflow as tf
+
     try:
         if intra_op:
             tf.config.threading.set_intra_op_parallelism_threads(intra_op)
@@ -205,8 +221,12 @@ _LOADED: dict[tuple, Any] = {}
 _LOAD_LOCK = threading.Lock()
 
 
-def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
-                         cache_dir: Optional[str] = None, threads: tuple[int, int] = (0, 0)):
+def load_embedding_model(
+    spec: str,
+    runtime: str = DEFAULT_RUNTIME,
+    cache_dir: str | None = None,
+    threads: tuple[int, int] = (0, 0),
+):
     """The model for `spec` on `runtime`, loaded once per process. This is the only
     model cache: the job's start-up check, RunInference (whose shared handle keeps a
     reference to this object for its threads) and embed-search all get the same copy.
@@ -226,20 +246,31 @@ def load_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
         return _LOADED[key]
 
 
-def build_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
-                          cache_dir: Optional[str] = None,
-                          threads: tuple[int, int] = (0, 0)):
+def build_embedding_model(
+    spec: str,
+    runtime: str = DEFAULT_RUNTIME,
+    cache_dir: str | None = None,
+    threads: tuple[int, int] = (0, 0),
+):
     """A new model for `spec` on `runtime`, warmed up, outside the process's cache
     (`load_embedding_model` keeps that); a weights switch builds the next one here."""
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if runtime == "tensorflow":  # ONNX Runtime never imports TensorFlow
         configure_threads(*threads)
-    model = (_load_onnx(spec, cache_dir, threads) if runtime == "onnx"
-             else EmbeddingModel(load_keras_model(spec)))
+    model = (
+        _load_onnx(spec, cache_dir, threads)
+        if runtime == "onnx"
+        else EmbeddingModel(load_keras_model(spec))
+    )
     model.warm_up()
-    _LOG.info("Loaded %s with weights %s on %s, device %s", model.model_id, spec,
-              model.runtime_version, model.device)
+    _LOG.info(
+        "Loaded %s with weights %s on %s, device %s",
+        model.model_id,
+        spec,
+        model.runtime_version,
+        model.device,
+    )
     return model
 
 
@@ -247,11 +278,12 @@ def build_embedding_model(spec: str, runtime: str = DEFAULT_RUNTIME,
 CLAIM_WAIT_SECS = 300.0
 
 
-def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
+def _load_onnx(spec: str, cache_dir: str | None, threads: tuple[int, int]):
     """The cached ONNX graph for `spec`; on a miss, builds it from the weights once
     (`streaming/model/resnet50.py`, no TensorFlow for `random:SEED` or a weights file) and
     stores it for the next process."""
     from streaming.model import onnx_runtime
+
     cache_dir = cache_dir or onnx_runtime.default_cache_dir()
     fixed = model_spec.is_fixed(spec)
     local = None if fixed else _local_copy(spec)
@@ -272,21 +304,33 @@ def _load_onnx(spec: str, cache_dir: Optional[str], threads: tuple[int, int]):
     return onnx_runtime.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
 
 
-def _build_entry(spec: str, local: Optional[str], cache_dir: str, key: str) -> tuple[bytes, str]:
+def _build_entry(spec: str, local: str | None, cache_dir: str, key: str) -> tuple[bytes, str]:
     """Builds and stores the graph of a claimed entry; (model bytes, fingerprint). A
     failure gives the claim back, so the next process tries at once instead of waiting."""
     from streaming.model import onnx_runtime
+
     where = onnx_runtime.entry_location(cache_dir, key)
-    print(f"Building the ONNX model for weights {spec} once; later runs load it "
-          f"from {where}", file=sys.stderr, flush=True)
+    print(
+        f"Building the ONNX model for weights {spec} once; later runs load it from {where}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         weights = resnet50_weights(spec, local)
         fingerprint = resnet50.fingerprint(weights)
         model_bytes = resnet50.to_onnx(weights, onnx_runtime.OPSET)
         del weights
-        onnx_runtime.write_entry(cache_dir, key, model_bytes, {
-            "weights": spec, "fingerprint": fingerprint, "model_name": MODEL_NAME,
-            "opset": onnx_runtime.OPSET})
+        onnx_runtime.write_entry(
+            cache_dir,
+            key,
+            model_bytes,
+            {
+                "weights": spec,
+                "fingerprint": fingerprint,
+                "model_name": MODEL_NAME,
+                "opset": onnx_runtime.OPSET,
+            },
+        )
     except BaseException:
         onnx_runtime.release_claim(cache_dir, key)
         raise
@@ -294,7 +338,7 @@ def _build_entry(spec: str, local: Optional[str], cache_dir: str, key: str) -> t
     return model_bytes, fingerprint
 
 
-def resnet50_weights(spec: str, local: Optional[str] = None) -> list[np.ndarray]:
+def resnet50_weights(spec: str, local: str | None = None) -> list[np.ndarray]:
     """ResNet50's weights for `spec` as arrays in Keras's `get_weights()` order.
 
     `random:SEED` and a weights file h5py can read (`.weights.h5`, or a Keras 2
@@ -321,7 +365,8 @@ def resnet50_weights(spec: str, local: Optional[str] = None) -> list[np.ndarray]
         resnet50.check_weights(weights)
     except ValueError as e:
         raise WeightsUnavailableError(
-            f"Weights {spec!r} are not ResNet50(include_top=False, pooling='avg')'s: {e}") from e
+            f"Weights {spec!r} are not ResNet50(include_top=False, pooling='avg')'s: {e}"
+        ) from e
     return [np.asarray(w, np.float32) for w in weights]
 
 
@@ -330,7 +375,7 @@ def result_model_id(model) -> str:
     return f"{model.model_id}+{model.runtime_version}"
 
 
-def split_model_id(model_id: Optional[str]) -> tuple[str, str, Optional[str]]:
+def split_model_id(model_id: str | None) -> tuple[str, str, str | None]:
     """(model name, weights fingerprint, runtime or None) of a result's model id."""
     name, _, rest = (model_id or "").partition("@")
     fingerprint, _, runtime = rest.partition("+")
@@ -354,14 +399,24 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
     process serves each batch without a proxy hop.
     """
 
-    def __init__(self, weights: str, *, min_batch_size: Optional[int] = None,
-                 max_batch_size: Optional[int] = None,
-                 max_batch_duration_secs: Optional[int] = None,
-                 runtime: str = DEFAULT_RUNTIME, cache_dir: Optional[str] = None,
-                 threads: tuple[int, int] = (0, 0), weights_watch: Optional[str] = None,
-                 weights_watch_interval: float = 60.0):
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-                         max_batch_duration_secs=max_batch_duration_secs)
+    def __init__(
+        self,
+        weights: str,
+        *,
+        min_batch_size: int | None = None,
+        max_batch_size: int | None = None,
+        max_batch_duration_secs: int | None = None,
+        runtime: str = DEFAULT_RUNTIME,
+        cache_dir: str | None = None,
+        threads: tuple[int, int] = (0, 0),
+        weights_watch: str | None = None,
+        weights_watch_interval: float = 60.0,
+    ):
+        super().__init__(
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            max_batch_duration_secs=max_batch_duration_secs,
+        )
         self.weights = weights
         self.runtime = runtime
         self.cache_dir = cache_dir
@@ -374,16 +429,34 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
         if not self.weights_watch:
             return model
         from streaming.model import weights_watch
-        build = functools.partial(build_embedding_model, runtime=self.runtime,
-                                  cache_dir=self.cache_dir, threads=self.threads)
-        return weights_watch.watched(
-            model, self.weights_watch, self.weights_watch_interval, build,
-            key=(self.weights, self.runtime, self.cache_dir, tuple(self.threads),
-                 self.weights_watch, self.weights_watch_interval))
 
-    def run_inference(self, batch: Sequence[np.ndarray], model: EmbeddingModel,
-                      inference_args: Optional[dict[str, Any]] = None
-                      ) -> Iterable[PredictionResult]:
+        build = functools.partial(
+            build_embedding_model,
+            runtime=self.runtime,
+            cache_dir=self.cache_dir,
+            threads=self.threads,
+        )
+        return weights_watch.watched(
+            model,
+            self.weights_watch,
+            self.weights_watch_interval,
+            build,
+            key=(
+                self.weights,
+                self.runtime,
+                self.cache_dir,
+                tuple(self.threads),
+                self.weights_watch,
+                self.weights_watch_interval,
+            ),
+        )
+
+    def run_inference(
+        self,
+        batch: Sequence[np.ndarray],
+        model: EmbeddingModel,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
         results = embed_batch(model, batch)
         metrics.TALLY.add(metrics.INFERRED, len(results))
         if hasattr(model, "take_counts"):  # a watched model: its switches become counters
@@ -400,19 +473,30 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
         return "BeamML_ResNet50"
 
 
-def make_model_handler(weights: str, *, min_batch_size: int, max_batch_size: int,
-                       max_batch_duration_secs: Optional[int],
-                       runtime: str = DEFAULT_RUNTIME,
-                       cache_dir: Optional[str] = None,
-                       threads: tuple[int, int] = (0, 0),
-                       weights_watch: Optional[str] = None,
-                       weights_watch_interval: float = 60.0) -> EmbeddingModelHandler:
+def make_model_handler(
+    weights: str,
+    *,
+    min_batch_size: int,
+    max_batch_size: int,
+    max_batch_duration_secs: int | None,
+    runtime: str = DEFAULT_RUNTIME,
+    cache_dir: str | None = None,
+    threads: tuple[int, int] = (0, 0),
+    weights_watch: str | None = None,
+    weights_watch_interval: float = 60.0,
+) -> EmbeddingModelHandler:
     """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
     return EmbeddingModelHandler(
-        weights, min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-        max_batch_duration_secs=max_batch_duration_secs, runtime=runtime,
-        cache_dir=cache_dir, threads=threads, weights_watch=weights_watch,
-        weights_watch_interval=weights_watch_interval)
+        weights,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        max_batch_duration_secs=max_batch_duration_secs,
+        runtime=runtime,
+        cache_dir=cache_dir,
+        threads=threads,
+        weights_watch=weights_watch,
+        weights_watch_interval=weights_watch_interval,
+    )
 
 
 class EmbedImages(beam.PTransform):
@@ -426,10 +510,12 @@ class EmbedImages(beam.PTransform):
     def expand(self, images):
         results, failed = (
             images
-            | "RunInference" >> RunInference(KeyedModelHandler(self._handler))
-            .with_exception_handling())
+            | "RunInference"
+            >> RunInference(KeyedModelHandler(self._handler)).with_exception_handling()
+        )
         dead = failed.failed_inferences | "Dead-letter failed batches" >> beam.FlatMap(
-            _failed_batch_to_dead_letters)
+            _failed_batch_to_dead_letters
+        )
         return results, dead
 
 
@@ -437,5 +523,6 @@ def _failed_batch_to_dead_letters(failure) -> Iterable[DeadLetter]:
     batch, error = failure
     for info, _ in batch:
         metrics.dead_letter(failures.INFERENCE_ERROR)
-        yield DeadLetter("embed", failures.INFERENCE_ERROR, f"{type(error).__name__}: {error}",
-                         ref=info.ref)
+        yield DeadLetter(
+            "embed", failures.INFERENCE_ERROR, f"{type(error).__name__}: {error}", ref=info.ref
+        )

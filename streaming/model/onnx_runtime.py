@@ -22,6 +22,7 @@ created with `if_generation_match=0` on gs://, `O_EXCL` locally): workers that s
 the cache and start, or meet new weights, at the same time build each graph once; the
 others wait for the entry and load it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -30,7 +31,6 @@ import logging
 import os
 import socket
 import time
-from typing import Optional
 
 import numpy as np
 
@@ -53,7 +53,7 @@ def default_cache_dir() -> str:
     return os.path.join(base, "image-embeddings", "onnx")
 
 
-def weights_source_id(spec: str, local_path: Optional[str] = None) -> str:
+def weights_source_id(spec: str, local_path: str | None = None) -> str:
     """What identifies the weights without building the model: the spec for `imagenet`
     and `random:SEED` (both name fixed values), the sha256 of the bytes of a weights
     file (`local_path`, its local copy)."""
@@ -74,6 +74,7 @@ def cache_key(source_id: str) -> str:
 
 def _join(root: str, *parts: str) -> str:
     from apache_beam.io.filesystems import FileSystems
+
     return FileSystems.join(root, *parts) if "://" in root else os.path.join(root, *parts)
 
 
@@ -82,16 +83,16 @@ def entry_location(cache_dir: str, key: str) -> str:
     return _join(cache_dir, key)
 
 
-def read_entry(cache_dir: str, key: str) -> Optional[tuple[bytes, dict]]:
+def read_entry(cache_dir: str, key: str) -> tuple[bytes, dict] | None:
     """(model bytes, meta) of a complete cache entry, or None."""
     from apache_beam.io.filesystems import FileSystems
+
     meta_path = _join(cache_dir, key, _META_FILE)
     if not FileSystems.exists(meta_path):
         return None
     with FileSystems.open(meta_path, compression_type="uncompressed") as f:
         meta = json.loads(f.read())
-    with FileSystems.open(_join(cache_dir, key, _MODEL_FILE),
-                          compression_type="uncompressed") as f:
+    with FileSystems.open(_join(cache_dir, key, _MODEL_FILE), compression_type="uncompressed") as f:
         return f.read(), meta
 
 
@@ -106,6 +107,7 @@ def claim_entry(cache_dir: str, key: str, stale_after: float = 300.0) -> bool:
     stamp = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}".encode()
     if "://" in cache_dir:
         from streaming.support import clients, storage
+
         if is_gcs_uri(path):
             return storage.create_object(clients.worker_storage_client(), path, stamp)
         return True  # no create-only write on other filesystems: everyone builds
@@ -127,6 +129,7 @@ def release_claim(cache_dir: str, key: str) -> None:
     try:
         if is_gcs_uri(path):  # the client that made it (FileSystems may not see it yet)
             from streaming.support import clients
+
             bucket, name = gcs_parts(path)
             clients.worker_storage_client().bucket(bucket).blob(name).delete()
         elif "://" not in cache_dir:
@@ -135,8 +138,9 @@ def release_claim(cache_dir: str, key: str) -> None:
         _LOG.debug("Cannot remove the claim %s: %s", path, e)
 
 
-def wait_for_entry(cache_dir: str, key: str, timeout: float,
-                   poll: float = 1.0) -> Optional[tuple[bytes, dict]]:
+def wait_for_entry(
+    cache_dir: str, key: str, timeout: float, poll: float = 1.0
+) -> tuple[bytes, dict] | None:
     """The entry another process claimed, once it is complete, or None after `timeout`
     seconds (the builder may have died: the caller then builds it itself)."""
     deadline = time.monotonic() + timeout
@@ -149,9 +153,12 @@ def wait_for_entry(cache_dir: str, key: str, timeout: float,
 
 def write_entry(cache_dir: str, key: str, model_bytes: bytes, meta: dict) -> None:
     """Writes the model, then the meta that marks the entry complete."""
-    for name, data in ((_MODEL_FILE, model_bytes),
-                       (_META_FILE, json.dumps(meta, indent=1).encode())):
+    for name, data in (
+        (_MODEL_FILE, model_bytes),
+        (_META_FILE, json.dumps(meta, indent=1).encode()),
+    ):
         from streaming.support import storage
+
         storage.write_atomically(_join(cache_dir, key, name), data)
 
 
@@ -166,6 +173,7 @@ def session_options(threads: tuple[int, int] = (0, 0)):
     0 or 1 keeps the sequential default.
     """
     import onnxruntime as ort
+
     intra_op, inter_op = threads
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op
@@ -180,11 +188,18 @@ class OnnxEmbeddingModel:
 
     runtime = RUNTIME
 
-    def __init__(self, model_bytes: bytes, fingerprint: str, model_name: str,
-                 threads: tuple[int, int] = (0, 0)):
+    def __init__(
+        self,
+        model_bytes: bytes,
+        fingerprint: str,
+        model_name: str,
+        threads: tuple[int, int] = (0, 0),
+    ):
         import onnxruntime as ort
-        self._session = ort.InferenceSession(model_bytes, session_options(threads),
-                                             providers=["CPUExecutionProvider"])
+
+        self._session = ort.InferenceSession(
+            model_bytes, session_options(threads), providers=["CPUExecutionProvider"]
+        )
         self._input = self._session.get_inputs()[0].name
         self.device = self._session.get_providers()[0]
         self.fingerprint = fingerprint

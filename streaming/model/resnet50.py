@@ -20,10 +20,11 @@ ResNet50 -> global average pooling -> float32 (n, 2048). Each batch normalizatio
 folded into the convolution before it (inference mode) and the RGB->BGR swap into the
 first convolution's kernel.
 """
+
 from __future__ import annotations
 
 import hashlib
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -31,8 +32,7 @@ from streaming.model.spec import CAFFE_MEAN_BGR, EMBEDDING_DIM, INPUT_SHAPE
 
 BN_EPSILON = 1.001e-5  # keras.applications.resnet's BatchNormalization(epsilon=...)
 # (stage name, filters, blocks, stride of its first block) of ResNet50.
-STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2),
-          ("conv5", 512, 3, 2))
+STAGES = (("conv2", 64, 3, 1), ("conv3", 128, 4, 2), ("conv4", 256, 6, 2), ("conv5", 512, 3, 2))
 _BN_VARS = ("gamma", "beta", "moving_mean", "moving_variance")
 
 
@@ -46,8 +46,10 @@ def _conv_layers() -> list[tuple[str, int, int, int, int]]:
         for b in range(1, blocks + 1):
             name, first = f"{stage}_block{b}", b == 1
             s = stride if first else 1
-            convs += [(f"{name}_1_conv", 1, channels, filters, s),
-                      (f"{name}_2_conv", 3, filters, filters, 1)]
+            convs += [
+                (f"{name}_1_conv", 1, channels, filters, s),
+                (f"{name}_2_conv", 3, filters, filters, 1),
+            ]
             if first:
                 convs.append((f"{name}_0_conv", 1, channels, 4 * filters, s))
             convs.append((f"{name}_3_conv", 1, filters, 4 * filters, 1))
@@ -116,20 +118,22 @@ def check_weights(weights: Sequence[np.ndarray]) -> None:
     """Raises ValueError naming the first weight whose shape is not ResNet50's."""
     specs = weight_specs()
     if len(weights) != len(specs):
-        raise ValueError(f"{len(weights)} weight tensors; ResNet50 (include_top=False) "
-                         f"has {len(specs)}")
+        raise ValueError(
+            f"{len(weights)} weight tensors; ResNet50 (include_top=False) has {len(specs)}"
+        )
     for (path, shape), w in zip(specs, weights):
         if tuple(np.shape(w)) != shape:
             raise ValueError(f"weight {path} has shape {tuple(np.shape(w))}, expected {shape}")
 
 
-def read_weights_h5(path: str) -> Optional[list[np.ndarray]]:
+def read_weights_h5(path: str) -> list[np.ndarray] | None:
     """The weights in a ResNet50 weights file, read with h5py, or None when the file
     is laid out neither as Keras 3 writes `.weights.h5` (`layers/<class>_<i>/vars/<j>`,
     numbered per layer class in model order) nor as Keras 2 wrote `.h5` weights
     (`<layer>/<layer>/<variable>:0`, by layer name). A file that is not HDF5 raises
     OSError."""
     import h5py
+
     order = _layer_order()
     with h5py.File(path, "r") as f:
         if "layers" in f and "conv2d" in f["layers"]:
@@ -159,6 +163,7 @@ def write_weights_h5(path: str, weights: Sequence[np.ndarray]) -> None:
     """Writes `weights` as Keras 3 writes ResNet50's `.weights.h5` (what
     `read_weights_h5` and Keras's `load_weights` read), without TensorFlow."""
     import h5py
+
     check_weights(weights)
     it = iter(weights)
     seen = {"conv2d": 0, "batch_normalization": 0}
@@ -175,6 +180,7 @@ def write_weights_h5(path: str, weights: Sequence[np.ndarray]) -> None:
 def _names(group) -> list[str]:
     """Every dataset path under an h5py group."""
     import h5py
+
     found: list[str] = []
     group.visititems(lambda n, o: found.append(n) if isinstance(o, h5py.Dataset) else None)
     return found
@@ -201,8 +207,9 @@ def to_onnx(weights: Sequence[np.ndarray], opset: int = 17) -> bytes:
         """Conv with its batch normalization folded in (float64, then float32)."""
         kernel = by_path[f"{layer}/kernel"].astype(np.float64)
         bias = by_path[f"{layer}/bias"].astype(np.float64)
-        gamma, beta, mean, var = (by_path[f"{layer[:-5]}_bn/{v}"].astype(np.float64)
-                                  for v in _BN_VARS)
+        gamma, beta, mean, var = (
+            by_path[f"{layer[:-5]}_bn/{v}"].astype(np.float64) for v in _BN_VARS
+        )
         scale = gamma / np.sqrt(var + BN_EPSILON)
         if layer == "conv1_conv":
             kernel = kernel[:, :, ::-1, :]  # the graph's input is RGB; Keras's is BGR
@@ -210,9 +217,17 @@ def to_onnx(weights: Sequence[np.ndarray], opset: int = 17) -> bytes:
         b = (bias - mean) * scale + beta
         pad = (k - 1) // 2 if layer != "conv1_conv" else 3
         out = f"{layer}_out"
-        nodes.append(helper.make_node(
-            "Conv", [x, const(f"{layer}/w", w), const(f"{layer}/b", b)], [out],
-            kernel_shape=[k, k], strides=[stride, stride], pads=[pad] * 4, name=layer))
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [x, const(f"{layer}/w", w), const(f"{layer}/b", b)],
+                [out],
+                kernel_shape=[k, k],
+                strides=[stride, stride],
+                pads=[pad] * 4,
+                name=layer,
+            )
+        )
         if not relu:
             return out
         nodes.append(helper.make_node("Relu", [out], [f"{layer}_relu"]))
@@ -221,33 +236,46 @@ def to_onnx(weights: Sequence[np.ndarray], opset: int = 17) -> bytes:
     nodes += [
         helper.make_node("Transpose", ["pixels"], ["nchw"], perm=[0, 3, 1, 2]),
         helper.make_node("Cast", ["nchw"], ["nchw_f"], to=TensorProto.FLOAT),
-        helper.make_node("Sub", ["nchw_f", const(
-            "mean_rgb", np.array(CAFFE_MEAN_BGR[::-1]).reshape(1, 3, 1, 1))], ["centered"]),
+        helper.make_node(
+            "Sub",
+            ["nchw_f", const("mean_rgb", np.array(CAFFE_MEAN_BGR[::-1]).reshape(1, 3, 1, 1))],
+            ["centered"],
+        ),
     ]
     x = conv_bn("centered", "conv1_conv", 7, 2, relu=True)
     # Keras pads with zeros before max pooling; after a ReLU every value is >= 0, so
     # ONNX's padding (ignored by the max) gives the same result.
-    nodes.append(helper.make_node("MaxPool", [x], ["pool1"], kernel_shape=[3, 3],
-                                  strides=[2, 2], pads=[1, 1, 1, 1]))
+    nodes.append(
+        helper.make_node(
+            "MaxPool", [x], ["pool1"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]
+        )
+    )
     x = "pool1"
-    for stage, filters, blocks, stride in STAGES:
+    for stage, _filters, blocks, stride in STAGES:
         for b in range(1, blocks + 1):
             name, s = f"{stage}_block{b}", stride if b == 1 else 1
             shortcut = conv_bn(x, f"{name}_0_conv", 1, s, relu=False) if b == 1 else x
             y = conv_bn(x, f"{name}_1_conv", 1, s, relu=True)
             y = conv_bn(y, f"{name}_2_conv", 3, 1, relu=True)
             y = conv_bn(y, f"{name}_3_conv", 1, 1, relu=False)
-            nodes += [helper.make_node("Add", [shortcut, y], [f"{name}_add"]),
-                      helper.make_node("Relu", [f"{name}_add"], [f"{name}_out"])]
+            nodes += [
+                helper.make_node("Add", [shortcut, y], [f"{name}_add"]),
+                helper.make_node("Relu", [f"{name}_add"], [f"{name}_out"]),
+            ]
             x = f"{name}_out"
-    nodes += [helper.make_node("GlobalAveragePool", [x], ["avg_pool"]),
-              helper.make_node("Flatten", ["avg_pool"], ["embedding"], axis=1)]
+    nodes += [
+        helper.make_node("GlobalAveragePool", [x], ["avg_pool"]),
+        helper.make_node("Flatten", ["avg_pool"], ["embedding"], axis=1),
+    ]
     graph = helper.make_graph(
-        nodes, "resnet50_avgpool",
+        nodes,
+        "resnet50_avgpool",
         [helper.make_tensor_value_info("pixels", TensorProto.UINT8, ["n", *INPUT_SHAPE])],
         [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["n", EMBEDDING_DIM])],
-        initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)],
-                              producer_name="image-embeddings")
+        initializer=inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", opset)], producer_name="image-embeddings"
+    )
     model.ir_version = 8  # what opset 17 needs; readable by older ONNX Runtimes too
     return model.SerializeToString()

@@ -11,10 +11,10 @@ loader and the ONNX Runtime cache all read a spec through `parse_weights`.
 
 Pure and light: `--help` and the option checks import it without Beam or TensorFlow.
 """
+
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 from streaming.config.names import is_gcs_uri
 
@@ -33,9 +33,10 @@ IMAGENET, RANDOM, FILE = "imagenet", "random", "file"
 @dataclasses.dataclass(frozen=True)
 class Weights:
     """One `--weights` value, parsed: its kind and, for `random:SEED`, the seed."""
+
     spec: str
     kind: str  # IMAGENET, RANDOM or FILE
-    seed: Optional[int] = None
+    seed: int | None = None
 
     @property
     def on_gcs(self) -> bool:
@@ -64,21 +65,24 @@ def parse_weights(spec: str) -> Weights:
     kind = weights_kind(spec)
     if kind == RANDOM:
         try:
-            seed = int(spec[len(RANDOM_PREFIX):])
+            seed = int(spec[len(RANDOM_PREFIX) :])
         except ValueError:
-            raise ValueError(f"--weights {spec!r}: expected random:<integer seed> "
-                             "(random:SEED)") from None
+            raise ValueError(
+                f"--weights {spec!r}: expected random:<integer seed> (random:SEED)"
+            ) from None
         return Weights(spec, RANDOM, seed)
     return Weights(spec, kind)
 
 
-def weights_syntax_problem(spec: str) -> Optional[str]:
+def weights_syntax_problem(spec: str) -> str | None:
     """Why `spec` is no `--weights` value (one line naming it), or None."""
     try:
         weights = parse_weights(spec)
     except ValueError as e:
         return str(e)
     if weights.kind == FILE and not spec.endswith(WEIGHTS_FILE_SUFFIXES):
-        return (f"--weights {spec!r}: expected imagenet, random:SEED, or a .weights.h5 / "
-                ".keras file (local or gs://)")
+        return (
+            f"--weights {spec!r}: expected imagenet, random:SEED, or a .weights.h5 / "
+            ".keras file (local or gs://)"
+        )
     return None

@@ -18,12 +18,13 @@ meets the update waits for the whole load, and on the local runner a global-wind
 input holds every element back until its source ends; the swap here works the same on
 every runner.
 """
+
 from __future__ import annotations
 
 import logging
 import threading
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
@@ -33,14 +34,17 @@ DEFAULT_INTERVAL_SECS = 60.0
 _LOG = logging.getLogger("embed-stream.weights")
 
 
-def newest_weights(location: str) -> Optional[tuple[str, float, int]]:
+def newest_weights(location: str) -> tuple[str, float, int] | None:
     """(path, last-update time, size) of the newest weights file directly under
     `location`, or None. Ties on time go to the later name."""
     from apache_beam.io.filesystems import FileSystems
+
     pattern = FileSystems.join(location.rstrip("/"), "*")
-    found = [(m.last_updated_in_seconds or 0.0, m.path, m.size_in_bytes)
-             for m in FileSystems.match([pattern])[0].metadata_list
-             if m.path.endswith(WEIGHTS_SUFFIXES)]
+    found = [
+        (m.last_updated_in_seconds or 0.0, m.path, m.size_in_bytes)
+        for m in FileSystems.match([pattern])[0].metadata_list
+        if m.path.endswith(WEIGHTS_SUFFIXES)
+    ]
     if not found:
         return None
     updated, path, size = max(found)
@@ -119,8 +123,13 @@ class WatchedModel:
         self._current = new
         with self._counted:
             self._switches += 1
-        _LOG.info("Switched weights: %s -> %s (%s), %.1f s after they were found",
-                  old.fingerprint, new.fingerprint, path, time.monotonic() - started)
+        _LOG.info(
+            "Switched weights: %s -> %s (%s), %.1f s after they were found",
+            old.fingerprint,
+            new.fingerprint,
+            path,
+            time.monotonic() - started,
+        )
         return True
 
     def _watch(self) -> None:
@@ -132,8 +141,9 @@ _WATCHED: dict[tuple, WatchedModel] = {}
 _WATCHED_LOCK = threading.Lock()
 
 
-def watched(model, location: str, interval: float, build: Callable[[str], object],
-            key: tuple) -> WatchedModel:
+def watched(
+    model, location: str, interval: float, build: Callable[[str], object], key: tuple
+) -> WatchedModel:
     """The process's one `WatchedModel` for `key` (the handler's settings), made around
     `model` on first use: every thread and DoFn instance of a process shares one watch."""
     with _WATCHED_LOCK:

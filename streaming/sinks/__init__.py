@@ -5,9 +5,11 @@ is a new `Sink` here or beside its peers, its option, and one line in `sinks_for
 The .npy vectors are not a sink: they are written first (`vectors`, `files.WriteVectors`)
 because each row says where its vector is.
 """
+
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 class Sink:

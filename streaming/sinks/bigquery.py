@@ -11,12 +11,14 @@ limits (bytes and rows per request). Only rows that BigQuery itself refuses, or 
 alone exceed a request, come back, as `(table, row, errors)`, for the dead letters;
 `streaming/failures.py` has the whole table.
 """
+
 from __future__ import annotations
 
 import json
 import logging
 import time
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.utils.windowed_value import WindowedValue
@@ -38,19 +40,26 @@ _CHECKED: set[str] = set()
 
 def table_spec(schema_file: str) -> dict[str, Any]:
     """Day partitions on processing time; clustering for the analysts' usual filters."""
-    clustering = (["bucket", "model_fingerprint", "name"] if schema_file == schemas.EMBEDDINGS
-                  else ["stage", "reason"])
+    clustering = (
+        ["bucket", "model_fingerprint", "name"]
+        if schema_file == schemas.EMBEDDINGS
+        else ["stage", "reason"]
+    )
     return {"partition_field": "processing_time", "clustering": clustering}
 
 
 def make_table(table_id: str, schema_file: str):
     """The `bigquery.Table` the job creates when it is missing."""
     from google.cloud import bigquery
-    table = bigquery.Table(table_id, schema=[bigquery.SchemaField.from_api_repr(f)
-                                             for f in schemas.table_schema(schema_file)])
+
+    table = bigquery.Table(
+        table_id,
+        schema=[bigquery.SchemaField.from_api_repr(f) for f in schemas.table_schema(schema_file)],
+    )
     spec = table_spec(schema_file)
     table.time_partitioning = bigquery.TimePartitioning(
-        type_=bigquery.TimePartitioningType.DAY, field=spec["partition_field"])
+        type_=bigquery.TimePartitioningType.DAY, field=spec["partition_field"]
+    )
     table.clustering_fields = spec["clustering"]
     return table
 
@@ -85,8 +94,9 @@ def insert_action(error: BaseException) -> str:
     - anything else (5xx, 403 rate limits, timeouts, connection errors): `retry`.
     """
     code = getattr(error, "code", None)
-    reasons = {e.get("reason") for e in (getattr(error, "errors", None) or [])
-               if isinstance(e, dict)}
+    reasons = {
+        e.get("reason") for e in (getattr(error, "errors", None) or []) if isinstance(e, dict)
+    }
     if code == 413 or (code == 400 and _is_size_error(str(error))):
         return SPLIT
     if code == 400:
@@ -100,21 +110,23 @@ def insert_action(error: BaseException) -> str:
 
 def _is_size_error(message: str) -> bool:
     message = message.lower()
-    return "payload size exceeds" in message or "too many rows" in message \
+    return (
+        "payload size exceeds" in message
+        or "too many rows" in message
         or "request too large" in message
+    )
 
 
 class _InsertRowsFn(beam.DoFn):
-    def __init__(self, table: str, schema_file: str, local: bool, batch_size: int,
-                 max_bytes: int):
+    def __init__(self, table: str, schema_file: str, local: bool, batch_size: int, max_bytes: int):
         self._table_id = names.standard_table_id(table)
         self._table, self._schema_file = table, schema_file
         self._local, self._batch_size, self._max_bytes = local, batch_size, max_bytes
 
     def setup(self):
         from streaming.support import clients
-        self._client = clients.worker_bigquery_client(self._local,
-                                                        self._table_id.split(".")[0])
+
+        self._client = clients.worker_bigquery_client(self._local, self._table_id.split(".")[0])
         self._stalls = failures.StallLog(_LOG)
         if self._table_id not in _CHECKED:
             self._ensure_table()
@@ -123,14 +135,16 @@ class _InsertRowsFn(beam.DoFn):
         self._buffer: list[tuple[dict, Any, Any]] = []
         self._buffered_bytes = _REQUEST_FRAME_BYTES
 
-    def process(self, row: dict, timestamp=beam.DoFn.TimestampParam,
-                window=beam.DoFn.WindowParam) -> Iterable:
+    def process(
+        self, row: dict, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
+    ) -> Iterable:
         size = request_row_bytes(row, row["row_key"])
         if size + _REQUEST_FRAME_BYTES > self._max_bytes:
             yield self._refused(row, timestamp, window, _too_large(size, self._max_bytes))
             return
-        if self._buffer and (self._buffered_bytes + size > self._max_bytes
-                             or len(self._buffer) >= self._batch_size):
+        if self._buffer and (
+            self._buffered_bytes + size > self._max_bytes or len(self._buffer) >= self._batch_size
+        ):
             yield from self._flush()
         self._buffer.append((row, timestamp, window))
         self._buffered_bytes += size
@@ -162,8 +176,13 @@ class _InsertRowsFn(beam.DoFn):
             batch = [rows[i] for i in pending]
             try:
                 result = self._client.insert_rows_json(
-                    self._table_id, batch, row_ids=[r["row_key"] for r in batch],
-                    skip_invalid_rows=True, retry=None, timeout=60)
+                    self._table_id,
+                    batch,
+                    row_ids=[r["row_key"] for r in batch],
+                    skip_invalid_rows=True,
+                    retry=None,
+                    timeout=60,
+                )
             except Exception as e:  # noqa: BLE001 - classified below, never raised
                 action = insert_action(e)
                 if action in (SPLIT, REJECT):
@@ -179,17 +198,24 @@ class _InsertRowsFn(beam.DoFn):
                         refused[pending[0]] = [{"reason": "invalid", "message": _short(e)}]
                     return refused
                 if action == MISSING and self._ensure_table():
-                    _LOG.warning("BigQuery table %s was missing; re-created it",
-                                 self._table_id)
+                    _LOG.warning("BigQuery table %s was missing; re-created it", self._table_id)
                 elif action in (MISSING, STALL):
                     metrics.count("bigquery.stalled")
-                    self._stalls.error(f"{action}:{getattr(e, 'code', '')}", (
-                        f"BigQuery insert into {self._table_id} is waiting: {_short(e)} "
-                        "(fix the dataset or the job's permissions: the rows go in then)"))
+                    self._stalls.error(
+                        f"{action}:{getattr(e, 'code', '')}",
+                        (
+                            f"BigQuery insert into {self._table_id} is waiting: {_short(e)} "
+                            "(fix the dataset or the job's permissions: the rows go in then)"
+                        ),
+                    )
                 else:
                     metrics.count("bigquery.insert_retries")
-                    _LOG.warning("BigQuery insert into %s failed (%s); retrying in %.0f s",
-                                 self._table_id, _short(e), delay)
+                    _LOG.warning(
+                        "BigQuery insert into %s failed (%s); retrying in %.0f s",
+                        self._table_id,
+                        _short(e),
+                        delay,
+                    )
             else:
                 metrics.count("bigquery.rows_inserted", len(batch) - len(result))
                 again = []
@@ -212,12 +238,13 @@ class _InsertRowsFn(beam.DoFn):
         dataset is left to the caller's stall (creating datasets is the operator's
         job, and a permission the job's account does not need)."""
         from google.api_core import exceptions as gexc
+
         try:
-            self._client.create_table(make_table(self._table_id, self._schema_file),
-                                      exists_ok=True)
+            self._client.create_table(make_table(self._table_id, self._schema_file), exists_ok=True)
         except gexc.NotFound as e:
-            self._stalls.error("dataset", f"cannot create BigQuery table {self._table_id}: "
-                                          f"{_short(e)}")
+            self._stalls.error(
+                "dataset", f"cannot create BigQuery table {self._table_id}: {_short(e)}"
+            )
             return False
         except Exception as e:  # noqa: BLE001 - next insert retries
             _LOG.warning("cannot check BigQuery table %s: %s", self._table_id, _short(e))
@@ -231,11 +258,11 @@ def _is_invalid(errors: list) -> bool:
     """A row's own errors make it invalid (final), as opposed to `stopped` (another
     row's fault) or a backend error on it (transient)."""
     return any(e.get("reason") == "invalid" for e in errors) or not all(
-        e.get("reason") in ("stopped", "backendError", "internalError", "timeout")
-        for e in errors)
+        e.get("reason") in ("stopped", "backendError", "internalError", "timeout") for e in errors
+    )
 
 
-def _too_large(size: Optional[int], limit: int, message: str = "") -> list[dict]:
+def _too_large(size: int | None, limit: int, message: str = "") -> list[dict]:
     text = message or f"the row is {size} bytes as JSON; an insert request holds {limit}"
     return [{"reason": failures.ROW_TOO_LARGE, "message": text}]
 
@@ -249,9 +276,14 @@ class WriteRows(beam.PTransform):
     """Rows -> BigQuery `table` (P:D.T or P.D.T), created from `schema_file` when
     missing; returns the rows BigQuery refused as `(table, row, errors)`."""
 
-    def __init__(self, table: str, schema_file: str = schemas.EMBEDDINGS,
-                 local: bool = False, batch_size: int = MAX_REQUEST_ROWS,
-                 max_bytes: int = MAX_REQUEST_BYTES):
+    def __init__(
+        self,
+        table: str,
+        schema_file: str = schemas.EMBEDDINGS,
+        local: bool = False,
+        batch_size: int = MAX_REQUEST_ROWS,
+        max_bytes: int = MAX_REQUEST_BYTES,
+    ):
         super().__init__()
         self._fn = _InsertRowsFn(table, schema_file, local, batch_size, max_bytes)
 
@@ -263,15 +295,21 @@ def rejected_row_to_dead_letter(failure) -> DeadLetter:
     """A row BigQuery refused, as a dead letter: `row_too_large` if it alone exceeds an
     insert request, else `bigquery_rejected`."""
     _table, row, errors = failure
-    reason = failures.ROW_TOO_LARGE if any(
-        isinstance(e, dict) and e.get("reason") == failures.ROW_TOO_LARGE for e in errors) \
+    reason = (
+        failures.ROW_TOO_LARGE
+        if any(isinstance(e, dict) and e.get("reason") == failures.ROW_TOO_LARGE for e in errors)
         else failures.BIGQUERY_REJECTED
+    )
     metrics.dead_letter(reason)
     ref = None
     if row.get("bucket") is not None and row.get("name") is not None:
-        ref = ImageRef(row["bucket"], row["name"], int(row.get("generation") or 0),
-                       event_type=row.get("event_type") or "OBJECT_FINALIZE",
-                       event_time=row.get("event_time"))
+        ref = ImageRef(
+            row["bucket"],
+            row["name"],
+            int(row.get("generation") or 0),
+            event_type=row.get("event_type") or "OBJECT_FINALIZE",
+            event_time=row.get("event_time"),
+        )
     return DeadLetter("write", reason, json.dumps(errors, default=str), ref=ref)
 
 
@@ -283,10 +321,15 @@ class BigQueryRows(Sink):
         self._table, self._local = table, local
 
     def write_rows(self, rows):
-        rejected = (tuple(rows.values()) | "All rows" >> beam.Flatten()
-                    | "Write to BigQuery" >> WriteRows(self._table, local=self._local))
-        return {"bigquery": rejected | "Dead-letter rejected rows" >> beam.Map(
-            rejected_row_to_dead_letter)}
+        rejected = (
+            tuple(rows.values())
+            | "All rows" >> beam.Flatten()
+            | "Write to BigQuery" >> WriteRows(self._table, local=self._local)
+        )
+        return {
+            "bigquery": rejected
+            | "Dead-letter rejected rows" >> beam.Map(rejected_row_to_dead_letter)
+        }
 
 
 class BigQueryDeadLetters(Sink):
@@ -296,7 +339,9 @@ class BigQueryDeadLetters(Sink):
         self._table, self._local = table, local
 
     def write_dead_letters(self, by_stage, gathered):
-        (gathered
-         | "Dead-letter rows" >> DeadLetterRows()
-         | "Write dead letters to BigQuery" >> WriteRows(
-             self._table, schemas.DEAD_LETTERS, local=self._local))
+        (
+            gathered
+            | "Dead-letter rows" >> DeadLetterRows()
+            | "Write dead letters to BigQuery"
+            >> WriteRows(self._table, schemas.DEAD_LETTERS, local=self._local)
+        )

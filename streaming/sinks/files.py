@@ -7,31 +7,37 @@ there (`support.storage.create_object`). Files are written whole or not at all: 
 a temporary name and is renamed; a Cloud Storage object only appears when its upload
 completes.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import os
-from typing import Any, Iterable, Optional
-
-import numpy as np
-import orjson
+from collections.abc import Iterable
+from typing import Any
 
 import apache_beam as beam
+import numpy as np
+import orjson
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.utils import retry
 
-from streaming import failures
-from streaming import metrics
+from streaming import failures, metrics
 from streaming.config.names import is_gcs_uri
+from streaming.model.inference import split_model_id
+from streaming.records import (
+    DeadLetter,
+    ImageInfo,
+    ImageRef,
+    object_file_name,
+    rejected_from,
+    utcnow_iso,
+)
 from streaming.sinks import Sink
 from streaming.support import clients
-from streaming.support.storage import create_object, write_atomically
 from streaming.support.ordered_pool import WorkAhead
-from streaming.model.inference import split_model_id
-from streaming.records import (DeadLetter, ImageInfo, ImageRef, object_file_name,
-                               rejected_from, utcnow_iso)
+from streaming.support.storage import create_object, write_atomically
 
 DEAD = "dead_letters"
 WRITE_THREADS, WRITE_AHEAD = 8, 16  # vector uploads at once, and elements ahead
@@ -53,16 +59,28 @@ def vector_path(root: str, info_or_ref, model_id: str = "") -> str:
     return FileSystems.join(root, object_file_name(ref.bucket, ref.name, ref.generation, suffix))
 
 
-def embedding_row(info: ImageInfo, embedding: np.ndarray, model_id: str,
-                  vector_uri: str | None, vector_index: int | None = None) -> dict[str, Any]:
+def embedding_row(
+    info: ImageInfo,
+    embedding: np.ndarray,
+    model_id: str,
+    vector_uri: str | None,
+    vector_index: int | None = None,
+) -> dict[str, Any]:
     """The BigQuery row (schemas/embeddings.json) of one embedded image; `vector_index`
     is the vector's row in a shard (streaming/sinks/vectors.py), None for a .npy of its own."""
     model_name, fingerprint, runtime = split_model_id(model_id)
     row = _ref_row(info.ref)
-    row.update(width=info.width, height=info.height, format=info.format,
-               embedding=float32_list(embedding),
-               model_name=model_name, model_fingerprint=fingerprint, model_runtime=runtime,
-               vector_uri=vector_uri, vector_index=vector_index)
+    row.update(
+        width=info.width,
+        height=info.height,
+        format=info.format,
+        embedding=float32_list(embedding),
+        model_name=model_name,
+        model_fingerprint=fingerprint,
+        model_runtime=runtime,
+        vector_uri=vector_uri,
+        vector_index=vector_index,
+    )
     return row
 
 
@@ -70,8 +88,11 @@ def float32_list(vector) -> list[float]:
     """A float32 vector as Python floats that print as the shortest decimals that read
     back as the same float32 (about 11 characters instead of 20 in a row's JSON): the
     insert request carries half the bytes and `np.float32(value)` is exact."""
-    return orjson.loads(orjson.dumps(np.asarray(vector, dtype=np.float32).reshape(-1),
-                                     option=orjson.OPT_SERIALIZE_NUMPY))
+    return orjson.loads(
+        orjson.dumps(
+            np.asarray(vector, dtype=np.float32).reshape(-1), option=orjson.OPT_SERIALIZE_NUMPY
+        )
+    )
 
 
 def tombstone_row(ref: ImageRef) -> dict[str, Any]:
@@ -123,8 +144,7 @@ def _retryable(error: BaseException) -> bool:
     return getattr(error, "code", None) not in (401, 403)
 
 
-@retry.with_exponential_backoff(num_retries=3, initial_delay_secs=0.5,
-                                retry_filter=_retryable)
+@retry.with_exponential_backoff(num_retries=3, initial_delay_secs=0.5, retry_filter=_retryable)
 def write_with_retries(path: str, data: bytes, gcs=None) -> None:
     """`create_object` for gs:// when given a storage client, else `write_atomically`;
     retried with backoff a bounded number of times (then the caller dead-letters):
@@ -172,8 +192,9 @@ class _WriteVectorFn(WorkAhead):
         info, vector, model_id, uri, error = written
         if error is not None:
             metrics.dead_letter(error.reason)
-            yield pvalue.TaggedOutput(DEAD, DeadLetter("write", error.reason, str(error),
-                                                       ref=info.ref))
+            yield pvalue.TaggedOutput(
+                DEAD, DeadLetter("write", error.reason, str(error), ref=info.ref)
+            )
             return
         metrics.count("images_embedded")
         yield embedding_row(info, vector, model_id, uri)
@@ -188,7 +209,8 @@ class WriteVectors(beam.PTransform):
 
     def expand(self, results):
         return results | "Write .npy" >> beam.ParDo(_WriteVectorFn(self._root)).with_outputs(
-            DEAD, main="rows")
+            DEAD, main="rows"
+        )
 
 
 class _WriteJsonFileFn(beam.DoFn):
@@ -224,7 +246,7 @@ class DeadLetterRows(beam.PTransform):
         return dead_letters | "To row" >> beam.Map(DeadLetter.to_row)
 
 
-def vector_root(output_gcs: Optional[str], output_dir: Optional[str]) -> Optional[str]:
+def vector_root(output_gcs: str | None, output_dir: str | None) -> str | None:
     """Where the .npy vectors go: --output_gcs, else `vectors/` under --output_dir."""
     return output_gcs or (FileSystems.join(output_dir, VECTORS_DIR) if output_dir else None)
 
@@ -239,13 +261,14 @@ class LocalFiles(Sink):
 
     def write_rows(self, rows):
         for label, part in rows.items():
-            part | f"Write {label}" >> WriteJsonFiles(
-                FileSystems.join(self._dir, ROWS_DIR), "rows")
+            part | f"Write {label}" >> WriteJsonFiles(FileSystems.join(self._dir, ROWS_DIR), "rows")
         return {}
 
     def write_dead_letters(self, by_stage, gathered):
         for stage, part in by_stage.items():
-            (part
-             | f"Dead-letter rows ({stage})" >> DeadLetterRows()
-             | f"Write dead letters ({stage})" >> WriteJsonFiles(
-                 FileSystems.join(self._dir, DEAD_LETTERS_DIR), "dead_letters"))
+            (
+                part
+                | f"Dead-letter rows ({stage})" >> DeadLetterRows()
+                | f"Write dead letters ({stage})"
+                >> WriteJsonFiles(FileSystems.join(self._dir, DEAD_LETTERS_DIR), "dead_letters")
+            )

@@ -18,6 +18,7 @@ Between the model and the writer the vectors travel as `Embedded`: the image's r
 its versioned wire form and the vector as raw float32 bytes (`EmbeddedCoder`), never as
 pickled arrays, JSON or Python floats.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,23 +27,21 @@ import os
 import random
 import struct
 import time
-from typing import Iterable, Optional, Tuple
-
-import numpy as np
+from collections.abc import Iterable
 
 import apache_beam as beam
+import numpy as np
 from apache_beam import coders, pvalue
 from apache_beam.transforms import userstate
 from apache_beam.transforms.timeutil import TimeDomain
 
-from streaming import failures
-from streaming import metrics
-from streaming.support import clients
-from streaming.sinks import files
+from streaming import failures, metrics
 from streaming.config.flags import VECTOR_LAYOUTS
 from streaming.config.names import gcs_parts, is_gcs_uri
 from streaming.model.inference import split_model_id
 from streaming.records import DeadLetter, ImageInfo, decode_record, encode_record, rejected_from
+from streaming.sinks import files
+from streaming.support import clients
 
 SHARDS, OBJECTS = VECTOR_LAYOUTS
 SHARDS_DIR = "shards"
@@ -55,6 +54,7 @@ class Embedded:
     Unpacks as `info, result` with `result.inference` and `result.model_id`, the shape
     of RunInference's keyed output, so the one-object-per-vector writer reads it as is.
     """
+
     __slots__ = ("info", "vector", "model_id")
 
     def __init__(self, info: ImageInfo, vector, model_id: str):
@@ -70,9 +70,12 @@ class Embedded:
         return iter((self.info, self))
 
     def __eq__(self, other):
-        return (isinstance(other, Embedded) and self.info == other.info
-                and self.model_id == other.model_id
-                and np.array_equal(self.vector, other.vector))
+        return (
+            isinstance(other, Embedded)
+            and self.info == other.info
+            and self.model_id == other.model_id
+            and np.array_equal(self.vector, other.vector)
+        )
 
     def __hash__(self):
         return hash((self.info, self.model_id))
@@ -96,19 +99,26 @@ def encode_embedded(value: Embedded) -> bytes:
     """Format byte, lengths, the ImageInfo's wire form, the model id, float32 LE bytes."""
     record = encode_record(value.info)
     model_id = (value.model_id or "").encode("utf-8")
-    return (_HEADER.pack(EMBEDDED_FORMAT, len(record), len(model_id)) + record + model_id
-            + value.vector.astype("<f4", copy=False).tobytes())
+    return (
+        _HEADER.pack(EMBEDDED_FORMAT, len(record), len(model_id))
+        + record
+        + model_id
+        + value.vector.astype("<f4", copy=False).tobytes()
+    )
 
 
 def decode_embedded(data: bytes) -> Embedded:
     fmt, n_record, n_model = _HEADER.unpack_from(data)
     if fmt != EMBEDDED_FORMAT:
         from streaming.records import RecordFormatError
-        raise RecordFormatError(f"embedded vector bytes are format {fmt}, this code reads "
-                                f"format {EMBEDDED_FORMAT}: drain the job and start the new one")
+
+        raise RecordFormatError(
+            f"embedded vector bytes are format {fmt}, this code reads "
+            f"format {EMBEDDED_FORMAT}: drain the job and start the new one"
+        )
     start = _HEADER.size
-    info = decode_record(data[start:start + n_record])
-    model_id = data[start + n_record:start + n_record + n_model].decode("utf-8")
+    info = decode_record(data[start : start + n_record])
+    model_id = data[start + n_record : start + n_record + n_model].decode("utf-8")
     vector = np.frombuffer(data, dtype="<f4", offset=start + n_record + n_model)
     return Embedded(info, vector, model_id)
 
@@ -155,6 +165,7 @@ def shard_path(root: str, model_id: str, row_keys: Iterable[str]) -> str:
     name = f"{digest[:40]}-{len(keys)}.npy"
     if "://" in root:
         from apache_beam.io.filesystems import FileSystems
+
         return FileSystems.join(root, SHARDS_DIR, model_tag(model_id), name)
     return os.path.join(root, SHARDS_DIR, model_tag(model_id), name)
 
@@ -166,7 +177,7 @@ def shard_bytes(vectors: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def read_vectors(uri: str, indexes: Optional[Iterable[int]] = None, gcs=None) -> np.ndarray:
+def read_vectors(uri: str, indexes: Iterable[int] | None = None, gcs=None) -> np.ndarray:
     """Rows `indexes` (all if None) of the .npy at `uri` (a path, file:// or gs://), as
     float32. Reads a one-vector .npy too (index 0)."""
     if is_gcs_uri(uri):
@@ -175,7 +186,7 @@ def read_vectors(uri: str, indexes: Optional[Iterable[int]] = None, gcs=None) ->
         data = client.bucket(bucket).blob(name).download_as_bytes()
         matrix = np.load(io.BytesIO(data), allow_pickle=False)
     else:
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
         matrix = np.load(path, mmap_mode="r", allow_pickle=False)
     matrix = np.atleast_2d(matrix)
     if indexes is None:
@@ -197,9 +208,11 @@ def flush_at(first: float, now: float, wait_secs: float, idle_secs: float) -> fl
 class _ShardBufferFn(beam.DoFn):
     """(key, Embedded) -> lists of Embedded: Beam's GroupIntoBatches (same state, same
     window-end flush) with one more way to close a group, the idle gap."""
+
     VALUES = userstate.BagStateSpec("values", EmbeddedCoder())
-    COUNT = userstate.CombiningValueStateSpec("count", coders.VarIntCoder(),
-                                              beam.combiners.CountCombineFn())
+    COUNT = userstate.CombiningValueStateSpec(
+        "count", coders.VarIntCoder(), beam.combiners.CountCombineFn()
+    )
     FIRST = userstate.ReadModifyWriteStateSpec("first", coders.FloatCoder())
     WINDOW_END = userstate.TimerSpec("window_end", TimeDomain.WATERMARK)
     FLUSH = userstate.TimerSpec("flush", TimeDomain.REAL_TIME)
@@ -207,11 +220,16 @@ class _ShardBufferFn(beam.DoFn):
     def __init__(self, size: int, wait_secs: float, idle_secs: float, clock=time.time):
         self._size, self._wait, self._idle, self._clock = size, wait_secs, idle_secs, clock
 
-    def process(self, element, window=beam.DoFn.WindowParam,
-                values=beam.DoFn.StateParam(VALUES), count=beam.DoFn.StateParam(COUNT),
-                first=beam.DoFn.StateParam(FIRST),
-                window_end=beam.DoFn.TimerParam(WINDOW_END),
-                flush=beam.DoFn.TimerParam(FLUSH)):
+    def process(
+        self,
+        element,
+        window=beam.DoFn.WindowParam,
+        values=beam.DoFn.StateParam(VALUES),
+        count=beam.DoFn.StateParam(COUNT),
+        first=beam.DoFn.StateParam(FIRST),
+        window_end=beam.DoFn.TimerParam(WINDOW_END),
+        flush=beam.DoFn.TimerParam(FLUSH),
+    ):
         window_end.set(window.end)
         values.add(element[1])
         count.add(1)
@@ -224,15 +242,23 @@ class _ShardBufferFn(beam.DoFn):
         flush.set(flush_at(first.read(), now, self._wait, self._idle))
 
     @userstate.on_timer(WINDOW_END)
-    def on_window_end(self, values=beam.DoFn.StateParam(VALUES),
-                      count=beam.DoFn.StateParam(COUNT), first=beam.DoFn.StateParam(FIRST),
-                      flush=beam.DoFn.TimerParam(FLUSH)):
+    def on_window_end(
+        self,
+        values=beam.DoFn.StateParam(VALUES),
+        count=beam.DoFn.StateParam(COUNT),
+        first=beam.DoFn.StateParam(FIRST),
+        flush=beam.DoFn.TimerParam(FLUSH),
+    ):
         yield from self._flush(values, count, first, flush)
 
     @userstate.on_timer(FLUSH)
-    def on_flush(self, values=beam.DoFn.StateParam(VALUES),
-                 count=beam.DoFn.StateParam(COUNT), first=beam.DoFn.StateParam(FIRST),
-                 flush=beam.DoFn.TimerParam(FLUSH)):
+    def on_flush(
+        self,
+        values=beam.DoFn.StateParam(VALUES),
+        count=beam.DoFn.StateParam(COUNT),
+        first=beam.DoFn.StateParam(FIRST),
+        flush=beam.DoFn.TimerParam(FLUSH),
+    ):
         yield from self._flush(values, count, first, flush)
 
     @staticmethod
@@ -254,8 +280,9 @@ class GroupForShards(beam.PTransform):
     bundles, no shuffle.
     """
 
-    def __init__(self, size: int, wait_secs: float, keys: int, streaming: bool,
-                 idle_secs: float = 0.0):
+    def __init__(
+        self, size: int, wait_secs: float, keys: int, streaming: bool, idle_secs: float = 0.0
+    ):
         super().__init__()
         self._size, self._wait, self._keys, self._streaming = size, wait_secs, keys, streaming
         self._idle = idle_secs or wait_secs
@@ -263,17 +290,20 @@ class GroupForShards(beam.PTransform):
     def expand(self, vectors):
         if not self._streaming:
             return vectors | "Batch" >> beam.BatchElements(
-                min_batch_size=self._size, max_batch_size=self._size)
-        return (vectors
-                | "Key by shard" >> beam.Map(shard_key(self._keys)).with_output_types(
-                    Tuple[int, Embedded])
-                | "Group" >> beam.ParDo(_ShardBufferFn(self._size, self._wait, self._idle)))
+                min_batch_size=self._size, max_batch_size=self._size
+            )
+        return (
+            vectors
+            | "Key by shard"
+            >> beam.Map(shard_key(self._keys)).with_output_types(tuple[int, Embedded])
+            | "Group" >> beam.ParDo(_ShardBufferFn(self._size, self._wait, self._idle))
+        )
 
 
 class _WriteShardFn(beam.DoFn):
     """Writes one shard per list of Embedded, then emits each one's row."""
 
-    def __init__(self, root: Optional[str]):
+    def __init__(self, root: str | None):
         self._root = root
 
     def setup(self):
@@ -299,14 +329,16 @@ class _WriteShardFn(beam.DoFn):
     def _write(self, group: list[Embedded], model_id: str) -> Iterable:
         uri = shard_path(self._root, model_id, (e.info.ref.key for e in group))
         try:
-            files.write_with_retries(uri, shard_bytes(np.stack([e.vector for e in group])),
-                                     self._gcs)
+            files.write_with_retries(
+                uri, shard_bytes(np.stack([e.vector for e in group])), self._gcs
+            )
         except Exception as e:  # noqa: BLE001 - after the retries: never fail the bundle
             error = rejected_from(e, failures.VECTOR_WRITE_ERROR)
             for item in group:
                 metrics.dead_letter(error.reason)
-                yield pvalue.TaggedOutput(files.DEAD, DeadLetter(
-                    "write", error.reason, str(error), ref=item.info.ref))
+                yield pvalue.TaggedOutput(
+                    files.DEAD, DeadLetter("write", error.reason, str(error), ref=item.info.ref)
+                )
             return
         metrics.count("vector_shards_written")
         if "://" not in uri:
@@ -320,10 +352,11 @@ class WriteShards(beam.PTransform):
     """Lists of Embedded -> one .npy shard each under `root`, and the rows that point
     into it (`vector_uri`, `vector_index`); failed writes -> dead letters."""
 
-    def __init__(self, root: Optional[str]):
+    def __init__(self, root: str | None):
         super().__init__()
         self._root = root
 
     def expand(self, batches):
         return batches | "Write shards" >> beam.ParDo(_WriteShardFn(self._root)).with_outputs(
-            files.DEAD, main="rows")
+            files.DEAD, main="rows"
+        )

@@ -18,13 +18,15 @@ The listing is compared in steps of `CHUNK` objects, each with one query for the
 name range, both in name order and merged as two sorted streams: memory holds one step
 whatever the number of objects, and the job's live work runs between steps.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import itertools
 import json
 import logging
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import StrUtf8Coder
@@ -33,10 +35,10 @@ from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from streaming import failures, metrics
-from streaming.stages import filters
 from streaming.config import names
 from streaming.sources.contract import notification_for
 from streaming.sources.notifications import parse_notification
+from streaming.stages import filters
 from streaming.support.library_patches import object_resource
 
 _LOG = logging.getLogger(__name__)
@@ -45,11 +47,12 @@ _LOG = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Scope:
     """One bucket and name prefix to reconcile."""
+
     bucket: str
     prefix: str = ""
 
 
-def scopes(buckets: Sequence[str], prefixes: Optional[Sequence[str]]) -> list[Scope]:
+def scopes(buckets: Sequence[str], prefixes: Sequence[str] | None) -> list[Scope]:
     """Every (bucket, include prefix) pair; the whole bucket where no prefix is given."""
     return [Scope(b, p) for b in buckets for p in (prefixes or [""])]
 
@@ -57,66 +60,90 @@ def scopes(buckets: Sequence[str], prefixes: Optional[Sequence[str]]) -> list[Sc
 @dataclasses.dataclass(frozen=True)
 class Known:
     """What the tables hold for one (name, generation)."""
+
     name: str
     generation: int
-    embedded: bool = False    # a row (of the fingerprint asked for, if one was)
-    finalized: bool = False   # any embedding row
-    deleted: bool = False     # a tombstone row
+    embedded: bool = False  # a row (of the fingerprint asked for, if one was)
+    finalized: bool = False  # any embedding row
+    deleted: bool = False  # a tombstone row
     dead_final: bool = False  # a dead letter that no retry can fix
-    attempts: int = 0         # tries that ended in retryable dead letters
+    attempts: int = 0  # tries that ended in retryable dead letters
 
-    def merged(self, other: "Known") -> "Known":
-        return Known(self.name, self.generation, self.embedded or other.embedded,
-                     self.finalized or other.finalized, self.deleted or other.deleted,
-                     self.dead_final or other.dead_final, max(self.attempts, other.attempts))
+    def merged(self, other: Known) -> Known:
+        return Known(
+            self.name,
+            self.generation,
+            self.embedded or other.embedded,
+            self.finalized or other.finalized,
+            self.deleted or other.deleted,
+            self.dead_final or other.dead_final,
+            max(self.attempts, other.attempts),
+        )
 
 
 _KNOWN_COLUMNS = ("embedded", "finalized", "deleted", "dead_final", "attempts")
 
 
-def known_query(table: str, dead_letter_table: Optional[str] = None,
-                fingerprint: Optional[str] = None, after: Optional[str] = None,
-                until: Optional[str] = None) -> str:
+def known_query(
+    table: str,
+    dead_letter_table: str | None = None,
+    fingerprint: str | None = None,
+    after: str | None = None,
+    until: str | None = None,
+) -> str:
     """One query, in (name, generation) order, for what the tables hold per generation
     (the `Known` columns): rows (embedded of `fingerprint` when given, finalized,
     deleted) and, with `dead_letter_table`, dead letters (final, attempts).
     Parameters: @bucket, @prefix (and @fingerprint, @after, @until when used)."""
     after_sql = (" AND name > @after" if after is not None else "") + (
-        " AND name <= @until" if until is not None else "")
+        " AND name <= @until" if until is not None else ""
+    )
     where = "WHERE bucket = @bucket AND STARTS_WITH(name, @prefix)" + after_sql
     finalize = "event_type = 'OBJECT_FINALIZE'"
     embedded = f"{finalize} AND model_fingerprint = @fingerprint" if fingerprint else finalize
-    parts = [f"SELECT name, generation, LOGICAL_OR({embedded}) AS embedded, "
-             f"LOGICAL_OR({finalize}) AS finalized, "
-             "LOGICAL_OR(event_type = 'OBJECT_DELETE') AS deleted, "
-             "FALSE AS dead_final, 0 AS attempts "
-             f"FROM {names.table_ref(table)} {where} GROUP BY name, generation"]
+    parts = [
+        f"SELECT name, generation, LOGICAL_OR({embedded}) AS embedded, "
+        f"LOGICAL_OR({finalize}) AS finalized, "
+        "LOGICAL_OR(event_type = 'OBJECT_DELETE') AS deleted, "
+        "FALSE AS dead_final, 0 AS attempts "
+        f"FROM {names.table_ref(table)} {where} GROUP BY name, generation"
+    ]
     if dead_letter_table:
-        parts.append("SELECT name, generation, FALSE AS embedded, FALSE AS finalized, "
-                     "FALSE AS deleted, LOGICAL_OR(NOT IFNULL(retryable, FALSE)) AS dead_final, "
-                     "MAX(IFNULL(attempt, 0)) + 1 AS attempts "
-                     f"FROM {names.table_ref(dead_letter_table)} {where} "
-                     "AND generation IS NOT NULL GROUP BY name, generation")
+        parts.append(
+            "SELECT name, generation, FALSE AS embedded, FALSE AS finalized, "
+            "FALSE AS deleted, LOGICAL_OR(NOT IFNULL(retryable, FALSE)) AS dead_final, "
+            "MAX(IFNULL(attempt, 0)) + 1 AS attempts "
+            f"FROM {names.table_ref(dead_letter_table)} {where} "
+            "AND generation IS NOT NULL GROUP BY name, generation"
+        )
     return " UNION ALL ".join(parts) + " ORDER BY name, generation"
 
 
-def known_generations(bq_client, table: str, scope: Scope, *,
-                      dead_letter_table: Optional[str] = None,
-                      fingerprint: Optional[str] = None,
-                      after: Optional[str] = None,
-                      until: Optional[str] = None,
-                      page_size: int = 10_000) -> Iterator[Known]:
+def known_generations(
+    bq_client,
+    table: str,
+    scope: Scope,
+    *,
+    dead_letter_table: str | None = None,
+    fingerprint: str | None = None,
+    after: str | None = None,
+    until: str | None = None,
+    page_size: int = 10_000,
+) -> Iterator[Known]:
     """`Known` per (name, generation) from `known_query`, streamed page by page. A table
     that does not exist yet holds nothing."""
     from google.api_core.exceptions import NotFound
     from google.cloud import bigquery
+
     # A table not created yet holds nothing; one missing table must not void the query.
     if not _exists(bq_client, table):
         return
     if dead_letter_table and not _exists(bq_client, dead_letter_table):
         dead_letter_table = None
-    params = [bigquery.ScalarQueryParameter("bucket", "STRING", scope.bucket),
-              bigquery.ScalarQueryParameter("prefix", "STRING", scope.prefix)]
+    params = [
+        bigquery.ScalarQueryParameter("bucket", "STRING", scope.bucket),
+        bigquery.ScalarQueryParameter("prefix", "STRING", scope.prefix),
+    ]
     if fingerprint:
         params.append(bigquery.ScalarQueryParameter("fingerprint", "STRING", fingerprint))
     if after is not None:
@@ -125,18 +152,22 @@ def known_generations(bq_client, table: str, scope: Scope, *,
         params.append(bigquery.ScalarQueryParameter("until", "STRING", until))
     sql = known_query(table, dead_letter_table, fingerprint, after, until)
     try:
-        result = bq_client.query(sql, job_config=bigquery.QueryJobConfig(
-            query_parameters=params)).result(page_size=page_size)
+        result = bq_client.query(
+            sql, job_config=bigquery.QueryJobConfig(query_parameters=params)
+        ).result(page_size=page_size)
         for row in result:
-            yield Known(row["name"], int(row["generation"]),
-                        **{c: row[c] or (0 if c == "attempts" else False)
-                           for c in _KNOWN_COLUMNS})
+            yield Known(
+                row["name"],
+                int(row["generation"]),
+                **{c: row[c] or (0 if c == "attempts" else False) for c in _KNOWN_COLUMNS},
+            )
     except NotFound as e:
         _LOG.info("reconcile: %s; treating it as empty", e)
 
 
 def _exists(bq_client, table: str) -> bool:
     from google.api_core.exceptions import NotFound
+
     try:
         bq_client.get_table(names.standard_table_id(table))
     except NotFound:
@@ -144,12 +175,14 @@ def _exists(bq_client, table: str) -> bool:
     return True
 
 
-def list_resources(storage_client, bucket: str, prefix: str, after: Optional[str] = None,
-                   page_size: int = 1000) -> Iterator[dict[str, Any]]:
+def list_resources(
+    storage_client, bucket: str, prefix: str, after: str | None = None, page_size: int = 1000
+) -> Iterator[dict[str, Any]]:
     """Object resources (the JSON API shape a notification carries) in name order,
     strictly after `after`; folder placeholders (names ending in /) are left out."""
-    blobs = storage_client.list_blobs(bucket, prefix=prefix or None, page_size=page_size,
-                                      start_offset=after or None)
+    blobs = storage_client.list_blobs(
+        bucket, prefix=prefix or None, page_size=page_size, start_offset=after or None
+    )
     for blob in blobs:
         if (after is not None and blob.name <= after) or blob.name.endswith("/"):
             continue
@@ -164,14 +197,19 @@ class Finding:
     """One outcome of the comparison: a listed generation to `EMBED` (its `attempt`-th
     try) or already `DONE`, or a generation with a current row that is `GONE` from the
     bucket (deleted while its notification could not reach the job): a tombstone."""
+
     resource: dict[str, Any]
     action: str
     attempt: int = 0
 
 
-def compare(resources: Iterable[dict[str, Any]], known: Iterable[Known], bucket: str,
-            retry_dead_letters: bool = False,
-            max_attempts: int = failures.MAX_ATTEMPTS) -> Iterator[Finding]:
+def compare(
+    resources: Iterable[dict[str, Any]],
+    known: Iterable[Known],
+    bucket: str,
+    retry_dead_letters: bool = False,
+    max_attempts: int = failures.MAX_ATTEMPTS,
+) -> Iterator[Finding]:
     """Merges a listing with what the tables hold, in one pass over both.
 
     Both inputs must be in name order (a listing and an ORDER BY name query); only the
@@ -205,24 +243,24 @@ def compare(resources: Iterable[dict[str, Any]], known: Iterable[Known], bucket:
         pending = next(groups, None)
 
 
-def _finding(resource, state: Optional[Known], retry_dead_letters: bool,
-             max_attempts: int) -> Finding:
+def _finding(resource, state: Known | None, retry_dead_letters: bool, max_attempts: int) -> Finding:
     if state is None:
         return Finding(resource, EMBED)
     if state.embedded:
         return Finding(resource, DONE)
-    if state.attempts and not retry_dead_letters and (
-            state.dead_final or state.attempts >= max_attempts):
+    if (
+        state.attempts
+        and not retry_dead_letters
+        and (state.dead_final or state.attempts >= max_attempts)
+    ):
         return Finding(resource, DONE)
     return Finding(resource, EMBED, state.attempts)
 
 
-def _gone(bucket: str, name: str, states: dict[int, Known],
-          live: Optional[int]) -> Iterator[Finding]:
+def _gone(bucket: str, name: str, states: dict[int, Known], live: int | None) -> Iterator[Finding]:
     for generation, state in sorted(states.items()):
         if generation != live and state.finalized and not state.deleted:
-            yield Finding({"bucket": bucket, "name": name, "generation": str(generation)},
-                          GONE)
+            yield Finding({"bucket": bucket, "name": name, "generation": str(generation)}, GONE)
 
 
 def _by_name(known: Iterable[Known]) -> Iterator[tuple[str, dict[int, Known]]]:
@@ -235,17 +273,16 @@ def _by_name(known: Iterable[Known]) -> Iterator[tuple[str, dict[int, Known]]]:
             if name is not None:
                 yield name, states
             name, states = k.name, {}
-        states[k.generation] = states[k.generation].merged(k) \
-            if k.generation in states else k
+        states[k.generation] = states[k.generation].merged(k) if k.generation in states else k
     if name is not None:
         yield name, states
 
 
-def ref_of(resource: dict[str, Any], source: str, event_type: str = "OBJECT_FINALIZE",
-           attempt: int = 0):
+def ref_of(
+    resource: dict[str, Any], source: str, event_type: str = "OBJECT_FINALIZE", attempt: int = 0
+):
     """The ImageRef a notification for `resource` would give (one rule for both)."""
-    ref = parse_notification(*notification_for(resource, event_type=event_type,
-                                                attempt=attempt))
+    ref = parse_notification(*notification_for(resource, event_type=event_type, attempt=attempt))
     return dataclasses.replace(ref, source=source)
 
 
@@ -276,44 +313,69 @@ class _CatchUpFn(beam.DoFn):
     a pass survives a worker's restart; a tick that arrives while a pass is running is
     ignored.
     """
+
     CURSOR = ReadModifyWriteStateSpec("cursor", StrUtf8Coder())
     NEXT = TimerSpec("next", TimeDomain.REAL_TIME)
 
-    def __init__(self, table: str, dead_letter_table: Optional[str], local: bool,
-                 accept: Optional[filters.FilterConfig], chunk: int = CHUNK):
+    def __init__(
+        self,
+        table: str,
+        dead_letter_table: str | None,
+        local: bool,
+        accept: filters.FilterConfig | None,
+        chunk: int = CHUNK,
+    ):
         self._table, self._dead_letter_table, self._local = table, dead_letter_table, local
         self._accept = accept or filters.FilterConfig()
         self._chunk = chunk
 
     def setup(self):
         from streaming.support import clients
+
         project = names.parse_table_id(self._table)[0]
         self._storage = clients.storage_client(self._local, project)
         self._bq = clients.bigquery_client(self._local, project)
 
-    def process(self, element, cursor=beam.DoFn.StateParam(CURSOR),
-                next_step=beam.DoFn.TimerParam(NEXT)) -> Iterator:
+    def process(
+        self, element, cursor=beam.DoFn.StateParam(CURSOR), next_step=beam.DoFn.TimerParam(NEXT)
+    ) -> Iterator:
         _, scope = element
         if cursor.read() is not None:
-            _LOG.info("catch-up gs://%s/%s is still running; this tick is skipped",
-                      scope.bucket, scope.prefix)
+            _LOG.info(
+                "catch-up gs://%s/%s is still running; this tick is skipped",
+                scope.bucket,
+                scope.prefix,
+            )
             return
         cursor.write(json.dumps({"after": None, "found": 0, "gone": 0, "steps": 0}))
         next_step.set(Timestamp.now())
 
     @on_timer(NEXT)
-    def step(self, key=beam.DoFn.KeyParam, cursor=beam.DoFn.StateParam(CURSOR),
-             next_step=beam.DoFn.TimerParam(NEXT)) -> Iterator:
+    def step(
+        self,
+        key=beam.DoFn.KeyParam,
+        cursor=beam.DoFn.StateParam(CURSOR),
+        next_step=beam.DoFn.TimerParam(NEXT),
+    ) -> Iterator:
         scope = Scope(*json.loads(key))
         progress = json.loads(cursor.read())
         after = progress["after"]
         progress["steps"] += 1
         metrics.count("catch_up.steps")
-        listed = list(itertools.islice(
-            list_resources(self._storage, scope.bucket, scope.prefix, after), self._chunk))
+        listed = list(
+            itertools.islice(
+                list_resources(self._storage, scope.bucket, scope.prefix, after), self._chunk
+            )
+        )
         until = listed[-1]["name"] if len(listed) == self._chunk else None
-        known = known_generations(self._bq, self._table, scope, after=after, until=until,
-                                  dead_letter_table=self._dead_letter_table)
+        known = known_generations(
+            self._bq,
+            self._table,
+            scope,
+            after=after,
+            until=until,
+            dead_letter_table=self._dead_letter_table,
+        )
         for finding in compare(listed, known, scope.bucket):
             if finding.action == DONE:
                 continue
@@ -332,9 +394,15 @@ class _CatchUpFn(beam.DoFn):
             next_step.set(Timestamp.now() + Duration(seconds=STEP_PAUSE_SECS))
             return
         cursor.clear()
-        _LOG.warning("catch-up gs://%s/%s: %d object generation(s) to embed, %d deleted "
-                     "while the job could not see it (%d step(s))", scope.bucket,
-                     scope.prefix, progress["found"], progress["gone"], progress["steps"])
+        _LOG.warning(
+            "catch-up gs://%s/%s: %d object generation(s) to embed, %d deleted "
+            "while the job could not see it (%d step(s))",
+            scope.bucket,
+            scope.prefix,
+            progress["found"],
+            progress["gone"],
+            progress["steps"],
+        )
 
     def _wanted(self, resource: dict[str, Any]) -> bool:
         """The job's own filters, before anything is emitted: non-images and the job's
@@ -355,10 +423,16 @@ class CatchUp(beam.PTransform):
     """ImageRefs for what the tables lack under each scope: once at start, and every
     `every_secs` seconds if given (a streaming job's periodic reconciliation)."""
 
-    def __init__(self, scope_list: Sequence[Scope], table: str,
-                 dead_letter_table: Optional[str] = None, local: bool = False,
-                 every_secs: Optional[float] = None,
-                 accept: Optional[filters.FilterConfig] = None, chunk: int = CHUNK):
+    def __init__(
+        self,
+        scope_list: Sequence[Scope],
+        table: str,
+        dead_letter_table: str | None = None,
+        local: bool = False,
+        every_secs: float | None = None,
+        accept: filters.FilterConfig | None = None,
+        chunk: int = CHUNK,
+    ):
         super().__init__()
         self._scopes, self._every = list(scope_list), every_secs
         self._fn = _CatchUpFn(table, dead_letter_table, local, accept, chunk)
@@ -367,10 +441,13 @@ class CatchUp(beam.PTransform):
         scope_list = self._scopes
         if self._every:
             from apache_beam.transforms.periodicsequence import PeriodicImpulse
+
             ticks = pbegin | "Every interval" >> PeriodicImpulse(fire_interval=self._every)
             todo = ticks | "Scopes" >> beam.FlatMap(lambda _: scope_list)
         else:
             todo = pbegin | "Scopes" >> beam.Create(scope_list)
-        return (todo
-                | "Key by scope" >> beam.Map(scope_key)
-                | "Find unprocessed" >> beam.ParDo(self._fn))
+        return (
+            todo
+            | "Key by scope" >> beam.Map(scope_key)
+            | "Find unprocessed" >> beam.ParDo(self._fn)
+        )

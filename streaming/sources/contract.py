@@ -7,10 +7,12 @@ The catch-up builds the same message for what it finds and parses it with
 beside the parser, in the pipeline, because dependencies run one way: `publisher/`
 imports the pipeline, never the reverse.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import schemas
 
@@ -21,9 +23,13 @@ ATTEMPT_ATTRIBUTE = "attempt"
 assert {BACKFILL_ATTRIBUTE, ATTEMPT_ATTRIBUTE} <= set(_CONTRACT["attributes"])
 
 
-def notification_for(resource: Mapping[str, Any], *, event_type: str = "OBJECT_FINALIZE",
-                     config_id: str = "backfill", attempt: int = 0
-                     ) -> tuple[bytes, dict[str, str]]:
+def notification_for(
+    resource: Mapping[str, Any],
+    *,
+    event_type: str = "OBJECT_FINALIZE",
+    config_id: str = "backfill",
+    attempt: int = 0,
+) -> tuple[bytes, dict[str, str]]:
     """The (data, attributes) of the notification for one object resource.
 
     Args:

@@ -4,18 +4,19 @@ The message format is the contract in `schemas/notification.json` (attributes pl
 JSON_API_V1 object resource). Anything that does not fit becomes a dead letter with a
 reason code; the stream goes on.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Iterable, Mapping, Optional
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
 
 import schemas
-from streaming import failures
-from streaming.records import DeadLetter, ImageRef, Rejected, ERROR_CHARS, rejected_from
-from streaming import metrics
+from streaming import failures, metrics
+from streaming.records import ERROR_CHARS, DeadLetter, ImageRef, Rejected, rejected_from
 
 DEAD = "dead_letters"
 
@@ -27,13 +28,15 @@ EVENT_TYPES = tuple(_CONTRACT["event_types"])
 JSON_API_V1 = _CONTRACT["payload_format"]
 
 
-def _int(value: Any, what: str) -> Optional[int]:
+def _int(value: Any, what: str) -> int | None:
     if value is None or value == "":
         return None
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise Rejected(failures.BAD_ATTRIBUTE, f"{what} is not an integer: {str(value)[:80]!r}") from None
+        raise Rejected(
+            failures.BAD_ATTRIBUTE, f"{what} is not an integer: {str(value)[:80]!r}"
+        ) from None
     if number < 0:
         raise Rejected(failures.BAD_ATTRIBUTE, f"{what} is negative: {number}")
     return number
@@ -56,7 +59,9 @@ def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
     """
     attributes = dict(attributes or {})
     if not any(k in attributes for k in ("eventType", "bucketId", "objectId")):
-        raise Rejected(failures.NOT_A_NOTIFICATION, "message has none of eventType/bucketId/objectId")
+        raise Rejected(
+            failures.NOT_A_NOTIFICATION, "message has none of eventType/bucketId/objectId"
+        )
     missing = [k for k in REQUIRED_ATTRIBUTES if not attributes.get(k)]
     if missing:
         raise Rejected(failures.MISSING_ATTRIBUTE, "missing attributes: " + ", ".join(missing))
@@ -68,15 +73,21 @@ def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
     fields: dict[str, Any] = {}
     if payload_format == JSON_API_V1:
         fields = _parse_payload(data)
-        for attr, field, value in (("bucketId", "bucket", attributes["bucketId"]),
-                                   ("objectId", "name", attributes["objectId"]),
-                                   ("objectGeneration", "generation", generation)):
+        for attr, field, value in (
+            ("bucketId", "bucket", attributes["bucketId"]),
+            ("objectId", "name", attributes["objectId"]),
+            ("objectGeneration", "generation", generation),
+        ):
             if fields.get(field) is not None and fields[field] != value:
-                raise Rejected(failures.CONTRADICTORY_ATTRIBUTES,
-                               f"attribute {attr}={str(value)[:200]!r} but payload {field}="
-                               f"{str(fields[field])[:200]!r}")
+                raise Rejected(
+                    failures.CONTRADICTORY_ATTRIBUTES,
+                    f"attribute {attr}={str(value)[:200]!r} but payload {field}="
+                    f"{str(fields[field])[:200]!r}",
+                )
     elif payload_format != "NONE":
-        raise Rejected(failures.UNSUPPORTED_PAYLOAD_FORMAT, f"payloadFormat {payload_format[:40]!r}")
+        raise Rejected(
+            failures.UNSUPPORTED_PAYLOAD_FORMAT, f"payloadFormat {payload_format[:40]!r}"
+        )
     return ImageRef(
         bucket=attributes["bucketId"],
         name=attributes["objectId"],
@@ -102,8 +113,11 @@ def _parse_payload(data: bytes) -> dict[str, Any]:
         resource = json.loads(data)
     except (ValueError, UnicodeDecodeError) as e:
         raise Rejected(failures.NOT_JSON, f"payload is not JSON: {e}") from None
-    if not isinstance(resource, dict) or not isinstance(resource.get("name"), str) \
-            or not isinstance(resource.get("bucket"), str):
+    if (
+        not isinstance(resource, dict)
+        or not isinstance(resource.get("name"), str)
+        or not isinstance(resource.get("bucket"), str)
+    ):
         raise Rejected(failures.NOT_OBJECT_RESOURCE, "payload is not a storage object resource")
     return payload_fields(resource)
 
@@ -134,9 +148,13 @@ def payload_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
 
 def raw_prefix(data: bytes, attributes: Mapping[str, str]) -> str:
     """A bounded, printable copy of a message for its dead letter."""
-    text = json.dumps({"attributes": dict(attributes or {}),
-                       "data": (data or b"")[:ERROR_CHARS].decode("utf-8", "replace")},
-                      ensure_ascii=False)
+    text = json.dumps(
+        {
+            "attributes": dict(attributes or {}),
+            "data": (data or b"")[:ERROR_CHARS].decode("utf-8", "replace"),
+        },
+        ensure_ascii=False,
+    )
     return text[:ERROR_CHARS]
 
 
@@ -149,8 +167,12 @@ class _ParseFn(beam.DoFn):
         except Exception as e:  # noqa: BLE001 - no message may fail the bundle
             rejected = rejected_from(e, failures.PARSE_ERROR)
             metrics.dead_letter(rejected.reason)
-            yield pvalue.TaggedOutput(DEAD, DeadLetter(
-                "parse", rejected.reason, str(rejected), raw=raw_prefix(data, attributes)))
+            yield pvalue.TaggedOutput(
+                DEAD,
+                DeadLetter(
+                    "parse", rejected.reason, str(rejected), raw=raw_prefix(data, attributes)
+                ),
+            )
             return
         metrics.count(f"event.{ref.event_type}")
         yield ref

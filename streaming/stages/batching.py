@@ -7,9 +7,11 @@ the shuffle and the state small. The far side (read, decode, embed) runs fused a
 the batching step and batches within bundles (see `pipeline.model_handler`): a ref
 batch becomes one forward pass without waiting again.
 """
+
 from __future__ import annotations
 
-from typing import Iterable, Sequence, TypeVar
+from collections.abc import Iterable, Sequence
+from typing import TypeVar
 
 import apache_beam as beam
 
@@ -29,10 +31,15 @@ class BatchRefs(beam.PTransform):
 
     def __init__(self, min_batch_size: int, max_batch_size: int, max_batch_duration_secs: int):
         super().__init__()
-        self._kwargs = dict(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
-                            max_batch_duration_secs=max_batch_duration_secs)
+        self._kwargs = dict(
+            min_batch_size=min_batch_size,
+            max_batch_size=max_batch_size,
+            max_batch_duration_secs=max_batch_duration_secs,
+        )
 
     def expand(self, refs):
-        return (refs
-                | "Batch" >> beam.BatchElements(**self._kwargs)
-                | "Unbatch" >> beam.FlatMap(unbatch))
+        return (
+            refs
+            | "Batch" >> beam.BatchElements(**self._kwargs)
+            | "Unbatch" >> beam.FlatMap(unbatch)
+        )

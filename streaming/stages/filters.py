@@ -6,19 +6,20 @@ carry an accepted extension or content type; and the job never embeds its own ou
 NONE-format notification has no content type: its type is checked in the load stage,
 with the same rule, once the object's metadata is read.
 """
+
 from __future__ import annotations
 
 import collections
 import dataclasses
 import os
 import threading
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam import pvalue
 
-from streaming import failures
-from streaming import metrics
+from streaming import failures, metrics
+
 # The default of --extensions (embed-stream and embed-backfill), beside the rule that applies it.
 from streaming.config.flags import DEFAULT_EXTENSIONS  # noqa: F401
 from streaming.config.names import gcs_parts, is_gcs_uri
@@ -42,14 +43,15 @@ DELETES = "deletes"
 DEAD = "dead_letters"
 
 
-def split_list(value: Optional[str], lower: bool = False) -> tuple[str, ...]:
+def split_list(value: str | None, lower: bool = False) -> tuple[str, ...]:
     """The items of a comma-separated flag, stripped, empty ones dropped ('' -> ())."""
     items = (x.strip() for x in (value or "").split(","))
     return tuple(x.lower() if lower else x for x in items if x)
 
 
-def type_accepted(name: str, content_type: Optional[str], extensions: tuple[str, ...],
-                  content_types: tuple[str, ...]) -> bool:
+def type_accepted(
+    name: str, content_type: str | None, extensions: tuple[str, ...], content_types: tuple[str, ...]
+) -> bool:
     """An object is an image to embed if its name ends with an accepted extension OR
     its content type starts with an accepted prefix; with neither list, anything is.
 
@@ -59,7 +61,8 @@ def type_accepted(name: str, content_type: Optional[str], extensions: tuple[str,
     if not (extensions or content_types):
         return True
     return (bool(extensions) and name.lower().endswith(extensions)) or (
-        bool(content_types) and (content_type or "").lower().startswith(content_types))
+        bool(content_types) and (content_type or "").lower().startswith(content_types)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +77,7 @@ class FilterConfig:
     allowed_buckets: tuple[str, ...] = ()
 
 
-def output_prefixes(outputs: Iterable[Optional[str]], local_root: Optional[str]) -> tuple:
+def output_prefixes(outputs: Iterable[str | None], local_root: str | None) -> tuple:
     """(bucket, prefix) of each output location, so it can be excluded.
 
     For gs://B/P the pair is (B, P); for a local folder inside the watched folder it is
@@ -94,7 +97,7 @@ def output_prefixes(outputs: Iterable[Optional[str]], local_root: Optional[str])
     return tuple(pairs)
 
 
-def skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
+def skip_reason(ref: ImageRef, config: FilterConfig) -> str | None:
     """None if the object should be embedded, else the counter name of why not.
 
     The object filters come first: an event about an object the job would never embed
@@ -109,11 +112,13 @@ def skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
 
 def own_output(ref: ImageRef, config: FilterConfig) -> bool:
     """Whether the object is one the job wrote (under one of its output prefixes)."""
-    return any(ref.bucket == bucket and ref.name.startswith(prefix)
-               for bucket, prefix in config.own_outputs)
+    return any(
+        ref.bucket == bucket and ref.name.startswith(prefix)
+        for bucket, prefix in config.own_outputs
+    )
 
 
-def object_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
+def object_skip_reason(ref: ImageRef, config: FilterConfig) -> str | None:
     """Why the object (whatever the event) is not one the job embeds, or None."""
     if own_output(ref, config):
         return SKIPPED_OWN_OUTPUT
@@ -127,7 +132,7 @@ def object_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
     return reason
 
 
-def type_skip_reason(ref: ImageRef, config: FilterConfig) -> Optional[str]:
+def type_skip_reason(ref: ImageRef, config: FilterConfig) -> str | None:
     """`skipped.type` unless the name has an accepted extension or the content type
     is an accepted one, else None. The filter and the load stage (after it fetched a
     NONE-format notification's metadata) both decide with this rule."""
@@ -193,9 +198,15 @@ class _FilterFn(beam.DoFn):
             return
         if not bucket_allowed(ref, self._config):
             metrics.dead_letter(failures.BUCKET_NOT_ALLOWED)
-            yield pvalue.TaggedOutput(DEAD, DeadLetter(
-                "filter", failures.BUCKET_NOT_ALLOWED,
-                f"bucket {ref.bucket!r} is not in --buckets", ref=ref))
+            yield pvalue.TaggedOutput(
+                DEAD,
+                DeadLetter(
+                    "filter",
+                    failures.BUCKET_NOT_ALLOWED,
+                    f"bucket {ref.bucket!r} is not in --buckets",
+                    ref=ref,
+                ),
+            )
             return
         reason = skip_reason(ref, self._config)
         if reason is None and not ref.attempt and not CLAIMS.first(ref.key, ref.source):
@@ -218,4 +229,5 @@ class FilterObjects(beam.PTransform):
 
     def expand(self, refs):
         return refs | "Filter" >> beam.ParDo(_FilterFn(self._config)).with_outputs(
-            DELETES, DEAD, main="accepted")
+            DELETES, DEAD, main="accepted"
+        )

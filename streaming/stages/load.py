@@ -7,35 +7,53 @@ DoFn's outputs: Pillow and I/O release the GIL, so the next batch is decoded whi
 RunInference runs the forward pass of the current one. Metrics and outputs stay on the
 DoFn's own thread, in input order.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import os
 import threading
-from typing import Iterable, Optional
+from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 
-from streaming import failures
-from streaming import metrics
-from streaming.support import clients
-from streaming.stages import filters
-from streaming.support.ordered_pool import WorkAhead
-from streaming.support.library_patches import object_resource
-from streaming.stages.preprocess import (  # noqa: F401 - re-exported: the stage's pure core
-    BACKGROUND, CENTER_CROP_FRACTION, DEFAULT_DECODE_THREADS, DEFAULT_DECODE_WINDOW,
-    DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, INPUT_SIZE, RESIZE_POLICIES, DecodedImage,
-    decode_image, resize, to_rgb)
-from streaming.sources.notifications import payload_fields
+from streaming import failures, metrics
 from streaming.records import DeadLetter, ImageInfo, ImageRef, Rejected, Skipped, rejected_from
+from streaming.sources.notifications import payload_fields
+from streaming.stages import filters
+from streaming.stages.preprocess import (  # noqa: F401 - re-exported: the stage's pure core
+    BACKGROUND,
+    CENTER_CROP_FRACTION,
+    DEFAULT_DECODE_THREADS,
+    DEFAULT_DECODE_WINDOW,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    INPUT_SIZE,
+    RESIZE_POLICIES,
+    DecodedImage,
+    decode_image,
+    resize,
+    to_rgb,
+)
+from streaming.support import clients
+from streaming.support.library_patches import object_resource
+from streaming.support.ordered_pool import WorkAhead
 
 DEAD = "dead_letters"
 # What a NONE-payload ref learns from the object's metadata: the payload's fields but
 # the identity, which stays the notification's.
-METADATA_FIELDS = ("metageneration", "content_type", "size", "md5_hash", "crc32c",
-                   "time_created", "updated", "metadata")
+METADATA_FIELDS = (
+    "metageneration",
+    "content_type",
+    "size",
+    "md5_hash",
+    "crc32c",
+    "time_created",
+    "updated",
+    "metadata",
+)
 
 
 class GcsReader:
@@ -50,9 +68,14 @@ class GcsReader:
 
     def __init__(self, attempts: int = 4, initial_delay: float = 0.5):
         from google.api_core import retry as api_retry
+
         self._client = clients.worker_storage_client()
-        self._retry = api_retry.Retry(initial=initial_delay, maximum=8.0, multiplier=2.0,
-                                      timeout=initial_delay * (2 ** attempts))
+        self._retry = api_retry.Retry(
+            initial=initial_delay,
+            maximum=8.0,
+            multiplier=2.0,
+            timeout=initial_delay * (2**attempts),
+        )
 
     def metadata(self, ref: ImageRef) -> ImageRef:
         """Fills a NONE-payload ref from the object's metadata (one GET).
@@ -63,7 +86,8 @@ class GcsReader:
         """
         try:
             blob = self._client.bucket(ref.bucket).get_blob(
-                ref.name, generation=ref.generation or None, retry=self._retry)
+                ref.name, generation=ref.generation or None, retry=self._retry
+            )
         except Exception as e:  # noqa: BLE001 - retries exhausted or not retryable
             raise rejected_from(e, failures.READ_ERROR) from None
         if blob is None:
@@ -73,10 +97,10 @@ class GcsReader:
 
     def read(self, ref: ImageRef, max_bytes: int) -> bytes:
         from google.api_core import exceptions as gexc
+
         blob = self._client.bucket(ref.bucket).blob(ref.name, generation=ref.generation or None)
         try:
-            data = blob.download_as_bytes(start=0, end=max_bytes, retry=self._retry,
-                                          checksum=None)
+            data = blob.download_as_bytes(start=0, end=max_bytes, retry=self._retry, checksum=None)
         except gexc.NotFound:
             raise self._gone(ref) from None
         except gexc.RequestRangeNotSatisfiable:
@@ -92,13 +116,16 @@ class GcsReader:
         except Exception as e:  # noqa: BLE001 - cannot tell gone from superseded
             return rejected_from(e, failures.READ_ERROR)
         if live is not None and live.generation and live.generation > ref.generation:
-            return Rejected(failures.SUPERSEDED, f"generation {ref.generation} was replaced by "
-                                          f"{live.generation} before it was read")
-        return Rejected(failures.OBJECT_GONE, f"gs://{ref.bucket}/{ref.name}#{ref.generation} "
-                                       "no longer exists")
+            return Rejected(
+                failures.SUPERSEDED,
+                f"generation {ref.generation} was replaced by {live.generation} before it was read",
+            )
+        return Rejected(
+            failures.OBJECT_GONE, f"gs://{ref.bucket}/{ref.name}#{ref.generation} no longer exists"
+        )
 
 
-def check_size(size: Optional[int], max_bytes: int) -> None:
+def check_size(size: int | None, max_bytes: int) -> None:
     """Rejects an object over --max_bytes, by the size its notification or metadata
     declares (before reading) or by what a read of at most `max_bytes + 1` returned.
 
@@ -106,8 +133,10 @@ def check_size(size: Optional[int], max_bytes: int) -> None:
       Rejected: `too_large`.
     """
     if size is not None and size > max_bytes:
-        raise Rejected(failures.TOO_LARGE, f"object is larger than the {max_bytes}-byte limit "
-                                    f"(at least {size} bytes)")
+        raise Rejected(
+            failures.TOO_LARGE,
+            f"object is larger than the {max_bytes}-byte limit (at least {size} bytes)",
+        )
 
 
 def read_bytes(uri: str, max_bytes: int) -> bytes:
@@ -122,7 +151,7 @@ def read_bytes(uri: str, max_bytes: int) -> bytes:
             data = f.read(max_bytes + 1)
     except FileNotFoundError as e:
         raise Rejected(failures.OBJECT_GONE, str(e)) from None
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - classified here into a reason
         if _is_not_found(e):
             raise Rejected(failures.OBJECT_GONE, f"{type(e).__name__}: {e}") from None
         raise rejected_from(e, failures.READ_ERROR) from None
@@ -149,20 +178,30 @@ def load_image(ref: ImageRef, read, policy: str, max_pixels: int, max_bytes: int
         stage = "decode"
         return ref, stage, decode_image(data, policy=policy, max_pixels=max_pixels), None
     except Exception as e:  # noqa: BLE001 - see the docstring
-        return ref, stage, None, rejected_from(e, failures.READ_ERROR if stage == "load"
-                                               else failures.DECODE_ERROR)
+        return (
+            ref,
+            stage,
+            None,
+            rejected_from(e, failures.READ_ERROR if stage == "load" else failures.DECODE_ERROR),
+        )
 
 
 class _LoadFn(WorkAhead):
-    def __init__(self, policy: str, max_pixels: int, max_bytes: int,
-                 threads: int, window: int,
-                 accept: filters.FilterConfig = filters.FilterConfig()):
+    def __init__(
+        self,
+        policy: str,
+        max_pixels: int,
+        max_bytes: int,
+        threads: int,
+        window: int,
+        accept: filters.FilterConfig = filters.FilterConfig(),
+    ):
         # At most `threads` raw objects are in memory at once; the window holds only
         # decoded 224x224 arrays (150 KB each).
         super().__init__(threads, window, "decode")
         self._policy, self._max_pixels, self._max_bytes = policy, max_pixels, max_bytes
         self._accept = accept
-        self._gcs: Optional[GcsReader] = None
+        self._gcs: GcsReader | None = None
 
     def setup(self):
         super().setup()
@@ -175,10 +214,14 @@ class _LoadFn(WorkAhead):
             try:
                 mtime = os.stat(ref.uri).st_mtime_ns
             except FileNotFoundError:
-                raise Rejected(failures.OBJECT_GONE, f"{ref.uri} was deleted while being read") from None
+                raise Rejected(
+                    failures.OBJECT_GONE, f"{ref.uri} was deleted while being read"
+                ) from None
             if mtime != ref.generation:  # rewritten since listed: --watch sees the new one
-                raise Rejected(failures.SUPERSEDED, f"{ref.uri} changed (mtime {mtime} != "
-                                             f"generation {ref.generation})")
+                raise Rejected(
+                    failures.SUPERSEDED,
+                    f"{ref.uri} changed (mtime {mtime} != generation {ref.generation})",
+                )
             return ref, data
         if self._gcs is None:
             with self._gcs_lock:  # one client per DoFn, shared by the pool's threads
@@ -215,10 +258,15 @@ class LoadImages(beam.PTransform):
     notifications) are checked against it once their metadata is read, and skipped
     (counted, no dead letter) if they are not images."""
 
-    def __init__(self, policy: str = "center_crop", max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_bytes: int = DEFAULT_MAX_BYTES, threads: int = DEFAULT_DECODE_THREADS,
-                 window: int = DEFAULT_DECODE_WINDOW,
-                 accept: filters.FilterConfig = filters.FilterConfig()):
+    def __init__(
+        self,
+        policy: str = "center_crop",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        threads: int = DEFAULT_DECODE_THREADS,
+        window: int = DEFAULT_DECODE_WINDOW,
+        accept: filters.FilterConfig = filters.FilterConfig(),
+    ):
         super().__init__()
         self._fn = _LoadFn(policy, max_pixels, max_bytes, threads, window, accept)
 

@@ -9,12 +9,12 @@ decoding; JPEGs are DCT-scaled (`draft`) to just above the size the resize needs
 frame. ResNet50's `preprocess_input` is applied later, per batch, inside the model
 (see `streaming/model/inference.py`): passing uint8 between stages keeps elements 4x smaller.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import io
 import warnings
-from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -43,12 +43,16 @@ class DecodedImage:
     pixels: np.ndarray  # uint8 (224, 224, 3), RGB
     width: int  # original size, after EXIF orientation
     height: int
-    format: Optional[str]
+    format: str | None
 
 
-def decode_image(data: bytes, *, policy: str = "center_crop",
-                 max_pixels: int = DEFAULT_MAX_PIXELS,
-                 size: int = INPUT_SIZE) -> DecodedImage:
+def decode_image(
+    data: bytes,
+    *,
+    policy: str = "center_crop",
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    size: int = INPUT_SIZE,
+) -> DecodedImage:
     """Decodes image bytes into the model's RGB input.
 
     Args:
@@ -75,7 +79,9 @@ def decode_image(data: bytes, *, policy: str = "center_crop",
     except Image.DecompressionBombError as e:
         raise Rejected(failures.DECOMPRESSION_BOMB, str(e)) from None
     except UnidentifiedImageError:
-        raise Rejected(failures.NOT_AN_IMAGE, "Pillow cannot identify the bytes as an image") from None
+        raise Rejected(
+            failures.NOT_AN_IMAGE, "Pillow cannot identify the bytes as an image"
+        ) from None
     except Exception as e:  # noqa: BLE001 - plugins raise anything on hostile headers
         raise Rejected(failures.NOT_AN_IMAGE, f"{type(e).__name__}: {e}") from None
     try:
@@ -85,8 +91,11 @@ def decode_image(data: bytes, *, policy: str = "center_crop",
     except Image.DecompressionBombError as e:
         raise Rejected(failures.DECOMPRESSION_BOMB, str(e)) from None
     except (OSError, SyntaxError, EOFError) as e:
-        reason = failures.TRUNCATED_IMAGE if "truncat" in str(e).lower() or isinstance(e, EOFError) \
+        reason = (
+            failures.TRUNCATED_IMAGE
+            if "truncat" in str(e).lower() or isinstance(e, EOFError)
             else failures.DECODE_ERROR
+        )
         raise Rejected(reason, f"{type(e).__name__}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a decoder bug must not kill the stream
         raise Rejected(failures.DECODE_ERROR, f"{type(e).__name__}: {e}") from None
@@ -100,8 +109,10 @@ def _decode_opened(img: Image.Image, policy: str, max_pixels: int, size: int) ->
     if width <= 0 or height <= 0:
         raise Rejected(failures.DECODE_ERROR, f"image has no pixels ({width}x{height})")
     if width * height > max_pixels:
-        raise Rejected(failures.TOO_MANY_PIXELS,
-                       f"{width}x{height} = {width * height} pixels > limit {max_pixels}")
+        raise Rejected(
+            failures.TOO_MANY_PIXELS,
+            f"{width}x{height} = {width * height} pixels > limit {max_pixels}",
+        )
     orientation = img.getexif().get(0x0112, 1)
     if orientation in (5, 6, 7, 8):
         width, height = height, width

@@ -12,22 +12,26 @@ would retry Google's default credentials before going anonymous, so it is
 set here (through `streaming.support.library_patches`), once, in the process that
 runs the pipeline (the DirectRunner runs it in-process). Production never calls this.
 """
+
 from __future__ import annotations
 
 import functools
 import os
-from typing import Optional
 
 ENV_VARS = ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST")
 _applied = False
 
 
 def project_from_env(default: str = "test-project") -> str:
-    return (os.environ.get("GOOGLE_CLOUD_PROJECT") or os.environ.get("EMU_PROJECT")
-            or os.environ.get("PUBSUB_PROJECT_ID") or default)
+    return (
+        os.environ.get("GOOGLE_CLOUD_PROJECT")
+        or os.environ.get("EMU_PROJECT")
+        or os.environ.get("PUBSUB_PROJECT_ID")
+        or default
+    )
 
 
-def use_local_endpoints() -> dict[str, Optional[str]]:
+def use_local_endpoints() -> dict[str, str | None]:
     """Configures this process for the emulators; returns the endpoints in use.
 
     Raises:
@@ -36,8 +40,11 @@ def use_local_endpoints() -> dict[str, Optional[str]]:
     global _applied
     endpoints = {k: os.environ.get(k) for k in ENV_VARS}
     if not any(endpoints.values()):
-        raise ValueError("--local_endpoints needs at least one of " + ", ".join(ENV_VARS)
-                         + " (see emulators/README.md; `. .emulators/env.sh` sets them)")
+        raise ValueError(
+            "--local_endpoints needs at least one of "
+            + ", ".join(ENV_VARS)
+            + " (see emulators/README.md; `. .emulators/env.sh` sets them)"
+        )
     if _applied:
         return endpoints
     for var in ("NO_GCE_CHECK",):
@@ -46,39 +53,46 @@ def use_local_endpoints() -> dict[str, Optional[str]]:
         os.environ.setdefault(var, "127.0.0.1:1")
 
     from streaming.support import library_patches
+
     library_patches.use_anonymous_credentials(project_from_env())
     _applied = True
     return endpoints
 
 
-def storage_client(local: bool, project: Optional[str] = None):
+def storage_client(local: bool, project: str | None = None):
     """A google-cloud-storage client (anonymous against the emulator)."""
     from google.cloud import storage
+
     if local:
         from google.auth.credentials import AnonymousCredentials
-        return storage.Client(project=project or project_from_env(),
-                              credentials=AnonymousCredentials())
+
+        return storage.Client(
+            project=project or project_from_env(), credentials=AnonymousCredentials()
+        )
     return storage.Client(project=project)
 
 
-def worker_bigquery_client(local: bool, project: Optional[str] = None):
+def worker_bigquery_client(local: bool, project: str | None = None):
     """`bigquery_client`, one per process and endpoint for DoFns (see
     `worker_storage_client`)."""
     return _bigquery_client_for(local, project, os.environ.get("BIGQUERY_EMULATOR_HOST"))
 
 
-@functools.lru_cache(maxsize=None)
-def _bigquery_client_for(local: bool, project: Optional[str], _endpoint: Optional[str]):
+@functools.cache
+def _bigquery_client_for(local: bool, project: str | None, _endpoint: str | None):
     return bigquery_client(local, project)
 
 
-def bigquery_client(local: bool, project: Optional[str] = None):
+def bigquery_client(local: bool, project: str | None = None):
     """A google-cloud-bigquery client (anonymous against the emulator)."""
     from google.cloud import bigquery
+
     if local:
         from google.auth.credentials import AnonymousCredentials
-        return bigquery.Client(project=project or project_from_env(),
-                               credentials=AnonymousCredentials())
+
+        return bigquery.Client(
+            project=project or project_from_env(), credentials=AnonymousCredentials()
+        )
     return bigquery.Client(project=project)
 
 
@@ -94,7 +108,8 @@ def worker_storage_client():
     return _storage_client_for(os.environ.get("STORAGE_EMULATOR_HOST"))
 
 
-@functools.lru_cache(maxsize=None)
-def _storage_client_for(_endpoint: Optional[str]):
+@functools.cache
+def _storage_client_for(_endpoint: str | None):
     from google.cloud import storage
+
     return storage.Client()

@@ -4,11 +4,12 @@ Each exists because no public API does the job (its docstring says why), and eac
 test in tests/unit/test_adapters.py that fails loudly when an upgrade removes or changes
 what it relies on, instead of the pipeline failing quietly at run time.
 """
+
 from __future__ import annotations
 
 import time
-
 from typing import Any
+
 
 def object_resource(blob) -> dict[str, Any]:
     """The JSON API resource of a listed or fetched `google.cloud.storage.Blob`.
@@ -33,6 +34,7 @@ def use_anonymous_credentials(project: str) -> None:
 
     def anonymous_default(*_args, **_kwargs):
         return AnonymousCredentials(), project
+
     google.auth.default = anonymous_default
 
 
@@ -50,6 +52,7 @@ def pull_more_locally(max_messages: int, wait_secs: float, idle_secs: float = 0.
     pull therefore takes at least `idle_secs`, the most a message waits to be pulled.
     """
     from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator as reader
+
     original = getattr(reader, "_unwrapped_subscriber_client", None)
     if original is None:
         original = reader._unwrapped_subscriber_client = reader._get_subscriber_client
@@ -61,10 +64,12 @@ def pull_more_locally(max_messages: int, wait_secs: float, idle_secs: float = 0.
         def pull(self, **kwargs):
             from google.api_core.exceptions import DeadlineExceeded
             from google.pubsub_v1 import PullResponse
+
             started = time.monotonic()
             try:
                 response = self._client.pull(
-                    **{**kwargs, "max_messages": max_messages, "timeout": wait_secs})
+                    **{**kwargs, "max_messages": max_messages, "timeout": wait_secs}
+                )
             except DeadlineExceeded:
                 response = PullResponse()
             if not response.received_messages:
@@ -74,5 +79,4 @@ def pull_more_locally(max_messages: int, wait_secs: float, idle_secs: float = 0.
         def __getattr__(self, name):
             return getattr(self._client, name)
 
-    reader._get_subscriber_client = classmethod(
-        lambda _cls, transform: Client(original(transform)))
+    reader._get_subscriber_client = classmethod(lambda _cls, transform: Client(original(transform)))

@@ -7,11 +7,13 @@ Beam's local runner, which runs a streaming job on one thread, the whole job wai
 and emits the results in input order from the bundle's thread, where Beam's metrics
 are counted.
 """
+
 from __future__ import annotations
 
 import collections
 import concurrent.futures
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import apache_beam as beam
 from apache_beam import pvalue
@@ -26,8 +28,9 @@ class WorkAhead(beam.DoFn):
         self._threads, self._window, self._name = max(1, threads), max(1, window), name
 
     def setup(self):
-        self._pool = concurrent.futures.ThreadPoolExecutor(self._threads,
-                                                           thread_name_prefix=self._name)
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            self._threads, thread_name_prefix=self._name
+        )
 
     def teardown(self):
         self._pool.shutdown(wait=False, cancel_futures=True)
@@ -41,8 +44,9 @@ class WorkAhead(beam.DoFn):
     def emit(self, result) -> Iterable:
         raise NotImplementedError
 
-    def process(self, element, timestamp=beam.DoFn.TimestampParam,
-                window=beam.DoFn.WindowParam) -> Iterable:
+    def process(
+        self, element, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
+    ) -> Iterable:
         self._inflight.append((self._pool.submit(self.work, element), timestamp, window))
         while len(self._inflight) > self._window:
             yield from self._emit_oldest()

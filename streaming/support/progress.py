@@ -6,6 +6,7 @@ streaming runs log that line (embedded, dead letters by reason, images/s, and th
 notification-to-row latency p50/p95 where known). The numbers come from
 `metrics.TALLY`, the process-local copy of the job's Beam counters.
 """
+
 from __future__ import annotations
 
 import logging
@@ -13,7 +14,7 @@ import os
 import sys
 import threading
 import time
-from typing import Mapping, Optional, Sequence
+from collections.abc import Mapping, Sequence
 
 from streaming import metrics
 
@@ -22,8 +23,11 @@ _LOG = logging.getLogger("embed-stream")
 
 def dead_letters(counts: Mapping[str, int]) -> dict[str, int]:
     """Dead-letter counts by reason."""
-    return {k[len(metrics.DEAD_PREFIX):]: v for k, v in counts.items()
-            if k.startswith(metrics.DEAD_PREFIX)}
+    return {
+        k[len(metrics.DEAD_PREFIX) :]: v
+        for k, v in counts.items()
+        if k.startswith(metrics.DEAD_PREFIX)
+    }
 
 
 def embedded(counts: Mapping[str, int]) -> int:
@@ -33,8 +37,11 @@ def embedded(counts: Mapping[str, int]) -> int:
 
 def done(counts: Mapping[str, int]) -> int:
     """Files finished one way or another: embedded, dead-lettered or skipped."""
-    return (embedded(counts) + sum(dead_letters(counts).values())
-            + sum(v for k, v in counts.items() if k.startswith(metrics.SKIPPED_PREFIX)))
+    return (
+        embedded(counts)
+        + sum(dead_letters(counts).values())
+        + sum(v for k, v in counts.items() if k.startswith(metrics.SKIPPED_PREFIX))
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -44,8 +51,7 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def status_line(counts: Mapping[str, int], latencies: Sequence[float],
-                images_per_s: float) -> str:
+def status_line(counts: Mapping[str, int], latencies: Sequence[float], images_per_s: float) -> str:
     """`embedded <n>, dead letters <d> (<reason>=<n>, ...), <r> images/s,
     latency p50 <s> s p95 <s> s` (latency only where known)."""
     dead = dead_letters(counts)
@@ -54,8 +60,10 @@ def status_line(counts: Mapping[str, int], latencies: Sequence[float],
         text += " (" + ", ".join(f"{r}={n}" for r, n in sorted(dead.items())) + ")"
     text += f", {images_per_s:.2f} images/s"
     if latencies:
-        text += (f", notification-to-row latency p50 {percentile(latencies, 50) / 1000:.1f} s"
-                 f" p95 {percentile(latencies, 95) / 1000:.1f} s")
+        text += (
+            f", notification-to-row latency p50 {percentile(latencies, 50) / 1000:.1f} s"
+            f" p95 {percentile(latencies, 95) / 1000:.1f} s"
+        )
     return text
 
 
@@ -73,17 +81,24 @@ class Reporter:
       bar: draw a tqdm bar instead of log lines (stderr is a terminal and total is known).
     """
 
-    def __init__(self, interval: float, total: Optional[int] = None, bar: bool = False):
+    def __init__(self, interval: float, total: int | None = None, bar: bool = False):
         self._interval = max(0.1, interval)
         self._total, self._bar = total, None
         if bar and total is not None:
             from tqdm import tqdm
-            self._bar = tqdm(total=total, unit=" images", desc="embedding", file=sys.stderr,
-                             dynamic_ncols=True, mininterval=0.5)
+
+            self._bar = tqdm(
+                total=total,
+                unit=" images",
+                desc="embedding",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                mininterval=0.5,
+            )
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)
 
-    def start(self) -> "Reporter":
+    def start(self) -> Reporter:
         self._thread.start()
         return self
 
@@ -105,8 +120,11 @@ class Reporter:
 
     def _update_bar(self, counts: Mapping[str, int]) -> None:
         self._bar.n = done(counts)
-        self._bar.set_postfix(embedded=embedded(counts),
-                              dead_letters=sum(dead_letters(counts).values()), refresh=False)
+        self._bar.set_postfix(
+            embedded=embedded(counts),
+            dead_letters=sum(dead_letters(counts).values()),
+            refresh=False,
+        )
         self._bar.refresh()
 
     def stop(self) -> None:

@@ -4,6 +4,7 @@ filesystem URI, or a create-only Cloud Storage object.
 The sinks and the model cache both write files that readers must never see half
 written (a row file, a .npy, a converted model): one rule for it, here.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,11 @@ def write_atomically(path: str, data: bytes) -> None:
     """Writes `data` to a local path or a Beam filesystem URI, all or nothing."""
     if "://" in path:
         # The object appears only when the upload completes.
-        with FileSystems.create(path, mime_type="application/octet-stream",
-                                compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        with FileSystems.create(
+            path,
+            mime_type="application/octet-stream",
+            compression_type=CompressionTypes.UNCOMPRESSED,
+        ) as f:
             f.write(data)
         return
     directory = os.path.dirname(path) or "."
@@ -49,12 +53,14 @@ def create_object(client, uri: str, data: bytes) -> bool:
       google.api_core.exceptions.GoogleAPICallError: any other refusal or failure.
     """
     from google.api_core import exceptions as gexc
+
     bucket, name = gcs_parts(uri)
     try:
         # No retry inside: write_with_retries bounds the attempts, and an attempt whose
         # answer was lost after the object was created sees 412 on the next one.
         client.bucket(bucket).blob(name).upload_from_string(
-            data, content_type="application/octet-stream", if_generation_match=0, retry=None)
+            data, content_type="application/octet-stream", if_generation_match=0, retry=None
+        )
     except gexc.PreconditionFailed:
         return False
     return True

@@ -1,5 +1,6 @@
 """The local cloud: real Pub/Sub emulator, fake-gcs-server (sending real storage
 notifications) and bqemulator, started by tests/run.sh; one streaming job per session."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ import uuid
 import pytest
 
 from streaming.support import clients
-from tests.processes import Child, python_module, wait_until  # noqa: F401 - for tests
+from tests.processes import Child, python_module, wait_until
 
 
 def pytest_collection_modifyitems(items):
@@ -29,15 +30,20 @@ def cloud():
     try:
         strict_bigquery_stats()
     except OSError as e:
-        pytest.fail(f"BIGQUERY_EMULATOR_HOST is not the strict BigQuery proxy ({e}); "
-                    "run the tests with tests/run.sh")
+        pytest.fail(
+            f"BIGQUERY_EMULATOR_HOST is not the strict BigQuery proxy ({e}); "
+            "run the tests with tests/run.sh"
+        )
     clients.use_local_endpoints()
     from google.cloud import pubsub_v1
+
     project = clients.project_from_env()
     ns = types.SimpleNamespace(
         project=project,
         run_id=uuid.uuid4().hex[:8],
-        notify_topic=f"projects/{project}/topics/{os.environ.get('EMU_NOTIFY_TOPIC', 'gcs-notifications')}",
+        notify_topic=(
+            f"projects/{project}/topics/{os.environ.get('EMU_NOTIFY_TOPIC', 'gcs-notifications')}"
+        ),
         storage=clients.storage_client(True),
         bq=clients.bigquery_client(True),
         publisher=pubsub_v1.PublisherClient(),
@@ -53,6 +59,7 @@ def strict_bigquery_stats(mark: bool = False) -> dict:
     since it started or since the last mark: insert requests, the largest in bytes and
     rows, and how many it refused. `mark=True` starts a new count."""
     from tests.integration.strict_bigquery import MARK_PATH, STATS_PATH
+
     url = os.environ["BIGQUERY_EMULATOR_HOST"].rstrip("/") + (MARK_PATH if mark else STATS_PATH)
     with urllib.request.urlopen(url, data=b"" if mark else None, timeout=10) as answer:
         return json.loads(answer.read())
@@ -64,15 +71,17 @@ def pull_all(cloud, subscription: str, quiet_for: float = 2.0, limit: float = 60
     deadline = time.monotonic() + limit
     while time.monotonic() - last < quiet_for and time.monotonic() < deadline:
         try:
-            resp = cloud.subscriber.pull(subscription=subscription, max_messages=500,
-                                         timeout=5, retry=None)
+            resp = cloud.subscriber.pull(
+                subscription=subscription, max_messages=500, timeout=5, retry=None
+            )
         except Exception:  # noqa: BLE001 - an empty pull may time out on some emulators
             resp = None
         received = list(resp.received_messages) if resp else []
         if received:
             messages.extend(m.message for m in received)
-            cloud.subscriber.acknowledge(subscription=subscription,
-                                         ack_ids=[m.ack_id for m in received])
+            cloud.subscriber.acknowledge(
+                subscription=subscription, ack_ids=[m.ack_id for m in received]
+            )
             last = time.monotonic()
         else:
             time.sleep(0.2)
@@ -89,6 +98,7 @@ def stack(cloud, tmp_path_factory):
     """Buckets, a dataset, objects that predate the job, and the running streaming job
     reading the bucket notifications through its own subscription."""
     from tests import fixtures
+
     rid = cloud.run_id
     s = types.SimpleNamespace(cloud=cloud)
     s.images = cloud.storage.create_bucket(f"img-{rid}")
@@ -101,11 +111,20 @@ def stack(cloud, tmp_path_factory):
     for i, name in enumerate(s.old_names):
         data = fixtures.png(seed=40 + i) if name.endswith(".png") else fixtures.jpeg(seed=40 + i)
         s.old.blob(name).upload_from_string(
-            data, content_type="image/png" if name.endswith(".png") else "image/jpeg")
+            data, content_type="image/png" if name.endswith(".png") else "image/jpeg"
+        )
     seen: set = set()
-    wait_until(lambda: seen.update(m.attributes.get("objectId") for m in pull_all(
-        cloud, before, quiet_for=0.5, limit=5)) or seen >= set(s.old_names),
-        timeout=30, what="the notifications of the objects that predate the job")
+    wait_until(
+        lambda: (
+            seen.update(
+                m.attributes.get("objectId")
+                for m in pull_all(cloud, before, quiet_for=0.5, limit=5)
+            )
+            or seen >= set(s.old_names)
+        ),
+        timeout=30,
+        what="the notifications of the objects that predate the job",
+    )
     cloud.subscriber.delete_subscription(subscription=before)
     s.dataset = f"ds_{rid}"
     cloud.bq.create_dataset(s.dataset)
@@ -114,29 +133,57 @@ def stack(cloud, tmp_path_factory):
     # The embeddings table exists up front (as after `bq mk`); the job creates the
     # dead-letter table itself from schemas/ (CREATE_IF_NEEDED).
     from google.cloud import bigquery
+
     import schemas
-    cloud.bq.create_table(bigquery.Table(
-        s.table.replace(":", "."),
-        schema=[bigquery.SchemaField.from_api_repr(f) for f in schemas.table_schema()]))
+
+    cloud.bq.create_table(
+        bigquery.Table(
+            s.table.replace(":", "."),
+            schema=[bigquery.SchemaField.from_api_repr(f) for f in schemas.table_schema()],
+        )
+    )
     s.subscription = cloud.subscription("embed")
-    cloud.subscriber.create_subscription(name=s.subscription, topic=cloud.notify_topic,
-                                         ack_deadline_seconds=60)
+    cloud.subscriber.create_subscription(
+        name=s.subscription, topic=cloud.notify_topic, ack_deadline_seconds=60
+    )
     log = str(tmp_path_factory.mktemp("job") / "job.log")
-    s.job = start_job(["--input_subscription", s.subscription, "--output_table", s.table,
-                 "--dead_letter_table", s.dead_table,
-                 "--output_gcs", f"gs://img-{rid}/embeddings/", "--weights", "random:0",
-                 # Other tests' buckets notify the same topic: those are cheap dead
-                 # letters here, not images to embed.
-                 "--buckets", f"{s.images.name},{s.old.name}", "--catch_up", "never",
-                 "--local_endpoints", "--max_batch_size", "8",
-                 "--max_batch_duration_secs", "1", "--progress_interval", "1"], log)
+    s.job = start_job(
+        [
+            "--input_subscription",
+            s.subscription,
+            "--output_table",
+            s.table,
+            "--dead_letter_table",
+            s.dead_table,
+            "--output_gcs",
+            f"gs://img-{rid}/embeddings/",
+            "--weights",
+            "random:0",
+            # Other tests' buckets notify the same topic: those are cheap dead
+            # letters here, not images to embed.
+            "--buckets",
+            f"{s.images.name},{s.old.name}",
+            "--catch_up",
+            "never",
+            "--local_endpoints",
+            "--max_batch_size",
+            "8",
+            "--max_batch_duration_secs",
+            "1",
+            "--progress_interval",
+            "1",
+        ],
+        log,
+    )
 
     def query(sql: str) -> list[dict]:
         from google.api_core.exceptions import NotFound
+
         try:
             return [dict(r) for r in cloud.bq.query(sql).result()]
         except NotFound:
             return []
+
     s.query = query
     s.rows_sql = f"`{cloud.project}.{s.dataset}.embeddings`"
     s.dead_sql = f"`{cloud.project}.{s.dataset}.dead_letters`"

@@ -8,6 +8,7 @@ the job may not read, a 403 for an overwrite under `roles/storage.objectCreator`
 everything else goes to fake-gcs-server unchanged. `requests` lists what the clients
 sent, so a test can count attempts or check a precondition parameter.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +18,20 @@ import json
 import re
 import threading
 import urllib.parse
-from typing import Callable, Optional
+from collections.abc import Callable
 
 _OBJECT_PATH = re.compile(r"/b/([^/]+)/o/([^?]+)")
-_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer",
-               "upgrade", "proxy-authorization", "proxy-authenticate", "content-length"}
+_HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "content-length",
+}
 
 
 @dataclasses.dataclass
@@ -32,7 +42,7 @@ class Request:
     body: bytes
 
     @property
-    def bucket_and_object(self) -> tuple[Optional[str], Optional[str]]:
+    def bucket_and_object(self) -> tuple[str | None, str | None]:
         """(bucket, object name) the request is about, from the path (reads, metadata)
         or from the upload's query or JSON metadata (creates)."""
         m = _OBJECT_PATH.search(self.path.split("?", 1)[0])
@@ -51,23 +61,37 @@ class Request:
     def is_upload_start(self) -> bool:
         """The request that creates an object (a multipart upload or the start of a
         resumable one; the resumable session's data PUTs carry `upload_id`)."""
-        return (self.method == "POST" and self.path.startswith("/upload/")
-                and "upload_id" not in self.query)
+        return (
+            self.method == "POST"
+            and self.path.startswith("/upload/")
+            and "upload_id" not in self.query
+        )
 
 
 def gcs_error(status: int, message: str) -> tuple[int, bytes]:
     """An error body shaped like Cloud Storage's JSON API errors."""
     reason = {403: "forbidden", 412: "conditionNotMet"}.get(status, "error")
-    return status, json.dumps({"error": {"code": status, "message": message, "errors": [
-        {"message": message, "domain": "global", "reason": reason}]}}).encode()
+    return status, json.dumps(
+        {
+            "error": {
+                "code": status,
+                "message": message,
+                "errors": [{"message": message, "domain": "global", "reason": reason}],
+            }
+        }
+    ).encode()
 
 
 class HttpProxy:
     """Forwards http://127.0.0.1:<port>/... to `target` (e.g. http://127.0.0.1:4443)."""
 
-    def __init__(self, target: str,
-                 rule: Optional[Callable[[Request], Optional[tuple[int, bytes]]]] = None,
-                 record: bool = True, port: int = 0):
+    def __init__(
+        self,
+        target: str,
+        rule: Callable[[Request], tuple[int, bytes] | None] | None = None,
+        record: bool = True,
+        port: int = 0,
+    ):
         parsed = urllib.parse.urlparse(target)
         self._target = (parsed.hostname, parsed.port)
         self.rule = rule
@@ -95,8 +119,9 @@ class HttpProxy:
                     status, payload = answer
                     self._reply(status, [("Content-Type", "application/json")], payload)
                     return
-                status, headers, payload = proxy.forward(self.command, self.path,
-                                                         dict(self.headers), body)
+                status, headers, payload = proxy.forward(
+                    self.command, self.path, dict(self.headers), body
+                )
                 self._reply(status, headers, payload)
 
             def _reply(self, status, headers, payload):
@@ -128,32 +153,44 @@ class HttpProxy:
             payload = resp.read()
             target = f"{self._target[0]}:{self._target[1]}".encode()
             mine = f"127.0.0.1:{self.port}".encode()
-            out_headers = [(k, v.replace(target.decode(), mine.decode()))
-                           for k, v in resp.getheaders()]
-            return resp.status, out_headers, payload.replace(target, mine) \
-                if b"application/json" in (resp.getheader("Content-Type") or "").encode() \
-                else payload
+            out_headers = [
+                (k, v.replace(target.decode(), mine.decode())) for k, v in resp.getheaders()
+            ]
+            return (
+                resp.status,
+                out_headers,
+                payload.replace(target, mine)
+                if b"application/json" in (resp.getheader("Content-Type") or "").encode()
+                else payload,
+            )
         finally:
             conn.close()
 
     def object_exists(self, bucket: str, name: str) -> bool:
         status, _, _ = self.forward(
-            "GET", f"/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o/"
-                   f"{urllib.parse.quote(name, safe='')}", {}, b"")
+            "GET",
+            f"/storage/v1/b/{urllib.parse.quote(bucket, safe='')}/o/"
+            f"{urllib.parse.quote(name, safe='')}",
+            {},
+            b"",
+        )
         return status == 200
 
     def uploads(self, name_prefix: str = "") -> list[Request]:
         """The object-creating requests seen so far for names under `name_prefix`."""
         with self._lock:
             seen = list(self.requests)
-        return [r for r in seen if r.is_upload_start
-                and (r.bucket_and_object[1] or "").startswith(name_prefix)]
+        return [
+            r
+            for r in seen
+            if r.is_upload_start and (r.bucket_and_object[1] or "").startswith(name_prefix)
+        ]
 
     def serve(self) -> None:
         """Serves on this thread until the process ends (a proxy of its own process)."""
         self._server.serve_forever()
 
-    def start(self) -> "HttpProxy":
+    def start(self) -> HttpProxy:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return self
 
@@ -162,16 +199,21 @@ class HttpProxy:
         self._server.server_close()
 
 
-def object_creator_rule(proxy: HttpProxy) -> Callable[[Request], Optional[tuple[int, bytes]]]:
+def object_creator_rule(proxy: HttpProxy) -> Callable[[Request], tuple[int, bytes] | None]:
     """`roles/storage.objectCreator`: creating an object is allowed, replacing one is
     not (403). A create with `ifGenerationMatch=0` goes through: the service answers
     412 itself if the object exists."""
+
     def rule(request: Request):
         if not request.is_upload_start or request.query.get("ifGenerationMatch") == "0":
             return None
         bucket, name = request.bucket_and_object
         if bucket and name and proxy.object_exists(bucket, name):
-            return gcs_error(403, f"caller does not have storage.objects.delete access "
-                                  f"to the Google Cloud Storage object {bucket}/{name}")
+            return gcs_error(
+                403,
+                f"caller does not have storage.objects.delete access "
+                f"to the Google Cloud Storage object {bucket}/{name}",
+            )
         return None
+
     return rule

@@ -13,13 +13,13 @@ refused, and the bytes and rows of those it forwarded.
 
     python -m tests.integration.strict_bigquery --target http://127.0.0.1:9050 --port-file F
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import re
 import threading
-from typing import Optional
 
 from tests.integration.http_proxy import HttpProxy, Request
 
@@ -30,13 +30,20 @@ MARK_PATH = "/strict/mark"
 _INSERT_ALL = re.compile(r"/bigquery/v2/projects/[^/]+/datasets/[^/]+/tables/[^/]+/insertAll")
 
 
-def bigquery_error(status: int, message: str, reason: str = "badRequest",
-                   state: str = "INVALID_ARGUMENT") -> tuple[int, bytes]:
+def bigquery_error(
+    status: int, message: str, reason: str = "badRequest", state: str = "INVALID_ARGUMENT"
+) -> tuple[int, bytes]:
     """An error body shaped like BigQuery's REST errors."""
-    return status, json.dumps({"error": {
-        "code": status, "message": message,
-        "errors": [{"message": message, "domain": "global", "reason": reason}],
-        "status": state}}).encode()
+    return status, json.dumps(
+        {
+            "error": {
+                "code": status,
+                "message": message,
+                "errors": [{"message": message, "domain": "global", "reason": reason}],
+                "status": state,
+            }
+        }
+    ).encode()
 
 
 class Stats:
@@ -56,9 +63,14 @@ class Stats:
 
     def as_dict(self) -> dict:
         with self._lock:
-            return {"insert_requests": self.inserts, "refused": self.refused,
-                    "max_insert_bytes": self.max_bytes, "max_insert_rows": self.max_rows,
-                    "insert_bytes": self.total_bytes, "insert_rows": self.total_rows}
+            return {
+                "insert_requests": self.inserts,
+                "refused": self.refused,
+                "max_insert_bytes": self.max_bytes,
+                "max_insert_rows": self.max_rows,
+                "insert_bytes": self.total_bytes,
+                "insert_rows": self.total_rows,
+            }
 
     def mark(self) -> None:
         with self._lock:
@@ -69,7 +81,7 @@ class Stats:
         return json.dumps(self.as_dict()).encode()
 
 
-def insert_limits(request: Request, stats: Stats) -> Optional[tuple[int, bytes]]:
+def insert_limits(request: Request, stats: Stats) -> tuple[int, bytes] | None:
     """BigQuery's answer to an insertAll over its request limits, else None."""
     if request.method == "GET" and request.path.split("?", 1)[0] == STATS_PATH:
         return 200, stats.as_json()
@@ -81,16 +93,20 @@ def insert_limits(request: Request, stats: Stats) -> Optional[tuple[int, bytes]]
     size = len(request.body)
     if size > MAX_REQUEST_BYTES:
         stats.seen(size, 0, True)
-        return bigquery_error(400, f"Request payload size exceeds the limit: "
-                                   f"{MAX_REQUEST_BYTES} bytes.")
+        return bigquery_error(
+            400, f"Request payload size exceeds the limit: {MAX_REQUEST_BYTES} bytes."
+        )
     try:
         rows = len(json.loads(request.body).get("rows") or [])
     except ValueError:
         rows = 0
     if rows > MAX_REQUEST_ROWS:
         stats.seen(size, rows, True)
-        return bigquery_error(400, f"too many rows present in the request, limit: "
-                                   f"{MAX_REQUEST_ROWS} row count: {rows}.", reason="invalid")
+        return bigquery_error(
+            400,
+            f"too many rows present in the request, limit: {MAX_REQUEST_ROWS} row count: {rows}.",
+            reason="invalid",
+        )
     stats.seen(size, rows, False)
     return None
 

@@ -1,5 +1,6 @@
 """A TCP forwarder the tests can cut: to the job behind it, the service goes away
 (connections reset, new ones refused) and comes back on the same address."""
+
 from __future__ import annotations
 
 import socket
@@ -17,7 +18,7 @@ class TcpProxy:
         self._sockets: set[socket.socket] = set()
         self._listener: socket.socket | None = None
 
-    def start(self) -> "TcpProxy":
+    def start(self) -> TcpProxy:
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind(("127.0.0.1", self.port))

@@ -7,6 +7,7 @@ its 10 MB limit is refused there as BigQuery refuses it. The job writes its vect
 bucket of its own that notifies the same topic as the images (fake-gcs-server sends every
 bucket's notifications there): they are its own outputs, skipped, never dead letters.
 """
+
 import concurrent.futures
 import os
 import time
@@ -30,8 +31,14 @@ def backlog(cloud, stack, tmp_path_factory):
     vectors = cloud.storage.create_bucket(f"backlog-vec-{rid}")
     names = [f"old/{i:03d}.jpg" for i in range(BACKLOG)]
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(lambda a: bucket.blob(a[1]).upload_from_string(
-            fixtures.jpeg(96, 64, seed=a[0]), content_type="image/jpeg"), enumerate(names)))
+        list(
+            pool.map(
+                lambda a: bucket.blob(a[1]).upload_from_string(
+                    fixtures.jpeg(96, 64, seed=a[0]), content_type="image/jpeg"
+                ),
+                enumerate(names),
+            )
+        )
     # Not images: the catch-up applies the job's filters before it emits anything.
     for i in range(5):
         bucket.blob(f"old/notes-{i}.txt").upload_from_string(b"text", content_type="text/plain")
@@ -41,16 +48,37 @@ def backlog(cloud, stack, tmp_path_factory):
     table = f"{cloud.project}:{dataset}.embeddings"
     dead_table = f"{cloud.project}:{dataset}.dead_letters"
     sub = cloud.subscription("backlog")
-    cloud.subscriber.create_subscription(name=sub, topic=cloud.notify_topic,
-                                         ack_deadline_seconds=60)
+    cloud.subscriber.create_subscription(
+        name=sub, topic=cloud.notify_topic, ack_deadline_seconds=60
+    )
     logs = tmp_path_factory.mktemp("backlog")
-    argv = ["--input_subscription", sub, "--output_table", table,
-            "--dead_letter_table", dead_table, "--output_gcs", f"gs://{vectors.name}/",
-            "--buckets", bucket.name, "--weights", "random:0", "--local_endpoints",
-            "--max_batch_duration_secs", "1", "--catch_up_chunk", "250",
-            # One shard group for the whole backlog, as a busy key fills at scale: its
-            # rows reach the BigQuery writer together, enough to fill requests to the cap.
-            "--shard_keys", "1", "--shard_wait_secs", "60", "--shard_idle_secs", "60"]
+    argv = [
+        "--input_subscription",
+        sub,
+        "--output_table",
+        table,
+        "--dead_letter_table",
+        dead_table,
+        "--output_gcs",
+        f"gs://{vectors.name}/",
+        "--buckets",
+        bucket.name,
+        "--weights",
+        "random:0",
+        "--local_endpoints",
+        "--max_batch_duration_secs",
+        "1",
+        "--catch_up_chunk",
+        "250",
+        # One shard group for the whole backlog, as a busy key fills at scale: its
+        # rows reach the BigQuery writer together, enough to fill requests to the cap.
+        "--shard_keys",
+        "1",
+        "--shard_wait_secs",
+        "60",
+        "--shard_idle_secs",
+        "60",
+    ]
     state = {"job": None, "starts": 0}
 
     def start(env=None):
@@ -64,16 +92,28 @@ def backlog(cloud, stack, tmp_path_factory):
     current = sql.current_relation(table)
 
     def current_names() -> set:
-        return {r["name"] for r in stack.query(
-            f"SELECT name FROM {current} WHERE bucket = '{bucket.name}'")}
+        return {
+            r["name"]
+            for r in stack.query(f"SELECT name FROM {current} WHERE bucket = '{bucket.name}'")
+        }
 
     def dead_letters() -> list[dict]:
-        return stack.query(f"SELECT name, stage, reason, retryable, attempt FROM "
-                           f"{sql.table_ref(dead_table)}")
+        return stack.query(
+            f"SELECT name, stage, reason, retryable, attempt FROM {sql.table_ref(dead_table)}"
+        )
 
-    yield dict(bucket=bucket, vectors=vectors, names=names, start=start, stop=stop,
-               current_names=current_names, dead_letters=dead_letters, state=state,
-               raw=lambda q: stack.query(q.format(rows=sql.table_ref(table))), sub=sub)
+    yield dict(
+        bucket=bucket,
+        vectors=vectors,
+        names=names,
+        start=start,
+        stop=stop,
+        current_names=current_names,
+        dead_letters=dead_letters,
+        state=state,
+        raw=lambda q: stack.query(q.format(rows=sql.table_ref(table))),
+        sub=sub,
+    )
     if state["job"] is not None:
         state["job"].stop()
 
@@ -82,8 +122,12 @@ def test_a_backlog_gets_every_row_through_bigquerys_request_limit(backlog):
     b = backlog
     strict_bigquery_stats(mark=True)
     job = b["start"]()
-    wait_until(lambda: len(b["current_names"]()) >= BACKLOG, timeout=900,
-               what=f"rows for the {BACKLOG} images of the backlog", job=job)
+    wait_until(
+        lambda: len(b["current_names"]()) >= BACKLOG,
+        timeout=900,
+        what=f"rows for the {BACKLOG} images of the backlog",
+        job=job,
+    )
     assert b["current_names"]() == set(b["names"])
     after = strict_bigquery_stats()
     assert after["refused"] == 0, after
@@ -94,8 +138,10 @@ def test_a_backlog_gets_every_row_through_bigquerys_request_limit(backlog):
     raw = b["raw"]("SELECT row_key, COUNT(*) AS n FROM {rows} GROUP BY row_key")
     assert len(raw) == BACKLOG and {r["n"] for r in raw} == {1}
     # The listing went down the pipeline in steps of 250 objects.
-    assert f"{BACKLOG} object generation(s) to embed, 0 deleted while the job could not " \
-           "see it (2 step(s))" in job.output()
+    assert (
+        f"{BACKLOG} object generation(s) to embed, 0 deleted while the job could not "
+        "see it (2 step(s))" in job.output()
+    )
 
 
 def test_deletions_the_job_never_heard_of_are_tombstoned_at_the_next_start(backlog, cloud):
@@ -108,11 +154,16 @@ def test_deletions_the_job_never_heard_of_are_tombstoned_at_the_next_start(backl
     for name in gone:
         b["bucket"].blob(name).delete()
     time.sleep(2)
-    cloud.subscriber.create_subscription(name=b["sub"], topic=cloud.notify_topic,
-                                         ack_deadline_seconds=60)
+    cloud.subscriber.create_subscription(
+        name=b["sub"], topic=cloud.notify_topic, ack_deadline_seconds=60
+    )
     job = b["start"]()
-    wait_until(lambda: not (set(gone) & b["current_names"]()), timeout=300,
-               what="the deleted objects to leave the current view", job=job)
+    wait_until(
+        lambda: not (set(gone) & b["current_names"]()),
+        timeout=300,
+        what="the deleted objects to leave the current view",
+        job=job,
+    )
     assert b["current_names"]() == set(b["names"][DELETED:])
     tombstones = b["raw"]("SELECT name FROM {rows} WHERE event_type = 'OBJECT_DELETE'")
     assert sorted(r["name"] for r in tombstones) == sorted(gone)
@@ -125,24 +176,36 @@ def test_after_a_storage_outage_the_next_catch_up_embeds_every_image(backlog):
     storage = TcpProxy(port).start()
     try:
         job = b["start"]({"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{storage.port}"})
-        wait_until(lambda: "catch-up gs://" in job.output(), timeout=300,
-                   what="the start-up catch-up", job=job)
+        wait_until(
+            lambda: "catch-up gs://" in job.output(),
+            timeout=300,
+            what="the start-up catch-up",
+            job=job,
+        )
         storage.stop()  # Cloud Storage goes away with uploads in flight
         during = [f"during/{i}.jpg" for i in range(6)]
         for i, name in enumerate(during):
-            b["bucket"].blob(name).upload_from_string(fixtures.jpeg(96, 64, seed=500 + i),
-                                                      content_type="image/jpeg")
+            b["bucket"].blob(name).upload_from_string(
+                fixtures.jpeg(96, 64, seed=500 + i), content_type="image/jpeg"
+            )
         time.sleep(OUTAGE_S)
         storage.start()
         # Reads that outlived their retries became retryable dead letters.
         transient = wait_until(
             lambda: [d for d in b["dead_letters"]() if d["name"] in during] or None,
-            timeout=120, what="dead letters of the reads the outage failed", job=job)
+            timeout=120,
+            what="dead letters of the reads the outage failed",
+            job=job,
+        )
         assert all(d["retryable"] and d["attempt"] == 0 for d in transient), transient
         b["stop"]()
         storage.stop()  # the service is back: the next start talks to it directly
         job = b["start"]()
-        wait_until(lambda: set(during) <= b["current_names"](), timeout=300,
-                   what="rows for every image uploaded during the outage", job=job)
+        wait_until(
+            lambda: set(during) <= b["current_names"](),
+            timeout=300,
+            what="rows for every image uploaded during the outage",
+            job=job,
+        )
     finally:
         storage.stop()

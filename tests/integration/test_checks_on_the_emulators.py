@@ -1,5 +1,6 @@
 """Names that parse but do not exist are found before the model loads, in one line:
 the services are reachable (--local_endpoints), so the job asks them."""
+
 import subprocess
 import sys
 
@@ -9,9 +10,21 @@ from tests.processes import ROOT
 
 
 def embed_stream(*argv):
-    return subprocess.run([sys.executable, "-m", "streaming.main", "--weights", "random:0",
-                           "--local_endpoints", *argv],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "streaming.main",
+            "--weights",
+            "random:0",
+            "--local_endpoints",
+            *argv,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def one_line(proc) -> str:
@@ -29,11 +42,13 @@ def dataset(cloud):
 
 def test_a_subscription_that_does_not_exist(cloud, dataset):
     missing = cloud.subscription("no-such-subscription")
-    proc = embed_stream("--input_subscription", missing,
-                        "--output_table", f"{cloud.project}:{dataset}.embeddings")
+    proc = embed_stream(
+        "--input_subscription", missing, "--output_table", f"{cloud.project}:{dataset}.embeddings"
+    )
     assert proc.returncode == 2
-    assert one_line(proc) == (f"embed-stream: error: --input_subscription {missing}: "
-                              "subscription does not exist")
+    assert one_line(proc) == (
+        f"embed-stream: error: --input_subscription {missing}: subscription does not exist"
+    )
 
 
 def test_a_dataset_that_does_not_exist(cloud, tmp_path):
@@ -49,5 +64,6 @@ def test_a_bucket_that_does_not_exist(cloud, tmp_path):
     uri = f"gs://no-such-bucket-{cloud.run_id}/vectors/"
     proc = embed_stream("--input_dir", str(tmp_path / "in"), "--output_gcs", uri)
     assert proc.returncode == 2
-    assert f"--output_gcs {uri}: bucket no-such-bucket-{cloud.run_id} does not exist" in \
-        one_line(proc)
+    assert f"--output_gcs {uri}: bucket no-such-bucket-{cloud.run_id} does not exist" in one_line(
+        proc
+    )

@@ -8,6 +8,7 @@ start-up catch-up (the bucket listed against the tables). The dataset is then de
 and re-created under the running job: its tables come back and no valid row becomes a
 dead letter.
 """
+
 import concurrent.futures
 import io
 import os
@@ -36,12 +37,26 @@ def killable(stack, tmp_path_factory):
     table = f"{cloud.project}:{dataset}.embeddings"
     dead_table = f"{cloud.project}:{dataset}.dead_letters"
     sub = cloud.subscription("sigkill")
-    cloud.subscriber.create_subscription(name=sub, topic=cloud.notify_topic,
-                                         ack_deadline_seconds=10)
-    argv = ["--input_subscription", sub, "--output_table", table,
-            "--dead_letter_table", dead_table, "--output_gcs", f"gs://{vectors.name}/",
-            "--buckets", bucket.name, "--weights", "random:0", "--local_endpoints",
-            "--max_batch_duration_secs", "1"]
+    cloud.subscriber.create_subscription(
+        name=sub, topic=cloud.notify_topic, ack_deadline_seconds=10
+    )
+    argv = [
+        "--input_subscription",
+        sub,
+        "--output_table",
+        table,
+        "--dead_letter_table",
+        dead_table,
+        "--output_gcs",
+        f"gs://{vectors.name}/",
+        "--buckets",
+        bucket.name,
+        "--weights",
+        "random:0",
+        "--local_endpoints",
+        "--max_batch_duration_secs",
+        "1",
+    ]
     logs = tmp_path_factory.mktemp("kill")
     state = {"job": None, "starts": 0, "uploaded": {}, "deleted": set()}
 
@@ -70,33 +85,57 @@ def killable(stack, tmp_path_factory):
         cloud.subscriber.delete_subscription(subscription=sub)
         action()
         time.sleep(2)
-        cloud.subscriber.create_subscription(name=sub, topic=cloud.notify_topic,
-                                             ack_deadline_seconds=10)
+        cloud.subscriber.create_subscription(
+            name=sub, topic=cloud.notify_topic, ack_deadline_seconds=10
+        )
 
     current = sql.current_relation(table)
 
     def current_rows() -> list[dict]:
-        return stack.query(f"SELECT name, generation, source FROM {current} "
-                           f"WHERE bucket = '{bucket.name}'")
+        return stack.query(
+            f"SELECT name, generation, source FROM {current} WHERE bucket = '{bucket.name}'"
+        )
 
     def all_current(job) -> list[dict]:
         want = dict(state["uploaded"])
         return wait_until(
-            lambda: (lambda r: r if {x["name"] for x in r} >= set(want)
-                     and not {x["name"] for x in r} & state["deleted"] else None)(
-                current_rows()),
-            timeout=600, what=f"current rows for all {len(want)} uploads", job=job)
+            lambda: (
+                lambda r: (
+                    r
+                    if {x["name"] for x in r} >= set(want)
+                    and not {x["name"] for x in r} & state["deleted"]
+                    else None
+                )
+            )(current_rows()),
+            timeout=600,
+            what=f"current rows for all {len(want)} uploads",
+            job=job,
+        )
 
     def raw_rows() -> list[dict]:
-        return stack.query(f"SELECT name, generation, row_key, event_type, vector_uri, "
-                           f"vector_index, "
-                           f"embedding FROM {sql.table_ref(table)} "
-                           f"WHERE bucket = '{bucket.name}'")
+        return stack.query(
+            f"SELECT name, generation, row_key, event_type, vector_uri, "
+            f"vector_index, "
+            f"embedding FROM {sql.table_ref(table)} "
+            f"WHERE bucket = '{bucket.name}'"
+        )
 
-    ns = dict(start=start, kill=kill, upload=upload, all_current=all_current, state=state,
-              table=table, dead_sql=sql.table_ref(dead_table), bucket=bucket, cloud=cloud,
-              query=stack.query, delete=delete, while_unheard=while_unheard,
-              raw_rows=raw_rows, vectors=vectors)
+    ns = dict(
+        start=start,
+        kill=kill,
+        upload=upload,
+        all_current=all_current,
+        state=state,
+        table=table,
+        dead_sql=sql.table_ref(dead_table),
+        bucket=bucket,
+        cloud=cloud,
+        query=stack.query,
+        delete=delete,
+        while_unheard=while_unheard,
+        raw_rows=raw_rows,
+        vectors=vectors,
+    )
     start()
     upload("warmup.jpg", 1)
     all_current(state["job"])
@@ -119,6 +158,7 @@ def assert_one_raw_row_and_vector_each(k, names) -> None:
     the notifications did not both embed it), a tombstone for each deleted one, and
     each row's shard holding the row's own vector at its index."""
     from streaming.records import row_key
+
     uploaded, bucket = k["state"]["uploaded"], k["bucket"].name
     raw = [r for r in k["raw_rows"]() if r["name"] in names]
     finals = {}
@@ -129,7 +169,7 @@ def assert_one_raw_row_and_vector_each(k, names) -> None:
         key = row_key(bucket, name, uploaded[name])
         assert len(finals.get(key, [])) == 1, (name, len(finals.get(key, [])))
         (r,) = finals[key]
-        blob_name = r["vector_uri"][len(f"gs://{k['vectors'].name}/"):]
+        blob_name = r["vector_uri"][len(f"gs://{k['vectors'].name}/") :]
         shard = np.load(io.BytesIO(k["vectors"].blob(blob_name).download_as_bytes()))
         stored = shard[r["vector_index"]]
         np.testing.assert_allclose(stored, np.asarray(r["embedding"], np.float32), rtol=1e-6)
@@ -153,31 +193,43 @@ def test_steady_uploads_with_a_sigkill_mid_stream(killable):
         time.sleep(0.5)
     # While it is down, with its subscription detached (what was waiting there is
     # dropped too): two deletions and an upload whose notifications never reach it.
-    k["while_unheard"](lambda: (k["delete"]("steady/00.jpg"), k["delete"]("steady/01.jpg"),
-                                k["upload"]("steady/unheard.jpg", 199)))
+    k["while_unheard"](
+        lambda: (
+            k["delete"]("steady/00.jpg"),
+            k["delete"]("steady/01.jpg"),
+            k["upload"]("steady/unheard.jpg", 199),
+        )
+    )
     job = k["start"]()
     rows = k["all_current"](job)
     assert_exactly_one_current_row_each(rows, k["state"]["uploaded"])
     found, gone = caught_up(job)
     assert found >= 1 and gone >= 1, (found, gone)
     assert_one_raw_row_and_vector_each(
-        k, {f"steady/{i:02d}.jpg" for i in range(12)} | {"steady/unheard.jpg"})
+        k, {f"steady/{i:02d}.jpg" for i in range(12)} | {"steady/unheard.jpg"}
+    )
 
 
 def test_a_burst_then_a_sigkill_within_a_second_and_a_half(killable):
     k = killable
     names = [f"burst/{i:03d}.jpg" for i in range(BURST)]
     with concurrent.futures.ThreadPoolExecutor(10) as pool:
-        list(pool.map(lambda a: k["upload"](*a, size=(96, 64)),
-                      [(n, 200 + i) for i, n in enumerate(names)]))
+        list(
+            pool.map(
+                lambda a: k["upload"](*a, size=(96, 64)),
+                [(n, 200 + i) for i, n in enumerate(names)],
+            )
+        )
     time.sleep(0.8)
     k["kill"]()
     strict_bigquery_stats(mark=True)
     job = k["start"]()
     rows = k["all_current"](job)
     assert_exactly_one_current_row_each(rows, k["state"]["uploaded"])
-    assert k["query"](f"SELECT name, reason FROM {k['dead_sql']} "
-                      "WHERE STARTS_WITH(name, 'burst/')") == []
+    assert (
+        k["query"](f"SELECT name, reason FROM {k['dead_sql']} WHERE STARTS_WITH(name, 'burst/')")
+        == []
+    )
     assert caught_up(job)[0] >= 1
     assert_one_raw_row_and_vector_each(k, set(names))
     after = strict_bigquery_stats()
@@ -196,10 +248,10 @@ def test_a_dataset_recreated_under_the_running_job_gets_its_tables_back(killable
     rows = k["all_current"](job)
     # Rows written after the delete may also include redeliveries of earlier images.
     assert_exactly_one_current_row_each(
-        [r for r in rows if r["name"].startswith("after-delete/")], k["state"]["uploaded"])
+        [r for r in rows if r["name"].startswith("after-delete/")], k["state"]["uploaded"]
+    )
     table = k["cloud"].bq.get_table(k["table"].replace(":", "."))
     assert table.time_partitioning.field == "processing_time"
     assert table.clustering_fields == ["bucket", "model_fingerprint", "name"]
-    assert k["query"](f"SELECT name FROM {k['dead_sql']} "
-                      "WHERE reason = 'bigquery_rejected'") == []
+    assert k["query"](f"SELECT name FROM {k['dead_sql']} WHERE reason = 'bigquery_rejected'") == []
     assert job.poll() is None

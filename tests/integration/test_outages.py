@@ -2,6 +2,7 @@
 row arrives. The services sit behind TCP proxies that the test cuts and restores
 (bqemulator and the Pub/Sub emulator keep their state in memory, so really restarting
 them would also delete the tables and subscriptions that real services keep)."""
+
 import os
 import time
 from urllib.parse import urlparse
@@ -28,17 +29,37 @@ def job_behind_proxies(stack, tmp_path):
     cloud.bq.create_dataset(dataset)
     table = f"{cloud.project}.{dataset}.embeddings"
     from google.cloud import bigquery
-    cloud.bq.create_table(bigquery.Table(table, schema=[
-        bigquery.SchemaField.from_api_repr(f) for f in schemas.table_schema()]))
+
+    cloud.bq.create_table(
+        bigquery.Table(
+            table, schema=[bigquery.SchemaField.from_api_repr(f) for f in schemas.table_schema()]
+        )
+    )
     sub = cloud.subscription("outage")
-    cloud.subscriber.create_subscription(name=sub, topic=cloud.notify_topic,
-                                         ack_deadline_seconds=60)
-    env = {"BIGQUERY_EMULATOR_HOST": f"http://127.0.0.1:{bq.port}",
-           "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ps.port}"}
-    job = start_job(["--input_subscription", sub, "--output_table", table.replace(".", ":", 1),
-                     "--output_gcs", f"gs://{bucket.name}/embeddings/", "--weights", "random:0",
-                     "--local_endpoints", "--buckets", bucket.name], str(tmp_path / "job.log"),
-                    env=env)
+    cloud.subscriber.create_subscription(
+        name=sub, topic=cloud.notify_topic, ack_deadline_seconds=60
+    )
+    env = {
+        "BIGQUERY_EMULATOR_HOST": f"http://127.0.0.1:{bq.port}",
+        "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ps.port}",
+    }
+    job = start_job(
+        [
+            "--input_subscription",
+            sub,
+            "--output_table",
+            table.replace(".", ":", 1),
+            "--output_gcs",
+            f"gs://{bucket.name}/embeddings/",
+            "--weights",
+            "random:0",
+            "--local_endpoints",
+            "--buckets",
+            bucket.name,
+        ],
+        str(tmp_path / "job.log"),
+        env=env,
+    )
     yield bucket, table, job, bq, ps
     job.stop()
     bq.stop()
@@ -47,23 +68,27 @@ def job_behind_proxies(stack, tmp_path):
 
 def test_rows_written_during_a_bigquery_and_pubsub_outage_all_arrive(stack, job_behind_proxies):
     bucket, table, job, bq, ps = job_behind_proxies
-    count = lambda: stack.query(f"SELECT DISTINCT name FROM `{table}` WHERE "
-                                "event_type = 'OBJECT_FINALIZE'")
+    count = lambda: stack.query(
+        f"SELECT DISTINCT name FROM `{table}` WHERE event_type = 'OBJECT_FINALIZE'"
+    )
     bucket.blob("before.jpg").upload_from_string(fixtures.jpeg(seed=1), content_type="image/jpeg")
     wait_until(lambda: len(count()) == 1, timeout=180, what="the first row", job=job)
     bq.stop()
     ps.stop()
     during = [f"during-{i}.jpg" for i in range(3)]
     for i, name in enumerate(during):
-        bucket.blob(name).upload_from_string(fixtures.jpeg(seed=10 + i),
-                                             content_type="image/jpeg")
+        bucket.blob(name).upload_from_string(fixtures.jpeg(seed=10 + i), content_type="image/jpeg")
     time.sleep(OUTAGE_S)
     assert job.poll() is None, job.log_tail()
     bq.start()
     ps.start()
     bucket.blob("after.jpg").upload_from_string(fixtures.jpeg(seed=20), content_type="image/jpeg")
-    names = wait_until(lambda: (lambda r: r if len(r) == 5 else None)(count()),
-                       timeout=240, what="every row after the outage", job=job)
+    names = wait_until(
+        lambda: (lambda r: r if len(r) == 5 else None)(count()),
+        timeout=240,
+        what="every row after the outage",
+        job=job,
+    )
     assert sorted(r["name"] for r in names) == sorted(["before.jpg", "after.jpg", *during])
 
 
@@ -73,47 +98,86 @@ def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack,
     permission is granted. Nothing becomes a dead letter."""
     from tests.integration.http_proxy import HttpProxy
     from tests.integration.strict_bigquery import bigquery_error
+
     cloud = stack.cloud
     denied = {"on": True}
 
     def rule(request):
-        if denied["on"] and request.method == "POST" and request.path.split("?")[0].endswith(
-                "/insertAll"):
-            return bigquery_error(403, "Access Denied: Table: Permission "
-                                       "bigquery.tables.updateData denied", "accessDenied",
-                                  "PERMISSION_DENIED")
+        if (
+            denied["on"]
+            and request.method == "POST"
+            and request.path.split("?")[0].endswith("/insertAll")
+        ):
+            return bigquery_error(
+                403,
+                "Access Denied: Table: Permission bigquery.tables.updateData denied",
+                "accessDenied",
+                "PERMISSION_DENIED",
+            )
         return None
+
     proxy = HttpProxy(os.environ["BIGQUERY_EMULATOR_HOST"], rule, record=False).start()
     bucket = cloud.storage.create_bucket(f"denied-{cloud.run_id}")
     dataset = f"denied_{cloud.run_id}"
     cloud.bq.create_dataset(dataset)
     table = f"{cloud.project}.{dataset}.embeddings"
     sub = cloud.subscription("denied")
-    cloud.subscriber.create_subscription(name=sub, topic=cloud.notify_topic,
-                                         ack_deadline_seconds=60)
-    job = start_job(["--input_subscription", sub, "--output_table", table.replace(".", ":", 1),
-                     "--dead_letter_table", f"{cloud.project}:{dataset}.dead_letters",
-                     "--output_gcs", f"gs://{bucket.name}/embeddings/", "--weights", "random:0",
-                     "--local_endpoints", "--buckets", bucket.name,
-                     "--max_batch_duration_secs", "1"], str(tmp_path / "job.log"),
-                    env={"BIGQUERY_EMULATOR_HOST": proxy.url})
+    cloud.subscriber.create_subscription(
+        name=sub, topic=cloud.notify_topic, ack_deadline_seconds=60
+    )
+    job = start_job(
+        [
+            "--input_subscription",
+            sub,
+            "--output_table",
+            table.replace(".", ":", 1),
+            "--dead_letter_table",
+            f"{cloud.project}:{dataset}.dead_letters",
+            "--output_gcs",
+            f"gs://{bucket.name}/embeddings/",
+            "--weights",
+            "random:0",
+            "--local_endpoints",
+            "--buckets",
+            bucket.name,
+            "--max_batch_duration_secs",
+            "1",
+        ],
+        str(tmp_path / "job.log"),
+        env={"BIGQUERY_EMULATOR_HOST": proxy.url},
+    )
     try:
         for i in range(2):
-            bucket.blob(f"{i}.jpg").upload_from_string(fixtures.jpeg(seed=60 + i),
-                                                       content_type="image/jpeg")
-        wait_until(lambda: "is waiting" in job.output(), timeout=240,
-                   what="the job's line about the refused inserts", job=job)
+            bucket.blob(f"{i}.jpg").upload_from_string(
+                fixtures.jpeg(seed=60 + i), content_type="image/jpeg"
+            )
+        wait_until(
+            lambda: "is waiting" in job.output(),
+            timeout=240,
+            what="the job's line about the refused inserts",
+            job=job,
+        )
         time.sleep(5)  # several retries go by: still one line
         waiting = [line for line in job.output().splitlines() if "is waiting" in line]
         assert len(waiting) == 1 and "bigquery.tables.updateData" in waiting[0], waiting
         assert job.poll() is None
         denied["on"] = False  # the role is granted
-        rows = wait_until(lambda: (lambda r: r if len(r) == 2 else None)(stack.query(
-            f"SELECT DISTINCT name FROM `{table}`")), timeout=120,
-            what="the rows once the permission is granted", job=job)
+        rows = wait_until(
+            lambda: (lambda r: r if len(r) == 2 else None)(
+                stack.query(f"SELECT DISTINCT name FROM `{table}`")
+            ),
+            timeout=120,
+            what="the rows once the permission is granted",
+            job=job,
+        )
         assert sorted(r["name"] for r in rows) == ["0.jpg", "1.jpg"]
-        assert stack.query(f"SELECT reason FROM `{cloud.project}.{dataset}.dead_letters` "
-                           f"WHERE bucket = '{bucket.name}'") == []
+        assert (
+            stack.query(
+                f"SELECT reason FROM `{cloud.project}.{dataset}.dead_letters` "
+                f"WHERE bucket = '{bucket.name}'"
+            )
+            == []
+        )
     finally:
         job.stop()
         proxy.stop()

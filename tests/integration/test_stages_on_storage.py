@@ -6,6 +6,7 @@ of it (`http_proxy.HttpProxy`) answers on the wire.
 Each test runs bounded pipelines in this process and reads their rows and dead
 letters (written to --output_dir) and their counters.
 """
+
 from __future__ import annotations
 
 import glob
@@ -18,11 +19,11 @@ import numpy as np
 import pytest
 from apache_beam.io import PubsubMessage
 
-from streaming.sources.contract import notification_for
 from streaming import main, pipeline
-from streaming.sinks import files
-from streaming.sources.notifications import ParseNotifications
 from streaming.config.options import EmbedOptions
+from streaming.sinks import files
+from streaming.sources.contract import notification_for
+from streaming.sources.notifications import ParseNotifications
 from tests import fixtures
 from tests.integration.conftest import pull_all, wait_until
 from tests.integration.http_proxy import HttpProxy, gcs_error, object_creator_rule
@@ -57,15 +58,31 @@ def json_message(blob) -> PubsubMessage:
 
 def none_message(blob) -> PubsubMessage:
     """A notification from a config created with payloadFormat NONE: attributes only."""
-    return PubsubMessage(b"", {
-        "eventType": "OBJECT_FINALIZE", "bucketId": blob.bucket.name, "objectId": blob.name,
-        "objectGeneration": str(blob.generation), "payloadFormat": "NONE"})
+    return PubsubMessage(
+        b"",
+        {
+            "eventType": "OBJECT_FINALIZE",
+            "bucketId": blob.bucket.name,
+            "objectId": blob.name,
+            "objectGeneration": str(blob.generation),
+            "payloadFormat": "NONE",
+        },
+    )
 
 
 def run_job(messages, out_dir, *argv):
     """The job's graph after the source, on `messages`: (rows, dead letters, counters)."""
-    opts = EmbedOptions(["--output_dir", str(out_dir), "--weights", "random:0",
-                         "--runner", "BundleBasedDirectRunner", *argv])
+    opts = EmbedOptions(
+        [
+            "--output_dir",
+            str(out_dir),
+            "--weights",
+            "random:0",
+            "--runner",
+            "BundleBasedDirectRunner",
+            *argv,
+        ]
+    )
     p = beam.Pipeline(options=opts)
     parsed = p | beam.Create(messages) | ParseNotifications()
     pipeline.embed_refs(parsed.refs, opts, extra_dead=[parsed.dead_letters])
@@ -78,6 +95,7 @@ def run_job(messages, out_dir, *argv):
             with open(path, encoding="utf-8") as f:
                 found.append(json.loads(f.read()))
         return found
+
     return read(files.ROWS_DIR), read(files.DEAD_LETTERS_DIR), main.counters(result)
 
 
@@ -94,11 +112,11 @@ def test_none_format_objects_are_filtered_on_their_fetched_content_type(bucket, 
     assert counters.get("skipped.type") == 1 and counters.get("images_embedded") == 1
 
 
-def test_unreadable_objects_become_dead_letters_and_the_rest_goes_on(bucket, proxy,
-                                                                       tmp_path):
+def test_unreadable_objects_become_dead_letters_and_the_rest_goes_on(bucket, proxy, tmp_path):
     """Cloud Storage answers 403 for `forbidden/*` (metadata and bytes) and 503 for
     `flaky/*` until the reader's retries are spent: each is a dead letter with its
     reason, none fails the bundle (which a streaming runner would retry forever)."""
+
     def rule(request):
         name = request.bucket_and_object[1] or ""
         if request.method == "GET" and name.startswith("forbidden/"):
@@ -106,20 +124,27 @@ def test_unreadable_objects_become_dead_letters_and_the_rest_goes_on(bucket, pro
         if request.method == "GET" and name.startswith("flaky/"):
             return gcs_error(503, "backend unavailable")
         return None
+
     proxy.rule = rule
-    blobs = {name: upload(bucket, name, fixtures.jpeg(seed=i), "image/jpeg")
-             for i, name in enumerate(["forbidden/meta.jpg", "forbidden/bytes.jpg",
-                                       "flaky/meta.jpg", "ok.jpg"])}
-    messages = [none_message(blobs["forbidden/meta.jpg"]),  # metadata GET refused
-                json_message(blobs["forbidden/bytes.jpg"]),  # download refused
-                none_message(blobs["flaky/meta.jpg"]),  # metadata GET never succeeds
-                json_message(blobs["ok.jpg"])]
+    blobs = {
+        name: upload(bucket, name, fixtures.jpeg(seed=i), "image/jpeg")
+        for i, name in enumerate(
+            ["forbidden/meta.jpg", "forbidden/bytes.jpg", "flaky/meta.jpg", "ok.jpg"]
+        )
+    }
+    messages = [
+        none_message(blobs["forbidden/meta.jpg"]),  # metadata GET refused
+        json_message(blobs["forbidden/bytes.jpg"]),  # download refused
+        none_message(blobs["flaky/meta.jpg"]),  # metadata GET never succeeds
+        json_message(blobs["ok.jpg"]),
+    ]
     rows, dead, counters = run_job(messages, tmp_path)
     assert [r["name"] for r in rows] == ["ok.jpg"]
     assert sorted((d["stage"], d["reason"], d["name"]) for d in dead) == [
         ("load", "permission_denied", "forbidden/bytes.jpg"),
         ("load", "permission_denied", "forbidden/meta.jpg"),
-        ("load", "read_error", "flaky/meta.jpg")]
+        ("load", "read_error", "flaky/meta.jpg"),
+    ]
     assert all(d["error"] for d in dead)
     assert counters.get("dead_letter.permission_denied") == 2
     assert counters.get("dead_letter.read_error") == 1
@@ -138,8 +163,14 @@ def test_a_vector_that_already_exists_does_not_cost_the_row(bucket, proxy, tmp_p
     root = f"gs://{bucket.name}/vectors/"
     message = json_message(blob)
     for run, deliveries in enumerate((2, 1)):  # a redelivery, then a re-run
-        rows, dead, counters = run_job([message] * deliveries, tmp_path / f"run{run}",
-                                       "--output_gcs", root, "--vector_layout", "objects")
+        rows, dead, counters = run_job(
+            [message] * deliveries,
+            tmp_path / f"run{run}",
+            "--output_gcs",
+            root,
+            "--vector_layout",
+            "objects",
+        )
         assert dead == [], dead
         assert counters.get("images_embedded") == deliveries
         assert [r["name"] for r in rows] == ["again/x.jpg"]  # one file per generation
@@ -159,21 +190,26 @@ def test_a_shard_that_already_exists_does_not_cost_its_rows(bucket, proxy, tmp_p
     would be refused under `roles/storage.objectCreator`), and every row still comes,
     pointing at the first write's vectors. Two images, one shard, two uploads in all."""
     proxy.rule = object_creator_rule(proxy)
-    blobs = [upload(bucket, f"shard/{i}.jpg", fixtures.jpeg(seed=20 + i), "image/jpeg")
-             for i in range(2)]
+    blobs = [
+        upload(bucket, f"shard/{i}.jpg", fixtures.jpeg(seed=20 + i), "image/jpeg") for i in range(2)
+    ]
     root = f"gs://{bucket.name}/shards-test/"
     for run in range(2):
-        rows, dead, counters = run_job([json_message(b) for b in blobs], tmp_path / f"r{run}",
-                                       "--output_gcs", root)
+        rows, dead, counters = run_job(
+            [json_message(b) for b in blobs], tmp_path / f"r{run}", "--output_gcs", root
+        )
         assert dead == [], dead
         assert sorted((r["name"], r["vector_index"]) for r in rows) == [
-            ("shard/0.jpg", 0), ("shard/1.jpg", 1)]
+            ("shard/0.jpg", 0),
+            ("shard/1.jpg", 1),
+        ]
     (shard,) = list(bucket.list_blobs(prefix="shards-test/"))
     assert {r["vector_uri"] for r in rows} == {f"gs://{bucket.name}/{shard.name}"}
     stored = np.load(io.BytesIO(shard.download_as_bytes()))
     for r in rows:
-        np.testing.assert_allclose(stored[r["vector_index"]], np.float32(r["embedding"]),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            stored[r["vector_index"]], np.float32(r["embedding"]), rtol=1e-5, atol=1e-5
+        )
     uploads = proxy.uploads("shards-test/")
     assert len(uploads) == 2 and all(u.query.get("ifGenerationMatch") == "0" for u in uploads)
 
@@ -186,22 +222,30 @@ def test_notifications_of_the_jobs_own_vectors_are_dropped_by_name(cloud, bucket
     tap = cloud.subscription(f"tap-{bucket.name}")
     cloud.subscriber.create_subscription(name=tap, topic=cloud.notify_topic)
     blob = upload(bucket, "own/x.jpg", fixtures.jpeg(seed=9), "image/jpeg")
-    argv = ("--output_gcs", f"gs://{bucket.name}/embeddings/",
-            "--content_types", "image/,application/octet-stream")
+    argv = (
+        "--output_gcs",
+        f"gs://{bucket.name}/embeddings/",
+        "--content_types",
+        "image/,application/octet-stream",
+    )
     rows, dead, _ = run_job([json_message(blob)], tmp_path / "first", *argv)
     assert [r["name"] for r in rows] == ["own/x.jpg"] and dead == []
-    vector = rows[0]["vector_uri"][len(f"gs://{bucket.name}/"):]
+    vector = rows[0]["vector_uri"][len(f"gs://{bucket.name}/") :]
     received: list = []
 
     def notified():
-        received.extend(m for m in pull_all(cloud, tap, quiet_for=0.5, limit=5)
-                        if m.attributes.get("bucketId") == bucket.name
-                        and m.attributes.get("objectId") == vector)
+        received.extend(
+            m
+            for m in pull_all(cloud, tap, quiet_for=0.5, limit=5)
+            if m.attributes.get("bucketId") == bucket.name
+            and m.attributes.get("objectId") == vector
+        )
         return received
+
     wait_until(notified, timeout=60, what="the notification of the job's .npy")
     rows, dead, counters = run_job(
-        [PubsubMessage(m.data, dict(m.attributes)) for m in received], tmp_path / "second",
-        *argv)
+        [PubsubMessage(m.data, dict(m.attributes)) for m in received], tmp_path / "second", *argv
+    )
     assert rows == [] and dead == []
     assert counters.get("skipped.own_output") == len(received)
     cloud.subscriber.delete_subscription(subscription=tap)

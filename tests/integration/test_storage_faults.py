@@ -1,14 +1,15 @@
 """Cloud Storage write failures against the emulator: retried, then dead-lettered."""
+
 import os
 
-import numpy as np
 import apache_beam as beam
+import numpy as np
 from apache_beam.ml.inference.base import PredictionResult
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from streaming.sinks import files
 from streaming.records import ImageInfo, ImageRef
+from streaming.sinks import files
 from tests.integration.http_proxy import HttpProxy
 
 
@@ -24,8 +25,11 @@ def test_vector_write_to_a_missing_bucket_is_retried_then_dead_lettered(cloud, m
         with TestPipeline(runner="BundleBasedDirectRunner") as p:
             out = p | beam.Create([element]) | files.WriteVectors(f"gs://{bucket}/v/")
             assert_that(out.rows, equal_to([]), label="no row")
-            assert_that(out.dead_letters | beam.Map(lambda d: (d.stage, d.reason, d.ref.name)),
-                        equal_to([("write", "not_found", "a.jpg")]), label="dead")
+            assert_that(
+                out.dead_letters | beam.Map(lambda d: (d.stage, d.reason, d.ref.name)),
+                equal_to([("write", "not_found", "a.jpg")]),
+                label="dead",
+            )
     finally:
         proxy.stop()
     attempts = [r for r in proxy.uploads() if r.bucket_and_object[0] == bucket]
@@ -41,8 +45,8 @@ def test_reads_are_retried_with_backoff_then_dead_lettered(cloud, monkeypatch):
 
     import pytest
 
-    from streaming.stages.load import GcsReader
     from streaming.records import Rejected
+    from streaming.stages.load import GcsReader
     from tests import fixtures
     from tests.integration.tcp_proxy import TcpProxy
 
@@ -60,7 +64,9 @@ def test_reads_are_retried_with_backoff_then_dead_lettered(cloud, monkeypatch):
     assert time.monotonic() - started < 30
     threading.Timer(0.5, proxy.start).start()  # the service comes back during the retries
     try:
-        assert GcsReader(attempts=4, initial_delay=0.3).read(ref, 10_000_000) == \
-            blob.download_as_bytes()
+        assert (
+            GcsReader(attempts=4, initial_delay=0.3).read(ref, 10_000_000)
+            == blob.download_as_bytes()
+        )
     finally:
         proxy.stop()

@@ -2,7 +2,7 @@
 before, during and after the switch each get exactly one row, with the fingerprint of
 the weights that embedded it; the new weights' graph is built once, the switch logged
 once, and the rows after it hold the new weights' vectors."""
-import os
+
 import threading
 import time
 
@@ -30,20 +30,41 @@ def switching(cloud, tmp_path_factory):
     dataset = f"switch_{rid}"
     cloud.bq.create_dataset(dataset)
     sub = cloud.subscription("switch")
-    cloud.subscriber.create_subscription(name=sub, topic=cloud.notify_topic,
-                                         ack_deadline_seconds=60)
+    cloud.subscriber.create_subscription(
+        name=sub, topic=cloud.notify_topic, ack_deadline_seconds=60
+    )
     work = tmp_path_factory.mktemp("switch")
     log = str(work / "job.log")
-    job = start_job([
-        "--input_subscription", sub, "--output_table", f"{cloud.project}:{dataset}.embeddings",
-        "--output_gcs", f"gs://{vectors.name}/", "--buckets", images.name,
-        # Only notifications: a start-up catch-up racing the first uploads would add a
-        # second row for them (the current view's business, not this test's).
-        "--catch_up", "never",
-        "--weights", "random:0", "--weights_watch", f"gs://{models.name}/weights/",
-        "--weights_watch_interval", "1", "--model_cache_dir", str(work / "model-cache"),
-        "--local_endpoints", "--max_batch_duration_secs", "1", "--progress_interval", "1"],
-        log)
+    job = start_job(
+        [
+            "--input_subscription",
+            sub,
+            "--output_table",
+            f"{cloud.project}:{dataset}.embeddings",
+            "--output_gcs",
+            f"gs://{vectors.name}/",
+            "--buckets",
+            images.name,
+            # Only notifications: a start-up catch-up racing the first uploads would add a
+            # second row for them (the current view's business, not this test's).
+            "--catch_up",
+            "never",
+            "--weights",
+            "random:0",
+            "--weights_watch",
+            f"gs://{models.name}/weights/",
+            "--weights_watch_interval",
+            "1",
+            "--model_cache_dir",
+            str(work / "model-cache"),
+            "--local_endpoints",
+            "--max_batch_duration_secs",
+            "1",
+            "--progress_interval",
+            "1",
+        ],
+        log,
+    )
     uploaded: dict[str, bytes] = {}
 
     def upload(name: str, seed: int) -> None:
@@ -53,18 +74,25 @@ def switching(cloud, tmp_path_factory):
 
     def rows() -> list[dict]:
         from google.api_core.exceptions import NotFound
+
         try:
-            return [dict(r) for r in cloud.bq.query(
-                f"SELECT name, model_fingerprint, embedding, source, processing_time FROM "
-                f"`{cloud.project}.{dataset}.embeddings` WHERE bucket = '{images.name}'"
-            ).result()]
+            return [
+                dict(r)
+                for r in cloud.bq.query(
+                    f"SELECT name, model_fingerprint, embedding, source, processing_time FROM "
+                    f"`{cloud.project}.{dataset}.embeddings` WHERE bucket = '{images.name}'"
+                ).result()
+            ]
         except NotFound:
             return []
 
     def rows_for(names) -> list[dict]:
-        return wait_until(lambda: (lambda r: r if {x["name"] for x in r} >= set(names)
-                                   else None)(rows()),
-                          timeout=300, what=f"rows for {len(names)} uploads", job=job)
+        return wait_until(
+            lambda: (lambda r: r if {x["name"] for x in r} >= set(names) else None)(rows()),
+            timeout=300,
+            what=f"rows for {len(names)} uploads",
+            job=job,
+        )
 
     def new_weights(weights=NEW, name="v2.weights.h5") -> str:
         path = str(work / name)
@@ -72,14 +100,23 @@ def switching(cloud, tmp_path_factory):
         models.blob(f"weights/{name}").upload_from_filename(path)
         return path
 
-    yield dict(job=job, upload=upload, rows=rows, rows_for=rows_for, uploaded=uploaded,
-               new_weights=new_weights, models=models, cache=str(work / "model-cache"),
-               work=work)
+    yield dict(
+        job=job,
+        upload=upload,
+        rows=rows,
+        rows_for=rows_for,
+        uploaded=uploaded,
+        new_weights=new_weights,
+        models=models,
+        cache=str(work / "model-cache"),
+        work=work,
+    )
     job.stop()
 
 
 def _direct(weights, images: list[bytes]) -> np.ndarray:
     import onnxruntime as ort
+
     session = ort.InferenceSession(resnet50.to_onnx(weights), providers=["CPUExecutionProvider"])
     return session.run(None, {"pixels": np.stack([decode_image(b).pixels for b in images])})[0]
 
@@ -110,7 +147,8 @@ def test_uploads_before_during_and_after_a_switch(switching):
 
     names = [r["name"] for r in got]
     assert sorted(names) == sorted(before + during + after), sorted(
-        (r["name"], r["model_fingerprint"], r["source"], str(r["processing_time"])) for r in got)
+        (r["name"], r["model_fingerprint"], r["source"], str(r["processing_time"])) for r in got
+    )
     by_name = {r["name"]: r for r in got}
     assert {by_name[n]["model_fingerprint"] for n in before} == {old_fp}
     assert {by_name[n]["model_fingerprint"] for n in after} == {new_fp}
@@ -134,6 +172,7 @@ def test_batches_keep_flowing_while_the_next_weights_are_built(switching):
     a switch that loaded the new model inside a batch would hold that batch's rows (and,
     behind it, the stream) until the graph arrived."""
     from streaming.model import onnx_runtime
+
     s = switching
     job = s["job"]
     path = str(s["work"] / "v3.weights.h5")
@@ -155,17 +194,33 @@ def test_batches_keep_flowing_while_the_next_weights_are_built(switching):
     try:
         time.sleep(2.0)  # uploads before the weights land too
         s["new_weights"](THIRD, "v3.weights.h5")
-        wait_until(lambda: "v3.weights.h5: building them next to" in job.output(),
-                   timeout=120, what="the build of the third weights", job=job)
+        wait_until(
+            lambda: "v3.weights.h5: building them next to" in job.output(),
+            timeout=120,
+            what="the build of the third weights",
+            job=job,
+        )
         time.sleep(HOLD_SECS)
         release = time.monotonic()
         seen = {r["name"]: r["model_fingerprint"] for r in s["rows"]()}
         third = resnet50.fingerprint(THIRD)
-        onnx_runtime.write_entry(s["cache"], key, resnet50.to_onnx(THIRD, onnx_runtime.OPSET), {
-            "weights": "gs://held", "fingerprint": third, "model_name": MODEL_NAME,
-            "opset": onnx_runtime.OPSET})
-        wait_until(lambda: f"-> {third}" in job.output(), timeout=120,
-                   what="the switch to the third weights", job=job)
+        onnx_runtime.write_entry(
+            s["cache"],
+            key,
+            resnet50.to_onnx(THIRD, onnx_runtime.OPSET),
+            {
+                "weights": "gs://held",
+                "fingerprint": third,
+                "model_name": MODEL_NAME,
+                "opset": onnx_runtime.OPSET,
+            },
+        )
+        wait_until(
+            lambda: f"-> {third}" in job.output(),
+            timeout=120,
+            what="the switch to the third weights",
+            job=job,
+        )
         time.sleep(2.0)  # uploads after the switch too
     finally:
         stop.set()
@@ -173,8 +228,10 @@ def test_batches_keep_flowing_while_the_next_weights_are_built(switching):
     due = sorted(n for n, at in uploads.items() if at <= release - ROW_WITHIN_SECS)
     assert len(due) >= 10, due
     late = [n for n in due if n not in seen]
-    assert not late, (f"{len(late)} of {len(due)} uploads made at least {ROW_WITHIN_SECS} s "
-                      f"before the graph arrived had no row by then: {late}")
+    assert not late, (
+        f"{len(late)} of {len(due)} uploads made at least {ROW_WITHIN_SECS} s "
+        f"before the graph arrived had no row by then: {late}"
+    )
     assert third not in {seen[n] for n in due}
     held = [r for r in s["rows_for"](list(uploads)) if r["name"].startswith("held/")]
     assert sorted(r["name"] for r in held) == sorted(uploads)  # one row each
@@ -187,6 +244,7 @@ def test_workers_sharing_a_gs_cache_claim_each_graph_once(cloud):
     """The create-only claim on Cloud Storage: one worker gets it, the others wait; a
     claim given back after a failed build can be taken again."""
     from streaming.model import onnx_runtime
+
     bucket = cloud.storage.create_bucket(f"switch-cache-{cloud.run_id}")
     cache, key = f"gs://{bucket.name}/onnx-cache/", "k1"
     assert onnx_runtime.claim_entry(cache, key)

@@ -1,8 +1,10 @@
-"""Each private API `streaming.support.library_patches` relies on still exists and still does the job.
+"""Each private API `streaming.support.library_patches` relies on still exists and still
+does the job.
 
 These fail on a library upgrade that removes or changes one of them, naming it, before
 a pipeline would fail.
 """
+
 import google.auth
 import pytest
 
@@ -11,6 +13,7 @@ from streaming.support import library_patches
 
 def test_object_resource_is_the_json_api_resource_the_public_attributes_read():
     from google.cloud import storage
+
     bucket = storage.Bucket(client=None, name="bkt")
     blob = bucket.blob("a/cat.jpg")
     blob.content_type = "image/jpeg"
@@ -26,6 +29,7 @@ def test_anonymous_credentials_reach_beams_own_credential_lookup(monkeypatch):
     from apache_beam.internal.gcp import auth
     from apache_beam.options.pipeline_options import PipelineOptions
     from google.auth.credentials import AnonymousCredentials
+
     monkeypatch.setattr(google.auth, "default", google.auth.default)  # restored after
     monkeypatch.setattr(auth._Credentials, "_credentials_init", False)
     monkeypatch.setattr(auth._Credentials, "_credentials", None)
@@ -45,13 +49,19 @@ class _Subscriber:
     def pull(self, **kwargs):
         from google.api_core.exceptions import DeadlineExceeded
         from google.pubsub_v1 import PubsubMessage, PullResponse, ReceivedMessage
+
         self.pulls.append(kwargs)
         if self._deadline:
             raise DeadlineExceeded("no message")
-        return PullResponse(received_messages=[ReceivedMessage(
-            ack_id=f"a{i}", message=PubsubMessage(data=b"m%d" % i,
-                                                  publish_time={"seconds": 1_700_000_000}))
-            for i in range(self._messages)])
+        return PullResponse(
+            received_messages=[
+                ReceivedMessage(
+                    ack_id=f"a{i}",
+                    message=PubsubMessage(data=b"m%d" % i, publish_time={"seconds": 1_700_000_000}),
+                )
+                for i in range(self._messages)
+            ]
+        )
 
     def acknowledge(self, subscription, ack_ids):
         self.acked += ack_ids
@@ -60,9 +70,11 @@ class _Subscriber:
 def _local_read(monkeypatch, subscriber, idle_secs=0.0):
     """The local runner's own Pub/Sub read, with `subscriber` under the wrapper."""
     from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator as reader
+
     monkeypatch.setattr(reader, "_unwrapped_subscriber_client", None, raising=False)
-    monkeypatch.setattr(reader, "_get_subscriber_client",
-                        classmethod(lambda _cls, _transform: subscriber))
+    monkeypatch.setattr(
+        reader, "_get_subscriber_client", classmethod(lambda _cls, _transform: subscriber)
+    )
     library_patches.pull_more_locally(1000, 0.5, idle_secs)
     evaluator = object.__new__(reader)
     evaluator._applied_ptransform, evaluator._sub_name = object(), "projects/p/subscriptions/s"
@@ -82,8 +94,7 @@ def test_a_pull_that_finds_nothing_in_time_is_an_empty_read_not_an_error(monkeyp
 
 
 @pytest.mark.parametrize("messages, sleeps", [(0, True), (3, False)])
-def test_an_empty_pull_that_answers_at_once_waits_out_the_idle_time(monkeypatch, messages,
-                                                                     sleeps):
+def test_an_empty_pull_that_answers_at_once_waits_out_the_idle_time(monkeypatch, messages, sleeps):
     """The emulator answers an empty pull at once: without the wait, an idle local job
     would pull again and again, a core's worth; a pull with messages never waits."""
     slept = []
@@ -98,16 +109,37 @@ def test_an_empty_pull_that_answers_at_once_waits_out_the_idle_time(monkeypatch,
 def test_only_a_local_pubsub_job_widens_the_runners_read(monkeypatch, runner, widened):
     import apache_beam as beam
     from apache_beam.runners.direct.transform_evaluator import _PubSubReadEvaluator as reader
+
     from streaming import pipeline
     from streaming.main import make_options
+
     subscriber = _Subscriber(messages=1)
     monkeypatch.setattr(reader, "_unwrapped_subscriber_client", None, raising=False)
-    monkeypatch.setattr(reader, "_get_subscriber_client",
-                        classmethod(lambda _cls, _transform: subscriber))
-    opts = make_options(["--input_subscription", "projects/my-project/subscriptions/images",
-                         "--output_table", "my-project:ds.t",
-                         *(["--runner", runner, "--project", "my-project", "--region", "us-central1",
-                            "--temp_location", "gs://b/t"] if runner else [])])
+    monkeypatch.setattr(
+        reader, "_get_subscriber_client", classmethod(lambda _cls, _transform: subscriber)
+    )
+    opts = make_options(
+        [
+            "--input_subscription",
+            "projects/my-project/subscriptions/images",
+            "--output_table",
+            "my-project:ds.t",
+            *(
+                [
+                    "--runner",
+                    runner,
+                    "--project",
+                    "my-project",
+                    "--region",
+                    "us-central1",
+                    "--temp_location",
+                    "gs://b/t",
+                ]
+                if runner
+                else []
+            ),
+        ]
+    )
     pipeline.read_source(beam.Pipeline(), opts)  # the job as built; only `opts` name the runner
     reader._get_subscriber_client(None).pull(subscription="s", max_messages=10, timeout=30)
     expected = pipeline.LOCAL_PULL_MESSAGES if widened else 10

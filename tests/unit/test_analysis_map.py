@@ -1,6 +1,7 @@
 """embed-map on a local output folder: a valid PNG, a self-contained HTML page with
 one point per current object, colours, projections and escaping. The embeddings here
 are random vectors (the map does not need the model); the thumbnails are real files."""
+
 from __future__ import annotations
 
 import base64
@@ -35,13 +36,13 @@ def make_folder(root, n=12, hostile_name=False):
         path = os.path.join(images, name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         Image.fromarray(photo_like(96, 64, i)).save(path, quality=85)
-        rows.append(row(images, name, 10 + i, rng.normal(size=64) + (i % 3) * 2,
-                        day=1 + i % 2))
+        rows.append(row(images, name, 10 + i, rng.normal(size=64) + (i % 3) * 2, day=1 + i % 2))
     rows.append(row(images, names[0], 10, [], event="OBJECT_DELETE", day=3))  # deleted
     for r in rows:
         suffix = ".json" if r["event_type"] == "OBJECT_FINALIZE" else ".deleted.json"
-        path = os.path.join(out, "rows", object_file_name(r["bucket"], r["name"],
-                                                          r["generation"], suffix))
+        path = os.path.join(
+            out, "rows", object_file_name(r["bucket"], r["name"], r["generation"], suffix)
+        )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as f:
             f.write(json.dumps(r) + "\n")
@@ -49,13 +50,22 @@ def make_folder(root, n=12, hostile_name=False):
 
 
 def row(bucket, name, generation, embedding, event="OBJECT_FINALIZE", day=1):
-    return {"row_key": row_key(bucket, name, generation, event), "bucket": bucket,
-            "name": name, "generation": generation, "event_type": event, "source": "local",
-            "content_type": "image/jpeg", "width": 96, "height": 64, "format": "JPEG",
-            "embedding": [float(x) for x in embedding],
-            "model_fingerprint": "feedfacefeedface" if event == "OBJECT_FINALIZE" else None,
-            "event_time": f"2026-11-0{day}T10:00:00+00:00",
-            "processing_time": f"2026-11-0{day}T10:00:05+00:00"}
+    return {
+        "row_key": row_key(bucket, name, generation, event),
+        "bucket": bucket,
+        "name": name,
+        "generation": generation,
+        "event_type": event,
+        "source": "local",
+        "content_type": "image/jpeg",
+        "width": 96,
+        "height": 64,
+        "format": "JPEG",
+        "embedding": [float(x) for x in embedding],
+        "model_fingerprint": "feedfacefeedface" if event == "OBJECT_FINALIZE" else None,
+        "event_time": f"2026-11-0{day}T10:00:00+00:00",
+        "processing_time": f"2026-11-0{day}T10:00:05+00:00",
+    }
 
 
 class PageParser(html.parser.HTMLParser):
@@ -106,14 +116,26 @@ def check_png(path, min_size=(400, 300)):
 def test_map_of_a_local_folder_writes_png_and_html(tmp_path, capsys):
     images, out, live = make_folder(str(tmp_path))
     png, page = str(tmp_path / "maps" / "m.png"), str(tmp_path / "maps" / "m.html")
-    code = map_cli.main(["--output_dir", out, "--png", png, "--html", page,
-                         "--color-by", "prefix", "--png_thumbnails", "4"])
+    code = map_cli.main(
+        [
+            "--output_dir",
+            out,
+            "--png",
+            png,
+            "--html",
+            page,
+            "--color-by",
+            "prefix",
+            "--png_thumbnails",
+            "4",
+        ]
+    )
     assert code == 0
     assert f"{len(live)} points ({len(live)} thumbnails)" in capsys.readouterr().out
     check_png(png)
     parser, text = parse_page(page)
-    assert len(parser.circles) == len(live)                 # the deleted object is gone
-    assert parser.external == []                            # self-contained
+    assert len(parser.circles) == len(live)  # the deleted object is gone
+    assert parser.external == []  # self-contained
     assert "svg" in parser.tags and "script" in parser.tags
     points = json.loads(parser.script_json)
     assert sorted(p["info"]["name"] for p in points) == sorted(live)
@@ -122,7 +144,7 @@ def test_map_of_a_local_folder_writes_png_and_html(tmp_path, capsys):
     assert max(thumb.size) <= 96
     assert {c["fill"] for c in parser.circles} == set(render.PALETTE[:3])
     for prefix in ("cats/", "dogs/", "birds/"):
-        assert f"{prefix} (" in text                        # legend with counts
+        assert f"{prefix} (" in text  # legend with counts
     info = points[0]["info"]
     assert info["uri"] == os.path.join(images, info["name"])
     assert info["size"] == "96x64" and info["colour"].startswith("prefix: ")
@@ -133,8 +155,23 @@ def test_sample_limits_the_points_repeatably(tmp_path):
     names = []
     for i in range(2):
         page = str(tmp_path / f"m{i}.html")
-        assert map_cli.main(["--output_dir", out, "--png", "", "--html", page,
-                             "--sample", "5", "--thumbnails", "0"]) == 0
+        assert (
+            map_cli.main(
+                [
+                    "--output_dir",
+                    out,
+                    "--png",
+                    "",
+                    "--html",
+                    page,
+                    "--sample",
+                    "5",
+                    "--thumbnails",
+                    "0",
+                ]
+            )
+            == 0
+        )
         parser, _ = parse_page(page)
         points = json.loads(parser.script_json)
         assert len(points) == 5 and all(p["thumb"] is None for p in points)
@@ -145,8 +182,10 @@ def test_sample_limits_the_points_repeatably(tmp_path):
 def test_names_cannot_break_out_of_the_page(tmp_path):
     _, out, _ = make_folder(str(tmp_path), n=3, hostile_name=True)
     page = str(tmp_path / "m.html")
-    assert map_cli.main(["--output_dir", out, "--png", "", "--html", page,
-                         "--color-by", "prefix"]) == 0
+    assert (
+        map_cli.main(["--output_dir", out, "--png", "", "--html", page, "--color-by", "prefix"])
+        == 0
+    )
     parser, text = parse_page(page)
     assert "<script>alert" not in text
     assert [t for t in parser.tags if t == "script"] == ["script", "script"]
@@ -155,8 +194,7 @@ def test_names_cannot_break_out_of_the_page(tmp_path):
 
 
 def test_date_colours_are_ordered_and_other_groups_the_tail():
-    colors, legend = render.assign_colors(["2026-11-02", "2026-11-01", "2026-11-02"],
-                                          ordered=True)
+    colors, legend = render.assign_colors(["2026-11-02", "2026-11-01", "2026-11-02"], ordered=True)
     assert [label for label, _, _ in legend] == ["2026-11-01", "2026-11-02"]
     assert colors[0] == colors[2] != colors[1]
     labels = [f"c{i}" for i in range(15) for _ in range(15 - i)]
@@ -165,9 +203,17 @@ def test_date_colours_are_ordered_and_other_groups_the_tail():
     assert legend[0][0] == "c0" and colors[-1] == render.OTHER_COLOR
 
 
-@pytest.mark.parametrize("color_by,expected", [
-    ("prefix", "cats/"), ("bucket", "/in"), ("content_type", "image/jpeg"),
-    ("date", "2026-11-01"), ("format", "JPEG"), ("source", "local")])
+@pytest.mark.parametrize(
+    "color_by,expected",
+    [
+        ("prefix", "cats/"),
+        ("bucket", "/in"),
+        ("content_type", "image/jpeg"),
+        ("date", "2026-11-01"),
+        ("format", "JPEG"),
+        ("source", "local"),
+    ],
+)
 def test_labels(color_by, expected):
     r = row("/in", "cats/a.jpg", 1, [1.0])
     assert map_cli.label_of(r, color_by) == expected
@@ -197,8 +243,21 @@ def test_tsne_when_scikit_learn_is_installed():
 
 def test_no_rows_or_unknown_fingerprint_exit_1(tmp_path, capsys):
     _, out, _ = make_folder(str(tmp_path), n=3)
-    assert map_cli.main(["--output_dir", out, "--model_fingerprint", "0000000000000000",
-                         "--png", str(tmp_path / "m.png"), "--html", ""]) == 1
+    assert (
+        map_cli.main(
+            [
+                "--output_dir",
+                out,
+                "--model_fingerprint",
+                "0000000000000000",
+                "--png",
+                str(tmp_path / "m.png"),
+                "--html",
+                "",
+            ]
+        )
+        == 1
+    )
     assert "no current embeddings of model fingerprint" in capsys.readouterr().err
     (tmp_path / "empty" / "rows").mkdir(parents=True)
     assert map_cli.main(["--output_dir", str(tmp_path / "empty"), "--html", ""]) == 1

@@ -2,6 +2,7 @@
 structurally sound, declares its parameters, and either runs on the emulator (see
 tests/integration/test_analysis.py) or is marked `-- requires: <BigQuery feature>`;
 table ids are validated strictly before they reach SQL text."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,15 +19,20 @@ NEEDS_BIGQUERY = {
     "vector_search_of_object.sql": "VECTOR_SEARCH",
     "create_vector_index.sql": "CREATE VECTOR INDEX",
 }
-EXACT_FALLBACK = {"vector_search.sql": "nearest_neighbours.sql",
-                  "vector_search_of_object.sql": "nearest_neighbours_of_object.sql"}
-TABLES = dict(embeddings="my-project:images.embeddings",
-              dead_letters="my-project.images.dead_letters")
+EXACT_FALLBACK = {
+    "vector_search.sql": "nearest_neighbours.sql",
+    "vector_search_of_object.sql": "nearest_neighbours_of_object.sql",
+}
+TABLES = dict(
+    embeddings="my-project:images.embeddings", dead_letters="my-project.images.dead_letters"
+)
 VIEW = "my-project:images.current_embeddings"
 # Each table's columns, for sqlglot: schemas/ is what the job creates.
-SCHEMAS = {"my-project.images.embeddings": schemas.EMBEDDINGS,
-           "my-project.images.current_embeddings": schemas.EMBEDDINGS,
-           "my-project.images.dead_letters": schemas.DEAD_LETTERS}
+SCHEMAS = {
+    "my-project.images.embeddings": schemas.EMBEDDINGS,
+    "my-project.images.current_embeddings": schemas.EMBEDDINGS,
+    "my-project.images.dead_letters": schemas.DEAD_LETTERS,
+}
 
 
 def rendered(name: str, current=VIEW) -> str:
@@ -37,9 +43,15 @@ def rendered(name: str, current=VIEW) -> str:
 
 
 def test_the_expected_files_ship():
-    for name in ("nearest_neighbours.sql", "vector_search.sql", "create_vector_index.sql",
-                 "daily_counts.sql", "latency.sql", "dead_letters_by_reason.sql",
-                 "current_embeddings.sql"):
+    for name in (
+        "nearest_neighbours.sql",
+        "vector_search.sql",
+        "create_vector_index.sql",
+        "daily_counts.sql",
+        "latency.sql",
+        "dead_letters_by_reason.sql",
+        "current_embeddings.sql",
+    ):
         assert name in FILES
 
 
@@ -53,8 +65,7 @@ def test_every_file_renders_with_only_known_placeholders(name):
     text = sql.text(name)
     assert set(sql.placeholders(text)) <= set(sql.KNOWN_PLACEHOLDERS)
     ints = {k: 10 for k in sql.INT_PLACEHOLDERS if k in sql.placeholders(text)}
-    rendered = sql.render(name, **TABLES, current="my-project:images.current_embeddings",
-                          **ints)
+    rendered = sql.render(name, **TABLES, current="my-project:images.current_embeddings", **ints)
     assert "{" not in sql.strip_comments_and_strings(rendered)
     assert sql.structural_problems(rendered.replace("{", "{{").replace("}", "}}")) == []
 
@@ -69,12 +80,14 @@ def test_files_the_emulator_cannot_run_are_marked(name):
     fallback = EXACT_FALLBACK.get(name)
     if fallback:  # the exact query with the same parameters runs on the emulator
         assert sql.requires(sql.text(fallback)) is None
-        assert set(sql.declared_params(fallback and sql.text(fallback))) <= \
-            set(sql.declared_params(text)) | {"bucket", "name"}
+        assert set(sql.declared_params(fallback and sql.text(fallback))) <= set(
+            sql.declared_params(text)
+        ) | {"bucket", "name"}
 
 
 def test_unmarked_files_are_the_ones_the_emulator_runs():
     from tests.integration.test_analysis import EMULATOR_CASES
+
     unmarked = {n for n in FILES if sql.requires(sql.text(n)) is None}
     assert unmarked == set(EMULATOR_CASES)
     assert {n for n in FILES if sql.requires(sql.text(n))} == set(NEEDS_BIGQUERY)
@@ -82,41 +95,65 @@ def test_unmarked_files_are_the_ones_the_emulator_runs():
 
 def test_vector_index_settings():
     text = sql.text("create_vector_index.sql")
-    rendered = sql.render("create_vector_index.sql", embeddings=TABLES["embeddings"],
-                          num_lists=1000)
+    rendered = sql.render(
+        "create_vector_index.sql", embeddings=TABLES["embeddings"], num_lists=1000
+    )
     assert "index_type = 'IVF'" in rendered and "distance_type = 'COSINE'" in rendered
     assert "ivf_options = '{\"num_lists\": 1000}'" in rendered
     assert "10 MB" in text  # when BigQuery does not build the index
     with pytest.raises(ValueError):
-        sql.render("create_vector_index.sql", embeddings=TABLES["embeddings"],
-                   num_lists=5001)
-    assert [sql.suggest_num_lists(n) for n in (0, 640, 50_000, 1_000_000, 4_000_000,
-                                               10 ** 9)] == [1, 1, 50, 1000, 2000, 5000]
+        sql.render("create_vector_index.sql", embeddings=TABLES["embeddings"], num_lists=5001)
+    assert [sql.suggest_num_lists(n) for n in (0, 640, 50_000, 1_000_000, 4_000_000, 10**9)] == [
+        1,
+        1,
+        50,
+        1000,
+        2000,
+        5000,
+    ]
 
 
-@pytest.mark.parametrize("table", [
-    "my-project:images.embeddings", "my-project.images.embeddings",
-    "test-project:ds_1234.embeddings", "abcdef.d.t-1"])
+@pytest.mark.parametrize(
+    "table",
+    [
+        "my-project:images.embeddings",
+        "my-project.images.embeddings",
+        "test-project:ds_1234.embeddings",
+        "abcdef.d.t-1",
+    ],
+)
 def test_table_ids_accepted(table):
     ref = sql.table_ref(table)
     assert ref.startswith("`") and ref.endswith("`") and ref.count(".") == 2
 
 
-@pytest.mark.parametrize("table", [
-    "", "images.embeddings", "my-project:images", "my-project:images.embeddings.x",
-    "my-project:images.emb`eddings", "my-project:images.embeddings; DROP TABLE t",
-    "my-project:images.embeddings--", "my-project:images.emb eddings",
-    "My-Project:images.embeddings", "p:images.embeddings",  # project ids: 6-30, lower case
-    "my-project:ima-ges.embeddings", "my-project:images.embeddings\n",
-    "my-project:images.{current}", "my-project:images.t'", "my_project:images.t"])
+@pytest.mark.parametrize(
+    "table",
+    [
+        "",
+        "images.embeddings",
+        "my-project:images",
+        "my-project:images.embeddings.x",
+        "my-project:images.emb`eddings",
+        "my-project:images.embeddings; DROP TABLE t",
+        "my-project:images.embeddings--",
+        "my-project:images.emb eddings",
+        "My-Project:images.embeddings",
+        "p:images.embeddings",  # project ids: 6-30, lower case
+        "my-project:ima-ges.embeddings",
+        "my-project:images.embeddings\n",
+        "my-project:images.{current}",
+        "my-project:images.t'",
+        "my_project:images.t",
+    ],
+)
 def test_table_ids_refused(table):
     with pytest.raises(ValueError):
         sql.table_ref(table)
 
 
 def test_render_fills_tables_and_inlines_the_current_view():
-    with_view = sql.render("model_fingerprints.sql",
-                           current="my-project:images.current_embeddings")
+    with_view = sql.render("model_fingerprints.sql", current="my-project:images.current_embeddings")
     assert "FROM `my-project.images.current_embeddings`" in with_view
     inline = sql.render("model_fingerprints.sql", embeddings=TABLES["embeddings"])
     assert "CREATE" not in inline.upper().split("SELECT", 1)[1]
@@ -155,15 +192,22 @@ def test_structural_checks_catch_mistakes():
     for text, problem in bad.items():
         assert any(problem in p for p in sql.structural_problems(text)), (text, problem)
     # brackets, @ and -- inside strings and comments do not count
-    assert sql.structural_problems(
-        "-- params:\nSELECT ')' AS a, '@x -- y' AS b /* ( */ FROM {embeddings} # )\n") == []
+    assert (
+        sql.structural_problems(
+            "-- params:\nSELECT ')' AS a, '@x -- y' AS b /* ( */ FROM {embeddings} # )\n"
+        )
+        == []
+    )
 
 
 def test_header_parsing():
     text = sql.text("vector_search.sql")
     assert sql.requires(text).startswith("VECTOR_SEARCH")
-    assert sql.declared_params(text) == {"query_embedding": "ARRAY<FLOAT64>",
-                                         "model_fingerprint": "STRING", "k": "INT64"}
+    assert sql.declared_params(text) == {
+        "query_embedding": "ARRAY<FLOAT64>",
+        "model_fingerprint": "STRING",
+        "k": "INT64",
+    }
     assert sql.requires(sql.text("latency.sql")) is None
     assert "--" not in sql.without_comment_lines(text)
 
@@ -172,8 +216,18 @@ def test_sql_command_lists_and_renders(capsys):
     assert sql.main([]) == 0
     listing = capsys.readouterr().out
     assert "vector_search.sql  (requires VECTOR_SEARCH" in listing
-    assert sql.main(["daily_counts.sql", "--embeddings", TABLES["embeddings"],
-                     "--dead_letters", TABLES["dead_letters"]]) == 0
+    assert (
+        sql.main(
+            [
+                "daily_counts.sql",
+                "--embeddings",
+                TABLES["embeddings"],
+                "--dead_letters",
+                TABLES["dead_letters"],
+            ]
+        )
+        == 0
+    )
     assert "`my-project.images.dead_letters`" in capsys.readouterr().out
     assert sql.main(["daily_counts.sql", "--embeddings", "x; DROP"]) == 2
 
@@ -197,23 +251,27 @@ def test_the_vector_index_ddl_follows_bigquery_grammar():
     assert sql_check.vector_index_problems(rendered("create_vector_index.sql"), SCHEMAS) == []
 
 
-@pytest.mark.parametrize("name, old, new, problem", [
-    ("vector_search.sql", "hit.base.row_key", "hit.base.rowkey", "base has no column"),
-    ("vector_search.sql", "hit.distance)", "hit.dist)", "no field 'dist'"),
-    ("vector_search.sql", "'embedding',", "'embeding',", "does not select 'embeding'"),
-    ("vector_search.sql", "AS embedding)", "AS query)", "query table has no column"),
-    ("vector_search.sql", "'COSINE'", "'COSIN'", "distance_type"),
-    ("vector_search_of_object.sql", "c.format,", "c.fmt,", "Unknown column: fmt"),
-    ("nearest_neighbours.sql", "LIMIT @k", "LIMT @k", "nvalid expression"),
-    ("create_vector_index.sql", "(embedding)", "(width)", "ARRAY<FLOAT64>"),
-    ("create_vector_index.sql", "STORING (row_key", "STORING (rowkey", "unknown column"),
-    ("create_vector_index.sql", "OPTIONS (", "OPTIONS ((", "expected"),
-    ("create_vector_index.sql", "index_type", "index_typ", "unknown option"),
-])
+@pytest.mark.parametrize(
+    "name, old, new, problem",
+    [
+        ("vector_search.sql", "hit.base.row_key", "hit.base.rowkey", "base has no column"),
+        ("vector_search.sql", "hit.distance)", "hit.dist)", "no field 'dist'"),
+        ("vector_search.sql", "'embedding',", "'embeding',", "does not select 'embeding'"),
+        ("vector_search.sql", "AS embedding)", "AS query)", "query table has no column"),
+        ("vector_search.sql", "'COSINE'", "'COSIN'", "distance_type"),
+        ("vector_search_of_object.sql", "c.format,", "c.fmt,", "Unknown column: fmt"),
+        ("nearest_neighbours.sql", "LIMIT @k", "LIMT @k", "nvalid expression"),
+        ("create_vector_index.sql", "(embedding)", "(width)", "ARRAY<FLOAT64>"),
+        ("create_vector_index.sql", "STORING (row_key", "STORING (rowkey", "unknown column"),
+        ("create_vector_index.sql", "OPTIONS (", "OPTIONS ((", "expected"),
+        ("create_vector_index.sql", "index_type", "index_typ", "unknown option"),
+    ],
+)
 def test_the_sql_checks_catch_broken_sql(name, old, new, problem):
     text = rendered(name)
     assert old in text
-    check = sql_check.vector_index_problems if name.startswith("create_vector") \
-        else sql_check.problems
+    check = (
+        sql_check.vector_index_problems if name.startswith("create_vector") else sql_check.problems
+    )
     found = check(text.replace(old, new), SCHEMAS)
     assert any(problem in p for p in found), found

@@ -1,6 +1,5 @@
-import concurrent.futures
 import collections
-import datetime as dt
+import concurrent.futures
 import json
 import types
 
@@ -21,15 +20,31 @@ def test_backfill_message_parses_like_the_bucket_notification():
     mine = parse_notification(data, attrs)
     theirs = parse_notification(json.dumps(real["data"]).encode(), real["attributes"])
     assert mine.source == "backfill" and theirs.source == "notification"
-    for field in ("bucket", "name", "generation", "metageneration", "content_type", "size",
-                  "md5_hash", "crc32c", "time_created", "updated", "metadata", "key"):
+    for field in (
+        "bucket",
+        "name",
+        "generation",
+        "metageneration",
+        "content_type",
+        "size",
+        "md5_hash",
+        "crc32c",
+        "time_created",
+        "updated",
+        "metadata",
+        "key",
+    ):
         assert getattr(mine, field) == getattr(theirs, field), field
 
 
 def test_filters_by_type_prefix_and_dates():
-    f = backfill.Filters(prefix="2019/", content_types=("image/",), extensions=(".jpg",),
-                         updated_since=backfill.parse_time("2020-01-01T00:00:00Z"),
-                         updated_until=backfill.parse_time("2021-01-01T00:00:00Z"))
+    f = backfill.Filters(
+        prefix="2019/",
+        content_types=("image/",),
+        extensions=(".jpg",),
+        updated_since=backfill.parse_time("2020-01-01T00:00:00Z"),
+        updated_until=backfill.parse_time("2021-01-01T00:00:00Z"),
+    )
     ok = {"name": "2019/a.jpg", "contentType": "image/jpeg", "updated": "2020-06-01T00:00:00Z"}
     assert f.accepts(ok)
     assert not f.accepts({**ok, "name": "2018/a.jpg"})
@@ -79,6 +94,7 @@ def test_resume_file_of_another_source_is_refused(tmp_path):
 
 def test_the_source_is_a_bucket_and_a_prefix():
     from streaming.config.names import split_gcs_uri
+
     assert split_gcs_uri("gs://my-images") == ("my-images", "")
     assert split_gcs_uri("gs://my-images/x/y") == ("my-images", "x/y")
     for bad in ("/local/path", "gs://", "gs://b/x"):
@@ -86,14 +102,19 @@ def test_the_source_is_a_bucket_and_a_prefix():
             split_gcs_uri(bad)
 
 
-@pytest.mark.parametrize("resume, needle, absent", [
-    (None, "with --resume FILE to retry only what failed", "listed in"),
-    ("state.json", "listed in state.json and retried first", "with --resume FILE"),
-])
+@pytest.mark.parametrize(
+    "resume, needle, absent",
+    [
+        (None, "with --resume FILE to retry only what failed", "listed in"),
+        ("state.json", "listed in state.json and retried first", "with --resume FILE"),
+    ],
+)
 def test_failure_line_mentions_the_resume_file_only_when_there_is_one(resume, needle, absent):
     from google.api_core.exceptions import PermissionDenied
+
     args = types.SimpleNamespace(resume=resume)
-    line = backfill.failure_message({"failed": 3, "in_flight_abandoned": 0}, args,
-                                    PermissionDenied("publish on topic t"))
+    line = backfill.failure_message(
+        {"failed": 3, "in_flight_abandoned": 0}, args, PermissionDenied("publish on topic t")
+    )
     assert line.startswith("3 publishes failed (0 unconfirmed); last error: permission denied")
     assert needle in line and absent not in line

@@ -1,12 +1,13 @@
 """The benchmarks' harness: paired rounds, and whole processes measured with their
 children."""
+
 import os
 import sys
 
 import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
-import _common as C  # noqa: E402
+import _common as C
 
 
 def test_the_order_alternates_every_round():

@@ -1,5 +1,6 @@
 """The BigQuery writer's requests: within BigQuery's limits, and each failure classed as
 retried, stalled on or dead-lettered (streaming/failures.py)."""
+
 import json
 import logging
 
@@ -25,8 +26,12 @@ class FakeClient:
         self.inserted: list[str] = []
 
     def insert_rows_json(self, table, rows, row_ids, **_):
-        body = json.dumps({"rows": [{"insertId": i, "json": r} for i, r in zip(row_ids, rows)],
-                           "skipInvalidRows": True})
+        body = json.dumps(
+            {
+                "rows": [{"insertId": i, "json": r} for i, r in zip(row_ids, rows)],
+                "skipInvalidRows": True,
+            }
+        )
         self.requests.append((len(rows), len(body)))
         if len(body) > BIGQUERY_LIMIT:
             raise gexc.BadRequest("Request payload size exceeds the limit: 10485760 bytes.")
@@ -97,38 +102,49 @@ def test_a_request_bigquery_refuses_is_split_down_to_the_row_at_fault(monkeypatc
     assert sorted(client.inserted) == sorted(f"k{i}" for i in range(8) if i != 5)
 
 
-def test_rows_stopped_or_hit_by_a_backend_error_go_again_only_invalid_ones_are_refused(
-        monkeypatch):
-    answer = lambda rows: [{"index": 0, "errors": [{"reason": "invalid", "message": "x"}]},
-                           {"index": 1, "errors": [{"reason": "backendError"}]},
-                           {"index": 2, "errors": [{"reason": "stopped"}]}]
+def test_rows_stopped_or_hit_by_a_backend_error_go_again_only_invalid_ones_are_refused(monkeypatch):
+    answer = lambda rows: [
+        {"index": 0, "errors": [{"reason": "invalid", "message": "x"}]},
+        {"index": 1, "errors": [{"reason": "backendError"}]},
+        {"index": 2, "errors": [{"reason": "stopped"}]},
+    ]
     client = FakeClient([answer])
     refused = write(writer(client, monkeypatch), [row(i, floats=0) for i in range(4)])
     assert [r["row_key"] for _, r, _ in refused] == ["k0"]
     assert client.inserted == ["k1", "k2"]  # k3 went in with the first request
 
 
-@pytest.mark.parametrize("error, action", [
-    (gexc.BadRequest("Request payload size exceeds the limit: 10485760 bytes."),
-     bigquery.SPLIT),
-    (gexc.from_http_status(413, "Request Too Large"), bigquery.SPLIT),
-    (gexc.BadRequest("no such field: x"), bigquery.REJECT),
-    (gexc.NotFound("Not found: Table p:d.t"), bigquery.MISSING),
-    (gexc.Forbidden("Access Denied: Table p:d.t", errors=[{"reason": "accessDenied"}]),
-     bigquery.STALL),
-    (gexc.Unauthorized("Request had invalid authentication credentials"), bigquery.STALL),
-    (gexc.Forbidden("Exceeded rate limits", errors=[{"reason": "rateLimitExceeded"}]),
-     bigquery.RETRY),
-    (gexc.ServiceUnavailable("backend"), bigquery.RETRY),
-    (gexc.InternalServerError("oops"), bigquery.RETRY),
-    (ConnectionResetError("reset"), bigquery.RETRY),
-])
+@pytest.mark.parametrize(
+    "error, action",
+    [
+        (
+            gexc.BadRequest("Request payload size exceeds the limit: 10485760 bytes."),
+            bigquery.SPLIT,
+        ),
+        (gexc.from_http_status(413, "Request Too Large"), bigquery.SPLIT),
+        (gexc.BadRequest("no such field: x"), bigquery.REJECT),
+        (gexc.NotFound("Not found: Table p:d.t"), bigquery.MISSING),
+        (
+            gexc.Forbidden("Access Denied: Table p:d.t", errors=[{"reason": "accessDenied"}]),
+            bigquery.STALL,
+        ),
+        (gexc.Unauthorized("Request had invalid authentication credentials"), bigquery.STALL),
+        (
+            gexc.Forbidden("Exceeded rate limits", errors=[{"reason": "rateLimitExceeded"}]),
+            bigquery.RETRY,
+        ),
+        (gexc.ServiceUnavailable("backend"), bigquery.RETRY),
+        (gexc.InternalServerError("oops"), bigquery.RETRY),
+        (ConnectionResetError("reset"), bigquery.RETRY),
+    ],
+)
 def test_each_insert_failure_has_one_class(error, action):
     assert bigquery.insert_action(error) == action
 
 
 def test_a_permission_problem_stalls_with_a_bounded_log_and_a_counter(monkeypatch, caplog):
     from streaming import metrics
+
     denied = gexc.Forbidden("Access Denied: Table p:d.t", errors=[{"reason": "accessDenied"}])
     client = FakeClient([denied] * 50)
     before = metrics.TALLY.snapshot()[0].get("bigquery.stalled", 0)
@@ -147,6 +163,7 @@ def test_a_missing_dataset_is_stalled_on_not_dead_lettered(monkeypatch):
         def create_table(self, *_a, **_k):
             if len(self.answers):
                 raise missing
+
     client = NoDataset([missing] * 3)
     refused = write(writer(client, monkeypatch), [row(0, floats=0)])
     assert refused == [] and client.inserted == ["k0"]
@@ -162,6 +179,7 @@ def test_the_stall_log_is_rate_limited_per_cause():
 
 def test_the_docs_show_the_failure_and_reason_tables_of_the_code():
     from pathlib import Path
+
     doc = (Path(__file__).parents[2] / "docs" / "reliability.md").read_text()
     assert failures.failures_markdown() in doc
     assert failures.reasons_markdown() in doc

@@ -1,4 +1,5 @@
 """docker-compose.yml runs the whole service: structure checks that need no Docker engine."""
+
 import argparse
 import pathlib
 import re
@@ -80,8 +81,9 @@ def test_job_reads_and_writes_what_the_set_up_creates():
     init = " ".join(SERVICES["pubsub-init"]["command"])
     setup = SERVICES["setup"]["command"][0]
     gcs = " ".join(SERVICES["gcs"]["command"])
-    project, sub = re.fullmatch(r"projects/([^/]+)/subscriptions/(.+)",
-                                opts.input_subscription).groups()
+    project, sub = re.fullmatch(
+        r"projects/([^/]+)/subscriptions/(.+)", opts.input_subscription
+    ).groups()
     assert f"/projects/{project}" in init and f"/subscriptions/{sub}" in init
     topic = re.search(r"-event\.pubsub-topic=(\S+)", gcs).group(1)
     assert f"/topics/{topic}" in init
@@ -96,9 +98,14 @@ def test_job_reads_and_writes_what_the_set_up_creates():
         assert f'create_dataset("{dataset}"' in setup and f'("{name}",' in setup
 
 
-@pytest.mark.parametrize("var, service, port", [
-    ("PUBSUB_EMULATOR_HOST", "pubsub", 8085), ("STORAGE_EMULATOR_HOST", "gcs", 4443),
-    ("BIGQUERY_EMULATOR_HOST", "bigquery", 9050)])
+@pytest.mark.parametrize(
+    "var, service, port",
+    [
+        ("PUBSUB_EMULATOR_HOST", "pubsub", 8085),
+        ("STORAGE_EMULATOR_HOST", "gcs", 4443),
+        ("BIGQUERY_EMULATOR_HOST", "bigquery", 9050),
+    ],
+)
 def test_job_talks_to_the_emulator_services(var, service, port):
     for name in ("setup", "embedder"):
         value = SERVICES[name]["environment"][var]

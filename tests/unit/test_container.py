@@ -5,6 +5,7 @@ base tag names the Beam release the package pins, the image installs from the lo
 CI installs from, the entrypoint is Beam's worker boot, and the template's entry file is
 in the image.
 """
+
 import ast
 import pathlib
 import re
@@ -21,14 +22,19 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 def instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) of the Dockerfile, continuation lines joined."""
     text = re.sub(r"\\\n", " ", DOCKERFILE)
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    lines = [
+        ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")
+    ]
     return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
 
 
 def setup_kwargs() -> dict:
     tree = ast.parse((ROOT / "setup.py").read_text())
-    call = next(n for n in ast.walk(tree) if isinstance(n, ast.Call)
-                and getattr(n.func, "attr", "") == "setup")
+    call = next(
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "setup"
+    )
     return {k.arg: k.value for k in call.keywords}
 
 
@@ -47,8 +53,9 @@ def lock() -> dict[str, Version]:
 
 def test_lock_pins_every_requirement_inside_its_range():
     pins = lock()
-    reqs = literal("install_requires") + [r for extra in literal("extras_require").values()
-                                          for r in extra]
+    reqs = literal("install_requires") + [
+        r for extra in literal("extras_require").values() for r in extra
+    ]
     for req in map(Requirement, reqs):
         name = canonicalize_name(req.name)
         assert name in pins, f"{req.name} is not in requirements.lock (run tools/lock.sh)"
@@ -74,8 +81,11 @@ def test_base_image_is_the_pinned_beam_release():
     assert match, f"final stage must be Beam's SDK image, is {stages[-1]}"
     python, beam = match.groups()
     assert Version(beam) == lock()["apache-beam"]
-    beam_req = next(Requirement(r) for r in literal("install_requires")
-                    if canonicalize_name(Requirement(r).name) == "apache-beam")
+    beam_req = next(
+        Requirement(r)
+        for r in literal("install_requires")
+        if canonicalize_name(Requirement(r).name) == "apache-beam"
+    )
     assert Version(beam) in beam_req.specifier
     assert Version(python + ".0") in Requirement("python" + literal("python_requires")).specifier
 
@@ -86,11 +96,17 @@ def test_entrypoint_is_beams_worker_boot():
 
 
 def test_image_holds_every_package_and_the_template_entry_file():
-    copied = {shlex.split(args)[0] for op, args in instructions() if op == "COPY"
-              and not args.startswith("--from")}
-    packages = {p.split(".")[0] for p in
-                ast.literal_eval(next(k.value for k in setup_kwargs()["packages"].keywords
-                                      if k.arg == "include"))}
+    copied = {
+        shlex.split(args)[0]
+        for op, args in instructions()
+        if op == "COPY" and not args.startswith("--from")
+    }
+    packages = {
+        p.split(".")[0]
+        for p in ast.literal_eval(
+            next(k.value for k in setup_kwargs()["packages"].keywords if k.arg == "include")
+        )
+    }
     assert packages <= copied, f"not copied into the image: {packages - copied}"
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(a for op, a in instructions() if op == "ENV")))
     workdir = [a for op, a in instructions() if op == "WORKDIR"][-1]
@@ -99,6 +115,6 @@ def test_image_holds_every_package_and_the_template_entry_file():
 
 
 def test_gpu_build_arg_names_an_extra():
-    assert re.search(r'\[\$EXTRAS\]', DOCKERFILE)
+    assert re.search(r"\[\$EXTRAS\]", DOCKERFILE)
     assert "gpu" in literal("extras_require")
-    assert 'EXTRAS=gpu' in DOCKERFILE  # documented at the top
+    assert "EXTRAS=gpu" in DOCKERFILE  # documented at the top

@@ -1,6 +1,7 @@
 """The cost model (benchmarks/cost.py): how requests are classed and rows sized, that its
 committed results keep every price with a source, and that docs/performance.md shows the
 committed table, not figures of its own."""
+
 from __future__ import annotations
 
 import json
@@ -18,51 +19,73 @@ from tests.integration.http_proxy import Request  # noqa: E402
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 
 
-@pytest.mark.parametrize("method,path,query,expected", [
-    ("POST", "/upload/storage/v1/b/v/o", {"uploadType": "multipart", "name": "x.npy"},
-     ("A", "object insert")),
-    ("PUT", "/upload/storage/v1/b/v/o", {"upload_id": "abc"}, None),  # resumable data
-    ("GET", "/download/storage/v1/b/i/o/a.jpg", {"alt": "media"}, ("B", "object read")),
-    ("GET", "/storage/v1/b/i/o/a.jpg", {"alt": "media"}, ("B", "object read")),
-    ("GET", "/storage/v1/b/i/o/a.jpg", {}, ("B", "object metadata")),
-    ("GET", "/storage/v1/b/i/o", {"prefix": "x/"}, ("A", "object list")),
-    ("GET", "/storage/v1/b/i", {}, ("B", "bucket metadata")),
-    ("DELETE", "/storage/v1/b/i/o/a.jpg", {}, None),
-])
-def test_storage_requests_are_classed_as_cloud_storage_bills_them(method, path, query,
-                                                                   expected):
+@pytest.mark.parametrize(
+    "method,path,query,expected",
+    [
+        (
+            "POST",
+            "/upload/storage/v1/b/v/o",
+            {"uploadType": "multipart", "name": "x.npy"},
+            ("A", "object insert"),
+        ),
+        ("PUT", "/upload/storage/v1/b/v/o", {"upload_id": "abc"}, None),  # resumable data
+        ("GET", "/download/storage/v1/b/i/o/a.jpg", {"alt": "media"}, ("B", "object read")),
+        ("GET", "/storage/v1/b/i/o/a.jpg", {"alt": "media"}, ("B", "object read")),
+        ("GET", "/storage/v1/b/i/o/a.jpg", {}, ("B", "object metadata")),
+        ("GET", "/storage/v1/b/i/o", {"prefix": "x/"}, ("A", "object list")),
+        ("GET", "/storage/v1/b/i", {}, ("B", "bucket metadata")),
+        ("DELETE", "/storage/v1/b/i/o/a.jpg", {}, None),
+    ],
+)
+def test_storage_requests_are_classed_as_cloud_storage_bills_them(method, path, query, expected):
     assert cost.storage_op(Request(method, path, query, b"")) == expected
 
 
 def test_row_bytes_follow_bigquerys_data_size_rules():
-    row = {"row_key": "k" * 64, "generation": 7, "embedding": [0.5] * 2048,
-           "width": None, "processing_time": "2026-12-03T00:00:00Z"}
+    row = {
+        "row_key": "k" * 64,
+        "generation": 7,
+        "embedding": [0.5] * 2048,
+        "width": None,
+        "processing_time": "2026-12-03T00:00:00Z",
+    }
     # STRING: 2 + length; INTEGER, FLOAT, TIMESTAMP: 8 each; NULL: 0.
     assert cost.row_bytes(row) == (2 + 64) + 8 + 2048 * 8 + 0 + 8
 
 
 def test_pubsub_and_bigquery_minimums_apply_per_unit():
-    counts = {"gcs_class_a": 1, "gcs_class_b": 1000, "bq_billed_bytes": 500 * 1000,
-              "bq_billed_bytes_insert_all": 1024 * 1000, "pubsub_billed_bytes": 1000 * 1000,
-              "pubsub_bytes": 500 * 1000}
+    counts = {
+        "gcs_class_a": 1,
+        "gcs_class_b": 1000,
+        "bq_billed_bytes": 500 * 1000,
+        "bq_billed_bytes_insert_all": 1024 * 1000,
+        "pubsub_billed_bytes": 1000 * 1000,
+        "pubsub_bytes": 500 * 1000,
+    }
     insert_all = cost.per_million(counts, 0, "insert_all")
     write_api = cost.per_million(counts, 0, "write_api")
     # A million rows of 1 KB: 1,000,000 KiB = 976.6 MiB at $0.01 per 200 MiB.
     assert insert_all["BigQuery ingestion"] == pytest.approx(0.049, abs=0.001)
-    assert write_api["BigQuery ingestion"] == pytest.approx(500e6 / 2 ** 30 * 0.025, abs=0.001)
+    assert write_api["BigQuery ingestion"] == pytest.approx(500e6 / 2**30 * 0.025, abs=0.001)
     assert insert_all["Cloud Storage Class A"] == 0.005
     assert insert_all["Cloud Storage Class B"] == 0.4
 
 
 def test_streaming_engine_counts_the_notification_and_each_buffered_byte_both_ways():
-    counts = {"gcs_class_a": 0, "gcs_class_b": 0, "bq_billed_bytes": 0,
-              "bq_billed_bytes_insert_all": 0, "pubsub_billed_bytes": 0,
-              "pubsub_bytes": 500 * 1000}
+    counts = {
+        "gcs_class_a": 0,
+        "gcs_class_b": 0,
+        "bq_billed_bytes": 0,
+        "bq_billed_bytes_insert_all": 0,
+        "pubsub_billed_bytes": 0,
+        "pubsub_bytes": 500 * 1000,
+    }
     costs = cost.per_million(counts, 9000, "write_api")
-    gib = (500 + 2 * 9000) * 1e6 / 2 ** 30
+    gib = (500 + 2 * 9000) * 1e6 / 2**30
     assert costs["_streaming_engine_gib"] == pytest.approx(gib, abs=0.01)
     assert costs["Dataflow Streaming Engine (data processed)"] == pytest.approx(
-        gib * 0.018, abs=0.001)
+        gib * 0.018, abs=0.001
+    )
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +108,7 @@ def test_the_docs_show_the_committed_cost_table():
         result = f.read()
     with open(os.path.join(ROOT, "docs", "performance.md")) as f:
         docs = f.read()
-    section = result[result.index("## $ per million images"):]
+    section = result[result.index("## $ per million images") :]
     table = [line for line in section.splitlines() if line.startswith("|")]
     assert len(table) > 5
     for line in table:

@@ -1,4 +1,5 @@
 """The streaming job builds for Dataflow offline (`--dry_run`), with the right parts."""
+
 import json
 import os
 import subprocess
@@ -12,24 +13,42 @@ from streaming.pipeline import build_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATAFLOW_ARGS = [
-    "--runner", "DataflowRunner", "--dry_run", "True", "--project", "my-project",
-    "--region", "us-central1", "--temp_location", "gs://my-temp-bucket/tmp",
-    "--input_subscription", "projects/my-project/subscriptions/images",
-    "--output_table", "my-project:embeddings.images",
-    "--dead_letter_table", "my-project:embeddings.dead_letters",
-    "--output_gcs", "gs://my-vectors/embeddings/", "--weights", "gs://my-models/r50.weights.h5"]
+    "--runner",
+    "DataflowRunner",
+    "--dry_run",
+    "True",
+    "--project",
+    "my-project",
+    "--region",
+    "us-central1",
+    "--temp_location",
+    "gs://my-temp-bucket/tmp",
+    "--input_subscription",
+    "projects/my-project/subscriptions/images",
+    "--output_table",
+    "my-project:embeddings.images",
+    "--dead_letter_table",
+    "my-project:embeddings.dead_letters",
+    "--output_gcs",
+    "gs://my-vectors/embeddings/",
+    "--weights",
+    "gs://my-models/r50.weights.h5",
+]
 
 
 def test_the_launcher_builds_the_dataflow_job_without_tensorflow():
     """A remote runner's launcher checks the options and submits; the workers build the
     model. Built in a fresh process, which must never have imported TensorFlow."""
-    code = ("import json, sys\n"
-            "from streaming import main\n"
-            f"rc = main.main({DATAFLOW_ARGS!r})\n"
-            "print(json.dumps({'rc': rc, 'tensorflow': sorted(m for m in sys.modules "
-            "if m.split('.')[0] in ('tensorflow', 'keras'))}))")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    code = (
+        "import json, sys\n"
+        "from streaming import main\n"
+        f"rc = main.main({DATAFLOW_ARGS!r})\n"
+        "print(json.dumps({'rc': rc, 'tensorflow': sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('tensorflow', 'keras'))}))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     *printed, last = proc.stdout.strip().splitlines()
     assert json.loads(last) == {"rc": 0, "tensorflow": []}
@@ -40,8 +59,7 @@ def with_weights(spec: str) -> list[str]:
     return [a if a != "gs://my-models/r50.weights.h5" else spec for a in DATAFLOW_ARGS]
 
 
-def test_a_relative_weights_path_is_refused_for_a_remote_runner(tmp_path, monkeypatch,
-                                                                 capsys):
+def test_a_relative_weights_path_is_refused_for_a_remote_runner(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "w.weights.h5").write_bytes(b"x")
     assert main.main(with_weights("w.weights.h5")) == 2
@@ -73,14 +91,34 @@ def test_baked_weights_that_exist_here_are_checked_like_any_file(tmp_path, capsy
 
 
 def test_streaming_job_builds_for_dataflow_offline():
-    opts = main.make_options([
-        "--runner", "DataflowRunner", "--dry_run", "True", "--project", "my-project",
-        "--region", "us-central1", "--temp_location", "gs://my-temp-bucket/tmp",
-        "--input_subscription", "projects/my-project/subscriptions/images",
-        "--output_table", "my-project:embeddings.images",
-        "--dead_letter_table", "my-project:embeddings.dead_letters",
-        "--output_gcs", "gs://my-vectors/embeddings/", "--weights", "gs://my-models/r50.weights.h5",
-        "--max_num_workers", "4", "--autoscaling_algorithm", "THROUGHPUT_BASED"])
+    opts = main.make_options(
+        [
+            "--runner",
+            "DataflowRunner",
+            "--dry_run",
+            "True",
+            "--project",
+            "my-project",
+            "--region",
+            "us-central1",
+            "--temp_location",
+            "gs://my-temp-bucket/tmp",
+            "--input_subscription",
+            "projects/my-project/subscriptions/images",
+            "--output_table",
+            "my-project:embeddings.images",
+            "--dead_letter_table",
+            "my-project:embeddings.dead_letters",
+            "--output_gcs",
+            "gs://my-vectors/embeddings/",
+            "--weights",
+            "gs://my-models/r50.weights.h5",
+            "--max_num_workers",
+            "4",
+            "--autoscaling_algorithm",
+            "THROUGHPUT_BASED",
+        ]
+    )
     pipeline = beam.Pipeline(options=opts)
     build_pipeline(pipeline, opts)
     result = pipeline.run()
@@ -115,6 +153,7 @@ def shuffles_or_state(proto, transform) -> bool:
     """A GroupByKey, or a ParDo with state or timers: a step whose input is shuffled
     by key and may be held in the runner's state."""
     from apache_beam.portability.api import beam_runner_api_pb2
+
     if transform.spec.urn == GROUP_BY_KEY:
         return True
     if transform.spec.urn != PAR_DO:
@@ -145,8 +184,9 @@ def steps_carrying_pixels(proto) -> list:
     return [leaves[i] for i in seen]
 
 
-@pytest.mark.parametrize("extra", [[], ["--max_batch_duration_secs", "0"]],
-                         ids=["stateful batching", "bundle batching"])
+@pytest.mark.parametrize(
+    "extra", [[], ["--max_batch_duration_secs", "0"]], ids=["stateful batching", "bundle batching"]
+)
 def test_no_decoded_pixels_are_shuffled_or_held_in_state(extra):
     """Decoded images (150 KB each) never cross a shuffle or wait in state on Dataflow:
     streaming batches are formed from refs before the load stage."""
@@ -156,8 +196,11 @@ def test_no_decoded_pixels_are_shuffled_or_held_in_state(extra):
     assert any(t.unique_name.startswith(PIXELS_END) for t in carrying)
     offending = [t.unique_name for t in carrying if shuffles_or_state(proto, t)]
     assert offending == []
-    everywhere = [t.unique_name for t in proto.components.transforms.values()
-                  if not t.subtransforms and shuffles_or_state(proto, t)]
+    everywhere = [
+        t.unique_name
+        for t in proto.components.transforms.values()
+        if not t.subtransforms and shuffles_or_state(proto, t)
+    ]
     if not extra:  # a lone image still waits at most --max_batch_duration_secs: refs are batched
         assert any(n.startswith("Batch references/") for n in everywhere), everywhere
     # The vector writes are spread by a shuffle of the small vectors after the model.

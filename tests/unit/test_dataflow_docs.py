@@ -1,6 +1,7 @@
 """docs/dataflow.md's commands use what exists: the direct launch builds (dry run) with
 options the job parses, the template launches pass the template's parameters, and the
 Terraform outputs it reads are declared."""
+
 import json
 import pathlib
 import re
@@ -17,14 +18,19 @@ from streaming.pipeline import build_pipeline
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "dataflow.md").read_text()
-PARAMS = {p["name"]: p for p in
-          json.loads((ROOT / "flex_template" / "metadata.json").read_text())["parameters"]}
+PARAMS = {
+    p["name"]: p
+    for p in json.loads((ROOT / "flex_template" / "metadata.json").read_text())["parameters"]
+}
 EXAMPLE_ENV = {
-    "PROJECT": "my-project", "REGION": "us-central1", "DATAFLOW_BUCKET": "my-dataflow",
+    "PROJECT": "my-project",
+    "REGION": "us-central1",
+    "DATAFLOW_BUCKET": "my-dataflow",
     "SA": "embedder@my-project.iam.gserviceaccount.com",
     "IMAGE": "us-central1-docker.pkg.dev/my-project/embeddings/embed:abc123",
     "SUBSCRIPTION": "projects/my-project/subscriptions/embed",
-    "TABLE": "my-project:images.embeddings", "DEAD_LETTER_TABLE": "my-project:images.dead_letters",
+    "TABLE": "my-project:images.embeddings",
+    "DEAD_LETTER_TABLE": "my-project:images.dead_letters",
     "VECTORS": "gs://my-vectors/embeddings/",
     "WEIGHTS": "gs://my-dataflow/models/resnet50_notop.weights.h5",
     "TEMPLATE": "gs://my-dataflow/templates/embed-abc123.json",
@@ -56,8 +62,11 @@ def test_direct_launch_builds_the_streaming_job():
     assert pipeline.run().job.proto.type.name == "JOB_TYPE_STREAMING"
 
 
-@pytest.mark.parametrize("argv", commands("gcloud dataflow flex-template run"),
-                         ids=lambda a: "update" if "--update" in a else "launch")
+@pytest.mark.parametrize(
+    "argv",
+    commands("gcloud dataflow flex-template run"),
+    ids=lambda a: "update" if "--update" in a else "launch",
+)
 def test_template_launches_pass_the_templates_parameters(argv):
     given = {}
     for i, arg in enumerate(argv):
@@ -69,13 +78,17 @@ def test_template_launches_pass_the_templates_parameters(argv):
         assert all(re.search(rx, value) for rx in PARAMS[name]["regexes"]), (name, value)
 
 
-@pytest.mark.parametrize("argv", commands("gcloud dataflow flex-template run"),
-                         ids=lambda a: "update" if "--update" in a else "launch")
+@pytest.mark.parametrize(
+    "argv",
+    commands("gcloud dataflow flex-template run"),
+    ids=lambda a: "update" if "--update" in a else "launch",
+)
 def test_template_launches_run_as_the_launcher_runs_them(argv, capsys):
     """The documented template launch, as the launcher runs the entry file in the image
     (built offline here: --dry_run; tests/integration/test_launch.py writes the job
     file against the emulators)."""
     from tests.launcher import launcher_argv
+
     sys.path.insert(0, str(ROOT / "flex_template"))
     try:
         import main as entry
@@ -97,18 +110,32 @@ def test_the_one_time_conversion_fills_the_cache_the_launch_names(tmp_path):
     folder for the bucket); a fresh process then loads from it without TensorFlow."""
     (argv,) = commands("python -m streaming.model.prepare")
     cache = str(tmp_path / "onnx-cache")
-    args = [cache if a == EXAMPLE_ENV["MODEL_CACHE"] else
-            "random:0" if a == EXAMPLE_ENV["WEIGHTS"] else a for a in argv[3:]]
-    run = subprocess.run([sys.executable, "-m", "streaming.model.prepare", *args], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+    args = [
+        cache
+        if a == EXAMPLE_ENV["MODEL_CACHE"]
+        else "random:0"
+        if a == EXAMPLE_ENV["WEIGHTS"]
+        else a
+        for a in argv[3:]
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "streaming.model.prepare", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
-    code = ("import json, sys, logging\n"
-            "from streaming.model import inference\n"
-            f"m = inference.load_embedding_model('random:0', 'onnx', {cache!r})\n"
-            "print(json.dumps([m.model_id, sorted(k for k in sys.modules "
-            "if k.split('.')[0] in ('tensorflow', 'keras'))]))")
-    again = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300)
+    code = (
+        "import json, sys, logging\n"
+        "from streaming.model import inference\n"
+        f"m = inference.load_embedding_model('random:0', 'onnx', {cache!r})\n"
+        "print(json.dumps([m.model_id, sorted(k for k in sys.modules "
+        "if k.split('.')[0] in ('tensorflow', 'keras'))]))"
+    )
+    again = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     model_id, heavy = json.loads(again.stdout.strip().splitlines()[-1])
     assert model_id.startswith("resnet50-avgpool@") and heavy == []
@@ -116,7 +143,12 @@ def test_the_one_time_conversion_fills_the_cache_the_launch_names(tmp_path):
 
 
 def test_terraform_outputs_read_by_the_doc_are_declared():
-    declared = set(re.findall(r'^output\s+"(\w+)"', "\n".join(
-        p.read_text() for p in (ROOT / "infra").glob("*.tf")), re.M))
+    declared = set(
+        re.findall(
+            r'^output\s+"(\w+)"',
+            "\n".join(p.read_text() for p in (ROOT / "infra").glob("*.tf")),
+            re.M,
+        )
+    )
     read = set(re.findall(r"terraform -chdir=infra output -raw (\w+)", DOC))
     assert read and read <= declared

@@ -2,6 +2,7 @@
 entry file with --template_location and submits the job file it writes) and a direct
 launch from a checkout start the same job, with the worker defaults and the model cache
 of a Dataflow job."""
+
 import json
 import os
 import re
@@ -16,15 +17,23 @@ from streaming import main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = "us-central1-docker.pkg.dev/my-project/embeddings/embed:abc123"
-LAUNCH = ["--runner=DataflowRunner", "--project=my-project", "--region=us-central1",
-          "--temp_location=gs://my-dataflow/tmp", "--staging_location=gs://my-dataflow/staging",
-          f"--sdk_container_image={IMAGE}",
-          "--input_subscription=projects/my-project/subscriptions/embed",
-          "--output_table=my-project:images.embeddings",
-          "--output_gcs=gs://my-vectors/embeddings/",
-          "--weights=gs://my-dataflow/models/r50.weights.h5"]
-GPU = ["--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;"
-       "install-nvidia-driver", "--machine_type=n1-standard-8"]
+LAUNCH = [
+    "--runner=DataflowRunner",
+    "--project=my-project",
+    "--region=us-central1",
+    "--temp_location=gs://my-dataflow/tmp",
+    "--staging_location=gs://my-dataflow/staging",
+    f"--sdk_container_image={IMAGE}",
+    "--input_subscription=projects/my-project/subscriptions/embed",
+    "--output_table=my-project:images.embeddings",
+    "--output_gcs=gs://my-vectors/embeddings/",
+    "--weights=gs://my-dataflow/models/r50.weights.h5",
+]
+GPU = [
+    "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;"
+    "install-nvidia-driver",
+    "--machine_type=n1-standard-8",
+]
 
 
 def test_a_template_launch_writes_the_job_file_and_exits_0(monkeypatch, capsys):
@@ -38,8 +47,9 @@ def test_a_template_launch_writes_the_job_file_and_exits_0(monkeypatch, capsys):
 
     monkeypatch.setattr(DataflowRunner, "run_pipeline", template_run)
     # Offline: Beam would ask Cloud Storage for the temp bucket's soft-delete policy.
-    monkeypatch.setattr(GoogleCloudOptions, "_warn_if_soft_delete_policy_enabled",
-                        lambda self, arg: None)
+    monkeypatch.setattr(
+        GoogleCloudOptions, "_warn_if_soft_delete_policy_enabled", lambda self, arg: None
+    )
     monkeypatch.setattr(main, "check_before_start", lambda opts: None)
     job_file = "gs://my-dataflow/staging/template_launches/1/job_object"
     assert main.main(LAUNCH + [f"--template_location={job_file}"]) == 0
@@ -66,9 +76,14 @@ def test_a_gpu_job_runs_tensorflow_with_large_batches():
     assert (opts.max_batch_size, opts.runtime) == (64, "tensorflow")
 
 
-@pytest.mark.parametrize("flag, value, attribute", [
-    ("--max_batch_size", "32", "max_batch_size"), ("--decode_threads", "4", "decode_threads"),
-    ("--runtime", "onnx", "runtime")])
+@pytest.mark.parametrize(
+    "flag, value, attribute",
+    [
+        ("--max_batch_size", "32", "max_batch_size"),
+        ("--decode_threads", "4", "decode_threads"),
+        ("--runtime", "onnx", "runtime"),
+    ],
+)
 def test_a_flag_given_at_launch_wins_over_the_defaults(flag, value, attribute):
     opts, _ = dataflow_options(LAUNCH + GPU + [flag, value])
     assert str(getattr(opts, attribute)) == value
@@ -97,12 +112,16 @@ def image_environment() -> dict[str, str]:
     for value in re.findall(r"^ENV (.+)$", text, re.M):
         for key, raw in re.findall(r'(\w+)=("[^"]*"|\S+)', value):
             expanded = raw.strip('"')
-            expanded = re.sub(r"\$\{(\w+):\+\$(\w+)\}",
-                              lambda m: args.get(m.group(2), "") if args.get(m.group(1))
-                              else "", expanded)
-            expanded = re.sub(r"\$\{(\w+):-\$(\w+)\}",
-                              lambda m: env.get(m.group(1)) or args.get(m.group(2), ""),
-                              expanded)
+            expanded = re.sub(
+                r"\$\{(\w+):\+\$(\w+)\}",
+                lambda m: args.get(m.group(2), "") if args.get(m.group(1)) else "",
+                expanded,
+            )
+            expanded = re.sub(
+                r"\$\{(\w+):-\$(\w+)\}",
+                lambda m: env.get(m.group(1)) or args.get(m.group(2), ""),
+                expanded,
+            )
             env[key] = expanded
     return env
 
@@ -127,8 +146,14 @@ print(json.dumps({
 def launched_job(argv, env_overrides):
     env = {k: v for k, v in os.environ.items() if not k.startswith("EMBED_STREAM")}
     env.update(env_overrides)
-    proc = subprocess.run([sys.executable, "-c", PRINT_JOB, *argv, "--dry_run=True"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", PRINT_JOB, *argv, "--dry_run=True"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
 

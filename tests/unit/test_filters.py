@@ -1,6 +1,13 @@
-from streaming.stages.filters import (DEFAULT_EXTENSIONS, FilterConfig, output_prefixes, skip_reason,
-                               split_list, type_accepted, type_skip_reason)
 from streaming.records import ImageRef
+from streaming.stages.filters import (
+    DEFAULT_EXTENSIONS,
+    FilterConfig,
+    output_prefixes,
+    skip_reason,
+    split_list,
+    type_accepted,
+    type_skip_reason,
+)
 
 IMAGES = FilterConfig(extensions=(".jpg", ".png"), content_types=("image/",))
 
@@ -11,10 +18,14 @@ def ref(name, **kw):
 
 def test_only_finalize_events_are_embedded():
     assert skip_reason(ref("a.jpg"), IMAGES) is None
-    assert skip_reason(ref("a.jpg", event_type="OBJECT_DELETE"), IMAGES) == \
-        "skipped.event_OBJECT_DELETE"
-    assert skip_reason(ref("a.jpg", event_type="OBJECT_METADATA_UPDATE"), IMAGES) == \
-        "skipped.event_OBJECT_METADATA_UPDATE"
+    assert (
+        skip_reason(ref("a.jpg", event_type="OBJECT_DELETE"), IMAGES)
+        == "skipped.event_OBJECT_DELETE"
+    )
+    assert (
+        skip_reason(ref("a.jpg", event_type="OBJECT_METADATA_UPDATE"), IMAGES)
+        == "skipped.event_OBJECT_METADATA_UPDATE"
+    )
 
 
 def test_extension_or_content_type_is_enough():
@@ -36,18 +47,24 @@ def test_own_outputs_in_the_watched_bucket_are_never_embedded(tmp_path):
     assert skip_reason(ImageRef("other", "embeddings/x.jpg", 1), cfg) is None
     root = str(tmp_path)
     local = FilterConfig(own_outputs=output_prefixes([str(tmp_path / "out")], root))
-    assert skip_reason(ImageRef(root, "out/vectors/x.jpg", 1, source="local"), local) == \
-        "skipped.own_output"
+    assert (
+        skip_reason(ImageRef(root, "out/vectors/x.jpg", 1, source="local"), local)
+        == "skipped.own_output"
+    )
     assert skip_reason(ImageRef(root, "outside.jpg", 1, source="local"), local) is None
 
 
 def test_deleting_an_object_the_job_never_embeds_is_not_an_event_for_it():
     """The job's own .npy outputs get overwritten (and so deleted) on redelivery; those
     deletes must not become tombstones."""
-    cfg = FilterConfig(extensions=(".jpg",), content_types=("image/",),
-                       own_outputs=(("bkt", "embeddings/"),))
-    npy = ref("embeddings/bkt/x.jpg@1.npy", event_type="OBJECT_DELETE",
-              content_type="application/octet-stream")
+    cfg = FilterConfig(
+        extensions=(".jpg",), content_types=("image/",), own_outputs=(("bkt", "embeddings/"),)
+    )
+    npy = ref(
+        "embeddings/bkt/x.jpg@1.npy",
+        event_type="OBJECT_DELETE",
+        content_type="application/octet-stream",
+    )
     assert skip_reason(npy, cfg) == "skipped.own_output"
     txt = ref("notes.txt", event_type="OBJECT_DELETE", content_type="text/plain")
     assert skip_reason(txt, cfg) == "skipped.type"
@@ -64,12 +81,19 @@ def test_comma_separated_flags_split_one_way():
 def test_the_job_and_the_backfill_accept_the_same_objects():
     """One rule for both: a backfill publishes exactly what the job would embed."""
     from publisher.backfill import Filters
+
     exts, types = split_list(DEFAULT_EXTENSIONS, lower=True), ("image/",)
     job = FilterConfig(extensions=exts, content_types=types)
     backfill = Filters(extensions=exts, content_types=types)
-    for name, content_type in [("a.JPG", None), ("a.tiff", "text/plain"), ("noext", "image/png"),
-                               ("notes.txt", "text/plain"), ("a.jpg.txt", None),
-                               ("x.bin", "IMAGE/webp"), ("x.bin", None)]:
+    for name, content_type in [
+        ("a.JPG", None),
+        ("a.tiff", "text/plain"),
+        ("noext", "image/png"),
+        ("notes.txt", "text/plain"),
+        ("a.jpg.txt", None),
+        ("x.bin", "IMAGE/webp"),
+        ("x.bin", None),
+    ]:
         expected = type_accepted(name, content_type, exts, types)
         assert (skip_reason(ref(name, content_type=content_type), job) is None) == expected
         assert backfill.accepts({"name": name, "contentType": content_type}) == expected
@@ -80,8 +104,12 @@ def test_none_format_refs_wait_for_their_content_type():
     """A NONE-format notification has no content type: an extension-less name is not
     skipped here; the load stage applies `type_skip_reason` once it has the metadata.
     Prefixes and the job's own outputs are still decided by name, first."""
-    cfg = FilterConfig(extensions=(".jpg",), content_types=("image/",),
-                       include_prefixes=("in/",), own_outputs=(("bkt", "in/out/"),))
+    cfg = FilterConfig(
+        extensions=(".jpg",),
+        content_types=("image/",),
+        include_prefixes=("in/",),
+        own_outputs=(("bkt", "in/out/"),),
+    )
     none = dict(payload_format="NONE")
     assert skip_reason(ref("in/photo", **none), cfg) is None
     assert skip_reason(ref("other/photo", **none), cfg) == "skipped.prefix"
@@ -89,8 +117,9 @@ def test_none_format_refs_wait_for_their_content_type():
     assert skip_reason(ref("in/photo", payload_format="JSON_API_V1"), cfg) == "skipped.type"
     fetched = ref("in/photo", content_type="image/jpeg", **none)
     assert type_skip_reason(fetched, cfg) is None
-    assert type_skip_reason(ref("in/notes", content_type="text/plain", **none), cfg) == \
-        "skipped.type"
+    assert (
+        type_skip_reason(ref("in/notes", content_type="text/plain", **none), cfg) == "skipped.type"
+    )
     assert type_skip_reason(ref("in/a.jpg", content_type="text/plain", **none), cfg) is None
 
 
@@ -105,6 +134,7 @@ def test_a_none_format_deletion_gets_its_tombstone_whatever_the_name():
 
 def test_a_generation_brought_by_both_a_notification_and_the_catch_up_passes_once():
     from streaming.stages.filters import Claims
+
     claims = Claims(limit=3)
     assert claims.first("k", "notification") and claims.first("k", "backfill")
     assert not claims.first("k", "catchup")  # the notification owns it
@@ -119,16 +149,28 @@ def test_duplicates_are_skipped_but_retries_and_redeliveries_pass():
     import apache_beam as beam
     from apache_beam.testing.test_pipeline import TestPipeline
     from apache_beam.testing.util import assert_that, equal_to
-    from streaming.stages import filters
+
     from streaming.records import ImageRef
+    from streaming.stages import filters
+
     filters.CLAIMS = filters.Claims()
-    refs = [ImageRef("b", "x.jpg", 1, source="notification"),
-            ImageRef("b", "x.jpg", 1, source="notification"),  # redelivered
-            ImageRef("b", "x.jpg", 1, source="catchup"),       # a duplicate
-            ImageRef("b", "y.jpg", 1, source="catchup", attempt=1),
-            ImageRef("b", "y.jpg", 1, source="notification", attempt=1)]
+    refs = [
+        ImageRef("b", "x.jpg", 1, source="notification"),
+        ImageRef("b", "x.jpg", 1, source="notification"),  # redelivered
+        ImageRef("b", "x.jpg", 1, source="catchup"),  # a duplicate
+        ImageRef("b", "y.jpg", 1, source="catchup", attempt=1),
+        ImageRef("b", "y.jpg", 1, source="notification", attempt=1),
+    ]
     with TestPipeline() as p:
-        kept = (p | beam.Create(refs) | filters.FilterObjects(filters.FilterConfig()))
-        assert_that(kept.accepted | beam.Map(lambda r: (r.name, r.source)), equal_to([
-            ("x.jpg", "notification"), ("x.jpg", "notification"), ("y.jpg", "catchup"),
-            ("y.jpg", "notification")]))
+        kept = p | beam.Create(refs) | filters.FilterObjects(filters.FilterConfig())
+        assert_that(
+            kept.accepted | beam.Map(lambda r: (r.name, r.source)),
+            equal_to(
+                [
+                    ("x.jpg", "notification"),
+                    ("x.jpg", "notification"),
+                    ("y.jpg", "catchup"),
+                    ("y.jpg", "notification"),
+                ]
+            ),
+        )

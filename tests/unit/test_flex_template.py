@@ -1,5 +1,6 @@
 """flex_template/metadata.json against the job's own options, in both directions, and its
 regexes against good and bad values."""
+
 import argparse
 import json
 import pathlib
@@ -12,18 +13,35 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from streaming import main
 from streaming.config import flags
-from streaming.stages import load
 from streaming.config.options import EmbedOptions, validate
+from streaming.stages import load
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 METADATA = json.loads((ROOT / "flex_template" / "metadata.json").read_text())
 PARAMS = {p["name"]: p for p in METADATA["parameters"]}
 # Options of a local run only; the template launches the Pub/Sub job on Dataflow.
-LOCAL_ONLY = {"input_dir", "watch", "watch_interval", "input_topic", "output_dir",
-              "progress_interval", "verbose",  # what the launching terminal shows
-              "local_endpoints"}
-DATAFLOW = ["--runner", "DataflowRunner", "--dry_run", "True", "--project", "my-project",
-            "--region", "us-central1", "--temp_location", "gs://my-temp-bucket/tmp"]
+LOCAL_ONLY = {
+    "input_dir",
+    "watch",
+    "watch_interval",
+    "input_topic",
+    "output_dir",
+    "progress_interval",
+    "verbose",  # what the launching terminal shows
+    "local_endpoints",
+}
+DATAFLOW = [
+    "--runner",
+    "DataflowRunner",
+    "--dry_run",
+    "True",
+    "--project",
+    "my-project",
+    "--region",
+    "us-central1",
+    "--temp_location",
+    "gs://my-temp-bucket/tmp",
+]
 
 
 def example(param) -> str:
@@ -76,8 +94,12 @@ def test_the_required_parameters_are_enough_to_launch():
 def test_each_required_parameter_is_needed(name):
     args = required_launch(skip=name)
     if name == "sdk_container_image":  # the template's own check, as the launcher runs it
-        run = subprocess.run([sys.executable, str(ROOT / "flex_template" / "main.py"), *args],
-                             capture_output=True, text=True, timeout=120)
+        run = subprocess.run(
+            [sys.executable, str(ROOT / "flex_template" / "main.py"), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert run.returncode == 2 and "sdk_container_image" in run.stderr
     else:
         with pytest.raises(ValueError, match=name):
@@ -94,10 +116,16 @@ GOOD = {
     "output_table": ["my-project.images.embeddings", "my-project:images_eu.embeddings-2026"],
     "dead_letter_table": ["my-project.images.dead_letters"],
     "output_gcs": ["gs://my-vectors", "gs://my.vectors.example.com/a/b/"],
-    "weights": ["imagenet", "random:0", "/opt/image-embeddings/weights/r50.weights.h5",
-                "gs://my-models/v2/model.keras"],
-    "sdk_container_image": ["gcr.io/my-project/embed@sha256:" + "a" * 64,
-                            "localhost:5000/embed:dev"],
+    "weights": [
+        "imagenet",
+        "random:0",
+        "/opt/image-embeddings/weights/r50.weights.h5",
+        "gs://my-models/v2/model.keras",
+    ],
+    "sdk_container_image": [
+        "gcr.io/my-project/embed@sha256:" + "a" * 64,
+        "localhost:5000/embed:dev",
+    ],
     "buckets": ["photos", "photos,my-uploads.example.com"],
     "extensions": ["", ".jpg"],
     "content_types": ["image/jpeg,image/png"],
@@ -106,14 +134,27 @@ GOOD = {
     "model_cache_dir": ["gs://my-models/onnx-cache", "/opt/image-embeddings/onnx"],
 }
 BAD = {
-    "input_subscription": ["projects/my-project/topics/gcs-notifications", "embed",
-                           "projects/P/subscriptions/embed", "projects/my-project/subscriptions/"],
-    "output_table": ["images.embeddings", "my-project:images", "my-project:images.t;drop",
-                     "My-Project:images.embeddings"],
+    "input_subscription": [
+        "projects/my-project/topics/gcs-notifications",
+        "embed",
+        "projects/P/subscriptions/embed",
+        "projects/my-project/subscriptions/",
+    ],
+    "output_table": [
+        "images.embeddings",
+        "my-project:images",
+        "my-project:images.t;drop",
+        "My-Project:images.embeddings",
+    ],
     "dead_letter_table": ["dead_letters"],
     "output_gcs": ["/local/out", "gs://", "s3://bucket/x", "gs://UPPER/x", "gs://b/x\ny"],
-    "weights": ["gs://my-models/model.h5", "resnet50", "random:x", "gs://my-models/",
-                "relative.weights.h5"],
+    "weights": [
+        "gs://my-models/model.h5",
+        "resnet50",
+        "random:x",
+        "gs://my-models/",
+        "relative.weights.h5",
+    ],
     "sdk_container_image": ["embed", "gcr.io/my-project/embed", "gcr.io/p/e:a b"],
     "max_batch_size": ["0", "-1", "8.5", "eight"],
     "max_batch_duration_secs": ["-1", "1s"],

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from streaming.records import ImageRef, Rejected
 from streaming.stages import load
 from streaming.stages.load import decode_image
-from streaming.records import ImageRef, Rejected
 from tests import fixtures
 
 
@@ -20,16 +20,19 @@ def test_jpeg_becomes_224_rgb_uint8_with_original_size():
     assert (out.width, out.height, out.format) == (640, 480, "JPEG")
 
 
-@pytest.mark.parametrize("mode, colour, expected", [
-    ("L", 128, (128, 128, 128)),
-    ("1", 1, (255, 255, 255)),
-    ("RGB", (10, 200, 30), (10, 200, 30)),
-    ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
-    ("I;16", 65535, (255, 255, 255)),
-    ("I;16", 32768, (128, 128, 128)),
-    ("I", 65535, (255, 255, 255)),
-    ("F", 77.0, (77, 77, 77)),
-])
+@pytest.mark.parametrize(
+    "mode, colour, expected",
+    [
+        ("L", 128, (128, 128, 128)),
+        ("1", 1, (255, 255, 255)),
+        ("RGB", (10, 200, 30), (10, 200, 30)),
+        ("CMYK", (0, 255, 255, 0), (255, 0, 0)),
+        ("I;16", 65535, (255, 255, 255)),
+        ("I;16", 32768, (128, 128, 128)),
+        ("I", 65535, (255, 255, 255)),
+        ("F", 77.0, (77, 77, 77)),
+    ],
+)
 def test_every_mode_becomes_rgb(mode, colour, expected):
     fmt = {"CMYK": "JPEG", "I;16": "PNG", "I": "TIFF", "F": "TIFF"}.get(mode, "PNG")
     out = decoded(Image.new(mode, (50, 40), colour), fmt)
@@ -65,10 +68,13 @@ def test_gif_with_transparency_and_first_frame_of_animations():
     assert out.pixels[..., 0].mean() > 200 and out.pixels[..., 2].mean() < 50
 
 
-@pytest.mark.parametrize("orientation, top, bottom", [
-    (6, (255, 0, 0), (0, 0, 255)),  # rotate 90 CW for display: left half -> top
-    (8, (0, 0, 255), (255, 0, 0)),  # rotate 90 CCW: right half -> top
-])
+@pytest.mark.parametrize(
+    "orientation, top, bottom",
+    [
+        (6, (255, 0, 0), (0, 0, 255)),  # rotate 90 CW for display: left half -> top
+        (8, (0, 0, 255), (255, 0, 0)),  # rotate 90 CCW: right half -> top
+    ],
+)
 def test_exif_orientation_is_applied(orientation, top, bottom):
     out = decode_image(fixtures.exif_rotated_jpeg(orientation))
     assert (out.width, out.height) == (200, 300)  # as displayed
@@ -85,7 +91,9 @@ def test_without_exif_the_halves_stay_left_and_right():
 def test_center_crop_keeps_the_middle_squash_and_pad_keep_everything():
     # 400x100: red 0-100, green 100-300, blue 300-400
     arr = np.zeros((100, 400, 3), np.uint8)
-    arr[:, :100] = (255, 0, 0); arr[:, 100:300] = (0, 255, 0); arr[:, 300:] = (0, 0, 255)
+    arr[:, :100] = (255, 0, 0)
+    arr[:, 100:300] = (0, 255, 0)
+    arr[:, 300:] = (0, 0, 255)
     data = fixtures.encode(Image.fromarray(arr), "PNG")
     crop = decode_image(data, policy="center_crop").pixels
     assert (crop[..., 1] > 250).all()  # only the green middle survives
@@ -111,6 +119,7 @@ def test_jpeg_draft_decoding_matches_a_full_decode(monkeypatch):
     def spy(self):
         seen.append(self.size)
         return real_load(self)
+
     monkeypatch.setattr(Image.Image, "load", spy)
     fast = decode_image(data).pixels
     monkeypatch.undo()
@@ -120,13 +129,16 @@ def test_jpeg_draft_decoding_matches_a_full_decode(monkeypatch):
     assert np.abs(fast.astype(int) - slow.astype(int)).mean() < 3
 
 
-@pytest.mark.parametrize("data, reason", [
-    (b"", "empty_object"),
-    (b"hello, I am text in a .jpg", "not_an_image"),
-    (b"<html><body>404</body></html>", "not_an_image"),
-    (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "not_an_image"),
-    (fixtures.truncated_jpeg(), "truncated_image"),
-])
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty_object"),
+        (b"hello, I am text in a .jpg", "not_an_image"),
+        (b"<html><body>404</body></html>", "not_an_image"),
+        (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n", "not_an_image"),
+        (fixtures.truncated_jpeg(), "truncated_image"),
+    ],
+)
 def test_bad_bytes_are_rejected_with_a_reason(data, reason):
     with pytest.raises(Rejected) as e:
         decode_image(data)
@@ -166,6 +178,8 @@ def test_one_size_check_for_declared_and_read_sizes(size, ok):
 def test_a_declared_size_over_the_limit_is_rejected_unread():
     def read(ref):
         raise AssertionError("read an object whose declared size is over the limit")
+
     ref, stage, decoded, error = load.load_image(
-        ImageRef("b", "big.jpg", 1, size=101), read, "center_crop", 10**6, 100)
+        ImageRef("b", "big.jpg", 1, size=101), read, "center_crop", 10**6, 100
+    )
     assert (stage, decoded, error.reason) == ("load", None, "too_large")

@@ -4,6 +4,7 @@ Terraform cannot download its provider here, so `terraform validate`/`plan` cann
 these checks read the .tf files as text instead (plus `terraform fmt -check` when the
 binary is installed).
 """
+
 import json
 import pathlib
 import re
@@ -22,7 +23,7 @@ def _body(text: str, start: int) -> str:
     while depth:
         depth += {"{": 1, "}": -1}.get(text[i], 0)
         i += 1
-    return text[start:i - 1]
+    return text[start : i - 1]
 
 
 def blocks(kind: str, type_: str = None) -> dict:
@@ -62,8 +63,9 @@ def topic_ref(value: str) -> str:
 
 @pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
 def test_terraform_fmt():
-    run = subprocess.run(["terraform", "fmt", "-check", "-diff", str(INFRA)],
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        ["terraform", "fmt", "-check", "-diff", str(INFRA)], capture_output=True, text=True
+    )
     assert run.returncode == 0, run.stdout
 
 
@@ -74,8 +76,10 @@ def test_bucket_notifies_the_topic_for_the_images_prefix_only():
     assert attr(note, "payload_format") == '"JSON_API_V1"'
     assert json.loads(attr(note, "event_types")) == ["OBJECT_FINALIZE", "OBJECT_DELETE"]
     assert attr(note, "object_name_prefix") == "var.images_prefix"
-    assert default("images_prefix") and "length(var.images_prefix) > 0" in \
-        blocks("variable")["images_prefix"]
+    assert (
+        default("images_prefix")
+        and "length(var.images_prefix) > 0" in blocks("variable")["images_prefix"]
+    )
     # Vectors go elsewhere: the job's own writes never notify.
     outputs = blocks("output")
     assert "google_storage_bucket.vectors.name" in attr(outputs["output_gcs"], "value")
@@ -88,7 +92,7 @@ def test_subscription_has_deadline_and_retention_and_no_pubsub_dead_letters():
     _, note = only("google_storage_notification")
     subs = blocks("resource", "google_pubsub_subscription")
     main_topic = topic_ref(attr(note, "topic"))
-    (name, sub), = [(n, b) for n, b in subs.items() if topic_ref(attr(b, "topic")) == main_topic]
+    ((name, sub),) = [(n, b) for n, b in subs.items() if topic_ref(attr(b, "topic")) == main_topic]
     assert 60 <= int(attr(sub, "ack_deadline_seconds")) <= 600
     assert int(attr(sub, "message_retention_duration").strip('"s')) >= 86400
     for block in ("dead_letter_policy", "retry_policy"):
@@ -97,14 +101,16 @@ def test_subscription_has_deadline_and_retention_and_no_pubsub_dead_letters():
     assert "max_delivery_attempts" not in blocks("variable")
 
 
-@pytest.mark.parametrize("table, schema_file", [("embeddings", "embeddings.json"),
-                                                ("dead_letters", "dead_letters.json")])
+@pytest.mark.parametrize(
+    "table, schema_file", [("embeddings", "embeddings.json"), ("dead_letters", "dead_letters.json")]
+)
 def test_tables_come_from_the_schema_files(table, schema_file):
     tables = blocks("resource", "google_bigquery_table")
     body = tables[table]
     assert attr(body, "dataset_id") == "google_bigquery_dataset.images.dataset_id"
-    path = re.fullmatch(r'jsonencode\(jsondecode\(file\("\$\{path\.module\}/(.+)"\)\)\)',
-                        attr(body, "schema")).group(1)
+    path = re.fullmatch(
+        r'jsonencode\(jsondecode\(file\("\$\{path\.module\}/(.+)"\)\)\)', attr(body, "schema")
+    ).group(1)
     schema_path = (INFRA / path).resolve()
     assert schema_path == ROOT / "schemas" / schema_file
     fields = {f["name"] for f in json.loads(schema_path.read_text())}
@@ -118,9 +124,22 @@ def iam_grants() -> set[tuple[str, str, str]]:
     grants = set()
     for m in re.finditer(r'^resource\s+"(google_\w+)_iam_member"\s+"\w+"\s*\{', TEXT, re.M):
         body = _body(TEXT, m.end())
-        target = next((v for k in ("topic", "subscription", "bucket", "dataset_id",
-                                   "repository", "service_account_id", "project")
-                       if (v := attr(body, k))), None)
+        target = next(
+            (
+                v
+                for k in (
+                    "topic",
+                    "subscription",
+                    "bucket",
+                    "dataset_id",
+                    "repository",
+                    "service_account_id",
+                    "project",
+                )
+                if (v := attr(body, k))
+            ),
+            None,
+        )
         target = re.sub(r"\.(id|name|dataset_id|email)$", "", target)
         grants.add((attr(body, "member"), attr(body, "role").strip('"'), target))
     return grants
@@ -145,13 +164,19 @@ def test_job_service_account_has_exactly_its_least_privilege_roles():
 
 
 def test_someone_can_run_as_the_backfill_service_account():
-    holders = {(member, role) for member, role, target in iam_grants()
-               if target == "google_service_account.backfill"}
+    holders = {
+        (member, role)
+        for member, role, target in iam_grants()
+        if target == "google_service_account.backfill"
+    }
     roles = {role for _, role in holders}
     assert "roles/iam.serviceAccountTokenCreator" in roles  # impersonation from a laptop
     assert {member for member, _ in holders} == {"each.value"}  # the deployers
-    deployers = {target for member, role, target in iam_grants()
-                 if member == "each.value" and role.startswith("roles/iam.")}
+    deployers = {
+        target
+        for member, role, target in iam_grants()
+        if member == "each.value" and role.startswith("roles/iam.")
+    }
     assert "google_service_account.backfill" in deployers
 
 
@@ -179,16 +204,25 @@ def test_every_resource_waits_for_the_apis():
         body = nodes.get(name, "")
         for local in re.findall(r"\blocal\.(\w+)", body):
             body += " " + locals_.get(local, "")
-        return any(reaches(r, seen + (name,)) for r in references(body)
-                   if r in nodes and r not in seen)
+        return any(
+            reaches(r, seen + (name,)) for r in references(body) if r in nodes and r not in seen
+        )
 
     late = sorted(n for n in nodes if n != root and not reaches(n))
     assert late == []
 
 
-@pytest.mark.parametrize("path", ["infra/terraform.tfstate", "infra/terraform.tfstate.backup",
-                                  "infra/.terraform/providers/x", "infra/terraform.tfvars",
-                                  "infra/plan.tfplan", "terraform.tfstate"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "infra/terraform.tfstate",
+        "infra/terraform.tfstate.backup",
+        "infra/.terraform/providers/x",
+        "infra/terraform.tfvars",
+        "infra/plan.tfplan",
+        "terraform.tfstate",
+    ],
+)
 def test_terraform_state_and_values_are_never_committed(path):
     run = subprocess.run(["git", "check-ignore", "--no-index", "-q", path], cwd=ROOT)
     assert run.returncode == 0, f"{path} is not ignored by git"
@@ -198,8 +232,11 @@ def test_no_broad_roles():
     for member, role, target in iam_grants():
         assert role not in {"roles/owner", "roles/editor", "roles/viewer"}, (member, role)
         if target == "var.project_id":  # project-wide only where no narrower grant exists
-            assert role in {"roles/dataflow.worker", "roles/dataflow.developer",
-                            "roles/bigquery.jobUser"}, (member, role)
+            assert role in {
+                "roles/dataflow.worker",
+                "roles/dataflow.developer",
+                "roles/bigquery.jobUser",
+            }, (member, role)
 
 
 def test_service_accounts_and_image_repository():
@@ -210,8 +247,15 @@ def test_service_accounts_and_image_repository():
 
 def test_outputs_named_for_job_options_are_job_options():
     from apache_beam.options.pipeline_options import PipelineOptions
-    from streaming.config.options import EmbedOptions  # noqa: F401 (registers the job's options)
+
+    from streaming.config.options import EmbedOptions  # noqa: F401 - registers the job's options
+
     known = PipelineOptions().get_all_options()
-    for name in ("input_subscription", "output_table", "dead_letter_table", "output_gcs",
-                 "service_account_email"):
+    for name in (
+        "input_subscription",
+        "output_table",
+        "dead_letter_table",
+        "output_gcs",
+        "service_account_email",
+    ):
         assert name in blocks("output") and name in known

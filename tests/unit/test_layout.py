@@ -1,5 +1,6 @@
 """The repository's layout rules, read from the source with `ast` (nothing is imported):
 dependencies run one way, and each dead-letter reason is written once, in its registry."""
+
 import ast
 import pathlib
 
@@ -11,8 +12,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 PACKAGES = ("streaming", "publisher", "analysis", "schemas")
 # Who may import whom: the pipeline depends on neither the backfill CLI nor the
 # analysts' tools; both of those import the pipeline's shared pieces.
-FORBIDDEN = {"streaming": ("publisher", "analysis"), "schemas": ("streaming", "publisher",
-                                                                  "analysis")}
+FORBIDDEN = {
+    "streaming": ("publisher", "analysis"),
+    "schemas": ("streaming", "publisher", "analysis"),
+}
 
 
 def modules(*packages: str) -> list[pathlib.Path]:
@@ -32,9 +35,12 @@ def imported(path: pathlib.Path) -> list[tuple[int, str]]:
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_dependencies_run_one_way(package):
-    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
-             for path in modules(package) for line, name in imported(path)
-             if name in FORBIDDEN[package]]
+    wrong = [
+        f"{path.relative_to(ROOT)}:{line} imports {name}"
+        for path in modules(package)
+        for line, name in imported(path)
+        if name in FORBIDDEN[package]
+    ]
     assert not wrong, "\n".join(wrong)
 
 
@@ -46,19 +52,24 @@ def test_the_direction_check_sees_nested_imports(tmp_path):
 
 def reason_literals(path: pathlib.Path) -> list[str]:
     """`file:line 'code'` for every string literal in the module that is a reason code."""
-    return [f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}"
-            for node in ast.walk(ast.parse(path.read_text(), str(path)))
-            if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and node.value in failures.REASONS]
+    return [
+        f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}"
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and node.value in failures.REASONS
+    ]
 
 
 def test_reasons_are_written_only_in_their_registry():
     registry = ROOT / "streaming" / "failures.py"
     assert len(reason_literals(registry)) >= len(failures.REASONS)
-    spelled = [hit for path in modules(*PACKAGES) if path != registry
-               for hit in reason_literals(path)]
-    assert not spelled, ("write the constant from streaming/failures.py instead:\n"
-                         + "\n".join(spelled))
+    spelled = [
+        hit for path in modules(*PACKAGES) if path != registry for hit in reason_literals(path)
+    ]
+    assert not spelled, "write the constant from streaming/failures.py instead:\n" + "\n".join(
+        spelled
+    )
 
 
 def test_every_reason_has_its_constant():

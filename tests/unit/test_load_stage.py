@@ -1,4 +1,5 @@
 """The load stage's decode pool: images decoded ahead of the model, outputs unchanged."""
+
 import threading
 
 import apache_beam as beam
@@ -10,9 +11,9 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
+from streaming.sources.local_folder import local_ref
 from streaming.stages import load
 from streaming.stages.preprocess import decode_image
-from streaming.sources.local_folder import local_ref
 from tests import fixtures
 
 
@@ -43,8 +44,7 @@ def test_pooled_loading_gives_the_same_images_and_dead_letters(tmp_path, threads
         except load.Rejected as e:
             expected.append((ref.name, e.reason))
     with TestPipeline() as p:
-        loaded = (p | beam.Create(refs)
-                  | load.LoadImages(threads=threads, window=window_size))
+        loaded = p | beam.Create(refs) | load.LoadImages(threads=threads, window=window_size)
         both = (loaded.images, loaded.dead_letters) | beam.Flatten()
         assert_that(both | beam.Map(summarize), equal_to(expected))
 
@@ -53,8 +53,7 @@ class _GatedLoadFn(load._LoadFn):
     """Reads meet at a barrier: it only opens when `parties` reads run at once."""
 
     def __init__(self, parties, **kw):
-        super().__init__("center_crop", load.DEFAULT_MAX_PIXELS, load.DEFAULT_MAX_BYTES,
-                         **kw)
+        super().__init__("center_crop", load.DEFAULT_MAX_PIXELS, load.DEFAULT_MAX_BYTES, **kw)
         self.barrier = threading.Barrier(parties, timeout=10)
 
     def _read(self, ref):
@@ -68,8 +67,11 @@ def run_fn(fn, refs):
     outs = []
     try:
         for i, ref in enumerate(refs):
-            outs += list(fn.process(ref, timestamp=beam.utils.timestamp.Timestamp(i),
-                                    window=window.GlobalWindow()))
+            outs += list(
+                fn.process(
+                    ref, timestamp=beam.utils.timestamp.Timestamp(i), window=window.GlobalWindow()
+                )
+            )
         outs += list(fn.finish_bundle())
     finally:
         fn.teardown()
@@ -86,14 +88,17 @@ def test_images_are_read_and_decoded_in_parallel_ahead_of_the_outputs(tmp_path):
     serial.barrier._timeout = 0.5
     # One read at a time never opens the barrier: each read fails, as a dead letter.
     dead = [o.value.value for o in run_fn(serial, refs)]
-    assert dead and all(d.reason == "read_error" and "BrokenBarrierError" in d.error
-                        for d in dead)
+    assert dead and all(d.reason == "read_error" and "BrokenBarrierError" in d.error for d in dead)
 
 
 def test_outputs_keep_their_own_timestamp_and_window(tmp_path):
     refs = write_folder(tmp_path, good=3)
-    outs = run_fn(load._LoadFn("center_crop", load.DEFAULT_MAX_PIXELS,
-                                 load.DEFAULT_MAX_BYTES, threads=2, window=8), refs)
+    outs = run_fn(
+        load._LoadFn(
+            "center_crop", load.DEFAULT_MAX_PIXELS, load.DEFAULT_MAX_BYTES, threads=2, window=8
+        ),
+        refs,
+    )
     assert len(outs) == len(refs)
     by_name = {}
     for out in outs:
@@ -110,6 +115,7 @@ def test_any_read_error_is_a_dead_letter_and_a_late_type_check_a_skip():
     an exception out of the stage; `Skipped` (a NONE-format object that is not an
     image) comes back as such, for the stage to count without a dead letter."""
     from google.api_core import exceptions as gexc
+
     from streaming.records import ImageRef, Skipped
 
     ref = ImageRef("bkt", "photo", 1)
@@ -117,11 +123,15 @@ def test_any_read_error_is_a_dead_letter_and_a_late_type_check_a_skip():
     def failing(error):
         def read(_ref):
             raise error
+
         return read
-    load_with = lambda read: load.load_image(ref, read, "center_crop", 10 ** 6, 10 ** 6)
-    for error, reason in [(gexc.Forbidden("denied"), "permission_denied"),
-                          (gexc.RetryError("deadline", None), "read_error"),
-                          (RuntimeError("bug"), "read_error")]:
+
+    load_with = lambda read: load.load_image(ref, read, "center_crop", 10**6, 10**6)
+    for error, reason in [
+        (gexc.Forbidden("denied"), "permission_denied"),
+        (gexc.RetryError("deadline", None), "read_error"),
+        (RuntimeError("bug"), "read_error"),
+    ]:
         _, stage, decoded, rejected = load_with(failing(error))
         assert (stage, decoded, rejected.reason) == ("load", None, reason)
     _, _, _, skipped = load_with(failing(Skipped("skipped.type", "text/plain")))

@@ -1,5 +1,6 @@
 """A burst of the largest allowed images through the local multi-process runner stays
 within the peak memory that streaming/config/sizing.py (and docs/performance.md) budget for it."""
+
 import json
 import os
 import time
@@ -25,8 +26,9 @@ def process_mib() -> float:
     with open(LAYOUTS) as f:
         result = json.load(f)
     extra = result["settings"]["processes"] - 1
-    return (result["summary"]["many"]["peak_rss_mib"]
-            - result["summary"]["one"]["peak_rss_mib"]) / extra
+    return (
+        result["summary"]["many"]["peak_rss_mib"] - result["summary"]["one"]["peak_rss_mib"]
+    ) / extra
 
 
 def largest_images(folder, count: int) -> None:
@@ -42,8 +44,6 @@ def largest_images(folder, count: int) -> None:
             f.write(data)
 
 
-
-
 @pytest.mark.slow
 def test_a_burst_of_the_largest_images_stays_within_the_budget(tmp_path):
     images, out = tmp_path / "images", tmp_path / "out"
@@ -51,11 +51,28 @@ def test_a_burst_of_the_largest_images_stays_within_the_budget(tmp_path):
     count = 2 * WORKERS * DECODE_THREADS  # every decode thread busy, twice over
     largest_images(str(images), count)
     argv = processes.python_module(
-        "streaming.main", "--input_dir", str(images), "--output_dir", str(out),
-        "--weights", "random:0", "--runner", "DirectRunner",
-        "--direct_running_mode", "multi_processing", "--direct_num_workers", str(WORKERS),
-        "--decode_threads", str(DECODE_THREADS), "--decode_window", str(WINDOW),
-        "--max_pixels", str(MAX_PIXELS), "--max_bytes", str(MAX_BYTES))
+        "streaming.main",
+        "--input_dir",
+        str(images),
+        "--output_dir",
+        str(out),
+        "--weights",
+        "random:0",
+        "--runner",
+        "DirectRunner",
+        "--direct_running_mode",
+        "multi_processing",
+        "--direct_num_workers",
+        str(WORKERS),
+        "--decode_threads",
+        str(DECODE_THREADS),
+        "--decode_window",
+        str(WINDOW),
+        "--max_pixels",
+        str(MAX_PIXELS),
+        "--max_bytes",
+        str(MAX_BYTES),
+    )
     peak = 0
     with processes.Child(argv) as child:
         while child.poll() is None:
@@ -65,9 +82,17 @@ def test_a_burst_of_the_largest_images_stays_within_the_budget(tmp_path):
     assert child.returncode == 0, output[-3000:]
     assert f"images embedded: {count}" in output, output[-3000:]
     # The launcher holds a model too (its start-up check): one more process at rest.
-    budget = sizing.peak_bytes(
-        processes=WORKERS, harness_threads=1, decode_threads=DECODE_THREADS,
-        decode_window=WINDOW, max_pixels=MAX_PIXELS, max_bytes=MAX_BYTES,
-        base_mib=process_mib()) + process_mib() * 2**20
+    budget = (
+        sizing.peak_bytes(
+            processes=WORKERS,
+            harness_threads=1,
+            decode_threads=DECODE_THREADS,
+            decode_window=WINDOW,
+            max_pixels=MAX_PIXELS,
+            max_bytes=MAX_BYTES,
+            base_mib=process_mib(),
+        )
+        + process_mib() * 2**20
+    )
     print(f"peak {peak / 2**20:.0f} MiB, budget {budget / 2**20:.0f} MiB")
     assert peak <= budget, f"peak {peak / 2**20:.0f} MiB > budget {budget / 2**20:.0f} MiB"

@@ -49,7 +49,10 @@ def test_weights_file_round_trip_keeps_the_fingerprint(tmp_path, keras_model):
     assert loaded.fingerprint == inference.weights_fingerprint(keras_model)
     assert loaded.model_id == f"resnet50-avgpool@{loaded.fingerprint}"
     assert inference.split_model_id(inference.result_model_id(loaded)) == (
-        "resnet50-avgpool", loaded.fingerprint, loaded.runtime_version)
+        "resnet50-avgpool",
+        loaded.fingerprint,
+        loaded.runtime_version,
+    )
     assert loaded.runtime_version.startswith("tensorflow-")
 
 
@@ -63,10 +66,13 @@ def test_batched_embedding_equals_a_direct_keras_call(keras_model, direct_embed)
     assert not np.allclose(got[0], got[1])
 
 
-@pytest.mark.parametrize("spec, needle", [
-    ("/nonexistent/w.weights.h5", "does not exist"),
-    ("random:abc", "random:<integer seed>"),
-])
+@pytest.mark.parametrize(
+    "spec, needle",
+    [
+        ("/nonexistent/w.weights.h5", "does not exist"),
+        ("random:abc", "random:<integer seed>"),
+    ],
+)
 def test_unusable_weights_give_one_clear_error(spec, needle):
     with pytest.raises(inference.WeightsUnavailableError, match=needle):
         inference.load_keras_model(spec)
@@ -80,24 +86,43 @@ def test_corrupt_weights_file_is_refused(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("weights, message", [
-    ("imagenet", "Cannot load the ImageNet weights"),
-    ("corrupt.weights.h5", "Cannot load ResNet50 weights"),
-    ("missing.weights.h5", "does not exist"),
-])
-def test_cli_with_unusable_weights_fails_at_start_up_with_one_message(tmp_path, weights,
-                                                                      message):
+@pytest.mark.parametrize(
+    "weights, message",
+    [
+        ("imagenet", "Cannot load the ImageNet weights"),
+        ("corrupt.weights.h5", "Cannot load ResNet50 weights"),
+        ("missing.weights.h5", "does not exist"),
+    ],
+)
+def test_cli_with_unusable_weights_fails_at_start_up_with_one_message(tmp_path, weights, message):
     """No network, a corrupt or a missing file: the job stops before the pipeline."""
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "a.jpg").write_bytes(fixtures.jpeg())
     (tmp_path / "corrupt.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 100)
-    env = {**os.environ, "KERAS_HOME": str(tmp_path / "keras"),
-           "https_proxy": "http://127.0.0.1:1", "HTTPS_PROXY": "http://127.0.0.1:1"}
+    env = {
+        **os.environ,
+        "KERAS_HOME": str(tmp_path / "keras"),
+        "https_proxy": "http://127.0.0.1:1",
+        "HTTPS_PROXY": "http://127.0.0.1:1",
+    }
     spec = weights if weights == "imagenet" else str(tmp_path / weights)
     proc = subprocess.run(
-        [sys.executable, "-m", "streaming.main", "--input_dir", str(tmp_path / "in"),
-         "--output_dir", str(tmp_path / "out"), "--weights", spec],
-        capture_output=True, text=True, env=env, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "streaming.main",
+            "--input_dir",
+            str(tmp_path / "in"),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--weights",
+            spec,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert message in proc.stderr
     assert "random:SEED" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,5 +1,6 @@
 """--runtime onnx: the converted graph against TensorFlow's vectors on real photos, the
 cache keyed by the weights, and a cached start that never imports TensorFlow."""
+
 import json
 import os
 import pathlib
@@ -31,7 +32,8 @@ def test_onnx_vectors_match_tensorflow_on_real_photos(onnx_cache, keras_model):
     tf_vectors = inference.EmbeddingModel(keras_model)(pixels)
     onnx_vectors = onnx_embed(pixels)
     cosine = (tf_vectors * onnx_vectors).sum(1) / (
-        np.linalg.norm(tf_vectors, axis=1) * np.linalg.norm(onnx_vectors, axis=1))
+        np.linalg.norm(tf_vectors, axis=1) * np.linalg.norm(onnx_vectors, axis=1)
+    )
     assert cosine.min() >= 0.99999, cosine
     assert onnx_vectors.shape == (len(PHOTOS), inference.EMBEDDING_DIM)
     assert onnx_embed.fingerprint == inference.weights_fingerprint(keras_model)
@@ -84,9 +86,11 @@ def test_a_cached_run_imports_no_tensorflow_and_builds_no_keras_layer(onnx_cache
         f"{str(tmp_path / 'out')!r}, '--weights', 'random:0', '--model_cache_dir', {cache!r}])\n"
         "heavy = sorted(n for n in sys.modules if n.split('.')[0] in "
         "('tensorflow', 'keras', 'tf2onnx'))\n"
-        "print('RESULT', rc, heavy)\n")
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          cwd=ROOT, timeout=180)
+        "print('RESULT', rc, heavy)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=180
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "RESULT 0 []" in proc.stdout, proc.stdout[-2000:]
     [row_file] = (tmp_path / "out" / "rows").rglob("*.json")
@@ -97,8 +101,9 @@ def test_a_cached_run_imports_no_tensorflow_and_builds_no_keras_layer(onnx_cache
 
 def test_the_default_cache_is_under_the_users_cache_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert onnx_runtime.default_cache_dir() == os.path.join(str(tmp_path), "image-embeddings",
-                                                          "onnx")
+    assert onnx_runtime.default_cache_dir() == os.path.join(
+        str(tmp_path), "image-embeddings", "onnx"
+    )
 
 
 def test_the_thread_options_size_onnx_runtimes_session(onnx_cache):

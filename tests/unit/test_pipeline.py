@@ -1,23 +1,24 @@
 """The whole job on TestPipeline / TestStream with the real ResNet50 (random:0)."""
+
 import glob
 import json
 import os
 import re
 import time
 
+import apache_beam as beam
 import numpy as np
 import pytest
-import apache_beam as beam
+from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.options.pipeline_options import StandardOptions
 
 from streaming import main, pipeline
-from streaming.sinks import vectors
-from streaming.stages.load import decode_image
-from streaming.sources.local_folder import local_ref
 from streaming.config.options import EmbedOptions
+from streaming.sinks import vectors
+from streaming.sources.local_folder import local_ref
+from streaming.stages.load import decode_image
 from tests import fixtures
 
 pytestmark = pytest.mark.slow  # the whole job, with the model
@@ -57,8 +58,9 @@ def mixed_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     src, out = str(root / "images"), str(root / "out")
     make_folder(src, {**GOOD, **BAD, "README.txt": b"skipped by extension"})
-    totals = main.Run().execute(["--input_dir", src, "--output_dir", out, "--weights", "random:0",
-                       "--max_batch_size", "4"])
+    totals = main.Run().execute(
+        ["--input_dir", src, "--output_dir", out, "--weights", "random:0", "--max_batch_size", "4"]
+    )
     return src, out, totals
 
 
@@ -75,7 +77,8 @@ def test_good_images_are_all_embedded_once(mixed_run):
         assert os.path.exists(r["vector_uri"]) and r["vector_index"] is not None
         np.testing.assert_array_equal(
             vectors.read_vectors(r["vector_uri"], [r["vector_index"]])[0],
-            np.float32(r["embedding"]))
+            np.float32(r["embedding"]),
+        )
     rotated = next(r for r in rows if r["name"] == "rotated.jpg")
     assert (rotated["width"], rotated["height"], rotated["format"]) == (200, 300, "JPEG")
 
@@ -86,8 +89,9 @@ def test_same_basename_in_two_folders_gets_two_vectors(mixed_run):
     a, b = rows["a/cat.jpg"], rows["b/cat.jpg"]
     assert (a["vector_uri"], a["vector_index"]) != (b["vector_uri"], b["vector_index"])
     assert a["row_key"] != b["row_key"]
-    assert not np.allclose(*(vectors.read_vectors(r["vector_uri"], [r["vector_index"]])
-                             for r in (a, b)))
+    assert not np.allclose(
+        *(vectors.read_vectors(r["vector_uri"], [r["vector_index"]]) for r in (a, b))
+    )
 
 
 def test_vectors_share_few_shards(mixed_run):
@@ -102,9 +106,11 @@ def test_bad_files_land_in_dead_letters_with_reasons(mixed_run):
     _, out, totals = mixed_run
     dead = [json.load(open(p)) for p in glob.glob(os.path.join(out, "dead_letters", "*.json"))]
     reasons = {d["name"]: (d["stage"], d["reason"]) for d in dead}
-    assert reasons == {"corrupt.jpg": ("decode", "truncated_image"),
-                       "empty.jpg": ("decode", "empty_object"),
-                       "notes.jpg": ("decode", "not_an_image")}
+    assert reasons == {
+        "corrupt.jpg": ("decode", "truncated_image"),
+        "empty.jpg": ("decode", "empty_object"),
+        "notes.jpg": ("decode", "not_an_image"),
+    }
     assert totals["dead_letter.truncated_image"] == 1
     assert totals["dead_letter.empty_object"] == 1
     assert totals["dead_letter.not_an_image"] == 1
@@ -139,8 +145,9 @@ def test_output_folder_inside_input_folder_is_never_embedded(tmp_path):
     make_folder(str(src), {"x.jpg": fixtures.jpeg(64, 64)})
     out = str(src / "embeddings")
     for _ in range(2):  # the second run sees the first run's outputs
-        totals = main.Run().execute(["--input_dir", str(src), "--output_dir", out,
-                           "--weights", "random:0"])
+        totals = main.Run().execute(
+            ["--input_dir", str(src), "--output_dir", out, "--weights", "random:0"]
+        )
     assert totals["images_embedded"] == 1
     assert [r["name"] for r in read_rows(out)] == ["x.jpg"]
 
@@ -149,29 +156,46 @@ def test_streaming_with_test_stream(tmp_path):
     """Refs arrive over time on an unbounded source; every good one is embedded and
     the bad one is dead-lettered, with windows firing as the watermark advances."""
     src = str(tmp_path / "images")
-    make_folder(src, {"one.jpg": fixtures.jpeg(seed=5), "two.png": fixtures.png(seed=6),
-                      "bad.jpg": b"\x00" * 10})
+    make_folder(
+        src,
+        {
+            "one.jpg": fixtures.jpeg(seed=5),
+            "two.png": fixtures.png(seed=6),
+            "bad.jpg": b"\x00" * 10,
+        },
+    )
     refs = [local_ref(src, os.path.join(src, n)) for n in ("one.jpg", "two.png", "bad.jpg")]
-    stream = (TestStream()
-              .advance_watermark_to(0)
-              .add_elements([refs[0]])
-              .advance_processing_time(2)
-              .add_elements([refs[1], refs[2]])
-              # Past the batching's real-time flush (--max_batch_duration_secs): what
-              # is left flushes then, as in a live stream, not at the window's end.
-              .advance_processing_time(int(time.time()) + 60)
-              .advance_watermark_to_infinity())
-    opts = EmbedOptions(["--input_dir", src, "--weights", "random:0",
-                         "--output_dir", str(tmp_path / "out")])
+    stream = (
+        TestStream()
+        .advance_watermark_to(0)
+        .add_elements([refs[0]])
+        .advance_processing_time(2)
+        .add_elements([refs[1], refs[2]])
+        # Past the batching's real-time flush (--max_batch_duration_secs): what
+        # is left flushes then, as in a live stream, not at the window's end.
+        .advance_processing_time(int(time.time()) + 60)
+        .advance_watermark_to_infinity()
+    )
+    opts = EmbedOptions(
+        ["--input_dir", src, "--weights", "random:0", "--output_dir", str(tmp_path / "out")]
+    )
     opts.view_as(StandardOptions).streaming = True
     with TestPipeline(options=opts) as p:
         out = pipeline.embed_refs(p | stream, opts)
-        assert_that(out["rows"] | beam.Map(lambda r: (r["name"], len(r["embedding"]))),
-                    equal_to([("one.jpg", 2048), ("two.png", 2048)]), label="rows")
-        assert_that(out["dead_letters"] | beam.Map(lambda d: (d.ref.name, d.reason)),
-                    equal_to([("bad.jpg", "not_an_image")]), label="dead")
+        assert_that(
+            out["rows"] | beam.Map(lambda r: (r["name"], len(r["embedding"]))),
+            equal_to([("one.jpg", 2048), ("two.png", 2048)]),
+            label="rows",
+        )
+        assert_that(
+            out["dead_letters"] | beam.Map(lambda d: (d.ref.name, d.reason)),
+            equal_to([("bad.jpg", "not_an_image")]),
+            label="dead",
+        )
     # Shards under the model id's weights and runtime, holding both vectors.
     written = glob.glob(os.path.join(tmp_path, "out", "vectors", "shards", "*", "*.npy"))
-    assert all(re.fullmatch(r"[0-9a-f]{16}\.onnxruntime-[\d.]+",
-                            os.path.basename(os.path.dirname(w))) for w in written), written
+    assert all(
+        re.fullmatch(r"[0-9a-f]{16}\.onnxruntime-[\d.]+", os.path.basename(os.path.dirname(w)))
+        for w in written
+    ), written
     assert sum(len(vectors.read_vectors(w)) for w in written) == 2

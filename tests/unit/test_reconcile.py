@@ -1,6 +1,8 @@
 """The catch-up's pure core: merging a listing with what the tables hold."""
+
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from streaming.sources import catch_up
 
@@ -20,21 +22,24 @@ def dead(name, generation, attempts=1, final=False):
 
 
 def to_embed(listing, known, **kw):
-    return [(f.resource["name"], int(f.resource["generation"]), f.attempt)
-            for f in catch_up.compare(listing, known, "b", **kw)
-            if f.action == catch_up.EMBED]
+    return [
+        (f.resource["name"], int(f.resource["generation"]), f.attempt)
+        for f in catch_up.compare(listing, known, "b", **kw)
+        if f.action == catch_up.EMBED
+    ]
 
 
 def gone(listing, known, **kw):
-    return [(f.resource["name"], int(f.resource["generation"]))
-            for f in catch_up.compare(listing, known, "b", **kw)
-            if f.action == catch_up.GONE]
+    return [
+        (f.resource["name"], int(f.resource["generation"]))
+        for f in catch_up.compare(listing, known, "b", **kw)
+        if f.action == catch_up.GONE
+    ]
 
 
 def test_generations_with_neither_row_nor_dead_letter_are_embedded():
     listing = [res("a.jpg", 1), res("b.jpg", 5), res("c.jpg", 2), res("d.jpg", 9)]
-    known = [row("a.jpg", 1), row("b.jpg", 4), row("c.jpg", 1), row("c.jpg", 2),
-             row("zz.jpg", 1)]
+    known = [row("a.jpg", 1), row("b.jpg", 4), row("c.jpg", 1), row("c.jpg", 2), row("zz.jpg", 1)]
     assert to_embed(listing, known) == [("b.jpg", 5, 0), ("d.jpg", 9, 0)]
 
 
@@ -43,16 +48,23 @@ def test_every_listed_generation_has_one_finding_in_name_order():
     known = [row("a.jpg", 1), dead("c.jpg", 2, final=True)]
     findings = list(catch_up.compare(listing, known, "b"))
     assert [(f.resource["name"], f.action) for f in findings] == [
-        ("a.jpg", catch_up.DONE), ("b.jpg", catch_up.EMBED), ("c.jpg", catch_up.DONE)]
+        ("a.jpg", catch_up.DONE),
+        ("b.jpg", catch_up.EMBED),
+        ("c.jpg", catch_up.DONE),
+    ]
 
 
 def test_current_rows_whose_generation_is_gone_get_a_tombstone():
     listing = [res("b.jpg", 5), res("m.jpg", 1)]
-    known = [row("a.jpg", 1),                       # deleted: gone
-             row("b.jpg", 4), row("b.jpg", 5),      # replaced: 4 is gone, 5 is live
-             row("k.jpg", 2),                       # deleted, its tombstone written
-             row("k.jpg", 2, deleted=True),
-             row("m.jpg", 1), row("z.jpg", 3)]      # z: deleted, after the last listed
+    known = [
+        row("a.jpg", 1),  # deleted: gone
+        row("b.jpg", 4),
+        row("b.jpg", 5),  # replaced: 4 is gone, 5 is live
+        row("k.jpg", 2),  # deleted, its tombstone written
+        row("k.jpg", 2, deleted=True),
+        row("m.jpg", 1),
+        row("z.jpg", 3),
+    ]  # z: deleted, after the last listed
     assert gone(listing, known) == [("a.jpg", 1), ("b.jpg", 4), ("z.jpg", 3)]
     assert to_embed(listing, known) == []
 
@@ -64,13 +76,19 @@ def test_dead_letters_only_are_not_gone_when_missing():
 
 def test_retryable_dead_letters_are_embedded_again_up_to_the_limit():
     listing = [res("a.jpg", 1), res("b.jpg", 1), res("c.jpg", 1), res("d.jpg", 1)]
-    known = [dead("a.jpg", 1, attempts=1),                # one try so far: again
-             dead("b.jpg", 1, attempts=catch_up.failures.MAX_ATTEMPTS),  # used up
-             dead("c.jpg", 1, final=True),                # final: left alone
-             dead("d.jpg", 1, attempts=2), row("d.jpg", 1)]  # a later try made its row
+    known = [
+        dead("a.jpg", 1, attempts=1),  # one try so far: again
+        dead("b.jpg", 1, attempts=catch_up.failures.MAX_ATTEMPTS),  # used up
+        dead("c.jpg", 1, final=True),  # final: left alone
+        dead("d.jpg", 1, attempts=2),
+        row("d.jpg", 1),
+    ]  # a later try made its row
     assert to_embed(listing, known) == [("a.jpg", 1, 1)]
     assert to_embed(listing, known, retry_dead_letters=True) == [
-        ("a.jpg", 1, 1), ("b.jpg", 1, 3), ("c.jpg", 1, 1)]
+        ("a.jpg", 1, 1),
+        ("b.jpg", 1, 3),
+        ("c.jpg", 1, 1),
+    ]
 
 
 def test_a_row_and_a_dead_letter_of_one_generation_merge():
@@ -93,9 +111,9 @@ def test_merge_equals_set_differences(live, known):
     listing = [res(n, g) for n, g in sorted(live.items())]
     rows = [row(n, g) for n, g in sorted(known)]
     assert [(n, g) for n, g, _ in to_embed(listing, rows)] == [
-        (n, g) for n, g in sorted(live.items()) if (n, g) not in known]
-    assert gone(listing, rows) == [(n, g) for n, g in sorted(known)
-                                   if live.get(n) != g]
+        (n, g) for n, g in sorted(live.items()) if (n, g) not in known
+    ]
+    assert gone(listing, rows) == [(n, g) for n, g in sorted(known) if live.get(n) != g]
 
 
 def test_merge_reads_the_known_stream_lazily():
@@ -116,14 +134,18 @@ def test_merge_reads_the_known_stream_lazily():
 
 def test_scopes_cover_each_bucket_and_prefix():
     assert catch_up.scopes(["x", "y"], ["p/", "q/"]) == [
-        catch_up.Scope("x", "p/"), catch_up.Scope("x", "q/"),
-        catch_up.Scope("y", "p/"), catch_up.Scope("y", "q/")]
+        catch_up.Scope("x", "p/"),
+        catch_up.Scope("x", "q/"),
+        catch_up.Scope("y", "p/"),
+        catch_up.Scope("y", "q/"),
+    ]
     assert catch_up.scopes(["x"], None) == [catch_up.Scope("x", "")]
 
 
 def test_known_query_unions_rows_and_dead_letters_in_name_order():
-    sql = catch_up.known_query("my-project:ds.embeddings", "my-project:ds.dead_letters",
-                                fingerprint="abc", after="k")
+    sql = catch_up.known_query(
+        "my-project:ds.embeddings", "my-project:ds.dead_letters", fingerprint="abc", after="k"
+    )
     assert "`my-project.ds.embeddings`" in sql and "`my-project.ds.dead_letters`" in sql
     assert "UNION ALL" in sql and sql.endswith("ORDER BY name, generation")
     assert "@fingerprint" in sql and sql.count("name > @after") == 2
@@ -133,54 +155,94 @@ def test_known_query_unions_rows_and_dead_letters_in_name_order():
 
 
 def test_a_catch_up_ref_is_what_the_notification_would_give():
-    resource = {"bucket": "b", "name": "x/cat.jpg", "generation": "17", "size": "10",
-                "contentType": "image/jpeg", "updated": "2026-01-01T00:00:00Z"}
+    resource = {
+        "bucket": "b",
+        "name": "x/cat.jpg",
+        "generation": "17",
+        "size": "10",
+        "contentType": "image/jpeg",
+        "updated": "2026-01-01T00:00:00Z",
+    }
     ref = catch_up.ref_of(resource, "catchup")
     assert (ref.bucket, ref.name, ref.generation, ref.size) == ("b", "x/cat.jpg", 17, 10)
     assert ref.content_type == "image/jpeg" and ref.source == "catchup"
     again = catch_up.finding_ref(catch_up.Finding(resource, catch_up.EMBED, 2), "catchup")
     assert again.attempt == 2 and again.event_type == "OBJECT_FINALIZE"
-    deletion = catch_up.finding_ref(catch_up.Finding(
-        {"bucket": "b", "name": "x/cat.jpg", "generation": "17"}, catch_up.GONE), "catchup")
+    deletion = catch_up.finding_ref(
+        catch_up.Finding({"bucket": "b", "name": "x/cat.jpg", "generation": "17"}, catch_up.GONE),
+        "catchup",
+    )
     assert deletion.event_type == "OBJECT_DELETE" and deletion.generation == 17
 
 
 def catch_up_opts(*extra):
     from streaming.main import make_options
-    return make_options(["--input_subscription", "projects/my-project/subscriptions/images",
-                         "--output_table", "my-project:ds.t", *extra])
+
+    return make_options(
+        [
+            "--input_subscription",
+            "projects/my-project/subscriptions/images",
+            "--output_table",
+            "my-project:ds.t",
+            *extra,
+        ]
+    )
 
 
-@pytest.mark.parametrize("extra, runner, expected", [
-    (["--buckets", "b"], None, True),  # local runner: messages acked when pulled
-    (["--buckets", "b"], "DataflowRunner", False),  # Dataflow redelivers by itself
-    (["--buckets", "b", "--catch_up", "always"], "DataflowRunner", True),
-    (["--buckets", "b", "--catch_up", "never"], None, False),
-    ([], None, False),  # nothing to list
-])
+@pytest.mark.parametrize(
+    "extra, runner, expected",
+    [
+        (["--buckets", "b"], None, True),  # local runner: messages acked when pulled
+        (["--buckets", "b"], "DataflowRunner", False),  # Dataflow redelivers by itself
+        (["--buckets", "b", "--catch_up", "always"], "DataflowRunner", True),
+        (["--buckets", "b", "--catch_up", "never"], None, False),
+        ([], None, False),  # nothing to list
+    ],
+)
 def test_catch_up_runs_where_the_runner_acks_before_processing(extra, runner, expected):
     from streaming.pipeline import catch_up_enabled
+
     opts = catch_up_opts(*extra, *(["--runner", runner] if runner else []))
     assert catch_up_enabled(opts) is expected
 
 
 def test_periodic_catch_up_is_refused_on_the_local_runner_in_one_line():
     from streaming.pipeline import catch_up_enabled
+
     with pytest.raises(ValueError, match="--catch_up_every_minutes runs on Dataflow"):
         catch_up_enabled(catch_up_opts("--buckets", "b", "--catch_up_every_minutes", "5"))
 
 
 def test_a_dataflow_job_can_catch_up_at_start_and_periodically():
     import apache_beam as beam
+
     from streaming.pipeline import build_pipeline
+
     opts = catch_up_opts(
-        "--buckets", "my-images", "--include_prefix", "uploads/", "--catch_up", "always",
-        "--catch_up_every_minutes", "60", "--runner", "DataflowRunner", "--dry_run", "True",
-        "--project", "my-project", "--region", "us-central1",
-        "--temp_location", "gs://my-temp-bucket/tmp", "--weights", "random:0")
+        "--buckets",
+        "my-images",
+        "--include_prefix",
+        "uploads/",
+        "--catch_up",
+        "always",
+        "--catch_up_every_minutes",
+        "60",
+        "--runner",
+        "DataflowRunner",
+        "--dry_run",
+        "True",
+        "--project",
+        "my-project",
+        "--region",
+        "us-central1",
+        "--temp_location",
+        "gs://my-temp-bucket/tmp",
+        "--weights",
+        "random:0",
+    )
     pipeline = beam.Pipeline(options=opts)
     build_pipeline(pipeline, opts)
-    names = {t.unique_name for t in
-             pipeline.run().job.proto_pipeline.components.transforms.values()}
-    assert {"Catch up/Every interval", "Catch up/Find unprocessed",
-            "Notified and missed"} <= names
+    names = {
+        t.unique_name for t in pipeline.run().job.proto_pipeline.components.transforms.values()
+    }
+    assert {"Catch up/Every interval", "Catch up/Find unprocessed", "Notified and missed"} <= names

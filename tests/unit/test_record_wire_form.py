@@ -1,5 +1,6 @@
 """Records that cross a shuffle keep one versioned wire form, so a running job's buffered
 state decodes in the job that replaces it with `--update`, and a mismatch fails loudly."""
+
 import pickle
 import pickletools
 
@@ -10,23 +11,44 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from streaming import records
 from streaming.coders import RecordCoder
-from streaming.records import (DeadLetter, ImageInfo, ImageRef, RecordFormatError,
-                               decode_record, encode_record)
+from streaming.records import (
+    DeadLetter,
+    ImageInfo,
+    ImageRef,
+    RecordFormatError,
+    decode_record,
+    encode_record,
+)
 
-REF = ImageRef("photos", "cats/ünï 🐱.jpg", 1795750320437406, content_type="image/jpeg",
-               size=13, event_time="2026-11-27T03:32:00Z", metadata=(("owner", "ana"),))
+REF = ImageRef(
+    "photos",
+    "cats/ünï 🐱.jpg",
+    1795750320437406,
+    content_type="image/jpeg",
+    size=13,
+    event_time="2026-11-27T03:32:00Z",
+    metadata=(("owner", "ana"),),
+)
 INFO = ImageInfo(REF, 640, 480, "JPEG")
 DEAD = DeadLetter("load", "not_an_image", "cannot identify image file", ref=REF)
-RECORDS = [REF, ImageRef("b", "n", 1), INFO, ImageInfo(ImageRef("b", "n", 1), 1, 1, None),
-           DEAD, DeadLetter("parse", "bad_json", "Expecting value", raw="{oops")]
+RECORDS = [
+    REF,
+    ImageRef("b", "n", 1),
+    INFO,
+    ImageInfo(ImageRef("b", "n", 1), 1, 1, None),
+    DEAD,
+    DeadLetter("parse", "bad_json", "Expecting value", raw="{oops"),
+]
 
 # Format 1 bytes as a running job holds them: they must keep decoding to the same record.
 # If this test fails, the wire form changed: bump RECORD_FORMAT (an update then needs a
 # drain, docs/dataflow.md) and replace these bytes with the new encoding.
-GOLDEN_REF = (b'\x01{"f":{"bucket":"photos","content_type":"image/jpeg","event_time":'
-              b'"2026-11-27T03:32:00Z","generation":1795750320437406,"metadata":[["owner",'
-              b'"ana"]],"name":"cats/\xc3\xbcn\xc3\xaf \xf0\x9f\x90\xb1.jpg","size":13},'
-              b'"t":"ImageRef"}')
+GOLDEN_REF = (
+    b'\x01{"f":{"bucket":"photos","content_type":"image/jpeg","event_time":'
+    b'"2026-11-27T03:32:00Z","generation":1795750320437406,"metadata":[["owner",'
+    b'"ana"]],"name":"cats/\xc3\xbcn\xc3\xaf \xf0\x9f\x90\xb1.jpg","size":13},'
+    b'"t":"ImageRef"}'
+)
 
 
 @pytest.mark.parametrize("record", RECORDS, ids=lambda r: type(r).__name__)
@@ -46,8 +68,11 @@ def test_format_1_bytes_still_decode_and_encoding_is_stable():
 
 
 def test_pickles_name_only_the_decoder_not_the_class_layout():
-    globals_used = {arg for op, arg, _ in pickletools.genops(pickle.dumps(INFO, protocol=3))
-                    if op.name == "GLOBAL"}
+    globals_used = {
+        arg
+        for op, arg, _ in pickletools.genops(pickle.dumps(INFO, protocol=3))
+        if op.name == "GLOBAL"
+    }
     assert globals_used == {"streaming.records decode_record"}
 
 
@@ -74,7 +99,10 @@ def test_coder_rejects_another_record_type():
 
 def test_typed_records_cross_a_shuffle_with_the_registered_coder():
     with TestPipeline(runner="BundleBasedDirectRunner") as p:
-        out = (p | beam.Create([INFO, ImageInfo(REF, 1, 2, "PNG")]).with_output_types(ImageInfo)
-               | beam.Reshuffle())
+        out = (
+            p
+            | beam.Create([INFO, ImageInfo(REF, 1, 2, "PNG")]).with_output_types(ImageInfo)
+            | beam.Reshuffle()
+        )
         assert out.element_type is ImageInfo
         assert_that(out, equal_to([INFO, ImageInfo(REF, 1, 2, "PNG")]))

@@ -18,9 +18,21 @@ def test_generation_and_bucket_are_part_of_the_identity():
     assert len(paths) == 4 and len(keys) == 4
 
 
-@pytest.mark.parametrize("name", ["..", "../../etc/passwd", "/abs/path.jpg", "a/../../b.jpg",
-                                  "line\nbreak.jpg", "ünï/çødé 🐱.jpg", ".", "", "a" * 1024,
-                                  "%2F..%2F.jpg"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "..",
+        "../../etc/passwd",
+        "/abs/path.jpg",
+        "a/../../b.jpg",
+        "line\nbreak.jpg",
+        "ünï/çødé 🐱.jpg",
+        ".",
+        "",
+        "a" * 1024,
+        "%2F..%2F.jpg",
+    ],
+)
 def test_odd_names_stay_inside_the_output_folder(tmp_path, name):
     rel = object_file_name("bucket", name, 7, ".npy")
     root = tmp_path / "out"
@@ -46,6 +58,7 @@ def test_dead_letter_row_is_bounded_and_keyed():
 
 def test_object_uri_is_the_one_rule_for_refs_and_rows():
     from analysis.rows import uri_of
+
     cloud = ImageRef("bkt", "a/b.jpg", 1)
     local = ImageRef("/data/in/", "a/b.jpg", 1, source="local")
     assert cloud.uri == "gs://bkt/a/b.jpg" == object_uri("bkt", "a/b.jpg", local=False)
@@ -58,13 +71,16 @@ def test_unexpected_errors_become_rejections_with_a_reason():
     from google.api_core import exceptions as gexc
 
     from streaming.records import Rejected, rejected_from
-    cases = [(gexc.Forbidden("no storage.objects.get"), "permission_denied"),
-             (gexc.Unauthorized("expired"), "permission_denied"),
-             (PermissionError(13, "Permission denied"), "permission_denied"),
-             (gexc.NotFound("no such bucket"), "not_found"),
-             (gexc.ServiceUnavailable("backend"), "read_error"),
-             (gexc.RetryError("deadline exceeded", None), "read_error"),
-             (KeyError("size"), "read_error")]
+
+    cases = [
+        (gexc.Forbidden("no storage.objects.get"), "permission_denied"),
+        (gexc.Unauthorized("expired"), "permission_denied"),
+        (PermissionError(13, "Permission denied"), "permission_denied"),
+        (gexc.NotFound("no such bucket"), "not_found"),
+        (gexc.ServiceUnavailable("backend"), "read_error"),
+        (gexc.RetryError("deadline exceeded", None), "read_error"),
+        (KeyError("size"), "read_error"),
+    ]
     for error, reason in cases:
         rejected = rejected_from(error, "read_error")
         assert rejected.reason == reason, error

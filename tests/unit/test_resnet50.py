@@ -1,6 +1,7 @@
 """ResNet50's ONNX graph built from its weights: the same weights and order as Keras,
 the same vectors as TensorFlow (batch normalization included), every weights-file
 layout read, and a first ONNX run that never imports TensorFlow."""
+
 import pathlib
 
 import numpy as np
@@ -66,8 +67,9 @@ def test_a_trained_looking_model_gives_tensorflows_vectors_from_both_file_layout
     for path in (keras3, keras2):
         weights = resnet50.read_weights_h5(path)
         assert all(np.array_equal(a, b) for a, b in zip(weights, keras_model.get_weights()))
-        session = ort.InferenceSession(resnet50.to_onnx(weights),
-                                       providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(
+            resnet50.to_onnx(weights), providers=["CPUExecutionProvider"]
+        )
         got = session.run(None, {"pixels": pixels})[0]
         assert _cosines(expected, got).min() >= 0.99999, path
         np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
@@ -75,6 +77,7 @@ def test_a_trained_looking_model_gives_tensorflows_vectors_from_both_file_layout
 
 def test_an_h5_file_of_another_layout_is_not_read_as_resnet50(tmp_path):
     import h5py
+
     path = str(tmp_path / "other.weights.h5")
     with h5py.File(path, "w") as f:
         f.create_dataset("layers/dense/vars/0", data=np.zeros((3, 3), np.float32))
@@ -82,7 +85,8 @@ def test_an_h5_file_of_another_layout_is_not_read_as_resnet50(tmp_path):
 
 
 def test_a_first_onnx_run_imports_no_tensorflow_and_says_where_it_stores_the_model(
-        tmp_path, keras_model):
+    tmp_path, keras_model
+):
     """`random:SEED` and a `.weights.h5` file, both with an empty cache, in a fresh
     process: the graph is built and stored without TensorFlow, the process says so in
     one line, and the fingerprints are those Keras computes."""
@@ -96,7 +100,8 @@ def test_a_first_onnx_run_imports_no_tensorflow_and_says_where_it_stores_the_mod
         f"b = inference.load_embedding_model({weights_file!r}, 'onnx', {cache!r})\n"
         "heavy = sorted(n for n in sys.modules if n.split('.')[0] in "
         "('tensorflow', 'keras', 'tf2onnx'))\n"
-        "print(json.dumps([a.fingerprint, b.fingerprint, heavy]))\n")
+        "print(json.dumps([a.fingerprint, b.fingerprint, heavy]))\n"
+    )
     (a, b, heavy), stderr = python_json(code, timeout=240)
     assert heavy == []
     assert a == b == inference.weights_fingerprint(keras_model)
@@ -109,5 +114,6 @@ def test_a_first_onnx_run_imports_no_tensorflow_and_says_where_it_stores_the_mod
 def test_a_file_written_without_tensorflow_loads_in_keras(tmp_path, keras_model):
     path = str(tmp_path / "w.weights.h5")
     resnet50.write_weights_h5(path, resnet50.random_weights(0))
-    assert inference.weights_fingerprint(inference.load_keras_model(path)) == \
-        inference.weights_fingerprint(keras_model)
+    assert inference.weights_fingerprint(
+        inference.load_keras_model(path)
+    ) == inference.weights_fingerprint(keras_model)

@@ -1,5 +1,6 @@
 """Vectors in shards: the float32 wire form, shard names, create-only shard writes and the
 rows that point into them (streaming/sinks/vectors.py)."""
+
 from __future__ import annotations
 
 import io
@@ -7,15 +8,14 @@ import json
 import os
 import time
 
+import apache_beam as beam
 import numpy as np
 import pytest
-
-import apache_beam as beam
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from streaming.sinks import files, vectors
 from streaming.records import ImageInfo, ImageRef, RecordFormatError
+from streaming.sinks import files, vectors
 
 MODEL = "resnet50-avgpool@0123456789abcdef+onnxruntime-1.32.0"
 
@@ -74,15 +74,31 @@ def test_a_group_becomes_one_shard_and_each_row_points_at_its_vector(tmp_path):
     group = [item(i) for i in range(5)]
     with TestPipeline() as p:
         out = p | beam.Create([group], reshuffle=False) | vectors.WriteShards(root)
-        assert_that(out.rows | beam.Map(lambda r: (r["name"], r["vector_index"])),
-                    equal_to([(f"img-{i}.jpg", i) for i in range(5)]), label="indexes")
-        assert_that(out.rows | beam.Map(lambda r: r["vector_uri"]) | beam.Distinct(),
-                    equal_to([os.path.abspath(vectors.shard_path(
-                        root, MODEL, [e.info.ref.key for e in group]))]), label="one shard")
-        assert_that(out.rows | beam.Map(
-            lambda r: bool(np.array_equal(
-                vectors.read_vectors(r["vector_uri"], [r["vector_index"]])[0],
-                np.float32(r["embedding"])))), equal_to([True] * 5), label="own vector")
+        assert_that(
+            out.rows | beam.Map(lambda r: (r["name"], r["vector_index"])),
+            equal_to([(f"img-{i}.jpg", i) for i in range(5)]),
+            label="indexes",
+        )
+        assert_that(
+            out.rows | beam.Map(lambda r: r["vector_uri"]) | beam.Distinct(),
+            equal_to(
+                [os.path.abspath(vectors.shard_path(root, MODEL, [e.info.ref.key for e in group]))]
+            ),
+            label="one shard",
+        )
+        assert_that(
+            out.rows
+            | beam.Map(
+                lambda r: bool(
+                    np.array_equal(
+                        vectors.read_vectors(r["vector_uri"], [r["vector_index"]])[0],
+                        np.float32(r["embedding"]),
+                    )
+                )
+            ),
+            equal_to([True] * 5),
+            label="own vector",
+        )
     written = [f for _, _, files in os.walk(root) for f in files]
     assert len(written) == 1
 
@@ -91,15 +107,25 @@ def test_groups_of_two_models_never_share_a_shard(tmp_path):
     root = str(tmp_path / "vectors")
     other = MODEL.replace("0123456789abcdef", "fedcba9876543210")
     with TestPipeline() as p:
-        out = (p | beam.Create([[item(0), item(1, other), item(2)]], reshuffle=False)
-               | vectors.WriteShards(root))
-        assert_that(out.rows | beam.Map(lambda r: (r["name"], r["model_fingerprint"],
-                                                   r["vector_index"])),
-                    equal_to([("img-0.jpg", "0123456789abcdef", 0),
-                              ("img-2.jpg", "0123456789abcdef", 1),
-                              ("img-1.jpg", "fedcba9876543210", 0)]))
+        out = (
+            p
+            | beam.Create([[item(0), item(1, other), item(2)]], reshuffle=False)
+            | vectors.WriteShards(root)
+        )
+        assert_that(
+            out.rows | beam.Map(lambda r: (r["name"], r["model_fingerprint"], r["vector_index"])),
+            equal_to(
+                [
+                    ("img-0.jpg", "0123456789abcdef", 0),
+                    ("img-2.jpg", "0123456789abcdef", 1),
+                    ("img-1.jpg", "fedcba9876543210", 0),
+                ]
+            ),
+        )
     assert sorted(os.listdir(os.path.join(root, "shards"))) == [
-        "0123456789abcdef.onnxruntime-1.32.0", "fedcba9876543210.onnxruntime-1.32.0"]
+        "0123456789abcdef.onnxruntime-1.32.0",
+        "fedcba9876543210.onnxruntime-1.32.0",
+    ]
 
 
 class _Blob:
@@ -108,6 +134,7 @@ class _Blob:
 
     def upload_from_string(self, data, content_type=None, if_generation_match=None, retry=None):
         from google.api_core import exceptions as gexc
+
         self.store.attempts.append(self.name)
         if self.store.fail:
             raise gexc.ServiceUnavailable("down")
@@ -143,7 +170,7 @@ def test_a_retried_group_finds_its_shard_and_emits_the_same_rows():
     assert len(store.objects) == 1 and len(store.attempts) == 2 and not dead
     strip = lambda rows: [(r["row_key"], r["vector_uri"], r["vector_index"]) for r in rows]
     assert strip(first) == strip(again)
-    (name, data), = store.objects.items()
+    ((name, data),) = store.objects.items()
     matrix = np.load(io.BytesIO(data))
     for r in first:
         np.testing.assert_array_equal(matrix[r["vector_index"]], np.float32(r["embedding"]))
@@ -156,20 +183,26 @@ def test_a_shard_that_cannot_be_written_dead_letters_every_image_in_it(monkeypat
     monkeypatch.setattr("time.sleep", lambda s: None)
     rows, dead = _run_fn(fn, [item(0), item(1)])
     assert rows == [] and not store.objects
-    assert [(d.ref.name, d.reason) for d in dead] == [("img-0.jpg", "vector_write_error"),
-                                                     ("img-1.jpg", "vector_write_error")]
+    assert [(d.ref.name, d.reason) for d in dead] == [
+        ("img-0.jpg", "vector_write_error"),
+        ("img-1.jpg", "vector_write_error"),
+    ]
 
 
 def test_streaming_groups_fill_shards_up_to_the_size():
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.testing.test_stream import TestStream
+
     opts = PipelineOptions()
     opts.view_as(StandardOptions).streaming = True
     items = [item(i) for i in range(7)]
     # Past the real-time flush: the lone seventh vector goes out then, in a shard of one.
-    stream = (TestStream().add_elements(items)
-              .advance_processing_time(int(time.time()) + 3600)
-              .advance_watermark_to_infinity())
+    stream = (
+        TestStream()
+        .add_elements(items)
+        .advance_processing_time(int(time.time()) + 3600)
+        .advance_watermark_to_infinity()
+    )
     with TestPipeline(options=opts) as p:
         groups = p | stream | vectors.GroupForShards(3, 60, 1, streaming=True)
         assert_that(groups | beam.Map(len), equal_to([3, 3, 1]))
@@ -177,6 +210,7 @@ def test_streaming_groups_fill_shards_up_to_the_size():
 
 def test_readers_take_a_row_without_its_embedding_from_the_shard(tmp_path):
     from analysis.rows import LocalRows
+
     out = tmp_path / "out"
     group = [item(i) for i in range(3)]
     root = str(out / "vectors")
@@ -191,17 +225,23 @@ def test_readers_take_a_row_without_its_embedding_from_the_shard(tmp_path):
             f.write(files.ndjson_line(r))
     current = {r["name"]: r for r in LocalRows(str(out)).current()}
     for e in group:
-        np.testing.assert_array_equal(np.float32(current[e.info.ref.name]["embedding"]),
-                                      e.vector)
+        np.testing.assert_array_equal(np.float32(current[e.info.ref.name]["embedding"]), e.vector)
 
 
-@pytest.mark.parametrize("flag,value", [("--vectors_per_shard", "0"), ("--shard_keys", "0"),
-                                        ("--shard_wait_secs", "0"),
-                                        ("--shard_idle_secs", "0"),
-                                        ("--shard_idle_secs", "nan")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--vectors_per_shard", "0"),
+        ("--shard_keys", "0"),
+        ("--shard_wait_secs", "0"),
+        ("--shard_idle_secs", "0"),
+        ("--shard_idle_secs", "nan"),
+    ],
+)
 def test_shard_options_out_of_range_are_refused_before_the_job_starts(flag, value):
     from streaming import main
     from streaming.config.cli import UsageError
+
     with pytest.raises(UsageError, match=flag):
         main.make_options(["--input_dir", ".", "--output_dir", "out", flag, value])
 
@@ -216,6 +256,7 @@ def _groups_over_processing_time(idle_secs, steps):
     ("advance", secs) on the test clock, which starts at 0 (the fn's clock reads 0)."""
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
     from apache_beam.testing.test_stream import TestStream
+
     opts = PipelineOptions()
     opts.view_as(StandardOptions).streaming = True
     stream, made = TestStream(), 0
@@ -227,9 +268,12 @@ def _groups_over_processing_time(idle_secs, steps):
             stream = stream.advance_processing_time(value)
     stream = stream.advance_watermark_to_infinity()
     with TestPipeline(options=opts) as p:
-        groups = (p | stream | beam.Map(lambda e: (0, e))
-                  | beam.ParDo(vectors._ShardBufferFn(100, 60.0, idle_secs,
-                                                      clock=lambda: 0.0)))
+        groups = (
+            p
+            | stream
+            | beam.Map(lambda e: (0, e))
+            | beam.ParDo(vectors._ShardBufferFn(100, 60.0, idle_secs, clock=lambda: 0.0))
+        )
         assert_that(groups | beam.Map(len), equal_to(EXPECTED[idle_secs]))
 
 
@@ -239,5 +283,6 @@ EXPECTED = {0.1: [2, 1], 1.0: [3]}
 @pytest.mark.parametrize("idle_secs", sorted(EXPECTED))
 def test_a_lone_vector_waits_only_the_idle_gap(idle_secs):
     # Two vectors, 0.5 s of nothing, one more: a 0.1 s gap closes the first shard at two.
-    _groups_over_processing_time(idle_secs, [("add", 2), ("advance", 0.5), ("add", 1),
-                                             ("advance", 5.0)])
+    _groups_over_processing_time(
+        idle_secs, [("add", 2), ("advance", 0.5), ("add", 1), ("advance", 5.0)]
+    )

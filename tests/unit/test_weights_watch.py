@@ -1,6 +1,7 @@
 """--weights_watch: the newest weights under a location replace the running model by one
 swap, built beside it (never on a batch's path); a batch runs on one model; bad weights
 keep the running one; workers sharing the cache build each graph once."""
+
 import os
 import threading
 import time
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 
 from streaming import main
-from streaming.model import inference, onnx_runtime, resnet50, weights_watch
 from streaming.config.cli import UsageError
+from streaming.model import inference, onnx_runtime, resnet50, weights_watch
 
 
 class FakeModel:
@@ -70,7 +71,9 @@ def test_new_weights_are_built_beside_the_running_model_without_holding_a_batch(
         switch.start()
         assert building.wait(10)
         during = []
-        batch = threading.Thread(target=lambda: during.extend(inference.embed_batch(watched, BATCH)))
+        batch = threading.Thread(
+            target=lambda: during.extend(inference.embed_batch(watched, BATCH))
+        )
         batch.start()
         batch.join(10)
         assert not batch.is_alive(), "a batch waited for the new weights to build"
@@ -89,8 +92,9 @@ def test_new_weights_are_built_beside_the_running_model_without_holding_a_batch(
 
 def test_a_file_still_changing_is_not_built_until_it_settles(tmp_path):
     built = []
-    watched = weights_watch.WatchedModel(FakeModel(1), str(tmp_path), 3600,
-                                         lambda p: built.append(p) or FakeModel(2))
+    watched = weights_watch.WatchedModel(
+        FakeModel(1), str(tmp_path), 3600, lambda p: built.append(p) or FakeModel(2)
+    )
     try:
         _weights_file(tmp_path, "w.weights.h5", 1000)
         assert not watched.check_now()
@@ -110,7 +114,8 @@ def test_a_batch_runs_on_one_model_and_carries_its_id(tmp_path):
     try:
         results = inference.embed_batch(watched, BATCH)
         assert {(r.model_id, float(r.inference[0])) for r in results} == {
-            ("resnet50-avgpool@0000000000000001+fake-1", 1.0)}
+            ("resnet50-avgpool@0000000000000001+fake-1", 1.0)
+        }
     finally:
         watched.stop()
 
@@ -134,7 +139,7 @@ def test_the_watch_switches_by_itself_to_real_weights(tmp_path, capsys):
     cache = str(tmp_path / "cache")
     watch = tmp_path / "watch"
     watch.mkdir()
-    build = lambda spec: inference.build_embedding_model(spec, "onnx", cache)  # noqa: E731
+    build = lambda spec: inference.build_embedding_model(spec, "onnx", cache)
     watched = weights_watch.WatchedModel(build("random:0"), str(watch), 0.2, build)
     try:
         new = resnet50.random_weights(1)
@@ -146,10 +151,15 @@ def test_the_watch_switches_by_itself_to_real_weights(tmp_path, capsys):
             time.sleep(0.2)
         pixels = np.random.default_rng(0).integers(0, 255, (2, 224, 224, 3), np.uint8)
         import onnxruntime as ort
+
         direct = ort.InferenceSession(resnet50.to_onnx(new), providers=["CPUExecutionProvider"])
         [r0, r1] = inference.embed_batch(watched, list(pixels))
-        np.testing.assert_allclose(np.stack([r0.inference, r1.inference]),
-                                   direct.run(None, {"pixels": pixels})[0], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            np.stack([r0.inference, r1.inference]),
+            direct.run(None, {"pixels": pixels})[0],
+            rtol=1e-4,
+            atol=1e-4,
+        )
         assert inference.split_model_id(r0.model_id)[1] == resnet50.fingerprint(new)
     finally:
         watched.stop()
@@ -160,8 +170,8 @@ def test_workers_sharing_a_cache_build_each_graph_once(tmp_path, monkeypatch):
     """The entry another process claimed is waited for and loaded, not built again."""
     cache, spec = str(tmp_path), "random:4"
     key = onnx_runtime.cache_key(onnx_runtime.weights_source_id(spec))
-    assert onnx_runtime.claim_entry(cache, key)          # the other worker's claim
-    assert not onnx_runtime.claim_entry(cache, key)      # ours: taken
+    assert onnx_runtime.claim_entry(cache, key)  # the other worker's claim
+    assert not onnx_runtime.claim_entry(cache, key)  # ours: taken
     graph = resnet50.to_onnx(resnet50.random_weights(4))
 
     def other_worker_finishes():
@@ -185,15 +195,19 @@ def test_a_claim_whose_builder_died_is_taken_over(tmp_path):
     assert onnx_runtime.claim_entry(str(tmp_path), key, stale_after=300)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--weights_watch", "/no/such/folder"], "--weights_watch /no/such/folder: not a folder"),
-    (["--weights_watch", "gs://b/w/"], "--weights_watch: not a Cloud Storage bucket name"),
-    (["--weights_watch_interval", "0"], "--weights_watch_interval must be positive, not 0.0"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--weights_watch", "/no/such/folder"], "--weights_watch /no/such/folder: not a folder"),
+        (["--weights_watch", "gs://b/w/"], "--weights_watch: not a Cloud Storage bucket name"),
+        (["--weights_watch_interval", "0"], "--weights_watch_interval must be positive, not 0.0"),
+    ],
+)
 def test_a_wrong_watch_is_one_line_naming_it(tmp_path, argv, message):
     with pytest.raises(UsageError, match=message):
-        main.make_options(["--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")]
-                          + argv)
+        main.make_options(
+            ["--input_dir", str(tmp_path), "--output_dir", str(tmp_path / "o")] + argv
+        )
 
 
 def test_a_failed_build_gives_its_claim_back(tmp_path, monkeypatch):

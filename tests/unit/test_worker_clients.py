@@ -1,4 +1,5 @@
 """Workers' storage and BigQuery clients: one per process and endpoint, not per bundle."""
+
 from streaming.support import clients
 
 

@@ -1,5 +1,6 @@
 """The worker-layout options reach TensorFlow and refuse bad values (the Dataflow job's
 defaults: tests/unit/test_dataflow_launch.py)."""
+
 import json
 import os
 import subprocess
@@ -32,9 +33,11 @@ def test_the_model_handler_sizes_tensorflows_threads_before_it_builds_the_model(
         "handler = model_handler(opts)\n"
         "model = handler.load_model()\n"
         "print(json.dumps([tf.config.threading.get_intra_op_parallelism_threads(),"
-        " tf.config.threading.get_inter_op_parallelism_threads(), model.model_id]))\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+        " tf.config.threading.get_inter_op_parallelism_threads(), model.model_id]))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     intra, inter, model_id = json.loads(proc.stdout.strip().splitlines()[-1])
     assert (intra, inter) == (1, 2) and model_id.startswith("resnet50-avgpool@")
