@@ -133,3 +133,17 @@ def test_each_runtimes_row_points_at_its_own_vector(tmp_path):
             equal_to([("onnxruntime-1.32.0", 1.0, 1.0), ("tensorflow-2.21.0", 2.0, 2.0)]),
         )
     assert len(list((tmp_path / "vectors").rglob("*.npy"))) == 2
+
+
+def test_the_options_name_the_sinks():
+    from streaming import sinks
+    from streaming.config.options import EmbedOptions
+
+    def kinds(*argv):
+        return [type(s).__name__ for s in sinks.sinks_for(EmbedOptions(list(argv)))]
+
+    assert kinds("--output_dir", "out") == ["LocalFiles"]
+    assert kinds(
+        "--output_table", "p:d.t", "--dead_letter_table", "p:d.dl", "--output_dir", "out"
+    ) == ["BigQueryRows", "BigQueryDeadLetters", "LocalFiles"]
+    assert kinds("--output_gcs", "gs://b/v/") == []  # vectors only: no sink of rows
