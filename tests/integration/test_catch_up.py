@@ -48,9 +48,11 @@ def backlog(cloud, stack, tmp_path_factory):
             "--dead_letter_table", dead_table, "--output_gcs", f"gs://{vectors.name}/",
             "--buckets", bucket.name, "--weights", "random:0", "--local_endpoints",
             "--max_batch_duration_secs", "1", "--catch_up_chunk", "250",
-            # One shard group for the whole backlog, as a busy key fills at scale: its
-            # rows reach the BigQuery writer together, enough to fill requests to the cap.
-            "--shard_keys", "1", "--shard_wait_secs", "60", "--shard_idle_secs", "60"]
+            # One shard for the whole backlog, as a busy key fills at scale: its rows
+            # reach the BigQuery writer together, enough to fill requests to the cap,
+            # however slowly this machine embeds them. A few later uploads go after 60 s.
+            "--shard_keys", "1", "--vectors_per_shard", str(BACKLOG),
+            "--shard_wait_secs", "900", "--shard_idle_secs", "60"]
     state = {"job": None, "starts": 0}
 
     def start(env=None):
