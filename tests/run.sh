@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs and starts the local emulators (Pub/Sub,
 # fake-gcs-server, bqemulator) that the integration tests talk to, puts a proxy in
-# front of bqemulator that refuses what BigQuery refuses (tests/integration/
-# strict_bigquery.py: request bytes and rows), runs pytest, and stops them again.
+# front of bqemulator that refuses what BigQuery refuses (tools/strict_bigquery.py:
+# request bytes and rows), runs pytest, and stops them again.
 # Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +19,7 @@ trap cleanup EXIT
 . .emulators/env.sh
 port_file=.emulators/strict-bigquery.port
 rm -f "$port_file"
-"$PY" -m tests.integration.strict_bigquery --target "$BIGQUERY_EMULATOR_HOST" \
+"$PY" -m tools.strict_bigquery --target "$BIGQUERY_EMULATOR_HOST" \
   --port-file "$port_file" > .emulators/logs/strict-bigquery.log 2>&1 &
 STRICT_PID=$!
 for _ in $(seq 100); do [[ -s "$port_file" ]] && break; sleep 0.1; done

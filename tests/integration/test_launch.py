@@ -16,7 +16,7 @@ import urllib.parse
 
 import pytest
 
-from tests.integration.http_proxy import HttpProxy, gcs_error
+from tools.http_proxy import HttpProxy, gcs_error
 from tests.launcher import launcher_argv
 from tests.unit.test_infra import iam_grants
 

@@ -6,7 +6,7 @@ import pytest
 from streaming import main, onnx_model
 from streaming.options import EmbedOptions
 from streaming.pipeline import model_threads
-from tests.processes import python_json
+from tools.processes import python_json
 
 LOCAL = ["--input_dir", "i", "--output_dir", "o"]
 DATAFLOW = ["--runner=DataflowRunner", "--project", "my-project", "--region",

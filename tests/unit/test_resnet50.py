@@ -8,7 +8,7 @@ import pytest
 
 from streaming import model, resnet50
 from streaming.images import decode_image
-from tests.processes import python_json
+from tools.processes import python_json
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "images").glob("*/*.jpg"))
