@@ -2,12 +2,26 @@
 # Runs the whole test suite: installs and starts the local emulators (Pub/Sub,
 # fake-gcs-server, bqemulator) that the integration tests talk to, puts a proxy in
 # front of bqemulator that refuses what BigQuery refuses (tools/strict_bigquery.py:
-# request bytes and rows), runs pytest, and stops them again.
-# Extra arguments go to pytest.
+# request bytes and rows), installs Chromium for the browser test
+# when it is missing, runs pytest (unit, checks and integration tests), and stops the
+# emulators again. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 bash emulators/install.sh
+# embed-map's HTML page is opened in headless Chromium (tests/unit/test_analysis_map.py):
+# Debian's packages, installed once; without apt-get that test skips and says why.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null; then
+    SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    echo "tests/run.sh: apt-get install chromium chromium-driver" >&2
+    $SUDO apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+      chromium chromium-driver >/dev/null
+  else
+    echo "tests/run.sh: no apt-get: the browser test of embed-map's page will skip" >&2
+  fi
+fi
 bash emulators/start.sh
 STRICT_PID=
 cleanup() {

@@ -220,3 +220,95 @@ def test_local_rows_sample_is_by_row_key(tmp_path):
     assert src.fingerprints() == [("feedfacefeedface", len(live))]
     sample = src.sample("feedfacefeedface", 4)
     assert [r["row_key"] for r in sample] == sorted(r["row_key"] for r in src.current())[:4]
+
+
+# The page in a browser: headless Chromium (Debian's chromium and chromium-driver
+# packages; tests/run.sh installs them) driven by Selenium.
+
+def _chromium() -> tuple[str, str] | None:
+    """(browser, driver) executables, or None where they are not installed."""
+    import shutil
+    browser = next(filter(None, map(shutil.which, ("chromium", "chromium-browser",
+                                                   "google-chrome"))), None)
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module; the console log is kept for the tests."""
+    found = _chromium()
+    if found is None:
+        pytest.skip("Chromium and chromedriver are not installed "
+                    "(apt-get install chromium chromium-driver)")
+    import subprocess
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1280,1000"):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(found[1],
+                                                               log_output=subprocess.DEVNULL))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver, path):
+    """Loads the page and returns what its console said while loading."""
+    import pathlib
+    driver.get(pathlib.Path(path).as_uri())
+    return driver.get_log("browser")
+
+
+def drawn_points(driver):
+    """name -> centre (client pixels) of every point the browser lays out inside the map,
+    with whether it is the topmost element there (what a hover reaches)."""
+    return driver.execute_script("""
+      var box = document.getElementById("map").getBoundingClientRect(), out = [];
+      document.querySelectorAll("#map circle").forEach(function (c) {
+        var r = c.getBoundingClientRect(), x = r.left + r.width / 2, y = r.top + r.height / 2;
+        var style = getComputedStyle(c);
+        out.push({name: c.querySelector("title").textContent, x: x, y: y,
+                  size: r.width, inside: x >= box.left && x <= box.right &&
+                                     y >= box.top && y <= box.bottom,
+                  visible: style.display !== "none" && style.visibility !== "hidden" &&
+                           +style.opacity > 0,
+                  topmost: document.elementFromPoint(x, y) === c});
+      });
+      return out;""")
+
+
+def test_the_page_in_a_browser_draws_every_point_and_names_it_on_hover(tmp_path, browser):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.by import By
+    _, out, live = make_folder(str(tmp_path), hostile_name=True)
+    page = str(tmp_path / "m.html")
+    assert map_cli.main(["--output_dir", out, "--png", "", "--html", page]) == 0
+    log = open_page(browser, page)
+    assert [e for e in log if e["level"] in ("SEVERE", "WARNING")] == []
+    points = drawn_points(browser)
+    assert sorted(p["name"] for p in points) == sorted(live)
+    assert all(p["inside"] and p["visible"] and p["size"] >= 6 for p in points), points
+    assert all(p["topmost"] for p in points), "a point hidden under another cannot be hovered"
+    card = browser.find_element(By.ID, "card")
+    assert not card.is_displayed()
+    for p in points:
+        hover = ActionBuilder(browser)
+        hover.pointer_action.move_to_location(round(p["x"]), round(p["y"]))
+        hover.perform()
+        assert card.is_displayed(), p["name"]
+        cells = [td.text for td in card.find_elements(By.TAG_NAME, "td")]
+        assert dict(zip(cells[::2], cells[1::2])).get("name") == p["name"]
+        img = card.find_element(By.TAG_NAME, "img")
+        assert browser.execute_script("return arguments[0].complete && "
+                                      "arguments[0].naturalWidth > 0", img), p["name"]
+    heading = browser.find_element(By.TAG_NAME, "h1")
+    ActionChains(browser).move_to_element(heading).perform()
+    assert not card.is_displayed()
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
