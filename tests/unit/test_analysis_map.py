@@ -283,6 +283,7 @@ def drawn_points(driver):
       return out;""")
 
 
+@pytest.mark.slow
 def test_the_page_in_a_browser_draws_every_point_and_names_it_on_hover(tmp_path, browser):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.actions.action_builder import ActionBuilder
