@@ -42,7 +42,10 @@ setuptools.setup(
                 # benchmarks/vs_script.py: process trees' memory and the machine's load.
                 "psutil>=7,<8",
                 # benchmarks/first_run.py: the Keras -> tf2onnx conversion, for comparison.
-                "tf2onnx>=1.17,<1.18"],
+                "tf2onnx>=1.17,<1.18",
+                # tests/unit/test_analysis_map.py opens embed-map's HTML page in headless Chromium (Debian's
+                # chromium and chromium-driver packages).
+                "selenium>=4.40,<5"],
         # GPU workers (Dockerfile --build-arg EXTRAS=gpu): TensorFlow with its CUDA wheels.
         "gpu": ["tensorflow[and-cuda]>=2.21,<2.22"],
     },

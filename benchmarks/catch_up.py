@@ -30,7 +30,7 @@ import uuid
 import psutil
 
 import _common as C
-from tests.processes import Child, python_module, wait_until
+from tools.processes import Child, python_module, wait_until
 
 GOALS = {"peak_gb": 1.5, "live_row_s": 10.0}
 
@@ -56,7 +56,7 @@ def run(args, work: str) -> dict:
     import schemas
     from streaming import endpoints
     from streaming.bigquery import make_table
-    from tests import fixtures
+    from tools.samples import jpeg_bytes
     # Fills the converted-model cache (not measured): the catch-up is measured, not a
     # first run's conversion.
     C.run_process(python_module("streaming.main", "--input_dir",
@@ -77,7 +77,7 @@ def run(args, work: str) -> dict:
     old = [(f"done/{i:06d}.jpg", b"x") for i in range(args.objects)]
     upload_many(bucket, old)
     gone = [f"gone/{i:04d}.jpg" for i in range(args.gone)]
-    missing = [(f"missing/{i:04d}.jpg", fixtures.jpeg(96, 64, seed=i))
+    missing = [(f"missing/{i:04d}.jpg", jpeg_bytes(96, 64, seed=i))
                for i in range(args.missing)]
     upload_many(bucket, missing)
     listed = {b.name: b.generation for b in storage.list_blobs(bucket.name)}
@@ -126,7 +126,7 @@ def run(args, work: str) -> dict:
         i = 0
         while done_at[0] is None and time.monotonic() - start < 1800:
             name = f"live/{i:03d}.jpg"
-            bucket.blob(name).upload_from_string(fixtures.jpeg(96, 64, seed=900 + i),
+            bucket.blob(name).upload_from_string(jpeg_bytes(96, 64, seed=900 + i),
                                                  content_type="image/jpeg")
             live[name] = time.monotonic()
             i += 1
@@ -153,7 +153,7 @@ def run(args, work: str) -> dict:
         job.stop()
 
     # The restart: uploads while the job is down, then the same command again.
-    restart = [(f"restart/{i:03d}.jpg", fixtures.jpeg(96, 64, seed=2000 + i))
+    restart = [(f"restart/{i:03d}.jpg", jpeg_bytes(96, 64, seed=2000 + i))
                for i in range(args.restart)]
     upload_many(bucket, restart)
     time.sleep(2)

@@ -32,7 +32,7 @@ import uuid
 import psutil
 
 import _common as C
-from tests.processes import Child, python_module, tree_cpu_seconds, wait_until
+from tools.processes import Child, python_module, tree_cpu_seconds, wait_until
 
 GOALS = {"latency_p95_s": 1.0, "burst_vs_folder": 0.9, "storm_msg_s": 300,
          "storm_valid_max_s": 5.0, "peak_gb": 1.5, "idle_cores": 0.05}

@@ -6,6 +6,7 @@ run it from the repository root, `.venv/bin/python tools/samples.py DIR --count 
 generated, so any number of any size can be made without downloading anything."""
 from __future__ import annotations
 
+import io
 import os
 import sys
 from typing import Optional, Sequence
@@ -34,6 +35,14 @@ def photo_like(width: int, height: int, seed: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
+def jpeg_bytes(width: int, height: int, seed: int, quality: int = 92, **save_args) -> bytes:
+    """A `photo_like` image encoded as JPEG, for code that uploads bytes rather than files."""
+    buf = io.BytesIO()
+    Image.fromarray(photo_like(width, height, seed)).save(buf, "JPEG", quality=quality,
+                                                           **save_args)
+    return buf.getvalue()
+
+
 def write_samples(directory: str, count: int, width: int, height: int,
                   seed: int = 0, quality: int = 90) -> list[str]:
     """Writes `count` JPEGs (and, for variety, every 4th as PNG) into `directory`."""
@@ -52,7 +61,6 @@ def write_samples(directory: str, count: int, width: int, height: int,
 def write_bad_files(directory: str) -> list[str]:
     """Hostile and broken files, one per dead-letter reason the decoder knows, for demos
     and the hardening run (see docs/reliability.md)."""
-    import io
     import struct
     import zlib
 
@@ -64,9 +72,7 @@ def write_bad_files(directory: str) -> list[str]:
                 + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
                 + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
 
-    buf = io.BytesIO()
-    Image.fromarray(photo_like(640, 480, 7)).save(buf, "JPEG", quality=90)
-    good_jpeg = buf.getvalue()
+    good_jpeg = jpeg_bytes(640, 480, 7, quality=90)
     files = {
         "bad/empty.jpg": b"",
         "bad/truncated.jpg": good_jpeg[: len(good_jpeg) // 2],

@@ -2,7 +2,7 @@
 deletions the job never heard of, and a Cloud Storage outage, one job restarted with
 the same command between them.
 
-BigQuery sits behind tests/integration/strict_bigquery.py (tests/run.sh): a request over
+BigQuery sits behind tools/strict_bigquery.py (tests/run.sh): a request over
 its 10 MB limit is refused there as BigQuery refuses it. The job writes its vectors to a
 bucket of its own that notifies the same topic as the images (fake-gcs-server sends every
 bucket's notifications there): they are its own outputs, skipped, never dead letters.

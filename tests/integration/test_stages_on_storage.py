@@ -24,7 +24,7 @@ from streaming.notifications import ParseNotifications
 from streaming.options import EmbedOptions
 from tests import fixtures
 from tests.integration.conftest import pull_all, wait_until
-from tests.integration.http_proxy import HttpProxy, gcs_error, object_creator_rule
+from tools.http_proxy import HttpProxy, gcs_error, object_creator_rule
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pytest
 from google.api_core import exceptions as gexc
 
 from streaming import bigquery, failures
-from tests.integration.strict_bigquery import MAX_REQUEST_BYTES as BIGQUERY_LIMIT
+from tools.strict_bigquery import MAX_REQUEST_BYTES as BIGQUERY_LIMIT
 
 
 def row(i: int, floats: int = 2048) -> dict:

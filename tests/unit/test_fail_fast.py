@@ -45,6 +45,7 @@ def stream(folder, *argv):
                    "random:0", *argv, env=clean_env(folder))
 
 
+@pytest.mark.slow
 def test_misspelled_option_names_the_closest_valid_one(folder):
     proc = stream(folder, "--ouput_dir", str(folder / "out"))
     assert proc.returncode == 2
@@ -52,6 +53,7 @@ def test_misspelled_option_names_the_closest_valid_one(folder):
     assert "--ouput_dir" in line and "did you mean --output_dir?" in line
 
 
+@pytest.mark.slow
 def test_the_backfills_spelling_of_local_endpoints_is_the_same_option(folder):
     """`--local-endpoints` was dropped by Beam's parser and the job went to real GCP;
     now it is --local_endpoints (which then wants the emulators' variables)."""
@@ -61,6 +63,7 @@ def test_the_backfills_spelling_of_local_endpoints_is_the_same_option(folder):
     assert "--local_endpoints needs at least one of PUBSUB_EMULATOR_HOST" in one_line(proc)
 
 
+@pytest.mark.slow
 def test_beam_and_dataflow_options_still_pass(folder):
     proc = stream(folder, "--output_dir", str(folder / "o"), "--direct_num_workers", "1",
                   "--max_num_workers", "3", "--input_dir", str(folder / "missing"))
@@ -68,6 +71,7 @@ def test_beam_and_dataflow_options_still_pass(folder):
     assert str(folder / "missing") in one_line(proc)  # past option parsing
 
 
+@pytest.mark.slow
 def test_missing_input_dir(folder):
     proc = stream(folder, "--output_dir", str(folder / "o"), "--input_dir",
                   str(folder / "nope"))
@@ -75,6 +79,7 @@ def test_missing_input_dir(folder):
     assert f"--input_dir {folder / 'nope'} does not exist" in one_line(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("table, needle", [
     ("not a table", "'not a table'"),
     ("images.embeddings", "'images.embeddings' has no project"),
@@ -86,6 +91,7 @@ def test_table_names_that_do_not_parse(folder, table, needle):
     assert line.startswith("embed-stream: error: --output_table") and needle in line
 
 
+@pytest.mark.slow
 def test_a_table_without_project_takes_it_from_project(folder):
     """`--project` completes `D.T`; the run then stops at the next check (credentials)."""
     proc = stream(folder, "--output_table", "images.embeddings", "--project", "my-project")
@@ -93,6 +99,7 @@ def test_a_table_without_project_takes_it_from_project(folder):
     assert "gcloud auth application-default login" in one_line(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("option, value", [
     ("--input_subscription", "projects/my-project/topics/not-a-subscription"),
     ("--input_subscription", "my subscription"),
@@ -106,6 +113,7 @@ def test_pubsub_names_that_do_not_parse(folder, option, value):
     assert option in line and repr(value) in line
 
 
+@pytest.mark.slow
 def test_read_only_output_dir(folder):
     if os.geteuid() == 0:  # root writes through file modes; /sys refuses even root
         target = "/sys/fs/embeddings-out"
@@ -118,6 +126,7 @@ def test_read_only_output_dir(folder):
     assert f"--output_dir {target} is not writable" in one_line(proc)
 
 
+@pytest.mark.slow
 def test_output_table_without_credentials_or_local_endpoints(folder):
     """No interactive prompt, no retries: one line naming both ways out."""
     proc = stream(folder, "--output_table", "my-project:images.embeddings")
@@ -126,6 +135,7 @@ def test_output_table_without_credentials_or_local_endpoints(folder):
     assert "gcloud auth application-default login" in line and "--local_endpoints" in line
 
 
+@pytest.mark.slow
 def test_weights_file_that_does_not_exist(folder):
     proc = run_cli("streaming.main", "--input_dir", str(folder / "in"), "--output_dir",
                    str(folder / "o"), "--weights", str(folder / "w.weights.h5"),
@@ -134,6 +144,7 @@ def test_weights_file_that_does_not_exist(folder):
     assert str(folder / "w.weights.h5") in one_line(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, argv, bad, closest", [
     ("publisher.backfill", ["gs://bucket", "--topic", "projects/my-project/topics/images",
                             "--dry-rnu"], "--dry-rnu", "--dry-run"),
@@ -152,6 +163,7 @@ def test_every_cli_refuses_unknown_options_naming_the_closest(tmp_path, module, 
     assert closest.replace("-", "_") in line.replace("-", "_").split("did you mean ")[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, argv", [
     ("publisher.backfill", ["gs://b-ok", "--topic", "projects/my-project/topics/images",
                             "--local_endpoints", "--max_in_flight", "x"]),
@@ -165,6 +177,7 @@ def test_both_spellings_reach_the_option(tmp_path, module, argv):
     assert "invalid int value: 'x'" in one_line(proc)
 
 
+@pytest.mark.slow
 def test_backfill_without_credentials_says_how_to_get_them(tmp_path):
     proc = run_cli("publisher.backfill", "gs://my-bucket", "--topic",
                    "projects/my-project/topics/images", env=clean_env(tmp_path))
@@ -173,6 +186,7 @@ def test_backfill_without_credentials_says_how_to_get_them(tmp_path):
     assert "gcloud auth application-default login" in line and "--local_endpoints" in line
 
 
+@pytest.mark.slow
 def test_importing_the_job_does_not_import_tensorflow():
     """`embed-stream --help` and the launcher stay fast: TensorFlow loads only where a
     model is built."""
@@ -186,6 +200,7 @@ def test_importing_the_job_does_not_import_tensorflow():
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_help_shows_defaults_and_mentions_beam_options(tmp_path):
     proc = run_cli("streaming.main", "--help", env=clean_env(tmp_path))
     assert proc.returncode == 0
