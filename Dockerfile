@@ -15,7 +15,7 @@
 ARG LAUNCHER_IMAGE=gcr.io/dataflow-templates-base/python311-template-launcher-base:latest
 FROM ${LAUNCHER_IMAGE} AS launcher
 
-# The Beam release pinned in setup.py and requirements.lock (tests/unit/test_container.py
+# The Beam release pinned in setup.py and requirements.lock (tests/checks/test_container.py
 # checks that they agree): the worker harness in the image and the SDK must match.
 FROM apache/beam_python3.11_sdk:2.77.0
 

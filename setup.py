@@ -63,6 +63,9 @@ setuptools.setup(
             "psutil>=7,<8",
             # benchmarks/first_run.py: the Keras -> tf2onnx conversion, for comparison.
             "tf2onnx>=1.17,<1.18",
+            # tests/unit/test_analysis_map.py opens embed-map's HTML page in headless
+            # Chromium (Debian's chromium and chromium-driver packages).
+            "selenium>=4.40,<5",
             # Lint and format ([tool.ruff] in pyproject.toml); CI runs both.
             "ruff>=0.17,<0.18",
         ],

@@ -263,6 +263,7 @@ ul.legend span {{ display: inline-block; width: 11px; height: 11px; border-radiu
     for (var k in p.info) {{
       if (p.info[k] !== null && p.info[k] !== "") rows += "<tr><td>" + esc(k) + "</td><td>" + esc(p.info[k]) + "</td></tr>";
     }}
+    if (p.also.length) rows += "<tr><td>also here</td><td>" + p.also.map(esc).join("<br>") + "</td></tr>";
     card.innerHTML = (p.thumb ? '<img alt="" src="' + p.thumb + '">' : "") + "<table>" + rows + "</table>";
     card.style.display = "block";
     var x = ev.clientX + 14, y = ev.clientY + 14;
@@ -309,7 +310,20 @@ def write_html(
         f'<li><span style="background:{c}"></span>{html.escape(str(label))} ({n})</li>'
         for label, c, n in legend
     )
-    points = [{"info": infos[i], "thumb": thumbs.get(i)} for i in range(len(infos))]
+    # Copies of one image share a vector and so a pixel: only the point drawn last there
+    # can be hovered, so every card names the others at its pixel.
+    keys = [f"{x:.1f},{y:.1f}" for x, y in xy]
+    at = collections.defaultdict(list)
+    for i, key in enumerate(keys):
+        at[key].append(i)
+    points = [
+        {
+            "info": infos[i],
+            "thumb": thumbs.get(i),
+            "also": [str(infos[j].get("name", "")) for j in at[keys[i]] if j != i],
+        }
+        for i in range(len(infos))
+    ]
     points_json = json.dumps(points, default=str, ensure_ascii=True)
     # inside <script>: no "</script>", "<!--" or "]]>" can appear
     points_json = points_json.replace("<", "\\u003c").replace(">", "\\u003e")

@@ -22,7 +22,7 @@ import psutil
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
-from tests.processes import Child, tree_rss  # noqa: E402 - the one child-process runner
+from tools.processes import Child, tree_rss  # noqa: E402 - the one child-process runner
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 # Children never probe a metadata server, and TensorFlow's C++ logs stay short.

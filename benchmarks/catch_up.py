@@ -31,7 +31,7 @@ import uuid
 import _common as C
 import psutil
 
-from tests.processes import Child, python_module, wait_until
+from tools.processes import Child, python_module, wait_until
 
 GOALS = {"peak_gb": 1.5, "live_row_s": 10.0}
 
@@ -74,7 +74,7 @@ def run(args, work: str) -> dict:
     import schemas
     from streaming.sinks.bigquery import make_table
     from streaming.support import clients
-    from tests import fixtures
+    from tools.samples import jpeg_bytes
 
     # Fills the converted-model cache (not measured): the catch-up is measured, not a
     # first run's conversion.
@@ -104,7 +104,7 @@ def run(args, work: str) -> dict:
     old = [(f"done/{i:06d}.jpg", b"x") for i in range(args.objects)]
     upload_many(bucket, old)
     gone = [f"gone/{i:04d}.jpg" for i in range(args.gone)]
-    missing = [(f"missing/{i:04d}.jpg", fixtures.jpeg(96, 64, seed=i)) for i in range(args.missing)]
+    missing = [(f"missing/{i:04d}.jpg", jpeg_bytes(96, 64, seed=i)) for i in range(args.missing)]
     upload_many(bucket, missing)
     listed = {b.name: b.generation for b in storage.list_blobs(bucket.name)}
     rows = existing_rows(bucket.name, [(n, listed[n]) for n, _ in old] + [(n, 1) for n in gone])
@@ -168,7 +168,7 @@ def run(args, work: str) -> dict:
         while done_at[0] is None and time.monotonic() - start < 1800:
             name = f"live/{i:03d}.jpg"
             bucket.blob(name).upload_from_string(
-                fixtures.jpeg(96, 64, seed=900 + i), content_type="image/jpeg"
+                jpeg_bytes(96, 64, seed=900 + i), content_type="image/jpeg"
             )
             live[name] = time.monotonic()
             i += 1
@@ -206,7 +206,7 @@ def run(args, work: str) -> dict:
 
     # The restart: uploads while the job is down, then the same command again.
     restart = [
-        (f"restart/{i:03d}.jpg", fixtures.jpeg(96, 64, seed=2000 + i)) for i in range(args.restart)
+        (f"restart/{i:03d}.jpg", jpeg_bytes(96, 64, seed=2000 + i)) for i in range(args.restart)
     ]
     upload_many(bucket, restart)
     time.sleep(2)

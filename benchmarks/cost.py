@@ -5,7 +5,7 @@
 Needs the emulators (`bash emulators/start.sh`); it never starts or stops them. For each
 vector layout it runs the streaming job (`--weights random:0`, `--catch_up never`, as on
 Dataflow) on a fresh images bucket, vectors bucket and dataset, with its Cloud Storage
-and BigQuery traffic through proxies of this process (`tests/integration/http_proxy.py`,
+and BigQuery traffic through proxies of this process (`tools/http_proxy.py`,
 `strict_bigquery.py`) that count every request. After warm-up images, N JPEGs are
 uploaded at once; once all their rows are queryable the job stops, and per 1,000 images:
 
@@ -39,7 +39,7 @@ import uuid
 import _common as C
 import numpy as np
 
-from tests.processes import Child, python_module, wait_until
+from tools.processes import Child, python_module, wait_until
 
 READ_ON = "2026-12-03"
 # (value, unit, source read on READ_ON)
@@ -281,8 +281,8 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
     from google.cloud import pubsub_v1
 
     from streaming.support import clients
-    from tests.integration.http_proxy import HttpProxy
-    from tests.integration.strict_bigquery import Stats, insert_limits
+    from tools.http_proxy import HttpProxy
+    from tools.strict_bigquery import Stats, insert_limits
 
     project = clients.project_from_env()
     storage, bq = clients.storage_client(True), clients.bigquery_client(True)

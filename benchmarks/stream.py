@@ -33,7 +33,7 @@ import uuid
 import _common as C
 import psutil
 
-from tests.processes import Child, python_module, tree_cpu_seconds, wait_until
+from tools.processes import Child, python_module, tree_cpu_seconds, wait_until
 
 GOALS = {
     "latency_p95_s": 1.0,

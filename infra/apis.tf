@@ -19,7 +19,7 @@ resource "google_project_service" "apis" {
 }
 
 # Every other resource depends on these, directly or through a resource that does
-# (tests/unit/test_infra.py checks it): nothing is created before its API is enabled.
+# (tests/checks/test_infra.py checks it): nothing is created before its API is enabled.
 data "google_project" "this" {
   depends_on = [google_project_service.apis]
 }

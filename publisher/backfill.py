@@ -25,12 +25,15 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streaming.config import cli
 from streaming.sources.contract import notification_for
 from streaming.stages.filters import DEFAULT_EXTENSIONS, split_list, type_accepted
 from streaming.support.library_patches import object_resource
+
+if TYPE_CHECKING:  # the catch-up's module loads Beam: only when a run needs it
+    from streaming.sources import catch_up
 
 
 @dataclasses.dataclass
@@ -172,14 +175,42 @@ class RateLimiter:
             time.sleep(ahead)
 
 
+@dataclasses.dataclass
+class Plan:
+    """One backfill as decided before anything is published: where to list, what the
+    filters let through, where the checkpoint resumes and which earlier failures go first."""
+
+    bucket: str
+    prefix: str
+    filters: Filters
+    checkpoint: Checkpoint
+    retry_names: set[str]  # the previous run's failures: listed until re-published
+    storage: Any  # google.cloud.storage.Client
+
+
 def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
-    """Runs one backfill; returns the counts (listed, published, failed, skipped...)."""
-    from streaming.config import names
-    from streaming.sources import catch_up
+    """Runs one backfill (plan, publish, report); returns the counts (listed, published,
+    failed, skipped...)."""
     from streaming.support import clients
 
     if args.local_endpoints:
         clients.use_local_endpoints()
+    planned = plan(args)
+    counts, last_error = publish(args, planned, out)
+    report(args, counts, last_error, out)
+    return counts
+
+
+def plan(args: argparse.Namespace) -> Plan:
+    """The arguments and the checkpoint, read and checked before any publisher exists.
+
+    Raises:
+      ValueError: a malformed source or time, a checkpoint of another source or topic,
+        or --skip-existing refinements without it.
+    """
+    from streaming.config import names
+    from streaming.support import clients
+
     bucket, prefix = names.split_gcs_uri(args.source)
     filters = Filters(
         prefix=prefix,
@@ -189,7 +220,6 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
         updated_until=parse_time(args.updated_until),
     )
     checkpoint = Checkpoint(args.resume, args.source, args.topic, read_only=args.dry_run)
-    counts: collections.Counter = collections.Counter()
     if args.skip_existing and not args.table:
         raise ValueError("--skip-existing needs --table P:D.T")
     if (
@@ -199,49 +229,76 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
             "--fingerprint, --dead-letter-table and --retry-dead-letters "
             "refine --skip-existing; add it"
         )
-    storage = clients.storage_client(args.local_endpoints)
+    return Plan(
+        bucket,
+        prefix,
+        filters,
+        checkpoint,
+        set(checkpoint.failed),
+        clients.storage_client(args.local_endpoints),
+    )
+
+
+def findings(args: argparse.Namespace, planned: Plan) -> Iterator[catch_up.Finding]:
+    """What to publish, in publishing order: the previous run's failures, then the
+    listing (with --skip-existing, merged with the table's generations). Lazy, so the
+    listing goes page by page as publishing goes."""
+    from streaming.sources import catch_up
+    from streaming.support import clients
+
+    storage, bucket, checkpoint = planned.storage, planned.bucket, planned.checkpoint
+    for name in sorted(planned.retry_names):  # failures of the previous run first
+        blob = storage.bucket(bucket).get_blob(name)
+        if blob is not None:
+            yield catch_up.Finding(object_resource(blob), catch_up.EMBED)
+        else:
+            checkpoint.failed.remove(name)  # gone since: nothing to publish
+    listing = catch_up.list_resources(
+        storage, bucket, planned.prefix, checkpoint.after, args.page_size
+    )
+    if not args.skip_existing:
+        yield from (catch_up.Finding(r, catch_up.EMBED) for r in listing)
+        return
+    # One query, merged with the listing in name order: memory stays bounded.
+    known = catch_up.known_generations(
+        clients.bigquery_client(args.local_endpoints),
+        args.table,
+        catch_up.Scope(bucket, planned.prefix),
+        fingerprint=args.fingerprint,
+        dead_letter_table=args.dead_letter_table,
+        after=checkpoint.after,
+    )
+    yield from catch_up.compare(listing, known, bucket, retry_dead_letters=args.retry_dead_letters)
+
+
+def publish(
+    args: argparse.Namespace, planned: Plan, out=sys.stdout
+) -> tuple[collections.Counter, BaseException | None]:
+    """Publishes the plan's findings (a dry run counts them), moving the checkpoint over
+    every confirmed publish; SIGTERM or Ctrl-C stops it with the checkpoint saved.
+
+    Returns:
+      The counts, and the error of the latest failed publish (None if none failed).
+    """
+    from streaming.sources import catch_up
+
+    counts: collections.Counter = collections.Counter()
+    bucket, checkpoint, retry_names = planned.bucket, planned.checkpoint, planned.retry_names
     publisher = None if args.dry_run else make_publisher(args.max_in_flight)
-    check_targets(storage, publisher, bucket, args.topic)
+    check_targets(planned.storage, publisher, bucket, args.topic)
     in_flight = InFlight(checkpoint, counts)
     limiter = RateLimiter(args.rate)
-    retry_names = set(checkpoint.failed)  # stay listed until re-published
     started = time.monotonic()
     progress = make_progress(args)
-
-    def findings() -> Iterator[catch_up.Finding]:
-        """What to publish, in publishing order."""
-        for name in sorted(retry_names):  # failures of the previous run first
-            blob = storage.bucket(bucket).get_blob(name)
-            if blob is not None:
-                yield catch_up.Finding(object_resource(blob), catch_up.EMBED)
-            else:
-                checkpoint.failed.remove(name)  # gone since: nothing to publish
-        listing = catch_up.list_resources(storage, bucket, prefix, checkpoint.after, args.page_size)
-        if not args.skip_existing:
-            yield from (catch_up.Finding(r, catch_up.EMBED) for r in listing)
-            return
-        # One query, merged with the listing in name order: memory stays bounded.
-        known = catch_up.known_generations(
-            clients.bigquery_client(args.local_endpoints),
-            args.table,
-            catch_up.Scope(bucket, prefix),
-            fingerprint=args.fingerprint,
-            dead_letter_table=args.dead_letter_table,
-            after=checkpoint.after,
-        )
-        yield from catch_up.compare(
-            listing, known, bucket, retry_dead_letters=args.retry_dead_letters
-        )
-
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        for finding in findings():
+        for finding in findings(args, planned):
             resource = finding.resource
             gone = finding.action == catch_up.GONE
             counts["gone" if gone else "listed"] += 1
             progress.update(1)
-            if not gone and not filters.accepts(resource):
+            if not gone and not planned.filters.accepts(resource):
                 counts["skipped_filter"] += 1
             elif finding.action == catch_up.DONE:
                 counts["skipped_existing"] += 1
@@ -281,13 +338,21 @@ def run(args: argparse.Namespace, out=sys.stdout) -> collections.Counter:
     counts["in_flight_abandoned"] = len(in_flight)
     counts["seconds"] = round(time.monotonic() - started, 2)
     counts["interrupted"] = int(interrupted)
+    return counts, in_flight.last_error
+
+
+def report(
+    args: argparse.Namespace,
+    counts: Mapping[str, int],
+    last_error: BaseException | None,
+    out=sys.stdout,
+) -> None:
+    """The summary line on `out`; failed or unconfirmed publishes, and why, on stderr."""
     print(summary(counts, args), file=out)
     if counts.get("failed") or counts.get("in_flight_abandoned"):
         print(
-            f"embed-backfill: error: {failure_message(counts, args, in_flight.last_error)}",
-            file=sys.stderr,
+            f"embed-backfill: error: {failure_message(counts, args, last_error)}", file=sys.stderr
         )
-    return counts
 
 
 def show_counts(progress, counts: Mapping[str, int]) -> None:

@@ -7,7 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from tools.samples import photo_like
+from tools.samples import jpeg_bytes, photo_like
 
 
 def encode(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -17,7 +17,7 @@ def encode(img: Image.Image, fmt: str, **kw) -> bytes:
 
 
 def jpeg(width=320, height=240, seed=0, **kw) -> bytes:
-    return encode(Image.fromarray(photo_like(width, height, seed)), "JPEG", quality=92, **kw)
+    return jpeg_bytes(width, height, seed, **kw)
 
 
 def png(width=320, height=240, seed=0) -> bytes:

@@ -1,13 +1,27 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs and starts the local emulators (Pub/Sub,
 # fake-gcs-server, bqemulator) that the integration tests talk to, puts a proxy in
-# front of bqemulator that refuses what BigQuery refuses (tests/integration/
-# strict_bigquery.py: request bytes and rows), runs pytest, and stops them again.
-# Extra arguments go to pytest.
+# front of bqemulator that refuses what BigQuery refuses (tools/strict_bigquery.py:
+# request bytes and rows), installs Chromium for the browser test
+# when it is missing, runs pytest (unit, checks and integration tests), and stops the
+# emulators again. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 bash emulators/install.sh
+# embed-map's HTML page is opened in headless Chromium (tests/unit/test_analysis_map.py):
+# Debian's packages, installed once; without apt-get that test skips and says why.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  if command -v apt-get >/dev/null; then
+    SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    echo "tests/run.sh: apt-get install chromium chromium-driver" >&2
+    $SUDO apt-get update -q >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends \
+      chromium chromium-driver >/dev/null
+  else
+    echo "tests/run.sh: no apt-get: the browser test of embed-map's page will skip" >&2
+  fi
+fi
 bash emulators/start.sh
 STRICT_PID=
 cleanup() {
@@ -19,7 +33,7 @@ trap cleanup EXIT
 . .emulators/env.sh
 port_file=.emulators/strict-bigquery.port
 rm -f "$port_file"
-"$PY" -m tests.integration.strict_bigquery --target "$BIGQUERY_EMULATOR_HOST" \
+"$PY" -m tools.strict_bigquery --target "$BIGQUERY_EMULATOR_HOST" \
   --port-file "$port_file" > .emulators/logs/strict-bigquery.log 2>&1 &
 STRICT_PID=$!
 for _ in $(seq 100); do [[ -s "$port_file" ]] && break; sleep 0.1; done

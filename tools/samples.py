@@ -7,6 +7,7 @@ generated, so any number of any size can be made without downloading anything.""
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -36,6 +37,13 @@ def photo_like(width: int, height: int, seed: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
+def jpeg_bytes(width: int, height: int, seed: int, quality: int = 92, **save_args) -> bytes:
+    """A `photo_like` image encoded as JPEG, for code that uploads bytes rather than files."""
+    buf = io.BytesIO()
+    Image.fromarray(photo_like(width, height, seed)).save(buf, "JPEG", quality=quality, **save_args)
+    return buf.getvalue()
+
+
 def write_samples(
     directory: str, count: int, width: int, height: int, seed: int = 0, quality: int = 90
 ) -> list[str]:
@@ -56,7 +64,6 @@ def write_samples(
 def write_bad_files(directory: str) -> list[str]:
     """Hostile and broken files, one per dead-letter reason the decoder knows, for demos
     and the hardening run (see docs/reliability.md)."""
-    import io
     import struct
     import zlib
 
@@ -76,9 +83,7 @@ def write_bad_files(directory: str) -> list[str]:
             + chunk(b"IEND", b"")
         )
 
-    buf = io.BytesIO()
-    Image.fromarray(photo_like(640, 480, 7)).save(buf, "JPEG", quality=90)
-    good_jpeg = buf.getvalue()
+    good_jpeg = jpeg_bytes(640, 480, 7, quality=90)
     files = {
         "bad/empty.jpg": b"",
         "bad/truncated.jpg": good_jpeg[: len(good_jpeg) // 2],

@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from streaming.support import clients
-from tests.processes import Child, python_module, wait_until
+from tools.processes import Child, python_module, wait_until
 
 
 def pytest_collection_modifyitems(items):
@@ -55,10 +55,10 @@ def cloud():
 
 
 def strict_bigquery_stats(mark: bool = False) -> dict:
-    """What the strict BigQuery proxy (tests/integration/strict_bigquery.py) has seen
+    """What the strict BigQuery proxy (tools/strict_bigquery.py) has seen
     since it started or since the last mark: insert requests, the largest in bytes and
     rows, and how many it refused. `mark=True` starts a new count."""
-    from tests.integration.strict_bigquery import MARK_PATH, STATS_PATH
+    from tools.strict_bigquery import MARK_PATH, STATS_PATH
 
     url = os.environ["BIGQUERY_EMULATOR_HOST"].rstrip("/") + (MARK_PATH if mark else STATS_PATH)
     with urllib.request.urlopen(url, data=b"" if mark else None, timeout=10) as answer:

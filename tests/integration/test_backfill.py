@@ -13,7 +13,7 @@ from analysis import sql
 from publisher import backfill
 from streaming.sources.notifications import parse_notification
 from tests.integration.conftest import pull_all
-from tests.processes import ROOT, Child, python_module, run, wait_until
+from tools.processes import ROOT, Child, python_module, run, wait_until
 
 
 def run_backfill(*argv):

@@ -2,7 +2,7 @@
 deletions the job never heard of, and a Cloud Storage outage, one job restarted with
 the same command between them.
 
-BigQuery sits behind tests/integration/strict_bigquery.py (tests/run.sh): a request over
+BigQuery sits behind tools/strict_bigquery.py (tests/run.sh): a request over
 its 10 MB limit is refused there as BigQuery refuses it. The job writes its vectors to a
 bucket of its own that notifies the same topic as the images (fake-gcs-server sends every
 bucket's notifications there): they are its own outputs, skipped, never dead letters.
@@ -70,12 +70,15 @@ def backlog(cloud, stack, tmp_path_factory):
         "1",
         "--catch_up_chunk",
         "250",
-        # One shard group for the whole backlog, as a busy key fills at scale: its
-        # rows reach the BigQuery writer together, enough to fill requests to the cap.
+        # One shard for the whole backlog, as a busy key fills at scale: its rows
+        # reach the BigQuery writer together, enough to fill requests to the cap,
+        # however slowly this machine embeds them. A few later uploads go after 60 s.
         "--shard_keys",
         "1",
+        "--vectors_per_shard",
+        str(BACKLOG),
         "--shard_wait_secs",
-        "60",
+        "900",
         "--shard_idle_secs",
         "60",
     ]

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.processes import ROOT
+from tools.processes import ROOT
 
 
 def embed_stream(*argv):

@@ -17,9 +17,9 @@ import urllib.parse
 
 import pytest
 
-from tests.integration.http_proxy import HttpProxy, gcs_error
+from tests.checks.test_infra import iam_grants
 from tests.launcher import launcher_argv
-from tests.unit.test_infra import iam_grants
+from tools.http_proxy import HttpProxy, gcs_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = "us-central1-docker.pkg.dev/test-project/embeddings/embed:abc123"

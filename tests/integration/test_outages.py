@@ -96,8 +96,8 @@ def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack,
     """A 403 on insert (a role the job's account lacks) is no row's fault: the job waits,
     says so in one line (not one per retry), counts it, and writes every row once the
     permission is granted. Nothing becomes a dead letter."""
-    from tests.integration.http_proxy import HttpProxy
-    from tests.integration.strict_bigquery import bigquery_error
+    from tools.http_proxy import HttpProxy
+    from tools.strict_bigquery import bigquery_error
 
     cloud = stack.cloud
     denied = {"on": True}

@@ -26,7 +26,7 @@ from streaming.sources.contract import notification_for
 from streaming.sources.notifications import ParseNotifications
 from tests import fixtures
 from tests.integration.conftest import pull_all, wait_until
-from tests.integration.http_proxy import HttpProxy, gcs_error, object_creator_rule
+from tools.http_proxy import HttpProxy, gcs_error, object_creator_rule
 
 
 @pytest.fixture

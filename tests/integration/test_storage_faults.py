@@ -10,7 +10,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from streaming.records import ImageInfo, ImageRef
 from streaming.sinks import files
-from tests.integration.http_proxy import HttpProxy
+from tools.http_proxy import HttpProxy
 
 
 def test_vector_write_to_a_missing_bucket_is_retried_then_dead_lettered(cloud, monkeypatch):

@@ -1,6 +1,7 @@
 """embed-map on a local output folder: a valid PNG, a self-contained HTML page with
-one point per current object, colours, projections and escaping. The embeddings here
-are random vectors (the map does not need the model); the thumbnails are real files."""
+one point per current object, colours, projections and escaping, and the page as an
+analyst sees it, in headless Chromium. The embeddings here are random vectors (the map
+does not need the model); the thumbnails are real files."""
 
 from __future__ import annotations
 
@@ -23,9 +24,10 @@ from tools.samples import photo_like
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def make_folder(root, n=12, hostile_name=False):
+def make_folder(root, n=12, hostile_name=False, copies=0):
     """Images under root/images and their rows under root/out, as embed-stream writes
-    them (three prefixes, two formats, a deleted object)."""
+    them (three prefixes, two formats, a deleted object; `copies` more objects with the
+    bytes and so the vector of the second)."""
     images, out = os.path.join(root, "images"), os.path.join(root, "out")
     rng = np.random.default_rng(0)
     names = [f"{('cats', 'dogs', 'birds')[i % 3]}/img-{i}.jpg" for i in range(n)]
@@ -37,6 +39,12 @@ def make_folder(root, n=12, hostile_name=False):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         Image.fromarray(photo_like(96, 64, i)).save(path, quality=85)
         rows.append(row(images, name, 10 + i, rng.normal(size=64) + (i % 3) * 2, day=1 + i % 2))
+    for k in range(copies):
+        name = f"copies/img-1-{k}.jpg"
+        os.makedirs(os.path.join(images, "copies"), exist_ok=True)
+        Image.fromarray(photo_like(96, 64, 1)).save(os.path.join(images, name), quality=85)
+        rows.append(row(images, name, 100 + k, rows[1]["embedding"], day=2))
+        names.append(name)
     rows.append(row(images, names[0], 10, [], event="OBJECT_DELETE", day=3))  # deleted
     for r in rows:
         suffix = ".json" if r["event_type"] == "OBJECT_FINALIZE" else ".deleted.json"
@@ -279,3 +287,145 @@ def test_local_rows_sample_is_by_row_key(tmp_path):
     assert src.fingerprints() == [("feedfacefeedface", len(live))]
     sample = src.sample("feedfacefeedface", 4)
     assert [r["row_key"] for r in sample] == sorted(r["row_key"] for r in src.current())[:4]
+
+
+# The page in a browser: headless Chromium (Debian's chromium and chromium-driver
+# packages; tests/run.sh installs them) driven by Selenium.
+
+
+def _chromium() -> tuple[str, str] | None:
+    """(browser, driver) executables, or None where they are not installed."""
+    import shutil
+
+    browser = next(
+        filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None
+    )
+    driver = shutil.which("chromedriver")
+    return (browser, driver) if browser and driver else None
+
+
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module; the console log is kept for the tests."""
+    found = _chromium()
+    if found is None:
+        pytest.skip(
+            "Chromium and chromedriver are not installed (apt-get install chromium chromium-driver)"
+        )
+    import subprocess
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = found[0]
+    for arg in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,1000",
+    ):
+        options.add_argument(arg)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(
+        options=options, service=Service(found[1], log_output=subprocess.DEVNULL)
+    )
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def open_page(driver, path):
+    """Loads the page and returns what its console said while loading."""
+    import pathlib
+
+    driver.get(pathlib.Path(path).as_uri())
+    return driver.get_log("browser")
+
+
+def drawn_points(driver):
+    """Every point as the browser lays it out: its name (the <title>), centre and size in
+    client pixels, whether the centre is inside the map and the point is visible, and
+    whether it is the topmost element at its centre (what a hover reaches)."""
+    return driver.execute_script("""
+      var box = document.getElementById("map").getBoundingClientRect(), out = [];
+      document.querySelectorAll("#map circle").forEach(function (c) {
+        var r = c.getBoundingClientRect(), x = r.left + r.width / 2, y = r.top + r.height / 2;
+        var style = getComputedStyle(c);
+        out.push({name: c.querySelector("title").textContent, x: x, y: y,
+                  size: r.width, inside: x >= box.left && x <= box.right &&
+                                     y >= box.top && y <= box.bottom,
+                  visible: style.display !== "none" && style.visibility !== "hidden" &&
+                           +style.opacity > 0,
+                  topmost: document.elementFromPoint(x, y) === c});
+      });
+      return out;""")
+
+
+@pytest.mark.slow
+def test_the_page_in_a_browser_draws_every_point_and_names_it_on_hover(tmp_path, browser):
+    """What the static checks above cannot see: the script runs without errors, the
+    browser draws each object where a pointer reaches it, and hovering shows its card."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.by import By
+
+    _, out, live = make_folder(str(tmp_path), hostile_name=True)
+    page = str(tmp_path / "m.html")
+    assert map_cli.main(["--output_dir", out, "--png", "", "--html", page]) == 0
+    log = open_page(browser, page)
+    assert [e for e in log if e["level"] in ("SEVERE", "WARNING")] == []
+    points = drawn_points(browser)
+    assert len(points) == len(live)
+    assert sorted(p["name"] for p in points) == sorted(live)
+    assert all(p["inside"] and p["visible"] and p["size"] >= 6 for p in points), points
+    assert all(p["topmost"] for p in points), "a point hidden under another cannot be hovered"
+    card = browser.find_element(By.ID, "card")
+    assert not card.is_displayed()
+    for p in points:
+        hover = ActionBuilder(browser)
+        hover.pointer_action.move_to_location(round(p["x"]), round(p["y"]))
+        hover.perform()
+        assert card.is_displayed(), p["name"]
+        cells = [td.text for td in card.find_elements(By.TAG_NAME, "td")]
+        assert dict(zip(cells[::2], cells[1::2])).get("name") == p["name"]
+        img = card.find_element(By.TAG_NAME, "img")
+        assert browser.execute_script(
+            "return arguments[0].complete && arguments[0].naturalWidth > 0", img
+        ), p["name"]
+    heading = browser.find_element(By.TAG_NAME, "h1")
+    ActionChains(browser).move_to_element(heading).perform()
+    assert not card.is_displayed()
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+@pytest.mark.slow
+def test_copies_of_one_image_on_one_pixel_are_named_by_the_card_on_top(tmp_path, browser):
+    """Copies share a vector, so their points cover each other exactly: the one a
+    pointer reaches lists the others."""
+    from selenium.webdriver.common.actions.action_builder import ActionBuilder
+    from selenium.webdriver.common.by import By
+
+    _, out, live = make_folder(str(tmp_path), n=6, copies=2)
+    page = str(tmp_path / "m.html")
+    assert map_cli.main(["--output_dir", out, "--png", "", "--html", page]) == 0
+    assert [e for e in open_page(browser, page) if e["level"] == "SEVERE"] == []
+    points = drawn_points(browser)
+    assert sorted(p["name"] for p in points) == sorted(live)
+    hidden = sorted(p["name"] for p in points if not p["topmost"])
+    assert len(hidden) == 2  # three objects on one pixel, one on top
+    [top] = [
+        p
+        for p in points
+        if p["topmost"]
+        and (p["x"], p["y"]) == next((q["x"], q["y"]) for q in points if not q["topmost"])
+    ]
+    hover = ActionBuilder(browser)
+    hover.pointer_action.move_to_location(round(top["x"]), round(top["y"]))
+    hover.perform()
+    cells = [td.text for td in browser.find_element(By.ID, "card").find_elements(By.TAG_NAME, "td")]
+    fields = dict(zip(cells[::2], cells[1::2]))
+    assert fields["name"] == top["name"]
+    assert sorted(fields["also here"].splitlines()) == hidden

@@ -1,5 +1,7 @@
 import collections
 import concurrent.futures
+import datetime as dt
+import io
 import json
 import types
 
@@ -118,3 +120,79 @@ def test_failure_line_mentions_the_resume_file_only_when_there_is_one(resume, ne
     )
     assert line.startswith("3 publishes failed (0 unconfirmed); last error: permission denied")
     assert needle in line and absent not in line
+
+
+def backfill_args(*argv):
+    return backfill.parse_args(
+        [
+            "gs://photos/2019/",
+            "--topic",
+            "projects/p/topics/t",
+            "--local-endpoints",
+            "--no-progress",
+            *argv,
+        ]
+    )
+
+
+def test_the_plan_reads_the_source_filters_and_the_checkpoint(tmp_path):
+    resume = tmp_path / "resume.json"
+    resume.write_text(
+        json.dumps(
+            {
+                "source": "gs://photos/2019/",
+                "topic": "projects/p/topics/t",
+                "after": "2019/m.jpg",
+                "failed": ["2019/b.jpg", "2019/a.jpg"],
+            }
+        )
+    )
+    planned = backfill.plan(
+        backfill_args(
+            "--resume",
+            str(resume),
+            "--content-type",
+            "image/png",
+            "--updated-since",
+            "2020-01-01T00:00:00Z",
+        )
+    )
+    assert (planned.bucket, planned.prefix) == ("photos", "2019/")
+    assert planned.filters.prefix == "2019/" and planned.filters.content_types == ("image/png",)
+    assert planned.filters.updated_since == dt.datetime(2020, 1, 1, tzinfo=dt.UTC)
+    assert planned.checkpoint.after == "2019/m.jpg"
+    assert planned.retry_names == {"2019/a.jpg", "2019/b.jpg"}
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--skip-existing"], "--skip-existing needs --table"),
+        (["--fingerprint", "abc"], "refine --skip-existing"),
+        (["--dead-letter-table", "p:d.t"], "refine --skip-existing"),
+        (["--retry-dead-letters"], "refine --skip-existing"),
+    ],
+)
+def test_options_that_cannot_run_stop_the_plan(argv, message):
+    with pytest.raises(ValueError, match=message):
+        backfill.plan(backfill_args(*argv))
+
+
+def test_a_checkpoint_of_another_source_stops_the_plan(tmp_path):
+    resume = tmp_path / "resume.json"
+    resume.write_text(json.dumps({"source": "gs://other/", "topic": "projects/p/topics/t"}))
+    with pytest.raises(ValueError, match="belongs to gs://other/"):
+        backfill.plan(backfill_args("--resume", str(resume)))
+
+
+def test_the_report_says_why_publishes_failed(capsys):
+    args = backfill_args("--resume", "r.json")
+    counts = collections.Counter(listed=3, published=1, failed=2, in_flight_abandoned=0)
+    out = io.StringIO()
+    backfill.report(args, counts, RuntimeError("quota"), out)
+    assert "listed=3 published=1" in out.getvalue() and "failed=2" in out.getvalue()
+    err = capsys.readouterr().err
+    assert err.startswith("embed-backfill: error: 2 publishes failed") and "quota" in err
+    assert "retried first on the next run" in err
+    backfill.report(args, collections.Counter(listed=1, published=1), None, io.StringIO())
+    assert capsys.readouterr().err == ""

@@ -9,7 +9,7 @@ from google.api_core import exceptions as gexc
 
 from streaming import failures
 from streaming.sinks import bigquery
-from tests.integration.strict_bigquery import MAX_REQUEST_BYTES as BIGQUERY_LIMIT
+from tools.strict_bigquery import MAX_REQUEST_BYTES as BIGQUERY_LIMIT
 
 
 def row(i: int, floats: int = 2048) -> dict:

@@ -14,7 +14,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from streaming import main
 from streaming.sources.notifications import ParseNotifications
 from tests import fixtures
-from tests.processes import Child, python_module, wait_until
+from tools.processes import Child, python_module, wait_until
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import cost  # noqa: E402
 
-from tests.integration.http_proxy import Request  # noqa: E402
+from tools.http_proxy import Request  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "benchmarks", "results")
 

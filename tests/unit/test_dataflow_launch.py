@@ -158,6 +158,7 @@ def launched_job(argv, env_overrides):
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_the_direct_launch_is_the_template_launch():
     """The same flags give the same job from a checkout and inside the image (where the
     Flex Template launcher runs the entry file): options and graph."""

@@ -68,6 +68,7 @@ def stream(folder, *argv):
     )
 
 
+@pytest.mark.slow
 def test_misspelled_option_names_the_closest_valid_one(folder):
     proc = stream(folder, "--ouput_dir", str(folder / "out"))
     assert proc.returncode == 2
@@ -75,6 +76,7 @@ def test_misspelled_option_names_the_closest_valid_one(folder):
     assert "--ouput_dir" in line and "did you mean --output_dir?" in line
 
 
+@pytest.mark.slow
 def test_the_backfills_spelling_of_local_endpoints_is_the_same_option(folder):
     """`--local-endpoints` was dropped by Beam's parser and the job went to real GCP;
     now it is --local_endpoints (which then wants the emulators' variables)."""
@@ -83,6 +85,7 @@ def test_the_backfills_spelling_of_local_endpoints_is_the_same_option(folder):
     assert "--local_endpoints needs at least one of PUBSUB_EMULATOR_HOST" in one_line(proc)
 
 
+@pytest.mark.slow
 def test_beam_and_dataflow_options_still_pass(folder):
     proc = stream(
         folder,
@@ -99,12 +102,14 @@ def test_beam_and_dataflow_options_still_pass(folder):
     assert str(folder / "missing") in one_line(proc)  # past option parsing
 
 
+@pytest.mark.slow
 def test_missing_input_dir(folder):
     proc = stream(folder, "--output_dir", str(folder / "o"), "--input_dir", str(folder / "nope"))
     assert proc.returncode == 2
     assert f"--input_dir {folder / 'nope'} does not exist" in one_line(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "table, needle",
     [
@@ -119,6 +124,7 @@ def test_table_names_that_do_not_parse(folder, table, needle):
     assert line.startswith("embed-stream: error: --output_table") and needle in line
 
 
+@pytest.mark.slow
 def test_a_table_without_project_takes_it_from_project(folder):
     """`--project` completes `D.T`; the run then stops at the next check (credentials)."""
     proc = stream(folder, "--output_table", "images.embeddings", "--project", "my-project")
@@ -126,6 +132,7 @@ def test_a_table_without_project_takes_it_from_project(folder):
     assert "gcloud auth application-default login" in one_line(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "option, value",
     [
@@ -150,6 +157,7 @@ def test_pubsub_names_that_do_not_parse(folder, option, value):
     assert option in line and repr(value) in line
 
 
+@pytest.mark.slow
 def test_read_only_output_dir(folder):
     if os.geteuid() == 0:  # root writes through file modes; /sys refuses even root
         target = "/sys/fs/embeddings-out"
@@ -162,6 +170,7 @@ def test_read_only_output_dir(folder):
     assert f"--output_dir {target} is not writable" in one_line(proc)
 
 
+@pytest.mark.slow
 def test_output_table_without_credentials_or_local_endpoints(folder):
     """No interactive prompt, no retries: one line naming both ways out."""
     proc = stream(folder, "--output_table", "my-project:images.embeddings")
@@ -170,6 +179,7 @@ def test_output_table_without_credentials_or_local_endpoints(folder):
     assert "gcloud auth application-default login" in line and "--local_endpoints" in line
 
 
+@pytest.mark.slow
 def test_weights_file_that_does_not_exist(folder):
     proc = run_cli(
         "streaming.main",
@@ -185,6 +195,7 @@ def test_weights_file_that_does_not_exist(folder):
     assert str(folder / "w.weights.h5") in one_line(proc)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module, argv, bad, closest",
     [
@@ -212,6 +223,7 @@ def test_every_cli_refuses_unknown_options_naming_the_closest(tmp_path, module, 
     assert closest.replace("-", "_") in line.replace("-", "_").split("did you mean ")[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "module, argv",
     [
@@ -237,6 +249,7 @@ def test_both_spellings_reach_the_option(tmp_path, module, argv):
     assert "invalid int value: 'x'" in one_line(proc)
 
 
+@pytest.mark.slow
 def test_backfill_without_credentials_says_how_to_get_them(tmp_path):
     proc = run_cli(
         "publisher.backfill",
@@ -250,6 +263,7 @@ def test_backfill_without_credentials_says_how_to_get_them(tmp_path):
     assert "gcloud auth application-default login" in line and "--local_endpoints" in line
 
 
+@pytest.mark.slow
 def test_importing_the_job_does_not_import_tensorflow():
     """`embed-stream --help` and the launcher stay fast: TensorFlow loads only where a
     model is built."""
@@ -266,6 +280,7 @@ def test_importing_the_job_does_not_import_tensorflow():
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_help_shows_defaults_and_mentions_beam_options(tmp_path):
     proc = run_cli("streaming.main", "--help", env=clean_env(tmp_path))
     assert proc.returncode == 0

@@ -111,6 +111,7 @@ def test_one_pixel_wide_or_tall_images(size):
     np.testing.assert_allclose(out.pixels.reshape(-1, 3).mean(0), (9, 99, 199), atol=1)
 
 
+@pytest.mark.slow
 def test_jpeg_draft_decoding_matches_a_full_decode(monkeypatch):
     data = fixtures.jpeg(4000, 3000, seed=3)
     seen = []

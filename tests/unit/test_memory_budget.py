@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from streaming.config import sizing
-from tests import processes
+from tools import processes
 
 ROOT = processes.ROOT
 LAYOUTS = os.path.join(ROOT, "benchmarks", "results", "layouts.json")

@@ -42,6 +42,7 @@ def test_random_weights_ignore_other_threads_drawing_from_random(keras_model):
     assert inference.weights_fingerprint(rebuilt) == inference.weights_fingerprint(keras_model)
 
 
+@pytest.mark.slow
 def test_weights_file_round_trip_keeps_the_fingerprint(tmp_path, keras_model):
     path = str(tmp_path / "resnet.weights.h5")
     keras_model.save_weights(path)
@@ -56,6 +57,7 @@ def test_weights_file_round_trip_keeps_the_fingerprint(tmp_path, keras_model):
     assert loaded.runtime_version.startswith("tensorflow-")
 
 
+@pytest.mark.slow
 def test_batched_embedding_equals_a_direct_keras_call(keras_model, direct_embed):
     emb = inference.EmbeddingModel(keras_model)
     batch = np.stack([decode_image(fixtures.jpeg(300, 200, seed=s)).pixels for s in range(3)])

@@ -8,7 +8,7 @@ from streaming import main
 from streaming.config.options import EmbedOptions
 from streaming.model import onnx_runtime
 from streaming.pipeline import model_threads
-from tests.processes import python_json
+from tools.processes import python_json
 
 LOCAL = ["--input_dir", "i", "--output_dir", "o"]
 DATAFLOW = [
@@ -71,6 +71,7 @@ def test_onnx_runtime_session_options(threads, intra, inter, parallel):
     assert (options.execution_mode == ort.ExecutionMode.ORT_PARALLEL) is parallel
 
 
+@pytest.mark.slow
 def test_onnx_runtime_starts_the_threads_the_sizes_name():
     """In a fresh process, the threads each session adds: intra-op N -> N - 1 pool
     threads (the caller is the N-th), inter-op N > 1 -> N - 1 more; with 0, one per

@@ -25,6 +25,7 @@ def onnx_cache(tmp_path_factory):
     return cache, loaded
 
 
+@pytest.mark.slow
 def test_onnx_vectors_match_tensorflow_on_real_photos(onnx_cache, keras_model):
     _, onnx_embed = onnx_cache
     pixels = np.stack([decode_image(p.read_bytes()).pixels for p in PHOTOS])
@@ -74,6 +75,7 @@ def test_a_half_written_entry_is_a_miss(tmp_path):
     assert onnx_runtime.read_entry(str(tmp_path), key) is None
 
 
+@pytest.mark.slow
 def test_a_cached_run_imports_no_tensorflow_and_builds_no_keras_layer(onnx_cache, tmp_path):
     """The whole job (embed-stream on a folder) with the conversion cached."""
     cache, onnx_embed = onnx_cache

@@ -9,7 +9,7 @@ import pytest
 
 from streaming.model import inference, resnet50
 from streaming.stages.load import decode_image
-from tests.processes import python_json
+from tools.processes import python_json
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PHOTOS = sorted((ROOT / "samples" / "images").glob("*/*.jpg"))
@@ -84,6 +84,7 @@ def test_an_h5_file_of_another_layout_is_not_read_as_resnet50(tmp_path):
     assert resnet50.read_weights_h5(path) is None
 
 
+@pytest.mark.slow
 def test_a_first_onnx_run_imports_no_tensorflow_and_says_where_it_stores_the_model(
     tmp_path, keras_model
 ):

@@ -133,6 +133,7 @@ def test_weights_that_cannot_load_keep_the_running_model(tmp_path):
         watched.stop()
 
 
+@pytest.mark.slow
 def test_the_watch_switches_by_itself_to_real_weights(tmp_path, capsys):
     """The watch thread, real weights files and the job's own builder: the vectors after
     the switch are those of the new weights' graph."""
@@ -166,6 +167,7 @@ def test_the_watch_switches_by_itself_to_real_weights(tmp_path, capsys):
     assert capsys.readouterr().err.count(" once; ") == 2  # random:0, then v2: once each
 
 
+@pytest.mark.slow
 def test_workers_sharing_a_cache_build_each_graph_once(tmp_path, monkeypatch):
     """The entry another process claimed is waited for and loaded, not built again."""
     cache, spec = str(tmp_path), "random:4"

@@ -11,7 +11,7 @@ talks to BigQuery through it.
 `POST /strict/mark`: insert requests, the largest one in bytes and rows, how many it
 refused, and the bytes and rows of those it forwarded.
 
-    python -m tests.integration.strict_bigquery --target http://127.0.0.1:9050 --port-file F
+    python -m tools.strict_bigquery --target http://127.0.0.1:9050 --port-file F
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import json
 import re
 import threading
 
-from tests.integration.http_proxy import HttpProxy, Request
+from tools.http_proxy import HttpProxy, Request
 
 MAX_REQUEST_BYTES = 10 * 1024 * 1024  # 10485760, as BigQuery's error message says
 MAX_REQUEST_ROWS = 50_000

@@ -90,6 +90,7 @@ def test_the_required_parameters_are_enough_to_launch():
     assert opts.view_as(EmbedOptions).input_subscription
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(n for n, p in PARAMS.items() if not p["isOptional"]))
 def test_each_required_parameter_is_needed(name):
     args = required_launch(skip=name)
