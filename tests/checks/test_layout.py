@@ -1,5 +1,6 @@
-"""The repository's layout rules, read from the source with `ast` (nothing is imported):
-dependencies run one way, and each dead-letter reason is written once, in its registry."""
+"""The repository's layout rules, read from the source with `ast` (the modules are parsed,
+not imported): dependencies run one way, and each dead-letter reason is written once,
+in its registry."""
 
 import ast
 import pathlib
@@ -50,15 +51,20 @@ def test_the_direction_check_sees_nested_imports(tmp_path):
     assert imported(module) == [(2, "analysis")]
 
 
-def reason_literals(path: pathlib.Path) -> list[str]:
-    """`file:line 'code'` for every string literal in the module that is a reason code."""
+def reason_nodes(path: pathlib.Path) -> list[ast.Constant]:
+    """Every string literal in the module that is a reason code."""
     return [
-        f"{path.relative_to(ROOT)}:{node.lineno} {node.value!r}"
+        node
         for node in ast.walk(ast.parse(path.read_text(), str(path)))
         if isinstance(node, ast.Constant)
         and isinstance(node.value, str)
         and node.value in failures.REASONS
     ]
+
+
+def reason_literals(path: pathlib.Path) -> list[str]:
+    """`file:line 'code'` for each of `reason_nodes`."""
+    return [f"{path.relative_to(ROOT)}:{n.lineno} {n.value!r}" for n in reason_nodes(path)]
 
 
 def test_reasons_are_written_only_in_their_registry():
@@ -70,6 +76,12 @@ def test_reasons_are_written_only_in_their_registry():
     assert not spelled, "write the constant from streaming/failures.py instead:\n" + "\n".join(
         spelled
     )
+
+
+def test_the_reason_check_sees_a_literal(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text('raise Rejected("not_an_image", "...")\n')
+    assert [n.value for n in reason_nodes(module)] == [failures.NOT_AN_IMAGE]
 
 
 def test_every_reason_has_its_constant():
