@@ -42,3 +42,18 @@ def exif_rotated_jpeg(orientation: int = 6) -> bytes:
 def truncated_jpeg() -> bytes:
     data = jpeg(640, 480)
     return data[: len(data) // 2]
+
+
+# A Dataflow job built offline (`--dry_run`): what the graph and option tests launch.
+DATAFLOW_DRY_RUN = [
+    "--runner",
+    "DataflowRunner",
+    "--dry_run",
+    "True",
+    "--project",
+    "my-project",
+    "--region",
+    "us-central1",
+    "--temp_location",
+    "gs://my-temp-bucket/tmp",
+]

@@ -15,6 +15,7 @@ from streaming import main
 from streaming.config import flags
 from streaming.config.options import EmbedOptions, validate
 from streaming.stages import load
+from tests import fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 METADATA = json.loads((ROOT / "flex_template" / "metadata.json").read_text())
@@ -30,18 +31,7 @@ LOCAL_ONLY = {
     "verbose",  # what the launching terminal shows
     "local_endpoints",
 }
-DATAFLOW = [
-    "--runner",
-    "DataflowRunner",
-    "--dry_run",
-    "True",
-    "--project",
-    "my-project",
-    "--region",
-    "us-central1",
-    "--temp_location",
-    "gs://my-temp-bucket/tmp",
-]
+DATAFLOW = fixtures.DATAFLOW_DRY_RUN
 
 
 def example(param) -> str:

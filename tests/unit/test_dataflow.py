@@ -10,19 +10,11 @@ import pytest
 
 from streaming import main
 from streaming.pipeline import build_pipeline
+from tests import fixtures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DATAFLOW_ARGS = [
-    "--runner",
-    "DataflowRunner",
-    "--dry_run",
-    "True",
-    "--project",
-    "my-project",
-    "--region",
-    "us-central1",
-    "--temp_location",
-    "gs://my-temp-bucket/tmp",
+    *fixtures.DATAFLOW_DRY_RUN,
     "--input_subscription",
     "projects/my-project/subscriptions/images",
     "--output_table",
@@ -93,26 +85,7 @@ def test_baked_weights_that_exist_here_are_checked_like_any_file(tmp_path, capsy
 def test_streaming_job_builds_for_dataflow_offline():
     opts = main.make_options(
         [
-            "--runner",
-            "DataflowRunner",
-            "--dry_run",
-            "True",
-            "--project",
-            "my-project",
-            "--region",
-            "us-central1",
-            "--temp_location",
-            "gs://my-temp-bucket/tmp",
-            "--input_subscription",
-            "projects/my-project/subscriptions/images",
-            "--output_table",
-            "my-project:embeddings.images",
-            "--dead_letter_table",
-            "my-project:embeddings.dead_letters",
-            "--output_gcs",
-            "gs://my-vectors/embeddings/",
-            "--weights",
-            "gs://my-models/r50.weights.h5",
+            *DATAFLOW_ARGS,
             "--max_num_workers",
             "4",
             "--autoscaling_algorithm",

@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from streaming.sources import catch_up
+from tests import fixtures
 
 
 def res(name, generation):
@@ -227,16 +228,7 @@ def test_a_dataflow_job_can_catch_up_at_start_and_periodically():
         "always",
         "--catch_up_every_minutes",
         "60",
-        "--runner",
-        "DataflowRunner",
-        "--dry_run",
-        "True",
-        "--project",
-        "my-project",
-        "--region",
-        "us-central1",
-        "--temp_location",
-        "gs://my-temp-bucket/tmp",
+        *fixtures.DATAFLOW_DRY_RUN,
         "--weights",
         "random:0",
     )
