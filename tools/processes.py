@@ -52,6 +52,7 @@ class Child:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env={**os.environ, **(env or {})},
+            preexec_fn=_default_sigint,
         )
 
     @property
@@ -114,6 +115,13 @@ class Child:
     def __exit__(self, *_exc) -> None:
         self.stop()
         self.remove_log()
+
+
+def _default_sigint() -> None:
+    """A child started from a shell's background job inherits an ignored SIGINT (POSIX
+    shells ignore it for `cmd &` without job control), and Python then never raises
+    KeyboardInterrupt: the tests that press Ctrl-C need the default back."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def python_module(module: str, *args: str) -> list[str]:
