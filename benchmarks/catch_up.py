@@ -31,7 +31,7 @@ import uuid
 import _common as C
 import psutil
 
-from tools.processes import Child, python_module, wait_until
+from tools.processes import Child, cloud_job_args, python_module, wait_until
 
 GOALS = {"peak_gb": 1.5, "live_row_s": 10.0}
 
@@ -119,19 +119,7 @@ def run(args, work: str) -> dict:
     subscriber.create_subscription(name=sub, topic=topic, ack_deadline_seconds=60)
     argv = python_module(
         "streaming.main",
-        "--input_subscription",
-        sub,
-        "--output_table",
-        table.replace(".", ":", 1),
-        "--output_gcs",
-        f"gs://{vectors.name}/",
-        "--buckets",
-        bucket.name,
-        "--weights",
-        "random:0",
-        "--local_endpoints",
-        "--max_batch_duration_secs",
-        "1",
+        *cloud_job_args(sub, table.replace(".", ":", 1), vectors.name, bucket.name),
         "--catch_up_chunk",
         str(args.chunk),
     )

@@ -203,3 +203,32 @@ def _tree_sum(pid: int, measure: Callable) -> float:
         except psutil.Error:  # exited meanwhile
             pass
     return total
+
+
+def cloud_job_args(
+    subscription: str,
+    table: str,
+    vectors_bucket: str,
+    images_bucket: str,
+    dead_letter_table: str | None = None,
+) -> list[str]:
+    """`embed-stream` options of a job on the emulators: one subscription in, rows to
+    `table` (and dead letters to `dead_letter_table`), vectors to `vectors_bucket`, the
+    catch-up over `images_bucket`, random weights, batches flushed after 1 s."""
+    dead = ["--dead_letter_table", dead_letter_table] if dead_letter_table else []
+    return [
+        "--input_subscription",
+        subscription,
+        "--output_table",
+        table,
+        *dead,
+        "--output_gcs",
+        f"gs://{vectors_bucket}/",
+        "--buckets",
+        images_bucket,
+        "--weights",
+        "random:0",
+        "--local_endpoints",
+        "--max_batch_duration_secs",
+        "1",
+    ]

@@ -18,6 +18,7 @@ from analysis import sql
 from tests import fixtures
 from tests.integration.conftest import start_job, strict_bigquery_stats, wait_until
 from tests.integration.tcp_proxy import TcpProxy
+from tools.processes import cloud_job_args
 
 BACKLOG = 320  # as 38 KB rows, about 12 MB: more than one request may hold
 DELETED = 10
@@ -53,21 +54,7 @@ def backlog(cloud, stack, tmp_path_factory):
     )
     logs = tmp_path_factory.mktemp("backlog")
     argv = [
-        "--input_subscription",
-        sub,
-        "--output_table",
-        table,
-        "--dead_letter_table",
-        dead_table,
-        "--output_gcs",
-        f"gs://{vectors.name}/",
-        "--buckets",
-        bucket.name,
-        "--weights",
-        "random:0",
-        "--local_endpoints",
-        "--max_batch_duration_secs",
-        "1",
+        *cloud_job_args(sub, table, vectors.name, bucket.name, dead_table),
         "--catch_up_chunk",
         "250",
         # One shard for the whole backlog, as a busy key fills at scale: its rows

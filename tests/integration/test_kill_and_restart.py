@@ -22,6 +22,7 @@ import pytest
 from analysis import sql
 from tests import fixtures
 from tests.integration.conftest import start_job, strict_bigquery_stats, wait_until
+from tools.processes import cloud_job_args
 
 BURST = 240  # as rows, more than one insert request holds: the requests hit the byte cap
 
@@ -41,21 +42,7 @@ def killable(stack, tmp_path_factory):
         name=sub, topic=cloud.notify_topic, ack_deadline_seconds=10
     )
     argv = [
-        "--input_subscription",
-        sub,
-        "--output_table",
-        table,
-        "--dead_letter_table",
-        dead_table,
-        "--output_gcs",
-        f"gs://{vectors.name}/",
-        "--buckets",
-        bucket.name,
-        "--weights",
-        "random:0",
-        "--local_endpoints",
-        "--max_batch_duration_secs",
-        "1",
+        *cloud_job_args(sub, table, vectors.name, bucket.name, dead_table),
     ]
     logs = tmp_path_factory.mktemp("kill")
     state = {"job": None, "starts": 0, "uploaded": {}, "deleted": set()}
