@@ -8,10 +8,9 @@ import os
 from apache_beam.options.pipeline_options import (
     GoogleCloudOptions,
     PipelineOptions,
-    StandardOptions,
 )
 
-from streaming.config import flags, names
+from streaming.config import flags, names, runners
 from streaming.config.cli import UsageError
 
 
@@ -66,7 +65,7 @@ def validate(opts: EmbedOptions) -> None:
         )
     watch = opts.weights_watch
     if watch and "://" not in watch:
-        if (opts.view_as(StandardOptions).runner or "").endswith("DataflowRunner"):
+        if runners.on_dataflow(opts):
             raise UsageError(
                 f"--weights_watch {watch}: Dataflow workers cannot see a local "
                 "folder; pass a gs:// prefix"

@@ -203,6 +203,10 @@ def test_a_claim_whose_builder_died_is_taken_over(tmp_path):
         (["--weights_watch", "/no/such/folder"], "--weights_watch /no/such/folder: not a folder"),
         (["--weights_watch", "gs://b/w/"], "--weights_watch: not a Cloud Storage bucket name"),
         (["--weights_watch_interval", "0"], "--weights_watch_interval must be positive, not 0.0"),
+        (
+            ["--weights_watch", "/models", "--runner", "DataflowRunner"],
+            "--weights_watch /models: Dataflow workers cannot see a local folder",
+        ),
     ],
 )
 def test_a_wrong_watch_is_one_line_naming_it(tmp_path, argv, message):
