@@ -233,13 +233,13 @@ class _ShardBufferFn(beam.DoFn):
         window_end.set(window.end)
         values.add(element[1])
         count.add(1)
-        now = self._clock()
-        if count.read() == 1:
-            first.write(now)
-        if count.read() >= self._size:
+        now, n = self._clock(), count.read()
+        if n >= self._size:
             yield from self._flush(values, count, first, flush)
             return
-        flush.set(flush_at(first.read(), now, self._wait, self._idle))
+        if n == 1:
+            first.write(now)
+        flush.set(flush_at(now if n == 1 else first.read(), now, self._wait, self._idle))
 
     @userstate.on_timer(WINDOW_END)
     def on_window_end(
