@@ -11,17 +11,17 @@ uploaded at once; once all their rows are queryable the job stops, and per 1,000
 
 - Cloud Storage operations of the job, by class (A: object writes, lists; B: reads,
   metadata) and bucket, and the objects it wrote (count, bytes);
-- BigQuery insertAll requests, their bytes and rows (as the strict proxy forwarded
-  them), and the rows' billed bytes by BigQuery's data-size rules (each column's type;
-  insertAll bills at least 1 KB a row);
+- BigQuery requests, their bytes and rows, as the strict proxy forwarded them: Storage
+  Write API appends (the job's default, on bqemulator's gRPC port) and insertAll
+  requests (the run with `--bigquery_write_method insert_all`), and the rows' billed
+  bytes by BigQuery's data-size rules (each column's type; insertAll bills at least
+  1 KB a row);
 - Pub/Sub notifications of the images bucket (a second subscription on the topic) and
   their bytes (data + attributes);
 - bytes per image into each step that shuffles or holds state, by encoding elements of
   the run with the coders of the job's graph (`streaming.pipeline.build_pipeline`).
 
-The Storage Write API is measured on bqemulator's gRPC port: the run's own rows are
-appended to the `_default` stream of a fresh table as binary (proto) rows and queried
-back. List prices (`PRICES`: each with the page read and the date) turn the counts
+List prices (`PRICES`: each with the page read and the date) turn the counts
 into $ per million images per service, next to the workers' share in `scale.json`.
 Writes cost.{json,md}.
 """
@@ -29,7 +29,6 @@ Writes cost.{json,md}.
 from __future__ import annotations
 
 import concurrent.futures as cf
-import datetime as dt
 import json
 import os
 import tempfile
@@ -108,6 +107,10 @@ RUNS = {  # name: (options, what it stands for)
         [],
         "shards, default options (16 keys, 0.1 s idle gap, 2 s wait, 500 vectors), "
         "at the emulator's rate",
+    ),
+    "shards-insert-all": (
+        ["--bigquery_write_method", "insert_all"],
+        "as **shards**, the rows by insertAll instead of the Storage Write API",
     ),
     "shards-at-scale": (
         ["--shard_keys", "1", "--shard_wait_secs", "60", "--shard_idle_secs", "60"],
@@ -282,7 +285,7 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
 
     from streaming.support import clients
     from tools.http_proxy import HttpProxy
-    from tools.strict_bigquery import Stats, insert_limits
+    from tools.strict_bigquery import Stats, grpc_proxy, insert_limits
 
     project = clients.project_from_env()
     storage, bq = clients.storage_client(True), clients.bigquery_client(True)
@@ -300,6 +303,9 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
     bq_proxy = HttpProxy(
         os.environ["BIGQUERY_EMULATOR_HOST"], rule=lambda r: insert_limits(r, stats), record=False
     ).start()
+    bq_grpc = grpc_proxy(os.environ["BIGQUERY_EMULATOR_GRPC_HOST"], stats)
+    grpc_port = bq_grpc.add_insecure_port("127.0.0.1:0")
+    bq_grpc.start()
     table = f"{project}.{dataset}.embeddings"
     log = os.path.join(work, f"job-{name}.log")
     job = Child(
@@ -327,6 +333,7 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
             **C.CHILD_ENV,
             "STORAGE_EMULATOR_HOST": gcs_proxy.url,
             "BIGQUERY_EMULATOR_HOST": bq_proxy.url,
+            "BIGQUERY_EMULATOR_GRPC_HOST": f"127.0.0.1:{grpc_port}",
         },
     )
 
@@ -354,6 +361,7 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
         job.stop()
         gcs_proxy.stop()
         bq_proxy.stop()
+        bq_grpc.stop(None)
     n = len(images)
     after = stats.as_dict()
     ops: dict[str, dict[str, int]] = {}
@@ -406,6 +414,9 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
             "bq_insert_requests": per_k(after["insert_requests"] - mark_stats["insert_requests"]),
             "bq_insert_bytes": per_k(after["insert_bytes"] - mark_stats["insert_bytes"]),
             "bq_insert_rows": per_k(after["insert_rows"] - mark_stats["insert_rows"]),
+            "bq_append_requests": per_k(after["append_requests"] - mark_stats["append_requests"]),
+            "bq_append_bytes": per_k(after["append_bytes"] - mark_stats["append_bytes"]),
+            "bq_append_rows": per_k(after["append_rows"] - mark_stats["append_rows"]),
             "bq_billed_bytes": per_k(sum(billed)),
             "bq_billed_bytes_insert_all": per_k(sum(max(b, 1024) for b in billed)),
             "pubsub_messages": per_k(len(notes)),
@@ -413,6 +424,7 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
             "pubsub_billed_bytes": per_k(sum(max(b, 1000) for b in note_bytes)),
         },
         "largest_insert_request_bytes": after["max_insert_bytes"],
+        "largest_append_request_bytes": after["max_append_bytes"],
         "sample": {
             "row": {
                 k: sample[k]
@@ -429,128 +441,7 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
             f"+{sample['model_runtime']}",
             "vector": [float(x) for x in sample["embedding"]],
             "notification": (notes[0].data, dict(notes[0].attributes)),
-            "rows": rows[:50],
         },
-    }
-
-
-# ------------------------------------------------------------------ Storage Write API
-
-
-def append_rows(rows: list[dict]) -> dict:
-    """The rows, appended as proto rows to the `_default` stream of a fresh table on
-    bqemulator's gRPC port and counted back: (supported, request bytes per row)."""
-    import grpc
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import bigquery_storage_v1
-    from google.cloud.bigquery_storage_v1 import types
-    from google.cloud.bigquery_storage_v1.services.big_query_write.transports import (
-        BigQueryWriteGrpcTransport,
-    )
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-
-    import schemas
-    from streaming.sinks import bigquery as sink
-    from streaming.support import clients
-
-    host = os.environ.get("BIGQUERY_EMULATOR_GRPC_HOST")
-    if not host:
-        return {"supported": None, "note": "BIGQUERY_EMULATOR_GRPC_HOST is not set"}
-    bq = clients.bigquery_client(True)
-    project, rid = clients.project_from_env(), uuid.uuid4().hex[:8]
-    dataset = f"cost_write_{rid}"
-    bq.create_dataset(dataset)
-    table_id = f"{project}.{dataset}.embeddings"
-    bq.create_table(sink.make_table(table_id, schemas.EMBEDDINGS))
-    fields = schemas.table_schema()
-    proto = descriptor_pb2.DescriptorProto(name="EmbeddingRow")
-    kinds = {
-        "STRING": descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-        "INTEGER": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,
-        "TIMESTAMP": descriptor_pb2.FieldDescriptorProto.TYPE_INT64,  # microseconds
-        "FLOAT": descriptor_pb2.FieldDescriptorProto.TYPE_DOUBLE,
-        "BOOLEAN": descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
-    }
-    for i, f in enumerate(fields, 1):
-        repeated = f.get("mode") == "REPEATED"
-        proto.field.add(
-            name=f["name"],
-            number=i,
-            type=kinds[f["type"]],
-            label=(
-                descriptor_pb2.FieldDescriptorProto.LABEL_REPEATED
-                if repeated
-                else descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
-            ),
-            options=descriptor_pb2.FieldOptions(packed=True) if repeated else None,
-        )
-    pool = descriptor_pool.DescriptorPool()
-    pool.Add(
-        descriptor_pb2.FileDescriptorProto(
-            name=f"row_{rid}.proto", syntax="proto2", message_type=[proto]
-        )
-    )
-    Row = message_factory.GetMessageClass(pool.FindMessageTypeByName("EmbeddingRow"))
-
-    def micros(value):
-        if isinstance(value, dt.datetime):
-            return int(value.timestamp() * 1e6)
-        return int(dt.datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp() * 1e6)
-
-    serialized = []
-    for row in rows:
-        msg = Row()
-        for f in fields:
-            value = row.get(f["name"])
-            if value is None or value == []:
-                continue
-            if f["type"] == "TIMESTAMP":
-                value = micros(value)
-            if f.get("mode") == "REPEATED":
-                getattr(msg, f["name"]).extend(value)
-            else:
-                setattr(msg, f["name"], value)
-        serialized.append(msg.SerializeToString())
-    stream = f"projects/{project}/datasets/{dataset}/tables/embeddings/streams/_default"
-    client = bigquery_storage_v1.BigQueryWriteClient(
-        transport=BigQueryWriteGrpcTransport(
-            channel=grpc.insecure_channel(host), credentials=AnonymousCredentials()
-        ),
-        client_options=ClientOptions(api_endpoint=host),
-    )
-    requests, batch, size = [], [], 0
-    schema = types.ProtoSchema(proto_descriptor=proto)
-    for data in serialized + [None]:
-        if data is None or size + len(data) > 9_000_000:
-            req = types.AppendRowsRequest(
-                write_stream=stream,
-                proto_rows=types.AppendRowsRequest.ProtoData(
-                    writer_schema=schema, rows=types.ProtoRows(serialized_rows=batch)
-                ),
-            )
-            requests.append(req)
-            batch, size = [], 0
-        if data is not None:
-            batch.append(data)
-            size += len(data)
-    try:
-        answers = list(client.append_rows(iter(requests)))
-        errors = [a.error.message for a in answers if a.error and a.error.code]
-        landed = list(bq.query(f"SELECT COUNT(*) AS n FROM `{table_id}`").result())[0]["n"]
-    except Exception as e:  # noqa: BLE001 - recorded: whether the emulator supports it
-        return {"supported": False, "error": f"{type(e).__name__}: {e}"[:500]}
-    finally:
-        bq.delete_dataset(dataset, delete_contents=True, not_found_ok=True)
-    wire = sum(types.AppendRowsRequest.serialize(r).__len__() for r in requests)
-    return {
-        "supported": landed == len(rows) and not errors,
-        "rows": len(rows),
-        "rows_queryable": landed,
-        "errors": errors[:3],
-        "requests": len(requests),
-        "request_bytes_per_row": round(wire / len(rows), 1),
-        "proto_row_bytes": round(sum(map(len, serialized)) / len(rows), 1),
     }
 
 
@@ -630,6 +521,8 @@ def markdown(res: dict) -> str:
         ("gcs_class_b", "Cloud Storage Class B operations"),
         ("bq_insert_requests", "BigQuery insertAll requests"),
         ("bq_insert_bytes", "BigQuery insertAll request bytes"),
+        ("bq_append_requests", "BigQuery Storage Write API appends"),
+        ("bq_append_bytes", "BigQuery Storage Write API request bytes"),
         ("bq_billed_bytes", "BigQuery rows' billed bytes (data-size rules)"),
         ("pubsub_messages", "Pub/Sub notifications"),
         ("pubsub_bytes", "Pub/Sub bytes (data + attributes)"),
@@ -663,25 +556,37 @@ def markdown(res: dict) -> str:
         lines.append(
             f"| {s['step']} | {s.get('element', '')} | {s.get('coder', '')} | {s['bytes']} |"
         )
-    w = res["write_api"]
+    inserted = [r for r in runs.values() if r["per_1000"]["bq_insert_rows"]]
+    appended = [r for r in runs.values() if r["per_1000"]["bq_append_rows"]]
+
+    def per_row(run, kind):
+        c = run["per_1000"]
+        return f"{c[f'bq_{kind}_bytes'] / c[f'bq_{kind}_rows']:.0f}"
+
     lines += [
         "",
         "## BigQuery ingestion on the emulator",
         "",
-        f"- insertAll (byte-capped requests, `streaming/sinks/bigquery.py`): largest request "
-        f"{max(r['largest_insert_request_bytes'] for r in runs.values())} bytes; "
-        f"{runs['shards']['per_1000']['bq_insert_bytes'] / 1000:.0f} request bytes "
-        "per row.",
-        f"- Storage Write API, `AppendRows` on the `_default` stream (proto rows) on "
-        f"bqemulator's gRPC port: supported = {w.get('supported')}"
-        + (
-            f"; {w['rows_queryable']} of {w['rows']} rows queryable after "
-            f"{w['requests']} request(s), {w['request_bytes_per_row']} request bytes "
-            f"per row ({w['proto_row_bytes']} of them the proto row)"
-            if "rows" in w
-            else f" ({w.get('error') or w.get('note')})"
+        "Both as the job sends them, through the strict proxy (`tools/strict_bigquery.py`), "
+        "which refuses a request over 10 MB:",
+        "",
+    ]
+    if appended:
+        lines.append(
+            "- Storage Write API (`--bigquery_write_method storage_write_api`, the default; "
+            "`streaming/sinks/write_api.py`): `AppendRows` on the `_default` stream, proto "
+            "rows, on bqemulator's gRPC port; largest request "
+            f"{max(r['largest_append_request_bytes'] for r in appended)} bytes; "
+            f"{per_row(appended[0], 'append')} request bytes per row."
         )
-        + ".",
+    if inserted:
+        lines.append(
+            "- insertAll (`--bigquery_write_method insert_all`, `streaming/sinks/bigquery.py`): "
+            "largest request "
+            f"{max(r['largest_insert_request_bytes'] for r in inserted)} bytes; "
+            f"{per_row(inserted[0], 'insert')} request bytes per row."
+        )
+    lines += [
         "",
         "## $ per million images",
         "",
@@ -831,7 +736,6 @@ def main() -> int:
     ref = parse_notification(*sample["notification"])
     vector = np.float32(sample["vector"])
     res["shuffles"] = shuffle_bytes([], ref, vector, sample["model_id"])
-    res["write_api"] = append_rows(sample["rows"])
     shuffled = sum(x["bytes"] for x in res["shuffles"] if not x["step"].startswith("for "))
     workers = workers_share(
         args.out if os.path.exists(os.path.join(args.out, "scale.json")) else C.RESULTS

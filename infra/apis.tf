@@ -2,6 +2,7 @@ locals {
   services = [
     "artifactregistry.googleapis.com",
     "bigquery.googleapis.com",
+    "bigquerystorage.googleapis.com", # the Storage Write API (rows) and Read API
     "cloudbuild.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "compute.googleapis.com",

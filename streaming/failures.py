@@ -148,17 +148,28 @@ FAILURES: tuple[Failure, ...] = (
     Failure("write .npy", "401/403", DEAD_LETTERED, "permission_denied"),
     Failure(
         "write rows",
-        "5xx, timeout, connection reset, 403 rate or quota limit",
+        "5xx, timeout, connection reset, 403 rate or quota limit (gRPC: UNAVAILABLE, "
+        "DEADLINE_EXCEEDED, INTERNAL, RESOURCE_EXHAUSTED for a quota)",
         RETRIED + " (backoff up to 30 s, as long as it lasts)",
     ),
-    Failure("write rows", "404 table", RETRIED + " (the table is re-created from schemas/)"),
-    Failure("write rows", "404 dataset", STALLED),
-    Failure("write rows", "401/403 permission", STALLED),
     Failure(
-        "write rows", "a request over BigQuery's limits (400/413)", RETRIED + " (split in halves)"
+        "write rows", "404 / NOT_FOUND table", RETRIED + " (the table is re-created from schemas/)"
+    ),
+    Failure("write rows", "404 dataset", STALLED),
+    Failure("write rows", "401/403 (PERMISSION_DENIED, UNAUTHENTICATED) permission", STALLED),
+    Failure(
+        "write rows",
+        "a request over BigQuery's limits (400/413; INVALID_ARGUMENT or "
+        "RESOURCE_EXHAUSTED for size)",
+        RETRIED + " (split in halves)",
     ),
     Failure("write rows", "one row over the request limit", DEAD_LETTERED, "row_too_large"),
-    Failure("write rows", "a row BigQuery refuses (invalid)", DEAD_LETTERED, "bigquery_rejected"),
+    Failure(
+        "write rows",
+        "a row BigQuery refuses (invalid; an append's `row_errors`)",
+        DEAD_LETTERED,
+        "bigquery_rejected",
+    ),
 )
 
 

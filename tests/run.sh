@@ -2,7 +2,7 @@
 # Runs the whole test suite: installs and starts the local emulators (Pub/Sub,
 # fake-gcs-server, bqemulator) that the integration tests talk to, puts a proxy in
 # front of bqemulator that refuses what BigQuery refuses (tools/strict_bigquery.py:
-# request bytes and rows), installs Chromium for the browser test
+# request bytes and rows, on its REST and its gRPC port), installs Chromium for the browser test
 # when it is missing, runs pytest (unit, checks and integration tests), and stops the
 # emulators again. Extra arguments go to pytest.
 set -euo pipefail
@@ -32,12 +32,15 @@ trap cleanup EXIT
 # shellcheck disable=SC1091
 . .emulators/env.sh
 port_file=.emulators/strict-bigquery.port
-rm -f "$port_file"
-"$PY" -m tools.strict_bigquery --target "$BIGQUERY_EMULATOR_HOST" \
-  --port-file "$port_file" > .emulators/logs/strict-bigquery.log 2>&1 &
+grpc_port_file=.emulators/strict-bigquery-grpc.port
+rm -f "$port_file" "$grpc_port_file"
+"$PY" -m tools.strict_bigquery --target "$BIGQUERY_EMULATOR_HOST" --port-file "$port_file" \
+  --grpc-target "$BIGQUERY_EMULATOR_GRPC_HOST" --grpc-port-file "$grpc_port_file" \
+  > .emulators/logs/strict-bigquery.log 2>&1 &
 STRICT_PID=$!
 for _ in $(seq 100); do [[ -s "$port_file" ]] && break; sleep 0.1; done
 [[ -s "$port_file" ]] || { echo "strict BigQuery proxy did not start" >&2; exit 1; }
 export BIGQUERY_DIRECT_HOST="$BIGQUERY_EMULATOR_HOST"
 export BIGQUERY_EMULATOR_HOST="http://127.0.0.1:$(cat "$port_file")"
+export BIGQUERY_EMULATOR_GRPC_HOST="127.0.0.1:$(cat "$grpc_port_file")"
 "$PY" -m pytest -q -p no:cacheprovider "$@"

@@ -19,6 +19,7 @@ DEFAULT_VECTORS_PER_SHARD = 500  # 500 x 8 KiB of float32: a 4 MiB object
 DEFAULT_SHARD_WAIT_SECS = 2.0
 DEFAULT_SHARD_IDLE_SECS = 0.1
 DEFAULT_SHARD_KEYS = 16
+BIGQUERY_WRITE_METHODS = ("storage_write_api", "insert_all")
 
 
 def add_job_arguments(parser: argparse.ArgumentParser) -> None:
@@ -141,6 +142,15 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument(
         "--dead_letter_table", type=str, default=None, help="BigQuery table for dead letters."
+    )
+    out.add_argument(
+        "--bigquery_write_method",
+        type=str,
+        default=BIGQUERY_WRITE_METHODS[0],
+        choices=BIGQUERY_WRITE_METHODS,
+        help="How rows reach BigQuery: storage_write_api (default): binary rows on "
+        "the Storage Write API's default stream, half insertAll's price; insert_all: "
+        "streaming inserts with the row key as insert id. See docs/options.md.",
     )
     out.add_argument(
         "--local_endpoints",

@@ -59,6 +59,17 @@ def validate(opts: EmbedOptions) -> None:
     for option in ("shard_wait_secs", "shard_idle_secs"):  # a shard must have a deadline
         if not getattr(opts, option) > 0:
             raise UsageError(f"--{option} must be positive, not {getattr(opts, option)}")
+    if (
+        opts.local_endpoints
+        and (opts.output_table or opts.dead_letter_table)
+        and opts.bigquery_write_method == "storage_write_api"
+        and not os.environ.get("BIGQUERY_EMULATOR_GRPC_HOST")
+    ):
+        raise UsageError(
+            "--bigquery_write_method storage_write_api with --local_endpoints needs "
+            "BIGQUERY_EMULATOR_GRPC_HOST (the emulator's gRPC host:port), or pass "
+            "--bigquery_write_method insert_all"
+        )
     if opts.weights_watch_interval <= 0:
         raise UsageError(
             f"--weights_watch_interval must be positive, not {opts.weights_watch_interval}"

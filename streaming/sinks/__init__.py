@@ -36,9 +36,15 @@ def sinks_for(opts) -> list[Sink]:
 
     outputs: list[Sink] = []
     if opts.output_table:
-        outputs.append(BigQueryRows(opts.output_table, opts.local_endpoints))
+        outputs.append(
+            BigQueryRows(opts.output_table, opts.local_endpoints, opts.bigquery_write_method)
+        )
     if opts.dead_letter_table:
-        outputs.append(BigQueryDeadLetters(opts.dead_letter_table, opts.local_endpoints))
+        outputs.append(
+            BigQueryDeadLetters(
+                opts.dead_letter_table, opts.local_endpoints, opts.bigquery_write_method
+            )
+        )
     if opts.output_dir:
         outputs.append(LocalFiles(opts.output_dir))
     return outputs

@@ -26,10 +26,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 import schemas
 from streaming import failures, metrics
 from streaming.config import names
+from streaming.config.flags import BIGQUERY_WRITE_METHODS
 from streaming.records import DeadLetter, ImageRef
 from streaming.sinks import Sink
 from streaming.sinks.files import DeadLetterRows
 
+STORAGE_WRITE_API, INSERT_ALL = BIGQUERY_WRITE_METHODS
 _LOG = logging.getLogger(__name__)
 MAX_BACKOFF_SECS = 30.0
 # Tables this process has created or found: checked once per process, not per bundle
@@ -87,7 +89,9 @@ _TRANSIENT_403 = {"rateLimitExceeded", "quotaExceeded", "backendError"}
 def insert_action(error: BaseException) -> str:
     """The class of a failed insertAll request.
 
-    - 400/413 for the request's size or row count: `split` it (a single row: `reject`);
+    - 400/413 (insertAll) or 400/429 (the Storage Write API's INVALID_ARGUMENT and
+      RESOURCE_EXHAUSTED) for the request's size or row count: `split` it (a single
+      row: `row_too_large`);
     - any other 400: `reject` (bisected down to the row at fault, which is dead-lettered);
     - 404: `missing` (the table is re-created; a missing dataset is a stall);
     - 401, and 403 but for rate and quota limits: `stall` (a permission the job lacks);
@@ -97,7 +101,7 @@ def insert_action(error: BaseException) -> str:
     reasons = {
         e.get("reason") for e in (getattr(error, "errors", None) or []) if isinstance(e, dict)
     }
-    if code == 413 or (code == 400 and _is_size_error(str(error))):
+    if code == 413 or (code in (400, 429) and _is_size_error(str(error))):
         return SPLIT
     if code == 400:
         return REJECT
@@ -114,10 +118,20 @@ def _is_size_error(message: str) -> bool:
         "payload size exceeds" in message
         or "too many rows" in message
         or "request too large" in message
+        or "size cap" in message
+        or "request is too large" in message
     )
 
 
-class _InsertRowsFn(beam.DoFn):
+class RowWriterFn(beam.DoFn):
+    """Rows -> BigQuery `table` in requests under `max_bytes` and `batch_size` rows, by
+    whatever `_send` speaks; the rows BigQuery refuses come back as
+    `(table, row, errors)`. The request loop, its failure classes (`insert_action`), the
+    table's re-creation and the stall log are the same for every ingestion method."""
+
+    FRAME_BYTES = _REQUEST_FRAME_BYTES
+    METHOD = "insert"
+
     def __init__(self, table: str, schema_file: str, local: bool, batch_size: int, max_bytes: int):
         self._table_id = names.standard_table_id(table)
         self._table, self._schema_file = table, schema_file
@@ -132,41 +146,59 @@ class _InsertRowsFn(beam.DoFn):
             self._ensure_table()
 
     def start_bundle(self):
-        self._buffer: list[tuple[dict, Any, Any]] = []
-        self._buffered_bytes = _REQUEST_FRAME_BYTES
+        self._buffer: list[tuple[dict, Any, Any, Any]] = []
+        self._buffered_bytes = self.FRAME_BYTES
 
     def process(
         self, row: dict, timestamp=beam.DoFn.TimestampParam, window=beam.DoFn.WindowParam
     ) -> Iterable:
-        size = request_row_bytes(row, row["row_key"])
-        if size + _REQUEST_FRAME_BYTES > self._max_bytes:
+        try:
+            payload, size = self._encode(row)
+        except (TypeError, ValueError, OverflowError) as e:  # a value of the wrong type
+            yield self._refused(
+                row, timestamp, window, [{"reason": "invalid", "message": _short(e)}]
+            )
+            return
+        if size + self.FRAME_BYTES > self._max_bytes:
             yield self._refused(row, timestamp, window, _too_large(size, self._max_bytes))
             return
         if self._buffer and (
             self._buffered_bytes + size > self._max_bytes or len(self._buffer) >= self._batch_size
         ):
             yield from self._flush()
-        self._buffer.append((row, timestamp, window))
+        self._buffer.append((row, payload, timestamp, window))
         self._buffered_bytes += size
 
     def finish_bundle(self) -> Iterable:
         yield from self._flush()
 
+    def _encode(self, row: dict) -> tuple[Any, int]:
+        """`row` as this method sends it, and the bytes it adds to a request; raises
+        TypeError or ValueError for a value its column cannot hold (the row is refused
+        as BigQuery would refuse it)."""
+        raise NotImplementedError
+
+    def _send(self, rows: list) -> list[dict]:
+        """One request with `rows` (as `_encode` made them); returns insertAll's per-row answer,
+        `[{"index": i, "errors": [...]}]` for the rows not written, and raises (a
+        google.api_core exception) when the request as a whole failed."""
+        raise NotImplementedError
+
     def _flush(self) -> Iterable[WindowedValue]:
         batch, self._buffer = self._buffer, []
-        self._buffered_bytes = _REQUEST_FRAME_BYTES
+        self._buffered_bytes = self.FRAME_BYTES
         if not batch:
             return
-        errors = self._insert([row for row, _, _ in batch])
+        errors = self._write([payload for _, payload, _, _ in batch])
         for index, row_errors in errors.items():
-            row, timestamp, window = batch[index]
+            row, _, timestamp, window = batch[index]
             yield self._refused(row, timestamp, window, row_errors)
 
     def _refused(self, row, timestamp, window, errors) -> WindowedValue:
         return WindowedValue((self._table, row, errors), timestamp, [window])
 
-    def _insert(self, rows: list[dict]) -> dict[int, list]:
-        """Inserts until BigQuery has answered for every row; returns the refused rows'
+    def _write(self, rows: list) -> dict[int, list]:
+        """Writes until BigQuery has answered for every row; returns the refused rows'
         errors by index. Transient failures are retried, configuration problems waited
         out (stalled on), and a request BigQuery refuses is split until the row at
         fault is alone (`insert_action`)."""
@@ -175,14 +207,7 @@ class _InsertRowsFn(beam.DoFn):
         while pending:
             batch = [rows[i] for i in pending]
             try:
-                result = self._client.insert_rows_json(
-                    self._table_id,
-                    batch,
-                    row_ids=[r["row_key"] for r in batch],
-                    skip_invalid_rows=True,
-                    retry=None,
-                    timeout=60,
-                )
+                result = self._send(batch)
             except Exception as e:  # noqa: BLE001 - classified below, never raised
                 action = insert_action(e)
                 if action in (SPLIT, REJECT):
@@ -190,7 +215,7 @@ class _InsertRowsFn(beam.DoFn):
                         metrics.count("bigquery.requests_split")
                         half = len(pending) // 2
                         for part in (pending[:half], pending[half:]):
-                            answer = self._insert([rows[i] for i in part])
+                            answer = self._write([rows[i] for i in part])
                             refused.update({part[i]: v for i, v in answer.items()})
                     elif action == SPLIT:
                         refused[pending[0]] = _too_large(None, self._max_bytes, _short(e))
@@ -199,19 +224,22 @@ class _InsertRowsFn(beam.DoFn):
                     return refused
                 if action == MISSING and self._ensure_table():
                     _LOG.warning("BigQuery table %s was missing; re-created it", self._table_id)
+                    self._table_recreated()
                 elif action in (MISSING, STALL):
                     metrics.count("bigquery.stalled")
                     self._stalls.error(
                         f"{action}:{getattr(e, 'code', '')}",
                         (
-                            f"BigQuery insert into {self._table_id} is waiting: {_short(e)} "
-                            "(fix the dataset or the job's permissions: the rows go in then)"
+                            f"BigQuery {self.METHOD} into {self._table_id} is waiting: "
+                            f"{_short(e)} (fix the dataset or the job's permissions: the rows "
+                            "go in then)"
                         ),
                     )
                 else:
                     metrics.count("bigquery.insert_retries")
                     _LOG.warning(
-                        "BigQuery insert into %s failed (%s); retrying in %.0f s",
+                        "BigQuery %s into %s failed (%s); retrying in %.0f s",
+                        self.METHOD,
                         self._table_id,
                         _short(e),
                         delay,
@@ -232,6 +260,9 @@ class _InsertRowsFn(beam.DoFn):
             time.sleep(delay)
             delay = min(MAX_BACKOFF_SECS, delay * 2)
         return refused
+
+    def _table_recreated(self) -> None:
+        """Called after a missing table was created again."""
 
     def _ensure_table(self) -> bool:
         """Creates the table if it does not exist; True if it exists now. A missing
@@ -254,6 +285,23 @@ class _InsertRowsFn(beam.DoFn):
         return True
 
 
+class _InsertRowsFn(RowWriterFn):
+    """insertAll (`insert_rows_json`) with each row's `row_key` as its insert id."""
+
+    def _encode(self, row: dict) -> tuple[dict, int]:
+        return row, request_row_bytes(row, row["row_key"])
+
+    def _send(self, rows: list[dict]) -> list[dict]:
+        return self._client.insert_rows_json(
+            self._table_id,
+            rows,
+            row_ids=[r["row_key"] for r in rows],
+            skip_invalid_rows=True,
+            retry=None,
+            timeout=60,
+        )
+
+
 def _is_invalid(errors: list) -> bool:
     """A row's own errors make it invalid (final), as opposed to `stopped` (another
     row's fault) or a backend error on it (transient)."""
@@ -274,18 +322,27 @@ def _short(e: BaseException) -> str:
 
 class WriteRows(beam.PTransform):
     """Rows -> BigQuery `table` (P:D.T or P.D.T), created from `schema_file` when
-    missing; returns the rows BigQuery refused as `(table, row, errors)`."""
+    missing, by `method` (`--bigquery_write_method`); returns the rows BigQuery refused
+    as `(table, row, errors)`."""
 
     def __init__(
         self,
         table: str,
         schema_file: str = schemas.EMBEDDINGS,
         local: bool = False,
-        batch_size: int = MAX_REQUEST_ROWS,
+        method: str = STORAGE_WRITE_API,
         max_bytes: int = MAX_REQUEST_BYTES,
     ):
         super().__init__()
-        self._fn = _InsertRowsFn(table, schema_file, local, batch_size, max_bytes)
+        if method == STORAGE_WRITE_API:
+            from streaming.sinks.write_api import AppendRowsFn
+
+            # No row-count limit on an append: requests are capped by bytes alone.
+            self._fn = AppendRowsFn(table, schema_file, local, 1 << 30, max_bytes)
+        elif method == INSERT_ALL:
+            self._fn = _InsertRowsFn(table, schema_file, local, MAX_REQUEST_ROWS, max_bytes)
+        else:
+            raise ValueError(f"unknown BigQuery write method {method!r}")
 
     def expand(self, rows):
         return rows | "Insert rows" >> beam.ParDo(self._fn)
@@ -306,25 +363,33 @@ def rejected_row_to_dead_letter(failure) -> DeadLetter:
         ref = ImageRef(
             row["bucket"],
             row["name"],
-            int(row.get("generation") or 0),
+            _generation(row.get("generation")),
             event_type=row.get("event_type") or "OBJECT_FINALIZE",
             event_time=row.get("event_time"),
         )
     return DeadLetter("write", reason, json.dumps(errors, default=str), ref=ref)
 
 
-class BigQueryRows(Sink):
-    """--output_table: every row and tombstone, by streaming insert; rows BigQuery
-    refuses come back as dead letters of the `bigquery` stage."""
+def _generation(value) -> int:
+    """A refused row's generation, 0 when it is not a number (which may be its fault)."""
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
 
-    def __init__(self, table: str, local: bool):
-        self._table, self._local = table, local
+
+class BigQueryRows(Sink):
+    """--output_table: every row and tombstone, by `method`; rows BigQuery refuses come
+    back as dead letters of the `bigquery` stage."""
+
+    def __init__(self, table: str, local: bool, method: str = STORAGE_WRITE_API):
+        self._table, self._local, self._method = table, local, method
 
     def write_rows(self, rows):
         rejected = (
             tuple(rows.values())
             | "All rows" >> beam.Flatten()
-            | "Write to BigQuery" >> WriteRows(self._table, local=self._local)
+            | "Write to BigQuery" >> WriteRows(self._table, local=self._local, method=self._method)
         )
         return {
             "bigquery": rejected
@@ -333,15 +398,15 @@ class BigQueryRows(Sink):
 
 
 class BigQueryDeadLetters(Sink):
-    """--dead_letter_table: every dead letter, as one row each."""
+    """--dead_letter_table: every dead letter, as one row each, by `method`."""
 
-    def __init__(self, table: str, local: bool):
-        self._table, self._local = table, local
+    def __init__(self, table: str, local: bool, method: str = STORAGE_WRITE_API):
+        self._table, self._local, self._method = table, local, method
 
     def write_dead_letters(self, by_stage, gathered):
         (
             gathered
             | "Dead-letter rows" >> DeadLetterRows()
             | "Write dead letters to BigQuery"
-            >> WriteRows(self._table, schemas.DEAD_LETTERS, local=self._local)
+            >> WriteRows(self._table, schemas.DEAD_LETTERS, local=self._local, method=self._method)
         )

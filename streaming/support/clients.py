@@ -6,6 +6,7 @@ One switch (`--local_endpoints`) reads the standard variables
   PUBSUB_EMULATOR_HOST=127.0.0.1:8085          (google-cloud-pubsub honours it)
   STORAGE_EMULATOR_HOST=http://127.0.0.1:4443  (google-cloud-storage, Beam's GcsIO)
   BIGQUERY_EMULATOR_HOST=http://127.0.0.1:9050 (google-cloud-bigquery)
+  BIGQUERY_EMULATOR_GRPC_HOST=127.0.0.1:9060   (the Storage Write API, `write_client`)
 
 and makes every Google client use anonymous credentials: Beam's credential lookup
 would retry Google's default credentials before going anonymous, so it is
@@ -94,6 +95,39 @@ def bigquery_client(local: bool, project: str | None = None):
             project=project or project_from_env(), credentials=AnonymousCredentials()
         )
     return bigquery.Client(project=project)
+
+
+def write_client(local: bool):
+    """A BigQuery Storage Write API client (gRPC), one per process and endpoint: the
+    worker's default credentials, or with `local` an insecure channel to
+    BIGQUERY_EMULATOR_GRPC_HOST and anonymous credentials."""
+    return _write_client_for(local, os.environ.get("BIGQUERY_EMULATOR_GRPC_HOST"))
+
+
+@functools.cache
+def _write_client_for(local: bool, endpoint: str | None):
+    from google.cloud import bigquery_storage_v1
+
+    if not local:
+        return bigquery_storage_v1.BigQueryWriteClient()
+    if not endpoint:
+        raise ValueError(
+            "the Storage Write API against the emulator needs BIGQUERY_EMULATOR_GRPC_HOST "
+            "(host:port of bqemulator's gRPC port; `. .emulators/env.sh` sets it)"
+        )
+    import grpc
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud.bigquery_storage_v1.services.big_query_write.transports import (
+        BigQueryWriteGrpcTransport,
+    )
+
+    return bigquery_storage_v1.BigQueryWriteClient(
+        transport=BigQueryWriteGrpcTransport(
+            channel=grpc.insecure_channel(endpoint), credentials=AnonymousCredentials()
+        ),
+        client_options=ClientOptions(api_endpoint=endpoint),
+    )
 
 
 def worker_storage_client():

@@ -67,6 +67,16 @@ def test_start_order():
     assert upstream("embedder") == {"pubsub", "pubsub-init", "gcs", "bigquery", "setup"}
 
 
+@pytest.fixture(autouse=True)
+def job_environment(monkeypatch):
+    """The job's environment is the compose file's, not the test's."""
+    for var in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST", "BIGQUERY_EMULATOR_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("BIGQUERY_EMULATOR_GRPC_HOST", raising=False)
+    for var, value in SERVICES["embedder"]["environment"].items():
+        monkeypatch.setenv(var, str(value))
+
+
 def test_job_command_uses_only_options_the_job_parses():
     parser = argparse.ArgumentParser()
     EmbedOptions._add_argparse_args(parser)

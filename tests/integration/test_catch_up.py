@@ -121,8 +121,10 @@ def test_a_backlog_gets_every_row_through_bigquerys_request_limit(backlog):
     assert b["current_names"]() == set(b["names"])
     after = strict_bigquery_stats()
     assert after["refused"] == 0, after
-    # Requests were filled up to the byte cap, not cut short by a row count.
-    assert 5_000_000 < after["max_insert_bytes"] <= 10 * 1024 * 1024, after
+    # The rows went by the Storage Write API (the default), in appends filled up to the
+    # byte cap, not cut short by a row count.
+    assert after["insert_requests"] == 0 and after["append_rows"] >= BACKLOG, after
+    assert 5_000_000 < after["max_append_bytes"] <= 10 * 1024 * 1024, after
     time.sleep(3)  # the vectors' notifications reach the job: skipped, not dead letters
     assert b["dead_letters"]() == []
     raw = b["raw"]("SELECT row_key, COUNT(*) AS n FROM {rows} GROUP BY row_key")

@@ -1,7 +1,8 @@
-"""BigQuery and Pub/Sub going away for 10 s mid-stream: the job rides it out and every
-row arrives. The services sit behind TCP proxies that the test cuts and restores
-(bqemulator and the Pub/Sub emulator keep their state in memory, so really restarting
-them would also delete the tables and subscriptions that real services keep)."""
+"""BigQuery (its REST and its gRPC port) and Pub/Sub going away for 10 s mid-stream:
+the job rides it out and every row arrives. The services sit behind TCP proxies that
+the test cuts and restores (bqemulator and the Pub/Sub emulator keep their state in
+memory, so really restarting them would also delete the tables and subscriptions that
+real services keep)."""
 
 import os
 import time
@@ -22,8 +23,10 @@ OUTAGE_S = 10
 def job_behind_proxies(stack, tmp_path):
     cloud = stack.cloud
     bq_port = urlparse(os.environ["BIGQUERY_EMULATOR_HOST"]).port
+    grpc_port = int(os.environ["BIGQUERY_EMULATOR_GRPC_HOST"].rsplit(":", 1)[1])
     ps_port = int(os.environ["PUBSUB_EMULATOR_HOST"].rsplit(":", 1)[1])
     bq, ps = TcpProxy(bq_port).start(), TcpProxy(ps_port).start()
+    bq_grpc = TcpProxy(grpc_port).start()
     bucket = cloud.storage.create_bucket(f"outage-{cloud.run_id}")
     dataset = f"outage_{cloud.run_id}"
     cloud.bq.create_dataset(dataset)
@@ -41,6 +44,7 @@ def job_behind_proxies(stack, tmp_path):
     )
     env = {
         "BIGQUERY_EMULATOR_HOST": f"http://127.0.0.1:{bq.port}",
+        "BIGQUERY_EMULATOR_GRPC_HOST": f"127.0.0.1:{bq_grpc.port}",
         "PUBSUB_EMULATOR_HOST": f"127.0.0.1:{ps.port}",
     }
     job = start_job(
@@ -60,10 +64,10 @@ def job_behind_proxies(stack, tmp_path):
         str(tmp_path / "job.log"),
         env=env,
     )
-    yield bucket, table, job, bq, ps
+    yield bucket, table, job, (bq, bq_grpc), ps
     job.stop()
-    bq.stop()
-    ps.stop()
+    for proxy in (bq, bq_grpc, ps):
+        proxy.stop()
 
 
 def test_rows_written_during_a_bigquery_and_pubsub_outage_all_arrive(stack, job_behind_proxies):
@@ -73,15 +77,15 @@ def test_rows_written_during_a_bigquery_and_pubsub_outage_all_arrive(stack, job_
     )
     bucket.blob("before.jpg").upload_from_string(fixtures.jpeg(seed=1), content_type="image/jpeg")
     wait_until(lambda: len(count()) == 1, timeout=180, what="the first row", job=job)
-    bq.stop()
-    ps.stop()
+    for proxy in (*bq, ps):
+        proxy.stop()
     during = [f"during-{i}.jpg" for i in range(3)]
     for i, name in enumerate(during):
         bucket.blob(name).upload_from_string(fixtures.jpeg(seed=10 + i), content_type="image/jpeg")
     time.sleep(OUTAGE_S)
     assert job.poll() is None, job.log_tail()
-    bq.start()
-    ps.start()
+    for proxy in (*bq, ps):
+        proxy.start()
     bucket.blob("after.jpg").upload_from_string(fixtures.jpeg(seed=20), content_type="image/jpeg")
     names = wait_until(
         lambda: (lambda r: r if len(r) == 5 else None)(count()),
@@ -92,15 +96,24 @@ def test_rows_written_during_a_bigquery_and_pubsub_outage_all_arrive(stack, job_
     assert sorted(r["name"] for r in names) == sorted(["before.jpg", "after.jpg", *during])
 
 
-def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack, tmp_path):
-    """A 403 on insert (a role the job's account lacks) is no row's fault: the job waits,
-    says so in one line (not one per retry), counts it, and writes every row once the
-    permission is granted. Nothing becomes a dead letter."""
+@pytest.mark.parametrize("method", ["storage_write_api", "insert_all"])
+def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack, tmp_path, method):
+    """A 403 / PERMISSION_DENIED on writing rows (a role the job's account lacks) is no
+    row's fault: the job waits, says so in one line (not one per retry), counts it, and
+    writes every row once the permission is granted. Nothing becomes a dead letter."""
+    import grpc
+
     from tools.http_proxy import HttpProxy
-    from tools.strict_bigquery import bigquery_error
+    from tools.strict_bigquery import APPEND_ROWS, Stats, bigquery_error, grpc_proxy
 
     cloud = stack.cloud
     denied = {"on": True}
+    message = "Permission bigquery.tables.updateData denied on table"
+
+    def deny(path):
+        if denied["on"] and path == APPEND_ROWS:
+            return grpc.StatusCode.PERMISSION_DENIED, message
+        return None
 
     def rule(request):
         if (
@@ -108,15 +121,13 @@ def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack,
             and request.method == "POST"
             and request.path.split("?")[0].endswith("/insertAll")
         ):
-            return bigquery_error(
-                403,
-                "Access Denied: Table: Permission bigquery.tables.updateData denied",
-                "accessDenied",
-                "PERMISSION_DENIED",
-            )
+            return bigquery_error(403, f"Access Denied: {message}", "accessDenied")
         return None
 
     proxy = HttpProxy(os.environ["BIGQUERY_EMULATOR_HOST"], rule, record=False).start()
+    appends = grpc_proxy(os.environ["BIGQUERY_EMULATOR_GRPC_HOST"], Stats(), deny)
+    grpc_port = appends.add_insecure_port("127.0.0.1:0")
+    appends.start()
     bucket = cloud.storage.create_bucket(f"denied-{cloud.run_id}")
     dataset = f"denied_{cloud.run_id}"
     cloud.bq.create_dataset(dataset)
@@ -142,9 +153,14 @@ def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack,
             bucket.name,
             "--max_batch_duration_secs",
             "1",
+            "--bigquery_write_method",
+            method,
         ],
         str(tmp_path / "job.log"),
-        env={"BIGQUERY_EMULATOR_HOST": proxy.url},
+        env={
+            "BIGQUERY_EMULATOR_HOST": proxy.url,
+            "BIGQUERY_EMULATOR_GRPC_HOST": f"127.0.0.1:{grpc_port}",
+        },
     )
     try:
         for i in range(2):
@@ -181,3 +197,4 @@ def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack,
     finally:
         job.stop()
         proxy.stop()
+        appends.stop(None)
