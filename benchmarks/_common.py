@@ -31,6 +31,21 @@ CHILD_ENV = {
     "NO_GCE_CHECK": "true",
     **{k: "127.0.0.1:1" for k in ("GCE_METADATA_HOST", "GCE_METADATA_IP", "GCE_METADATA_ROOT")},
 }
+
+
+def strict_bigquery():
+    """Puts `tools.strict_bigquery.StrictBigQuery` in front of the BigQuery emulator
+    for this process and the jobs it starts (the emulator deadlocks when a query meets
+    a Storage Write API append; the proxies pass one call at a time). Returns it."""
+    from tools.strict_bigquery import StrictBigQuery
+
+    proxy = StrictBigQuery(
+        os.environ["BIGQUERY_EMULATOR_HOST"], os.environ["BIGQUERY_EMULATOR_GRPC_HOST"]
+    ).start()
+    os.environ.update(proxy.env)
+    return proxy
+
+
 PACKAGES = ("apache-beam", "tensorflow", "keras", "onnxruntime", "tf2onnx", "pillow", "numpy")
 
 

@@ -89,6 +89,7 @@ def run(args, work: str) -> dict:
             "random:0",
         )
     )
+    C.strict_bigquery()
     clients.use_local_endpoints()
     storage, bq = clients.storage_client(True), clients.bigquery_client(True)
     project = clients.project_from_env()

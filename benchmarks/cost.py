@@ -715,6 +715,7 @@ def main() -> int:
     from streaming.sources.notifications import parse_notification
     from streaming.support import clients
 
+    C.strict_bigquery()
     clients.use_local_endpoints()
     res = {
         "machine": C.machine(),

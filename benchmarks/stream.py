@@ -127,6 +127,7 @@ def run(args, work: str) -> dict:
 
     from streaming.support import clients
 
+    C.strict_bigquery()
     clients.use_local_endpoints()
     project = clients.project_from_env()
     storage, bq = clients.storage_client(True), clients.bigquery_client(True)

@@ -11,6 +11,7 @@ sent, so a test can count attempts or check a precondition parameter.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import http.client
 import http.server
@@ -91,6 +92,7 @@ class HttpProxy:
         rule: Callable[[Request], tuple[int, bytes] | None] | None = None,
         record: bool = True,
         port: int = 0,
+        serialize: threading.Lock | None = None,
     ):
         parsed = urllib.parse.urlparse(target)
         self._target = (parsed.hostname, parsed.port)
@@ -98,6 +100,8 @@ class HttpProxy:
         self.record = record  # a long-lived proxy keeps no request bodies
         self.requests: list[Request] = []
         self._lock = threading.Lock()
+        # Held around each forwarded request when given: the target sees one at a time.
+        self._serialize = serialize or contextlib.nullcontext()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -144,6 +148,10 @@ class HttpProxy:
     def forward(self, method: str, path: str, headers: dict, body: bytes):
         """Sends one request to the real service: (status, headers, body)."""
         conn = http.client.HTTPConnection(*self._target, timeout=120)
+        with self._serialize:
+            return self._forward(conn, method, path, headers, body)
+
+    def _forward(self, conn, method: str, path: str, headers: dict, body: bytes):
         try:
             headers = {k: v for k, v in headers.items() if k.lower() not in _HOP_BY_HOP}
             # The emulator writes its own address into URLs it returns (resumable

@@ -3,20 +3,22 @@
 bqemulator accepts a streaming insert of any size; BigQuery does not (quotas page,
 "Streaming inserts": HTTP request size limit 10 MB, at most 50,000 rows per request).
 Above those limits the proxy answers as BigQuery does, a 400 with BigQuery's error
-body, and forwards everything else unchanged. With `--grpc-target` it also fronts the
-emulator's gRPC port (the Storage Write API): an AppendRows request over 10 MB
-(quotas page, "Storage Write API": request size) or one without the
-`x-goog-request-params` routing header the service requires ends its connection with
-INVALID_ARGUMENT; every other call passes through as bytes. `tests/run.sh` starts it and
-points `BIGQUERY_EMULATOR_HOST` (and `BIGQUERY_EMULATOR_GRPC_HOST`) at it, so every
-integration test (and every job they start) talks to BigQuery through it.
+body, and forwards everything else unchanged. It also fronts the emulator's gRPC port
+(the Storage Write API): an AppendRows request over 10 MB (quotas page, "Storage Write
+API": request size), or one without the `x-goog-request-params` routing header the
+service requires, ends its connection with INVALID_ARGUMENT; every other call passes
+through as bytes. The emulator sees one call at a time (`StrictBigQuery`), each
+AppendRows request as a call of its own (the job sends its writer schema with every
+request). `tests/run.sh` starts it and points `BIGQUERY_EMULATOR_HOST` and
+`BIGQUERY_EMULATOR_GRPC_HOST` at it, so every integration test (and every job they
+start) talks to BigQuery through it; the benchmarks start it in-process.
 
 `GET /strict/stats` answers what it has seen since it started or since the last
 `POST /strict/mark`: insert and append requests, the largest of each in bytes and rows,
 how many it refused, and the bytes and rows of those it forwarded.
 
     python -m tools.strict_bigquery --target http://127.0.0.1:9050 --port-file F \
-        [--grpc-target 127.0.0.1:9060 --grpc-port-file G]
+        --grpc-target 127.0.0.1:9060 --grpc-port-file G
 """
 
 from __future__ import annotations
@@ -152,15 +154,19 @@ def append_limits(data: bytes, metadata, stats: Stats) -> str | None:
     return None
 
 
-def grpc_proxy(target: str, stats: Stats, deny=None):
+def grpc_proxy(target: str, stats: Stats, deny=None, serialize: threading.Lock | None = None):
     """A gRPC server (not started) that forwards every call to `target` as bytes, and
     ends an AppendRows connection with INVALID_ARGUMENT at a request `append_limits`
     refuses (the responses to the requests before it are delivered first). `deny`, a
     function of the method's path, answers `(grpc.StatusCode, message)` for a call to
-    refuse whole (a permission the caller lacks), None to forward it."""
+    refuse whole (a permission the caller lacks), None to forward it. `serialize` is
+    held around each forwarded call (see `StrictBigQuery`)."""
+    import contextlib
     from concurrent import futures
 
     import grpc
+
+    one = serialize or contextlib.nullcontext()
 
     size = [("grpc.max_send_message_length", _MAX_MESSAGE)]
     size.append(("grpc.max_receive_message_length", _MAX_MESSAGE))
@@ -186,63 +192,94 @@ def grpc_proxy(target: str, stats: Stats, deny=None):
 
                 def stream(request, context):
                     try:
-                        yield from call(request, metadata=metadata)
+                        with one:
+                            answers = list(call(request, metadata=metadata, timeout=120))
                     except grpc.RpcError as e:
                         fail(context, e)
+                    yield from answers
 
                 return grpc.unary_stream_rpc_method_handler(stream)
 
             def unary(request, context):
                 try:
-                    return call(request, metadata=metadata)
+                    with one:
+                        return call(request, metadata=metadata, timeout=120)
                 except grpc.RpcError as e:
                     fail(context, e)
 
             return grpc.unary_unary_rpc_method_handler(unary)
 
     def appends(call, requests, metadata, context):
-        refusal = []
-
-        def checked():
-            for data in requests:
-                problem = append_limits(data, metadata, stats)
-                if problem:
-                    refusal.append(problem)
-                    return
-                yield data
-
-        try:
-            yield from call(checked(), metadata=metadata)
-        except grpc.RpcError as e:
-            fail(context, e)
-        if refusal:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, refusal[0])
+        # Each request goes on as a call of its own, whole: bqemulator serves AppendRows
+        # on a small thread pool, and a stream left open by a client that was killed
+        # mid-append (or timed out) would hold one of its threads for good.
+        for data in requests:
+            problem = append_limits(data, metadata, stats)
+            if problem:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            try:
+                with one:
+                    answers = list(call(iter([data]), metadata=metadata, timeout=120))
+            except grpc.RpcError as e:
+                fail(context, e)
+            yield from answers
 
     server = grpc.server(futures.ThreadPoolExecutor(32), options=size)
     server.add_generic_rpc_handlers((Forward(),))
     return server
 
 
+class StrictBigQuery:
+    """Both proxies in this process, in front of bqemulator's REST `target` and gRPC
+    `grpc_target`, sharing one `Stats` and one lock: bqemulator 1.4.0 answers REST calls
+    and Storage API calls on different threads over one DuckDB connection, and a query
+    that meets an append there can deadlock the whole emulator; through the proxies
+    the emulator sees one call at a time.
+
+    `env` names the proxies for a client (`BIGQUERY_EMULATOR_HOST`,
+    `BIGQUERY_EMULATOR_GRPC_HOST`)."""
+
+    def __init__(self, target: str, grpc_target: str, rule=None, deny=None):
+        self.stats = Stats()
+        lock = threading.Lock()
+
+        def strict(request):
+            return insert_limits(request, self.stats) or (rule(request) if rule else None)
+
+        self.rest = HttpProxy(target, rule=strict, record=False, serialize=lock)
+        self._grpc = grpc_proxy(grpc_target, self.stats, deny, serialize=lock)
+        self.grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
+        self.env = {
+            "BIGQUERY_EMULATOR_HOST": self.rest.url,
+            "BIGQUERY_EMULATOR_GRPC_HOST": f"127.0.0.1:{self.grpc_port}",
+        }
+
+    def start(self) -> StrictBigQuery:
+        self._grpc.start()
+        self.rest.start()
+        return self
+
+    def stop(self) -> None:
+        self.rest.stop()
+        self._grpc.stop(None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="bqemulator's REST URL")
     parser.add_argument("--port-file", required=True, help="where to write the chosen port")
-    parser.add_argument("--grpc-target", help="bqemulator's gRPC host:port (Write API)")
-    parser.add_argument("--grpc-port-file", help="where to write the gRPC port")
+    parser.add_argument("--grpc-target", required=True, help="bqemulator's gRPC host:port")
+    parser.add_argument("--grpc-port-file", required=True, help="where to write that port")
     args = parser.parse_args()
-    stats = Stats()
-    proxy = HttpProxy(args.target, rule=lambda r: insert_limits(r, stats), record=False)
-    if args.grpc_target:
-        server = grpc_proxy(args.grpc_target, stats)
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        with open(args.grpc_port_file, "w") as f:
-            f.write(str(port))
-        print(f"strict BigQuery gRPC proxy on 127.0.0.1:{port} -> {args.grpc_target}")
+    both = StrictBigQuery(args.target, args.grpc_target)
+    both._grpc.start()
+    with open(args.grpc_port_file, "w") as f:
+        f.write(str(both.grpc_port))
+    print(f"strict BigQuery gRPC proxy on {both.env['BIGQUERY_EMULATOR_GRPC_HOST']}")
     with open(args.port_file, "w") as f:
-        f.write(str(proxy.port))
-    print(f"strict BigQuery proxy on {proxy.url} -> {args.target}", flush=True)
-    proxy.serve()
+        f.write(str(both.rest.port))
+    print(f"strict BigQuery proxy on {both.rest.url} -> {args.target}", flush=True)
+    both.rest.serve()
 
 
 if __name__ == "__main__":

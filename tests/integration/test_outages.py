@@ -128,11 +128,12 @@ def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack,
     appends = grpc_proxy(os.environ["BIGQUERY_EMULATOR_GRPC_HOST"], Stats(), deny)
     grpc_port = appends.add_insecure_port("127.0.0.1:0")
     appends.start()
-    bucket = cloud.storage.create_bucket(f"denied-{cloud.run_id}")
-    dataset = f"denied_{cloud.run_id}"
+    tag = method.split("_")[0]
+    bucket = cloud.storage.create_bucket(f"denied-{tag}-{cloud.run_id}")
+    dataset = f"denied_{tag}_{cloud.run_id}"
     cloud.bq.create_dataset(dataset)
     table = f"{cloud.project}.{dataset}.embeddings"
-    sub = cloud.subscription("denied")
+    sub = cloud.subscription(f"denied-{tag}")
     cloud.subscriber.create_subscription(
         name=sub, topic=cloud.notify_topic, ack_deadline_seconds=60
     )

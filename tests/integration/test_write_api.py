@@ -72,9 +72,7 @@ def test_rows_by_the_write_api_read_back_as_rows_by_insertall(cloud, dataset):
     assert appended.keys() == inserted.keys() == {r["row_key"] for r in batch}
     for key, row in inserted.items():
         other = appended[key]
-        assert np.array_equal(
-            np.float32(other.pop("embedding")), np.float32(row.pop("embedding"))
-        )
+        assert np.array_equal(np.float32(other.pop("embedding")), np.float32(row.pop("embedding")))
         assert other == row
     sample = next(iter(appended.values()))
     assert sample["event_time"].isoformat() == "2026-12-03T10:11:12.345678+00:00"
@@ -141,3 +139,69 @@ def test_the_emulator_port_is_the_strict_proxy():
     assert "x-goog-request-params" in str(raised.value), os.environ.get(
         "BIGQUERY_EMULATOR_GRPC_HOST"
     )
+
+
+def test_appends_abandoned_mid_stream_leave_the_emulator_serving(cloud, dataset):
+    # The proxy passes the emulator one call at a time (tools/strict_bigquery.py): a
+    # stream its client leaves open (a job killed mid-append) must not keep the turn.
+    import threading
+
+    from google.cloud.bigquery_storage_v1 import types
+
+    from tools.strict_bigquery import APPEND_ROWS
+
+    table = f"{dataset}.abandoned"
+    cloud.bq.create_table(bigquery.make_table(table, schemas.EMBEDDINGS))
+    stream = write_api.default_stream(table)
+    encoded = [write_api.encode_row(r, schemas.EMBEDDINGS) for r in rows(1, floats=4)]
+    data = types.AppendRowsRequest.serialize(
+        write_api.append_request(stream, schemas.EMBEDDINGS, encoded)
+    )
+    routing = (("x-goog-request-params", f"write_stream={stream}"),)
+    never = threading.Event()
+
+    def one_then_nothing():
+        yield data
+        never.wait(60)
+
+    channel = grpc.insecure_channel(os.environ["BIGQUERY_EMULATOR_GRPC_HOST"])
+    append = channel.stream_stream(APPEND_ROWS)
+    for _ in range(16):
+        call = append(one_then_nothing(), metadata=routing, timeout=30)
+        next(call)  # answered; the stream stays open
+        call.cancel()
+    never.set()
+    client = clients.write_client(True)
+    (answer,) = client.append_rows(
+        iter([types.AppendRowsRequest.deserialize(data)]), metadata=routing, timeout=10
+    )
+    assert not answer.error.code
+    channel.close()
+
+
+def test_queries_and_appends_at_once_all_get_answers(cloud, dataset):
+    # bqemulator answers both on different threads over one DuckDB connection, where a
+    # query meeting an append can deadlock it; through the proxy they take turns.
+    import concurrent.futures
+
+    table = f"{dataset}.busy"
+    cloud.bq.create_table(bigquery.make_table(table, schemas.EMBEDDINGS))
+    client = clients.write_client(True)
+    stream = write_api.default_stream(table)
+    routing = (("x-goog-request-params", f"write_stream={stream}"),)
+    encoded = [write_api.encode_row(r, schemas.EMBEDDINGS) for r in rows(1, floats=64)]
+    request = write_api.append_request(stream, schemas.EMBEDDINGS, encoded)
+
+    def append(_):
+        (answer,) = client.append_rows(iter([request]), metadata=routing, timeout=30)
+        return not answer.error.code
+
+    def query(_):
+        sql = f"SELECT COUNT(*) AS n FROM `{table}`"
+        return next(iter(cloud.bq.query(sql).result(timeout=30)))["n"] >= 0
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        done = list(pool.map(lambda i: (append if i % 3 else query)(i), range(240)))
+    assert all(done)
+    count = next(iter(cloud.bq.query(f"SELECT COUNT(*) AS n FROM `{table}`").result()))["n"]
+    assert count == sum(1 for i in range(240) if i % 3)
