@@ -496,8 +496,29 @@ def workers_share(results_dir: str) -> dict:
     return out
 
 
+def ingest_of(run: str) -> str:
+    """The ingestion method a run used (`--bigquery_write_method`)."""
+    return "insert_all" if "insert_all" in RUNS[run][0] else "write_api"
+
+
+def priced_columns(runs) -> list[tuple[str, str]]:
+    """(run, ingestion) pairs of the $ table: each run by the method it used, and the
+    run at scale by the other too (BigQuery bills the same rows' bytes either way)."""
+    columns = [(k, ingest_of(k)) for k in runs]
+    if "shards-at-scale" in runs:
+        other = "insert_all" if ingest_of("shards-at-scale") == "write_api" else "write_api"
+        columns.append(("shards-at-scale", other))
+    return columns
+
+
+def column_label(run: str, ingest: str) -> str:
+    method = "insertAll" if ingest == "insert_all" else "Write API"
+    return f"{run}, {method}" + ("" if ingest == ingest_of(run) else " (priced)")
+
+
 def markdown(res: dict) -> str:
     runs, workers = res["runs"], res["workers_usd_per_million"]
+    columns = priced_columns(runs)
     lines = [
         f"# What a million images cost, every service counted ({res['machine']['date']})",
         "",
@@ -590,10 +611,8 @@ def markdown(res: dict) -> str:
         "",
         "## $ per million images",
         "",
-        "| service | "
-        + " | ".join(f"{k}, {i}" for k in runs for i in ("insertAll", "Write API"))
-        + " |",
-        "|---|" + "---:|" * (2 * len(runs)),
+        "| service | " + " | ".join(column_label(k, i) for k, i in columns) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
     services = [
         k
@@ -603,48 +622,35 @@ def markdown(res: dict) -> str:
     for s in services:
         lines.append(
             f"| {s} | "
-            + " | ".join(
-                str(res["usd_per_million"][k][i][s])
-                for k in runs
-                for i in ("insert_all", "write_api")
-            )
+            + " | ".join(str(res["usd_per_million"][k][i][s]) for k, i in columns)
             + " |"
         )
     lines.append(
         "| **all services above** | "
-        + " | ".join(
-            f"**{res['usd_per_million'][k][i]['_total']}**"
-            for k in runs
-            for i in ("insert_all", "write_api")
-        )
+        + " | ".join(f"**{res['usd_per_million'][k][i]['_total']}**" for k, i in columns)
         + " |"
     )
     lines.append(
         "| Streaming Engine: GiB processed (in the total above) | "
-        + " | ".join(
-            str(res["usd_per_million"][k][i]["_streaming_engine_gib"])
-            for k in runs
-            for i in ("insert_all", "write_api")
-        )
+        + " | ".join(str(res["usd_per_million"][k][i]["_streaming_engine_gib"]) for k, i in columns)
         + " |"
     )
     for images, wk in workers.items():
         lines.append(
             f"| workers, {images} ({wk['machine']}, `scale.json`) | "
-            + " | ".join(str(wk["usd_per_million"]) for _ in runs for _ in range(2))
+            + " | ".join(str(wk["usd_per_million"]) for _ in columns)
             + " |"
         )
         lines.append(
             f"| services / workers, {images} | "
             + " | ".join(
                 str(round(res["usd_per_million"][k][i]["_total"] / wk["usd_per_million"], 2))
-                for k in runs
-                for i in ("insert_all", "write_api")
+                for k, i in columns
             )
             + " |"
         )
     best = min(
-        ((k, i) for k in runs for i in ("insert_all", "write_api")),
+        columns,
         key=lambda x: res["usd_per_million"][x[0]][x[1]]["_total"],
     )
     lines += [
@@ -660,15 +666,13 @@ def markdown(res: dict) -> str:
         + "; ".join(
             f"{images}: "
             + ", ".join(
-                f"{k} with {'insertAll' if i == 'insert_all' else 'the Write API'} "
+                f"{column_label(k, i)} "
                 f"{round(res['usd_per_million'][k][i]['_total'] / wk['usd_per_million'], 2)}x"
-                for k in runs
-                for i in ("insert_all", "write_api")
+                for k, i in columns
             )
             for images, wk in workers.items()
         )
-        + f". Lowest: {best[0]} with "
-        f"{'insertAll' if best[1] == 'insert_all' else 'the Write API'}.",
+        + f". Lowest: {column_label(*best)}.",
         "- The job rate of a run is its images over the seconds from the first upload "
         "to the last row queryable; a run whose shards wait for company "
         "(`--shard_wait_secs`) is bounded by that wait, not by the job.",
@@ -709,7 +713,15 @@ def main() -> int:
     p = C.parser(__doc__, rounds=1)
     p.add_argument("--images", type=int, default=1000, help="images per run")
     p.add_argument("--runs", default=",".join(RUNS), help="which runs, comma-separated")
+    p.add_argument(
+        "--markdown-only", action="store_true", help="write cost.md again from cost.json"
+    )
     args = p.parse_args()
+    if args.markdown_only:
+        with open(os.path.join(args.out, "cost.json")) as f:
+            res = json.load(f)
+        C.write_results(args.out, "cost", res, markdown(res))
+        return 0
     if args.quick:
         args.images = 60
     from streaming.sources.notifications import parse_notification
