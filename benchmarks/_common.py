@@ -36,7 +36,7 @@ CHILD_ENV = {
 def strict_bigquery():
     """Puts `tools.strict_bigquery.StrictBigQuery` in front of the BigQuery emulator
     for this process and the jobs it starts (the emulator deadlocks when a query meets
-    a Storage Write API append; the proxies pass one call at a time). Returns it."""
+    a Storage Write API append; through the proxies they never meet). Returns it."""
     from tools.strict_bigquery import StrictBigQuery
 
     proxy = StrictBigQuery(

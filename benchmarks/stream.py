@@ -164,6 +164,8 @@ def run(args, work: str) -> dict:
             "--weights",
             "random:0",
             "--local_endpoints",
+            "--bigquery_write_method",
+            args.write_method,
         ),
         env=C.CHILD_ENV,
     )
@@ -296,6 +298,14 @@ def main() -> int:
     p.add_argument("--burst", type=int, default=500, help="images uploaded at once")
     p.add_argument("--storm", type=int, default=1000, help="malformed messages")
     p.add_argument("--idle", type=float, default=60, help="seconds the idle job is measured")
+    from streaming.config.flags import BIGQUERY_WRITE_METHODS
+
+    p.add_argument(
+        "--write-method",
+        default=BIGQUERY_WRITE_METHODS[0],
+        choices=BIGQUERY_WRITE_METHODS,
+        help="the job's --bigquery_write_method (default: the job's)",
+    )
     args = p.parse_args()
     if args.quick:
         args.latency, args.burst, args.storm, args.idle = 5, 40, 100, 10

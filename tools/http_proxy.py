@@ -92,7 +92,7 @@ class HttpProxy:
         rule: Callable[[Request], tuple[int, bytes] | None] | None = None,
         record: bool = True,
         port: int = 0,
-        serialize: threading.Lock | None = None,
+        turn: Callable[[], contextlib.AbstractContextManager] | None = None,
     ):
         parsed = urllib.parse.urlparse(target)
         self._target = (parsed.hostname, parsed.port)
@@ -100,8 +100,8 @@ class HttpProxy:
         self.record = record  # a long-lived proxy keeps no request bodies
         self.requests: list[Request] = []
         self._lock = threading.Lock()
-        # Held around each forwarded request when given: the target sees one at a time.
-        self._serialize = serialize or contextlib.nullcontext()
+        # Entered around each forwarded request when given (`strict_bigquery.Turns`).
+        self._turn = turn or contextlib.nullcontext
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -148,7 +148,7 @@ class HttpProxy:
     def forward(self, method: str, path: str, headers: dict, body: bytes):
         """Sends one request to the real service: (status, headers, body)."""
         conn = http.client.HTTPConnection(*self._target, timeout=120)
-        with self._serialize:
+        with self._turn():
             return self._forward(conn, method, path, headers, body)
 
     def _forward(self, conn, method: str, path: str, headers: dict, body: bytes):

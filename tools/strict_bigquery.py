@@ -7,11 +7,12 @@ body, and forwards everything else unchanged. It also fronts the emulator's gRPC
 (the Storage Write API): an AppendRows request over 10 MB (quotas page, "Storage Write
 API": request size), or one without the `x-goog-request-params` routing header the
 service requires, ends its connection with INVALID_ARGUMENT; every other call passes
-through as bytes. The emulator sees one call at a time (`StrictBigQuery`), each
-AppendRows request as a call of its own (the job sends its writer schema with every
-request). `tests/run.sh` starts it and points `BIGQUERY_EMULATOR_HOST` and
-`BIGQUERY_EMULATOR_GRPC_HOST` at it, so every integration test (and every job they
-start) talks to BigQuery through it; the benchmarks start it in-process.
+through as bytes. A gRPC call never meets a REST call at the emulator
+(`StrictBigQuery`), and each AppendRows request goes as a call of its own (the job
+sends its writer schema with every request). `tests/run.sh` starts it and points
+`BIGQUERY_EMULATOR_HOST` and `BIGQUERY_EMULATOR_GRPC_HOST` at it, so every integration
+test (and every job they start) talks to BigQuery through it; the benchmarks start it
+in-process.
 
 `GET /strict/stats` answers what it has seen since it started or since the last
 `POST /strict/mark`: insert and append requests, the largest of each in bytes and rows,
@@ -24,6 +25,7 @@ how many it refused, and the bytes and rows of those it forwarded.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import threading
@@ -154,19 +156,19 @@ def append_limits(data: bytes, metadata, stats: Stats) -> str | None:
     return None
 
 
-def grpc_proxy(target: str, stats: Stats, deny=None, serialize: threading.Lock | None = None):
+def grpc_proxy(target: str, stats: Stats, deny=None, turn=None):
     """A gRPC server (not started) that forwards every call to `target` as bytes, and
     ends an AppendRows connection with INVALID_ARGUMENT at a request `append_limits`
     refuses (the responses to the requests before it are delivered first). `deny`, a
     function of the method's path, answers `(grpc.StatusCode, message)` for a call to
-    refuse whole (a permission the caller lacks), None to forward it. `serialize` is
-    held around each forwarded call (see `StrictBigQuery`)."""
+    refuse whole (a permission the caller lacks), None to forward it. `turn()` is
+    entered around each forwarded call (`Turns.alone`, see `StrictBigQuery`)."""
     import contextlib
     from concurrent import futures
 
     import grpc
 
-    one = serialize or contextlib.nullcontext()
+    one = turn or contextlib.nullcontext
 
     size = [("grpc.max_send_message_length", _MAX_MESSAGE)]
     size.append(("grpc.max_receive_message_length", _MAX_MESSAGE))
@@ -192,7 +194,7 @@ def grpc_proxy(target: str, stats: Stats, deny=None, serialize: threading.Lock |
 
                 def stream(request, context):
                     try:
-                        with one:
+                        with one():
                             answers = list(call(request, metadata=metadata, timeout=120))
                     except grpc.RpcError as e:
                         fail(context, e)
@@ -202,7 +204,7 @@ def grpc_proxy(target: str, stats: Stats, deny=None, serialize: threading.Lock |
 
             def unary(request, context):
                 try:
-                    with one:
+                    with one():
                         return call(request, metadata=metadata, timeout=120)
                 except grpc.RpcError as e:
                     fail(context, e)
@@ -218,7 +220,7 @@ def grpc_proxy(target: str, stats: Stats, deny=None, serialize: threading.Lock |
             if problem:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             try:
-                with one:
+                with one():
                     answers = list(call(iter([data]), metadata=metadata, timeout=120))
             except grpc.RpcError as e:
                 fail(context, e)
@@ -229,25 +231,61 @@ def grpc_proxy(target: str, stats: Stats, deny=None, serialize: threading.Lock |
     return server
 
 
+class Turns:
+    """REST calls together, each gRPC call alone: a gRPC call waits until no REST call
+    is in flight, and REST calls that arrive while one waits wait behind it."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._rest = self._waiting = 0
+        self._grpc = False
+
+    @contextlib.contextmanager
+    def together(self):
+        with self._cond:
+            self._cond.wait_for(lambda: not self._grpc and not self._waiting)
+            self._rest += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._rest -= 1
+                self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self):
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._grpc and not self._rest)
+            self._waiting -= 1
+            self._grpc = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._grpc = False
+                self._cond.notify_all()
+
+
 class StrictBigQuery:
     """Both proxies in this process, in front of bqemulator's REST `target` and gRPC
-    `grpc_target`, sharing one `Stats` and one lock: bqemulator 1.4.0 answers REST calls
-    and Storage API calls on different threads over one DuckDB connection, and a query
-    that meets an append there can deadlock the whole emulator; through the proxies
-    the emulator sees one call at a time.
+    `grpc_target`, sharing one `Stats` and one `Turns`: bqemulator 1.4.0 answers REST
+    calls and Storage API calls on different threads over one DuckDB connection, and a
+    query that meets an append there can deadlock the whole emulator; through the
+    proxies a gRPC call never meets a REST call.
 
     `env` names the proxies for a client (`BIGQUERY_EMULATOR_HOST`,
     `BIGQUERY_EMULATOR_GRPC_HOST`)."""
 
     def __init__(self, target: str, grpc_target: str, rule=None, deny=None):
         self.stats = Stats()
-        lock = threading.Lock()
+        turns = Turns()
 
         def strict(request):
             return insert_limits(request, self.stats) or (rule(request) if rule else None)
 
-        self.rest = HttpProxy(target, rule=strict, record=False, serialize=lock)
-        self._grpc = grpc_proxy(grpc_target, self.stats, deny, serialize=lock)
+        self.rest = HttpProxy(target, rule=strict, record=False, turn=turns.together)
+        self._grpc = grpc_proxy(grpc_target, self.stats, deny, turn=turns.alone)
         self.grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
         self.env = {
             "BIGQUERY_EMULATOR_HOST": self.rest.url,

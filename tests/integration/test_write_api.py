@@ -143,7 +143,7 @@ def test_the_emulator_port_is_the_strict_proxy():
 
 
 def test_appends_abandoned_mid_stream_leave_the_emulator_serving(cloud, dataset):
-    # The proxy passes the emulator one call at a time (tools/strict_bigquery.py): a
+    # The proxy gives each gRPC call a turn of its own (tools/strict_bigquery.py): a
     # stream its client leaves open (a job killed mid-append) must not keep the turn.
     import threading
 

@@ -57,6 +57,7 @@ def writer(client, monkeypatch, batch_size=500, max_bytes=bigquery.MAX_REQUEST_B
 
 
 def write(fn, rows):
+    """The values a writer DoFn emits for `rows` in one bundle (the refused rows)."""
     out = []
     for r in rows:
         out += list(fn.process(r, timestamp=0, window=None))

@@ -95,6 +95,7 @@ def test_step_names_match_the_committed_list(production_names):
             True,
         ),
         ({"--intra_op_threads": "1", "--inter_op_threads": "1"}, True),
+        ({"--bigquery_write_method": "insert_all"}, True),
         ({"--dead_letter_table": None}, False),
         ({"--output_table": None}, False),
         ({"--output_dir": "gs://my-vectors/files/"}, False),

@@ -14,6 +14,7 @@ from google.protobuf import json_format
 import schemas
 from streaming import failures
 from streaming.sinks import bigquery, write_api
+from tests.unit.test_bigquery_writer import write  # one bundle through a writer
 
 ROW = {
     "row_key": "k0",
@@ -116,14 +117,6 @@ def writer(fake, monkeypatch, max_bytes=bigquery.MAX_REQUEST_BYTES):
     fn._stream = write_api.default_stream(fn._table_id)
     fn.start_bundle()
     return fn
-
-
-def write(fn, rows):
-    out = []
-    for r in rows:
-        out += list(fn.process(r, timestamp=0, window=None))
-    out += list(fn.finish_bundle())
-    return [wv.value for wv in out]
 
 
 def row(i, floats=2048):
