@@ -182,8 +182,12 @@ def test_watch_embeds_files_that_appear_later(tmp_path):
         )
     ) as job:
         wait_until(lambda: rows(1), timeout=180, what="the first row", job=job)
-        (src / "later.png").write_bytes(fixtures.png(seed=2))
-        (src / "later-bad.jpg").write_bytes(b"not an image")
+        # Written aside and renamed in, as a careful copier does: a file listed while
+        # half-written is `superseded` at read (a race on a loaded machine), which
+        # test_load_stage checks.
+        for name, data in (("later.png", fixtures.png(seed=2)), ("later-bad.jpg", b"not an image")):
+            (tmp_path / name).write_bytes(data)
+            os.replace(tmp_path / name, src / name)
         got = wait_until(lambda: rows(2), timeout=60, what="the later file's row", job=job)
         assert [g.split("@")[0] for g in got] == ["first.jpg", "later.png"]
         dead = wait_until(dead_letters, timeout=30, what="the dead letter", job=job)

@@ -1,5 +1,6 @@
 """The load stage's decode pool: images decoded ahead of the model, outputs unchanged."""
 
+import os
 import threading
 
 import apache_beam as beam
@@ -138,3 +139,26 @@ def test_any_read_error_is_a_dead_letter_and_a_late_type_check_a_skip():
     assert isinstance(skipped, Skipped) and skipped.reason == "skipped.type"
     _, stage, _, rejected = load_with(lambda r: (r, fixtures.jpeg(seed=3)))
     assert (stage, rejected) == ("decode", None)
+
+
+def test_a_file_rewritten_after_listing_is_superseded_and_its_new_version_embedded(tmp_path):
+    """What --watch meets when it lists a file mid-write: the listed generation (mtime)
+    is dead-lettered `superseded`, the file as it is now loads."""
+    path = tmp_path / "img.jpg"
+    path.write_bytes(b"")  # listed half-written
+    listed = local_ref(str(tmp_path), str(path))
+    path.write_bytes(fixtures.jpeg(64, 48, seed=3))
+    os.utime(path, ns=(listed.generation + 10**9, listed.generation + 10**9))
+    current = local_ref(str(tmp_path), str(path))
+    with TestPipeline() as p:
+        loaded = p | beam.Create([listed, current]) | load.LoadImages(threads=1, window=1)
+        assert_that(
+            loaded.dead_letters | beam.Map(lambda d: (d.ref.generation, d.reason)),
+            equal_to([(listed.generation, "superseded")]),
+            label="dead letters",
+        )
+        assert_that(
+            loaded.images | beam.Map(lambda r: r[0].ref.generation),
+            equal_to([current.generation]),
+            label="images",
+        )
