@@ -71,6 +71,7 @@ def read_source(pipeline: beam.Pipeline, opts: EmbedOptions):
         every_secs=opts.catch_up_every_minutes * 60 or None,
         accept=filter_config(opts),
         chunk=opts.catch_up_chunk,
+        unbounded_ticks=on_dataflow(opts),
     )
     refs = (parsed.refs, missed) | "Notified and missed" >> beam.Flatten()
     return refs, parsed.dead_letters

@@ -30,6 +30,16 @@ def utcnow_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat()
 
 
+def parse_rfc3339(value: str) -> dt.datetime:
+    """An RFC 3339 time (`Z` or an offset; naive is taken as UTC) as an aware datetime.
+
+    Raises:
+      ValueError: `value` is not such a time (BigQuery would refuse it as a TIMESTAMP).
+    """
+    parsed = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00").replace("z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
 @dataclasses.dataclass(frozen=True)
 class ImageRef:
     """One object generation and its notification metadata.

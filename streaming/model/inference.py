@@ -425,9 +425,8 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
         self.weights_watch_interval = weights_watch_interval
 
     def load_model(self) -> EmbeddingModel:
-        model = load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
         if not self.weights_watch:
-            return model
+            return load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
         from streaming.model import weights_watch
 
         build = functools.partial(
@@ -437,7 +436,7 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
             threads=self.threads,
         )
         return weights_watch.watched(
-            model,
+            lambda: load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads),
             self.weights_watch,
             self.weights_watch_interval,
             build,

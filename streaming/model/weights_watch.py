@@ -10,7 +10,9 @@ built into an ONNX graph once per weights for every worker sharing
 while the batches keep going through the current model. Then one reference swap: every
 batch runs on exactly one model, and each row names the fingerprint of the weights that
 embedded it. A switch logs one line and counts `weights_switches`; weights that cannot
-be loaded log why, count `weights_rejected` and leave the current model in place.
+be loaded log why, count `weights_rejected` and leave the current model in place. A
+process starts with the newest weights under LOCATION, if any (`starting_model`): a
+worker started after a switch never embeds with the older `--weights`.
 
 Beam's RunInference can update its model from a side input (`model_metadata_pcoll`,
 `WatchFilePattern`), but it loads the new model inside `process()`, so the batch that
@@ -55,17 +57,25 @@ class WatchedModel:
     """A model that follows the newest weights under a location.
 
     Args:
-      model: the model to start with (from `--weights`).
+      model: the model to start with (`starting_model`).
       location: the folder or gs:// prefix to watch.
       interval: seconds between looks.
       build: spec -> a new, warmed-up model (`model.build_embedding_model` with the
         job's runtime, cache and threads).
+      seen: the weights file `model` came from, if any (not built again).
     """
 
-    def __init__(self, model, location: str, interval: float, build: Callable[[str], object]):
+    def __init__(
+        self,
+        model,
+        location: str,
+        interval: float,
+        build: Callable[[str], object],
+        seen: tuple[str, float, int] | None = None,
+    ):
         self._current = model
         self._location, self._interval, self._build = location, interval, build
-        self._seen = self._settling = None
+        self._seen = self._settling = seen
         self._switches = self._rejected = 0
         self._counted = threading.Lock()
         self._stop = threading.Event()
@@ -141,15 +151,45 @@ _WATCHED: dict[tuple, WatchedModel] = {}
 _WATCHED_LOCK = threading.Lock()
 
 
+def starting_model(
+    load_default: Callable[[], object], location: str, build: Callable[[str], object]
+) -> tuple[object, tuple[str, float, int] | None]:
+    """The model a process starts with, and the weights file it came from (None for
+    `--weights`): the newest weights under `location` if there are any, so a worker
+    that starts after a switch embeds with the switched weights from its first batch,
+    not with `--weights` until its watch catches up. Weights there that cannot be
+    built log why and leave `--weights`."""
+    try:
+        found = newest_weights(location)
+    except Exception as e:  # noqa: BLE001 - the watch tries again at each look
+        _LOG.warning("Cannot list %s for weights at start: %s", location, e)
+        found = None
+    if found is not None:
+        try:
+            model = build(found[0])
+        except Exception as e:  # noqa: BLE001 - bad weights keep --weights
+            _LOG.error("Weights %s not used at start, --weights stays: %s", found[0], e)
+        else:
+            _LOG.info("Starting with the newest weights %s (%s)", found[0], model.model_id)
+            return model, found
+    return load_default(), None
+
+
 def watched(
-    model, location: str, interval: float, build: Callable[[str], object], key: tuple
+    load_default: Callable[[], object],
+    location: str,
+    interval: float,
+    build: Callable[[str], object],
+    key: tuple,
 ) -> WatchedModel:
-    """The process's one `WatchedModel` for `key` (the handler's settings), made around
-    `model` on first use: every thread and DoFn instance of a process shares one watch."""
+    """The process's one `WatchedModel` for `key` (the handler's settings), made on
+    first use around `starting_model`: every thread and DoFn instance of a process
+    shares one watch."""
     with _WATCHED_LOCK:
         if key not in _WATCHED:
             for other in _WATCHED.values():
                 other.stop()
             _WATCHED.clear()
-            _WATCHED[key] = WatchedModel(model, location, interval, build)
+            model, found = starting_model(load_default, location, build)
+            _WATCHED[key] = WatchedModel(model, location, interval, build, seen=found)
         return _WATCHED[key]

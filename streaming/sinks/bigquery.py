@@ -27,7 +27,7 @@ import schemas
 from streaming import failures, metrics
 from streaming.config import names
 from streaming.config.flags import BIGQUERY_WRITE_METHODS
-from streaming.records import DeadLetter, ImageRef
+from streaming.records import ERROR_CHARS, DeadLetter, ImageRef, utcnow_iso
 from streaming.sinks import Sink
 from streaming.sinks.files import DeadLetterRows
 
@@ -92,6 +92,8 @@ def insert_action(error: BaseException) -> str:
     - 400/413 (insertAll) or 400/429 (the Storage Write API's INVALID_ARGUMENT and
       RESOURCE_EXHAUSTED) for the request's size or row count: `split` it (a single
       row: `row_too_large`);
+    - a schema mismatch (the rows have a column the table lacks: a release ahead of its
+      table): `stall`, as for any configuration problem, until the column is added;
     - any other 400: `reject` (bisected down to the row at fault, which is dead-lettered);
     - 404: `missing` (the table is re-created; a missing dataset is a stall);
     - 401, and 403 but for rate and quota limits: `stall` (a permission the job lacks);
@@ -103,6 +105,8 @@ def insert_action(error: BaseException) -> str:
     }
     if code == 413 or (code in (400, 429) and _is_size_error(str(error))):
         return SPLIT
+    if code == 400 and schema_mismatch(str(error)):
+        return STALL
     if code == 400:
         return REJECT
     if code == 404:
@@ -110,6 +114,18 @@ def insert_action(error: BaseException) -> str:
     if code == 401 or (code == 403 and not reasons & _TRANSIENT_403):
         return STALL
     return RETRY
+
+
+# What BigQuery says of a row with a column its table lacks: insertAll per row ("no such
+# field: x."), the Storage Write API for the request ("Input schema has more fields than
+# BigQuery schema"; INVALID_ARGUMENT, schema mismatch).
+_SCHEMA_MISMATCH = ("no such field", "input schema has more fields", "schema mismatch")
+
+
+def schema_mismatch(message: str) -> bool:
+    """Whether BigQuery refused rows because the table lacks one of their columns."""
+    message = message.lower()
+    return any(text in message for text in _SCHEMA_MISMATCH)
 
 
 def _is_size_error(message: str) -> bool:
@@ -246,17 +262,29 @@ class RowWriterFn(beam.DoFn):
                     )
             else:
                 metrics.count("bigquery.rows_inserted", len(batch) - len(result))
-                again = []
+                again, lacking = [], []
                 for error in result:
                     index = pending[error["index"]]
-                    if _is_invalid(error["errors"]):
+                    if schema_mismatch(json.dumps(error["errors"], default=str)):
+                        lacking.append(error["errors"])
+                        again.append(index)  # the table lacks a column: waits for it
+                    elif _is_invalid(error["errors"]):
                         refused[index] = error["errors"]
                     else:  # stopped by another row, or a backend hiccup: goes again
                         again.append(index)
                 pending = again
                 if not pending:
                     break
-                metrics.count("bigquery.insert_retries")
+                if lacking:
+                    metrics.count("bigquery.stalled")
+                    self._stalls.error(
+                        "schema",
+                        f"BigQuery {self.METHOD} into {self._table_id} is waiting: the table "
+                        f"lacks a column of its rows ({_short_errors(lacking[0])}); add it "
+                        '(docs/dataflow.md, "ALTER TABLE"): the rows go in then',
+                    )
+                else:
+                    metrics.count("bigquery.insert_retries")
             time.sleep(delay)
             delay = min(MAX_BACKOFF_SECS, delay * 2)
         return refused
@@ -313,6 +341,11 @@ def _is_invalid(errors: list) -> bool:
 def _too_large(size: int | None, limit: int, message: str = "") -> list[dict]:
     text = message or f"the row is {size} bytes as JSON; an insert request holds {limit}"
     return [{"reason": failures.ROW_TOO_LARGE, "message": text}]
+
+
+def _short_errors(errors: list) -> str:
+    text = "; ".join(str(e.get("message") or e.get("reason")) for e in errors)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _short(e: BaseException) -> str:
@@ -404,9 +437,57 @@ class BigQueryDeadLetters(Sink):
         self._table, self._local, self._method = table, local, method
 
     def write_dead_letters(self, by_stage, gathered):
-        (
+        refused = (
             gathered
             | "Dead-letter rows" >> DeadLetterRows()
             | "Write dead letters to BigQuery"
             >> WriteRows(self._table, schemas.DEAD_LETTERS, local=self._local, method=self._method)
         )
+        _ = (
+            refused
+            | "Reduce refused dead letters" >> beam.Map(reduced_dead_letter)
+            | "Write reduced dead letters"
+            >> WriteRows(self._table, schemas.DEAD_LETTERS, local=self._local, method=self._method)
+            | "Log dead letters refused twice" >> beam.Map(log_refused_dead_letter)
+        )
+
+
+# The columns of a dead letter whose values the job made itself (never copied from
+# input), so BigQuery takes them whatever the input was.
+_OWN_DEAD_LETTER_COLUMNS = ("row_key", "bucket", "name", "uri", "stage", "reason", "retryable")
+
+
+def reduced_dead_letter(failure) -> dict[str, Any]:
+    """A dead-letter row BigQuery refused, as one it takes: the columns the job made,
+    the refusal prepended to the error, the values from the input (its times) kept as
+    text in `raw`. A dead letter is the record that something failed: it may not vanish
+    because the failing input also broke its row."""
+    _table, row, errors = failure
+    metrics.count("dead_letters.reduced")
+    reduced = {c: row.get(c) for c in _OWN_DEAD_LETTER_COLUMNS}
+    for column in ("generation", "attempt"):
+        value = row.get(column)
+        reduced[column] = value if isinstance(value, int) and value >= 0 else None
+    reason = json.dumps(errors, default=str)[:300]
+    reduced["error"] = f"BigQuery refused this dead letter ({reason}); {row.get('error') or ''}"[
+        :ERROR_CHARS
+    ]
+    reduced["raw"] = json.dumps(
+        {"raw": row.get("raw"), "event_time": row.get("event_time")}, default=str
+    )[:ERROR_CHARS]
+    reduced["event_time"] = None
+    reduced["processing_time"] = utcnow_iso()
+    return reduced
+
+
+def log_refused_dead_letter(failure) -> None:
+    """A reduced dead letter refused as well: one error line with the whole row, and a
+    counter, so it is never silent."""
+    _table, row, errors = failure
+    metrics.count("dead_letters.refused")
+    _LOG.error(
+        "BigQuery refused dead letter %s even reduced (%s): %s",
+        row.get("row_key"),
+        json.dumps(errors, default=str)[:300],
+        json.dumps(row, default=str)[:ERROR_CHARS],
+    )

@@ -10,6 +10,7 @@ completes.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -96,10 +97,12 @@ def float32_list(vector) -> list[float]:
 
 
 def tombstone_row(ref: ImageRef) -> dict[str, Any]:
-    """The row recording an OBJECT_DELETE: no embedding; the current view hides the
-    object once its newest event is a deletion."""
+    """The row recording that a generation is no longer live (an OBJECT_DELETE, or an
+    OBJECT_ARCHIVE in a versioned bucket): no embedding, written as OBJECT_DELETE under
+    that event's row key, so the current view hides the generation whichever came and
+    however late its embedding row lands."""
     metrics.count("tombstones")
-    return _ref_row(ref)
+    return _ref_row(dataclasses.replace(ref, event_type="OBJECT_DELETE"))
 
 
 def _ref_row(ref: ImageRef) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import functools
 from typing import Any
 
 import schemas
+from streaming.records import parse_rfc3339
 from streaming.sinks.bigquery import RowWriterFn
 
 # Bytes of an AppendRows request besides its rows: the stream name and the writer
@@ -72,7 +73,7 @@ def _row_class(schema_file: str):
 def micros(value: Any) -> int:
     """A TIMESTAMP value (datetime or RFC 3339 text) as microseconds since the epoch."""
     if not isinstance(value, dt.datetime):
-        value = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        value = parse_rfc3339(value)
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.UTC)
     delta = value - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -25,7 +25,8 @@ import dataclasses
 import itertools
 import json
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -243,6 +244,57 @@ def compare(
         pending = next(groups, None)
 
 
+def live_generation(storage_client, bucket: str, name: str) -> int | None:
+    """The live generation of gs://bucket/name now (one GET of its metadata), or None
+    if it has none (deleted; in a versioned bucket, only noncurrent versions left)."""
+    blob = storage_client.bucket(bucket).get_blob(name)
+    return int(blob.generation) if blob is not None and blob.generation else None
+
+
+def confirmed(findings: Iterable[Finding], live: Callable[[str], int | None]) -> Iterator[Finding]:
+    """The findings, less every `GONE` whose generation is live after all.
+
+    A listing and a query are taken at two moments: an object uploaded (or overwritten)
+    after the listing, whose row lands before the query, looks deleted to `compare`. Its
+    tombstone would hide a live image for good (the next pass counts it as done), so
+    each `GONE` is confirmed by `live(name)`, read after the query: a generation that is
+    live is left alone (counted `catch_up.gone_live`); one that is not is gone, or
+    replaced by a newer one whose own row ranks first.
+    """
+    for finding in findings:
+        if finding.action == GONE and live(finding.resource["name"]) == int(
+            finding.resource["generation"]
+        ):
+            metrics.count("catch_up.gone_live")
+            continue
+        yield finding
+
+
+def step_findings(
+    storage_client,
+    bq_client,
+    table: str,
+    dead_letter_table: str | None,
+    scope: Scope,
+    after: str | None,
+    chunk: int,
+) -> tuple[list[Finding], str | None]:
+    """One step of a pass: the next `chunk` listed objects after `after`, compared with
+    the tables for the same name range (`compare`), each `GONE` confirmed (`confirmed`).
+    Returns the findings and the last name compared, or None if the listing ended."""
+    listed = list(
+        itertools.islice(list_resources(storage_client, scope.bucket, scope.prefix, after), chunk)
+    )
+    until = listed[-1]["name"] if len(listed) == chunk else None
+    known = known_generations(
+        bq_client, table, scope, after=after, until=until, dead_letter_table=dead_letter_table
+    )
+    found = list(compare(listed, known, scope.bucket))
+    return list(
+        confirmed(found, lambda name: live_generation(storage_client, scope.bucket, name))
+    ), until
+
+
 def _finding(resource, state: Known | None, retry_dead_letters: bool, max_attempts: int) -> Finding:
     if state is None:
         return Finding(resource, EMBED)
@@ -302,6 +354,40 @@ CHUNK = 1000
 # no timer fires: a step set for "now" again and again would hold back every live
 # notification until the whole catch-up is done.
 STEP_PAUSE_SECS = 0.5
+# A step that fails (Cloud Storage or BigQuery away past their clients' retries, a
+# permission missing) is tried again after STEP_RETRY_SECS, doubling up to
+# MAX_STEP_RETRY_SECS, STEP_TRIES times in all (about 10 minutes); then the pass is
+# abandoned with an error line, and the next pass starts it again. A failure never
+# fails the job (locally: after four bundle retries) nor retries one timer forever.
+STEP_RETRY_SECS = 5.0
+MAX_STEP_RETRY_SECS = 300.0
+STEP_TRIES = 8
+# A pass whose last step is older than this lost its timer (a worker moved, a runner
+# that dropped it): the next tick starts it again instead of skipping for good.
+STALE_SECS = 1800.0
+# The interval of the single tick that starts the one pass of a Dataflow job without
+# --catch_up_every_minutes (see `CatchUp`): in effect, never again.
+ONCE_SECS = 100 * 365 * 86_400.0
+
+
+def step_retry_secs(tries: int) -> float | None:
+    """The wait before the next try of a step that failed `tries` times in a row, or
+    None when the pass is to be abandoned."""
+    if tries >= STEP_TRIES:
+        return None
+    return min(STEP_RETRY_SECS * 2 ** (tries - 1), MAX_STEP_RETRY_SECS)
+
+
+def new_pass(now: float) -> dict[str, Any]:
+    """The cursor of a pass that starts at `now` (seconds since the epoch)."""
+    return {"after": None, "found": 0, "gone": 0, "steps": 0, "tries": 0, "at": now}
+
+
+def running(cursor: str | None, now: float) -> bool:
+    """Whether a tick finds a pass running: a cursor whose last step is recent."""
+    if cursor is None:
+        return False
+    return now - json.loads(cursor).get("at", 0.0) < STALE_SECS
 
 
 class _CatchUpFn(beam.DoFn):
@@ -309,9 +395,9 @@ class _CatchUpFn(beam.DoFn):
     has no row (nor a final dead letter), and a deletion for every current row whose
     generation is gone, one `CHUNK` of the listing per timer firing.
 
-    The cursor (the last name compared, and the counts) is the key's state: on Dataflow
-    a pass survives a worker's restart; a tick that arrives while a pass is running is
-    ignored.
+    The cursor (the last name compared, the counts, the time of the last step) is the
+    key's state: on Dataflow a pass survives a worker's restart; a tick that arrives
+    while a pass is running is ignored, unless the pass has gone stale (`STALE_SECS`).
     """
 
     CURSOR = ReadModifyWriteStateSpec("cursor", StrUtf8Coder())
@@ -340,14 +426,23 @@ class _CatchUpFn(beam.DoFn):
         self, element, cursor=beam.DoFn.StateParam(CURSOR), next_step=beam.DoFn.TimerParam(NEXT)
     ) -> Iterator:
         _, scope = element
-        if cursor.read() is not None:
+        now, held = time.time(), cursor.read()
+        if running(held, now):
             _LOG.info(
                 "catch-up gs://%s/%s is still running; this tick is skipped",
                 scope.bucket,
                 scope.prefix,
             )
             return
-        cursor.write(json.dumps({"after": None, "found": 0, "gone": 0, "steps": 0}))
+        if held is not None:
+            metrics.count("catch_up.restarted")
+            _LOG.warning(
+                "catch-up gs://%s/%s: its last step was %.0f s ago; starting the pass again",
+                scope.bucket,
+                scope.prefix,
+                now - json.loads(held).get("at", 0.0),
+            )
+        cursor.write(json.dumps(new_pass(now)))
         next_step.set(Timestamp.now())
 
     @on_timer(NEXT)
@@ -357,26 +452,29 @@ class _CatchUpFn(beam.DoFn):
         cursor=beam.DoFn.StateParam(CURSOR),
         next_step=beam.DoFn.TimerParam(NEXT),
     ) -> Iterator:
+        held = cursor.read()
+        if held is None:  # the pass was abandoned or ended; a stray firing
+            return
         scope = Scope(*json.loads(key))
-        progress = json.loads(cursor.read())
-        after = progress["after"]
+        progress = json.loads(held)
         progress["steps"] += 1
+        progress["at"] = time.time()
         metrics.count("catch_up.steps")
-        listed = list(
-            itertools.islice(
-                list_resources(self._storage, scope.bucket, scope.prefix, after), self._chunk
+        try:
+            todo, until = step_findings(
+                self._storage,
+                self._bq,
+                self._table,
+                self._dead_letter_table,
+                scope,
+                progress["after"],
+                self._chunk,
             )
-        )
-        until = listed[-1]["name"] if len(listed) == self._chunk else None
-        known = known_generations(
-            self._bq,
-            self._table,
-            scope,
-            after=after,
-            until=until,
-            dead_letter_table=self._dead_letter_table,
-        )
-        for finding in compare(listed, known, scope.bucket):
+        except Exception as e:  # noqa: BLE001 - any service error: tried again, then dropped
+            self._failed(scope, progress, cursor, next_step, e)
+            return
+        progress["tries"] = 0
+        for finding in todo:
             if finding.action == DONE:
                 continue
             if finding.action == GONE:
@@ -404,6 +502,37 @@ class _CatchUpFn(beam.DoFn):
             progress["steps"],
         )
 
+    def _failed(self, scope: Scope, progress: dict, cursor, next_step, error: Exception) -> None:
+        """A step's service error: the step again after a backoff, the cursor kept, or
+        the pass abandoned once `STEP_TRIES` are spent; one line each, never a raise."""
+        metrics.count("catch_up.errors")
+        progress["tries"] = progress.get("tries", 0) + 1
+        wait = step_retry_secs(progress["tries"])
+        where = f"gs://{scope.bucket}/{scope.prefix}"
+        text = f"{type(error).__name__}: {error}"[:300]
+        if wait is None:
+            cursor.clear()
+            metrics.count("catch_up.abandoned")
+            _LOG.error(
+                "catch-up %s abandoned after %d failed tries of one step (%s); the next "
+                "pass (a restart, --catch_up_every_minutes, or embed-backfill "
+                "--skip-existing) covers it",
+                where,
+                progress["tries"],
+                text,
+            )
+            return
+        _LOG.warning(
+            "catch-up %s: a step failed (%s); trying it again in %.0f s (%d of %d)",
+            where,
+            text,
+            wait,
+            progress["tries"],
+            STEP_TRIES,
+        )
+        cursor.write(json.dumps(progress))
+        next_step.set(Timestamp.now() + Duration(seconds=wait))
+
     def _wanted(self, resource: dict[str, Any]) -> bool:
         """The job's own filters, before anything is emitted: non-images and the job's
         own outputs are never sent down the pipeline."""
@@ -421,7 +550,17 @@ def scope_key(scope: Scope) -> tuple[str, Scope]:
 
 class CatchUp(beam.PTransform):
     """ImageRefs for what the tables lack under each scope: once at start, and every
-    `every_secs` seconds if given (a streaming job's periodic reconciliation)."""
+    `every_secs` seconds if given (a streaming job's periodic reconciliation).
+
+    Where the catch-up's timers must outlive its input (`unbounded_ticks`: Dataflow),
+    the scopes come from a `PeriodicImpulse`, every `every_secs` or once (`ONCE_SECS`),
+    never from a `Create`: a bounded branch's watermark is at the end of the global window
+    at once, and a runner may drop or never fire the processing-time timers of a window
+    its input watermark has passed (Beam's runner core drops such timers); the
+    impulse's watermark stays at its last tick. The local runner cannot expand a
+    `PeriodicImpulse` (a splittable DoFn) and fires those timers: it starts from
+    `Create`, once.
+    """
 
     def __init__(
         self,
@@ -432,17 +571,22 @@ class CatchUp(beam.PTransform):
         every_secs: float | None = None,
         accept: filters.FilterConfig | None = None,
         chunk: int = CHUNK,
+        unbounded_ticks: bool = False,
     ):
         super().__init__()
-        self._scopes, self._every = list(scope_list), every_secs
+        self._scopes, self._every, self._unbounded = list(scope_list), every_secs, unbounded_ticks
         self._fn = _CatchUpFn(table, dead_letter_table, local, accept, chunk)
 
     def expand(self, pbegin):
         scope_list = self._scopes
-        if self._every:
-            from apache_beam.transforms.periodicsequence import PeriodicImpulse
+        if self._every or self._unbounded:
+            from apache_beam.transforms.periodicsequence import PeriodicImpulse, RebaseMode
 
-            ticks = pbegin | "Every interval" >> PeriodicImpulse(fire_interval=self._every)
+            # The first tick when the job runs (not when its graph was built); no stop,
+            # so the watermark never reaches the end of the window.
+            ticks = pbegin | "Every interval" >> PeriodicImpulse(
+                fire_interval=self._every or ONCE_SECS, rebase=RebaseMode.REBASE_START
+            )
             todo = ticks | "Scopes" >> beam.FlatMap(lambda _: scope_list)
         else:
             todo = pbegin | "Scopes" >> beam.Create(scope_list)

@@ -16,7 +16,14 @@ from apache_beam import pvalue
 
 import schemas
 from streaming import failures, metrics
-from streaming.records import ERROR_CHARS, DeadLetter, ImageRef, Rejected, rejected_from
+from streaming.records import (
+    ERROR_CHARS,
+    DeadLetter,
+    ImageRef,
+    Rejected,
+    parse_rfc3339,
+    rejected_from,
+)
 
 DEAD = "dead_letters"
 
@@ -40,6 +47,18 @@ def _int(value: Any, what: str) -> int | None:
     if number < 0:
         raise Rejected(failures.BAD_ATTRIBUTE, f"{what} is negative: {number}")
     return number
+
+
+def _time(value: Any, what: str, reason: str = failures.BAD_ATTRIBUTE) -> str | None:
+    """`value` if it is an RFC 3339 time: a row or dead letter carrying anything else in
+    a TIMESTAMP column is refused by BigQuery, so it is refused here, with the message."""
+    if value is None or value == "":
+        return None
+    try:
+        parse_rfc3339(value)
+    except (TypeError, ValueError):
+        raise Rejected(reason, f"{what} is not an RFC 3339 time: {str(value)[:80]!r}") from None
+    return value
 
 
 def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
@@ -101,7 +120,7 @@ def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
         crc32c=fields.get("crc32c"),
         time_created=fields.get("time_created"),
         updated=fields.get("updated"),
-        event_time=attributes.get("eventTime"),
+        event_time=_time(attributes.get("eventTime"), "eventTime"),
         payload_format=payload_format,
         metadata=fields.get("metadata"),
         attempt=_int(attributes["attempt"], "attempt") if attributes.get("attempt") else 0,
@@ -136,6 +155,8 @@ def payload_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
         kind = spec["type"]
         if kind.endswith("-string"):
             value = _int(value, key)
+        elif kind == "rfc3339":
+            value = _time(value, key, failures.NOT_OBJECT_RESOURCE)
         elif kind.startswith("map"):
             if not isinstance(value, dict):
                 raise Rejected(failures.NOT_OBJECT_RESOURCE, f"{key} is not an object")

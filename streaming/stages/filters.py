@@ -38,6 +38,10 @@ def skipped_event(event_type: str) -> str:
 
 
 SKIPPED_DELETE = skipped_event("OBJECT_DELETE")
+# The events after which a generation is no longer the live one: a deletion, and in a
+# versioned bucket the live version's deletion or replacement (it becomes noncurrent).
+# Each writes a tombstone; the current view then hides that generation.
+DELETION_EVENTS = ("OBJECT_DELETE", "OBJECT_ARCHIVE")
 
 DELETES = "deletes"
 DEAD = "dead_letters"
@@ -129,6 +133,8 @@ def object_skip_reason(ref: ImageRef, config: FilterConfig) -> str | None:
     reason = type_skip_reason(ref, config)
     if reason is not None and awaits_metadata(ref):
         return None  # the load stage decides once it has read the content type
+    if reason is not None and untyped_deletion(ref):
+        return None  # the row it hides was accepted once; a tombstone of none hides nothing
     return reason
 
 
@@ -146,6 +152,14 @@ def awaits_metadata(ref: ImageRef) -> bool:
     read in the load stage, has it. (A deletion's object cannot be read any more: its
     tombstone is written whatever the type, and the current view hides the object.)"""
     return ref.payload_format == "NONE" and ref.content_type is None and not ref.is_local
+
+
+def untyped_deletion(ref: ImageRef) -> bool:
+    """A deletion that says nothing of the object's type: the catch-up's and
+    `embed-backfill --skip-existing`'s findings of a generation gone from the bucket.
+    Its object cannot be read any more, so its type cannot decide; it passes the type
+    rule (an image accepted by its content type alone must lose its row too)."""
+    return ref.event_type in DELETION_EVENTS and ref.content_type is None
 
 
 def bucket_allowed(ref: ImageRef, config: FilterConfig) -> bool:
@@ -215,12 +229,12 @@ class _FilterFn(beam.DoFn):
             yield ref
             return
         metrics.count(reason)
-        if reason == SKIPPED_DELETE:
+        if ref.event_type in DELETION_EVENTS and reason == skipped_event(ref.event_type):
             yield pvalue.TaggedOutput(DELETES, ref)
 
 
 class FilterObjects(beam.PTransform):
-    """Keeps the objects to embed; OBJECT_DELETE events go to the `deletes` output,
+    """Keeps the objects to embed; deletions (`DELETION_EVENTS`) go to the `deletes` output,
     everything else skipped is counted by reason."""
 
     def __init__(self, config: FilterConfig):

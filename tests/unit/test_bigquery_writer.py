@@ -123,7 +123,9 @@ def test_rows_stopped_or_hit_by_a_backend_error_go_again_only_invalid_ones_are_r
             bigquery.SPLIT,
         ),
         (gexc.from_http_status(413, "Request Too Large"), bigquery.SPLIT),
-        (gexc.BadRequest("no such field: x"), bigquery.REJECT),
+        (gexc.BadRequest("Invalid value: not a timestamp"), bigquery.REJECT),
+        # A column the table lacks is the release's configuration, not the row's fault.
+        (gexc.BadRequest("no such field: x"), bigquery.STALL),
         (gexc.NotFound("Not found: Table p:d.t"), bigquery.MISSING),
         (
             gexc.Forbidden("Access Denied: Table p:d.t", errors=[{"reason": "accessDenied"}]),
