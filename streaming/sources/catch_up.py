@@ -480,7 +480,7 @@ class _CatchUpFn(beam.DoFn):
             if finding.action == GONE:
                 progress["gone"] += 1
                 metrics.count("catch_up.gone")
-            elif not self._wanted(finding.resource):
+            elif not wanted(finding.resource, self._accept):
                 continue
             else:
                 progress["found"] += 1
@@ -533,14 +533,14 @@ class _CatchUpFn(beam.DoFn):
         cursor.write(json.dumps(progress))
         next_step.set(Timestamp.now() + Duration(seconds=wait))
 
-    def _wanted(self, resource: dict[str, Any]) -> bool:
-        """The job's own filters, before anything is emitted: non-images and the job's
-        own outputs are never sent down the pipeline."""
-        ref = ref_of(resource, "catchup")
-        if filters.object_skip_reason(ref, self._accept) is None:
-            return True
-        metrics.count("catch_up.skipped")
-        return False
+
+def wanted(resource: dict[str, Any], accept: filters.FilterConfig) -> bool:
+    """The job's own filters, before anything is emitted: non-images and the job's own
+    outputs are never sent down the pipeline."""
+    if filters.object_skip_reason(ref_of(resource, "catchup"), accept) is None:
+        return True
+    metrics.count("catch_up.skipped")
+    return False
 
 
 def scope_key(scope: Scope) -> tuple[str, Scope]:

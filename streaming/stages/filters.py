@@ -201,36 +201,59 @@ class Claims:
 CLAIMS = Claims()
 
 
+ACCEPTED = "accepted"
+SKIPPED = "skipped"
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    """Where the filter sends one ref: `ACCEPTED` (to embed), `DELETES` (a tombstone),
+    `DEAD` (a dead letter with `reason`) or `SKIPPED` (counted under `reason`)."""
+
+    output: str
+    reason: str | None = None
+
+
+def route(ref: ImageRef, config: FilterConfig, claims: Claims) -> Route:
+    """The filter's one decision for a ref (the stage and the protocol tests call it).
+
+    A deletion that passes the object filters goes to `DELETES` (and is counted under
+    its event's `skipped_event` counter, as before the tombstones existed)."""
+    if own_output(ref, config):
+        # Whichever bucket: the job's own .npy notifications are no one's fault.
+        return Route(SKIPPED, SKIPPED_OWN_OUTPUT)
+    if not bucket_allowed(ref, config):
+        return Route(DEAD, failures.BUCKET_NOT_ALLOWED)
+    reason = skip_reason(ref, config)
+    if reason is None and not ref.attempt and not claims.first(ref.key, ref.source):
+        reason = SKIPPED_DUPLICATE
+    if reason is None:
+        return Route(ACCEPTED)
+    if ref.event_type in DELETION_EVENTS and reason == skipped_event(ref.event_type):
+        return Route(DELETES, reason)
+    return Route(SKIPPED, reason)
+
+
 class _FilterFn(beam.DoFn):
     def __init__(self, config: FilterConfig):
         self._config = config
 
     def process(self, ref: ImageRef):
-        if own_output(ref, self._config):
-            # Whichever bucket: the job's own .npy notifications are no one's fault.
-            metrics.count(SKIPPED_OWN_OUTPUT)
-            return
-        if not bucket_allowed(ref, self._config):
-            metrics.dead_letter(failures.BUCKET_NOT_ALLOWED)
+        where = route(ref, self._config, CLAIMS)
+        if where.output == ACCEPTED:
+            yield ref
+        elif where.output == DEAD:
+            metrics.dead_letter(where.reason)
             yield pvalue.TaggedOutput(
                 DEAD,
                 DeadLetter(
-                    "filter",
-                    failures.BUCKET_NOT_ALLOWED,
-                    f"bucket {ref.bucket!r} is not in --buckets",
-                    ref=ref,
+                    "filter", where.reason, f"bucket {ref.bucket!r} is not in --buckets", ref=ref
                 ),
             )
-            return
-        reason = skip_reason(ref, self._config)
-        if reason is None and not ref.attempt and not CLAIMS.first(ref.key, ref.source):
-            reason = SKIPPED_DUPLICATE
-        if reason is None:
-            yield ref
-            return
-        metrics.count(reason)
-        if ref.event_type in DELETION_EVENTS and reason == skipped_event(ref.event_type):
-            yield pvalue.TaggedOutput(DELETES, ref)
+        else:
+            metrics.count(where.reason)
+            if where.output == DELETES:
+                yield pvalue.TaggedOutput(DELETES, ref)
 
 
 class FilterObjects(beam.PTransform):

@@ -1,0 +1,196 @@
+"""The reconciliation protocol under interleavings (Hypothesis' stateful testing).
+
+Uploads, overwrites and deletions (in a versioned bucket or not); notifications lost,
+duplicated, reordered and malformed; live processing one message at a time; catch-up
+steps whose listing and query happen at different moments, with uploads, processing
+and writes between them; `embed-backfill --skip-existing` (its query, then its
+listing); kills at any point; services failing with each class of error; weights
+switches. The decisions are the job's own code (tests/protocol_sim.py). Once the
+system settles (services heal, the subscription drains, catch-up passes run until one
+finds nothing):
+
+- every object the job embeds that exists has one current row, at its live
+  generation, whose vector resolves; or a final dead letter whose reason a fault or
+  its own bytes explain;
+- no deleted, archived or non-image object is current;
+- no dead letter was lost, even one BigQuery refused;
+- a process embeds with the newest weights there were when it started;
+- no catch-up pass is left running (no service error wedges it).
+
+CI runs a fixed seed; the `slow` test runs more examples with a random one.
+"""
+
+import tempfile
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from tests import protocol_sim as sim
+
+NAMES = st.sampled_from(sorted(sim.OBJECTS))
+INDEX = st.integers(min_value=0, max_value=50)
+BETWEEN = st.lists(
+    st.tuples(st.sampled_from(["upload", "delete", "work", "flush"]), NAMES), max_size=4
+)
+
+
+class Reconciliation(RuleBasedStateMachine):
+    @initialize(versioned=st.booleans(), catch_up=st.booleans())
+    def start(self, versioned, catch_up):
+        self._dir = tempfile.TemporaryDirectory()
+        self.world = sim.World(versioned, self._dir.name, catch_up_on=catch_up)
+        self.known = None
+
+    def teardown(self):
+        if hasattr(self, "world"):
+            try:
+                self.world.settle()
+                self.world.check()
+            finally:
+                self._dir.cleanup()
+
+    # --- the bucket
+    @rule(name=NAMES)
+    def upload(self, name):
+        self.world.notify(self.world.bucket.upload(name))
+
+    @rule(name=NAMES)
+    def delete(self, name):
+        self.world.notify(self.world.bucket.delete(name))
+
+    @rule(name=NAMES)
+    def malformed_notification(self, name):
+        self.world.notify(sim.bad_time_notification(self.world.bucket, name))
+
+    # --- the subscription
+    @precondition(lambda self: self.world.subscription)
+    @rule(i=INDEX)
+    def deliver(self, i):
+        self.world.pull(i % len(self.world.subscription))
+
+    @precondition(lambda self: self.world.subscription and self.world.catch_up_on)
+    @rule(i=INDEX)
+    def lose(self, i):
+        """A notification lost (never sent, or acknowledged by a killed local job):
+        what the catch-up is for."""
+        self.world.subscription.pop(i % len(self.world.subscription))
+
+    @precondition(lambda self: self.world.subscription)
+    @rule(i=INDEX)
+    def duplicate(self, i):
+        self.world.subscription.append(self.world.subscription[i % len(self.world.subscription)])
+
+    # --- the job
+    @precondition(lambda self: self.world.process.inflight)
+    @rule(i=INDEX)
+    def work(self, i):
+        self.world.work(i % len(self.world.process.inflight))
+
+    @rule()
+    def flush(self):
+        self.world.flush()
+
+    @precondition(lambda self: self.world.catch_up_on)
+    @rule()
+    def kill_and_restart(self):
+        """SIGKILL of the local job, which acknowledged what it pulled. (On Dataflow a
+        message is acknowledged once its bundle is durable: a restart loses nothing.)"""
+        self.world.kill()
+
+    @rule()
+    def tick(self):
+        """A periodic catch-up tick: starts a pass unless one is running."""
+        self.world.start_pass()
+
+    @precondition(lambda self: self.world.pass_running())
+    @rule(between=BETWEEN)
+    def catch_up_step(self, between):
+        def meanwhile():
+            for action, name in between:
+                if action == "upload":
+                    self.upload(name)
+                elif action == "delete":
+                    self.delete(name)
+                elif action == "work":
+                    self.world.drain()
+                else:
+                    self.world.flush()
+
+        self.world.step(meanwhile)
+
+    @rule()
+    def switch_weights(self):
+        self.world.switch_weights()
+
+    # --- embed-backfill --skip-existing
+    @rule()
+    def backfill_query(self):
+        self.known = self.world.backfill_query()
+
+    @precondition(lambda self: self.known is not None)
+    @rule()
+    def backfill_publish(self):
+        self.world.backfill_publish(self.known)
+        self.known = None
+
+    # --- faults
+    @rule(fault=st.sampled_from([None, *sim.READ_FAULTS]))
+    def storage_reads(self, fault):
+        self.world.bucket.read_fault = fault
+
+    @rule(fault=st.sampled_from([None, *sim.READ_FAULTS]))
+    def storage_listing(self, fault):
+        self.world.bucket.list_fault = fault
+
+    @rule(failing=st.booleans())
+    def vector_writes(self, failing):
+        self.world.bucket.write_fault = failing
+
+    @rule(fault=st.sampled_from([None, *sim.BIGQUERY_FAULTS]))
+    def bigquery_writes(self, fault):
+        self.world.bigquery_fault = fault
+
+    @rule(fault=st.sampled_from([None, *sim.QUERY_FAULTS]))
+    def bigquery_queries(self, fault):
+        self.world.tables.query_fault = fault
+
+    @rule()
+    def settle(self):
+        self.world.settle()
+        self.world.check()
+
+    @invariant()
+    def nothing_is_held_forever(self):
+        # What a process holds is bounded by what reached it; a pass's cursor always
+        # names a time (a stale pass is restarted by the next tick).
+        cursor = self.world.process.cursor.value
+        assert cursor is None or '"at"' in cursor
+
+
+SETTINGS = dict(
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+def test_the_protocol_holds_under_interleavings():
+    run_state_machine_as_test(
+        Reconciliation, settings=settings(max_examples=120, derandomize=True, **SETTINGS)
+    )
+
+
+@pytest.mark.slow
+def test_the_protocol_holds_under_more_interleavings():
+    run_state_machine_as_test(
+        Reconciliation, settings=settings(max_examples=600, derandomize=False, **SETTINGS)
+    )
