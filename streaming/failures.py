@@ -29,6 +29,12 @@ MAX_ATTEMPTS = 3
 # A stall logs at most one line per cause this often (and counts every wait).
 STALL_LOG_SECS = 60.0
 
+# A catch-up step whose listing or query fails is tried again after this wait, doubling
+# up to the most, this many times in all (about 10 minutes); then the pass is abandoned.
+CATCH_UP_RETRY_SECS = 5.0
+CATCH_UP_MAX_RETRY_SECS = 300.0
+CATCH_UP_TRIES = 8
+
 RETRIED, STALLED, DEAD_LETTERED = "retried", "stalled on", "dead-lettered"
 
 
@@ -159,6 +165,12 @@ FAILURES: tuple[Failure, ...] = (
     Failure("write rows", "401/403 (PERMISSION_DENIED, UNAUTHENTICATED) permission", STALLED),
     Failure(
         "write rows",
+        "a column the rows have and the table lacks (insertAll `no such field`; an "
+        "append's schema mismatch)",
+        STALLED,
+    ),
+    Failure(
+        "write rows",
         "a request over BigQuery's limits (400/413; INVALID_ARGUMENT or "
         "RESOURCE_EXHAUSTED for size)",
         RETRIED + " (split in halves)",
@@ -169,6 +181,19 @@ FAILURES: tuple[Failure, ...] = (
         "a row BigQuery refuses (invalid; an append's `row_errors`)",
         DEAD_LETTERED,
         "bigquery_rejected",
+    ),
+    Failure(
+        "write dead letters",
+        "a dead letter BigQuery refuses (a value copied from the input)",
+        "written again reduced (the input's values as text in `raw`); refused again: an "
+        "error line and `dead_letters.refused`",
+    ),
+    Failure(
+        "catch-up",
+        "a step's listing or query fails (an outage past the client's retries, 403, 400)",
+        f"{RETRIED} ({CATCH_UP_RETRY_SECS:.0f} s doubling to {CATCH_UP_MAX_RETRY_SECS:.0f} s, "
+        f"{CATCH_UP_TRIES} tries), then the pass is abandoned in an error line; the next "
+        "pass covers it",
     ),
 )
 

@@ -48,9 +48,7 @@ CHUNK = 2  # small, so a pass takes several steps
 # image, one whose bytes are not an image.
 OBJECTS = {
     "a.jpg": "image/jpeg",
-    "b.png": "image/png",
     "c": "image/jpeg",
-    "d.jpg": "image/jpeg",
     "notes.txt": "text/plain",
     "zz-broken.jpg": "image/jpeg",
 }
@@ -521,6 +519,19 @@ class World:
             )
 
     # --- settling
+    def fault(self, service: str, fault) -> None:
+        """`service` answers with `fault` (a key of its faults; None heals it)."""
+        if service == "storage_reads":
+            self.bucket.read_fault = fault
+        elif service == "storage_listing":
+            self.bucket.list_fault = fault
+        elif service == "vector_writes":
+            self.bucket.write_fault = bool(fault)
+        elif service == "bigquery_writes":
+            self.bigquery_fault = fault
+        else:
+            self.tables.query_fault = fault
+
     def heal(self) -> None:
         self.bucket.read_fault = self.bucket.list_fault = None
         self.bucket.write_fault = False

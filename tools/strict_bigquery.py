@@ -18,6 +18,21 @@ in-process.
 `POST /strict/mark`: insert and append requests, the largest of each in bytes and rows,
 how many it refused, and the bytes and rows of those it forwarded.
 
+Two opt-in behaviours, off until a test turns them on at run time (they change nothing
+for anyone else):
+
+- `POST /strict/hold` with `{"contains": TEXT, "count": N, "max_secs": S}` holds the
+  next N query requests whose body contains TEXT before they reach the emulator, until
+  `POST /strict/release` or S seconds. BigQuery takes a second or more to answer a query
+  and the emulator milliseconds: a hold widens that gap on purpose, so a test can change
+  the world between a reader's two looks at it. `GET /strict/hold` answers how many are
+  held now (`holding`) and have been (`held`).
+- `POST /strict/columns` with `{"table": "P.D.T"}`: AppendRows requests to that table
+  whose writer schema names a column the table lacks are refused with INVALID_ARGUMENT,
+  as BigQuery refuses them ("Input schema has more fields than BigQuery schema");
+  bqemulator takes them and drops the values. The table's columns are those a query of
+  it returns (bqemulator's ALTER TABLE changes those, not the table's metadata).
+
     python -m tools.strict_bigquery --target http://127.0.0.1:9050 --port-file F \
         --grpc-target 127.0.0.1:9060 --grpc-port-file G
 """
@@ -36,6 +51,10 @@ MAX_REQUEST_BYTES = 10 * 1024 * 1024  # 10485760, as BigQuery's error message sa
 MAX_REQUEST_ROWS = 50_000
 STATS_PATH = "/strict/stats"
 MARK_PATH = "/strict/mark"
+HOLD_PATH = "/strict/hold"
+RELEASE_PATH = "/strict/release"
+COLUMNS_PATH = "/strict/columns"
+_QUERY = re.compile(r"/bigquery/v2/projects/[^/]+/(?:jobs|queries)$")
 _INSERT_ALL = re.compile(r"/bigquery/v2/projects/[^/]+/datasets/[^/]+/tables/[^/]+/insertAll")
 
 
@@ -131,6 +150,129 @@ def insert_limits(request: Request, stats: Stats) -> tuple[int, bytes] | None:
     return None
 
 
+class QueryHolds:
+    """Query requests held before they are forwarded (`HOLD_PATH`), for tests only:
+    nothing is held until `arm`, and only the next `count` queries whose body contains
+    `contains`. A held query waits until `release` or `max_secs`."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._contains, self._left, self._max_secs = "", 0, 0.0
+        self._holding = self._held = 0
+        self._generation = 0  # bumped by release: wakes the queries held before it
+
+    def arm(self, contains: str, count: int = 1, max_secs: float = 60.0) -> None:
+        with self._cond:
+            self._contains, self._left, self._max_secs = contains, count, max_secs
+            self._held = 0
+
+    def release(self) -> None:
+        with self._cond:
+            self._left = 0
+            self._generation += 1
+            self._cond.notify_all()
+
+    def hold(self, request: Request) -> None:
+        """Blocks while `request` is a query to hold (returns at once otherwise)."""
+        if request.method != "POST" or not _QUERY.search(request.path.split("?", 1)[0]):
+            return
+        with self._cond:
+            if self._left <= 0 or self._contains.encode() not in request.body:
+                return
+            self._left -= 1
+            self._holding += 1
+            self._held += 1
+            generation = self._generation
+            self._cond.wait_for(lambda: self._generation != generation, timeout=self._max_secs)
+            self._holding -= 1
+
+    def as_json(self) -> bytes:
+        with self._cond:
+            return json.dumps(
+                {"holding": self._holding, "held": self._held, "armed": self._left}
+            ).encode()
+
+    def control(self, request: Request) -> tuple[int, bytes] | None:
+        """The answer to a request on `HOLD_PATH` or `RELEASE_PATH`, else None."""
+        path = request.path.split("?", 1)[0]
+        if path == HOLD_PATH and request.method == "POST":
+            spec = json.loads(request.body or b"{}")
+            self.arm(spec["contains"], int(spec.get("count", 1)), float(spec.get("max_secs", 60)))
+        elif path == RELEASE_PATH and request.method == "POST":
+            self.release()
+        elif path != HOLD_PATH:
+            return None
+        return 200, self.as_json()
+
+
+class CheckedColumns:
+    """The tables whose appends are checked against their columns (`COLUMNS_PATH`): an
+    AppendRows request whose writer schema names a column the table lacks is refused,
+    as BigQuery refuses it. The columns are read from bqemulator at each append (a
+    query of the table, in a REST turn), so a column added meanwhile counts at once."""
+
+    def __init__(self, target: str, turn=None):
+        import urllib.parse
+
+        parsed = urllib.parse.urlparse(target)
+        self._target = (parsed.hostname, parsed.port)
+        self._turn = turn or contextlib.nullcontext
+        self._lock = threading.Lock()
+        self._tables: set[str] = set()
+
+    def control(self, request: Request) -> tuple[int, bytes] | None:
+        if request.path.split("?", 1)[0] != COLUMNS_PATH or request.method != "POST":
+            return None
+        table = json.loads(request.body)["table"].replace(":", ".", 1)
+        with self._lock:
+            self._tables.add(table)
+        return 200, json.dumps({"checked": sorted(self._tables)}).encode()
+
+    def problem(self, data: bytes) -> str | None:
+        """BigQuery's refusal of one AppendRows request (its bytes) for a writer schema
+        with a column the table lacks, else None."""
+        with self._lock:
+            if not self._tables:
+                return None
+        from google.cloud.bigquery_storage_v1 import types
+
+        request = types.AppendRowsRequest.deserialize(data)
+        m = re.match(r"projects/([^/]+)/datasets/([^/]+)/tables/([^/]+)", request.write_stream)
+        table = ".".join(m.groups()) if m else ""
+        with self._lock:
+            if table not in self._tables:
+                return None
+        fields = request.proto_rows.writer_schema.proto_descriptor.field
+        if not fields:
+            return None
+        have = self.columns(table)
+        extra = [f.name for f in fields if f.name not in have]
+        if not have or not extra:  # no such table: the emulator answers for itself
+            return None
+        return (
+            "Input schema has more fields than BigQuery schema, extra fields: "
+            f"'{','.join(extra)}' Entity: {request.write_stream}"
+        )
+
+    def columns(self, table: str) -> set[str]:
+        import http.client
+
+        body = json.dumps({"query": f"SELECT * FROM `{table}` LIMIT 0", "useLegacySql": False})
+        conn = http.client.HTTPConnection(*self._target, timeout=60)
+        try:
+            with self._turn():
+                conn.request(
+                    "POST",
+                    f"/bigquery/v2/projects/{table.split('.')[0]}/queries",
+                    body=body,
+                    headers={"Content-Type": "application/json"},
+                )
+                answer = json.loads(conn.getresponse().read())
+        finally:
+            conn.close()
+        return {f["name"] for f in answer.get("schema", {}).get("fields", [])}
+
+
 APPEND_ROWS = "/google.cloud.bigquery.storage.v1.BigQueryWrite/AppendRows"
 # Calls of the Storage APIs that stream; every other method is unary.
 _STREAMING = {
@@ -156,13 +298,14 @@ def append_limits(data: bytes, metadata, stats: Stats) -> str | None:
     return None
 
 
-def grpc_proxy(target: str, stats: Stats, deny=None, turn=None):
+def grpc_proxy(target: str, stats: Stats, deny=None, turn=None, columns=None):
     """A gRPC server (not started) that forwards every call to `target` as bytes, and
-    ends an AppendRows connection with INVALID_ARGUMENT at a request `append_limits`
-    refuses (the responses to the requests before it are delivered first). `deny`, a
-    function of the method's path, answers `(grpc.StatusCode, message)` for a call to
-    refuse whole (a permission the caller lacks), None to forward it. `turn()` is
-    entered around each forwarded call (`Turns.alone`, see `StrictBigQuery`)."""
+    ends an AppendRows connection with INVALID_ARGUMENT at a request `append_limits` (or
+    `columns`, a `CheckedColumns`) refuses (the responses to the requests before it are
+    delivered first). `deny`, a function of the method's path, answers
+    `(grpc.StatusCode, message)` for a call to refuse whole (a permission the caller
+    lacks), None to forward it. `turn()` is entered around each forwarded call
+    (`Turns.alone`, see `StrictBigQuery`)."""
     import contextlib
     from concurrent import futures
 
@@ -217,6 +360,8 @@ def grpc_proxy(target: str, stats: Stats, deny=None, turn=None):
         # mid-append (or timed out) would hold one of its threads for good.
         for data in requests:
             problem = append_limits(data, metadata, stats)
+            if not problem and columns is not None:
+                problem = columns.problem(data)
             if problem:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             try:
@@ -279,13 +424,25 @@ class StrictBigQuery:
 
     def __init__(self, target: str, grpc_target: str, rule=None, deny=None):
         self.stats = Stats()
+        self.holds = QueryHolds()
         turns = Turns()
+        self.columns = CheckedColumns(target, turn=turns.together)
 
         def strict(request):
-            return insert_limits(request, self.stats) or (rule(request) if rule else None)
+            answer = (
+                self.holds.control(request)
+                or self.columns.control(request)
+                or insert_limits(request, self.stats)
+                or (rule(request) if rule else None)
+            )
+            if answer is None:
+                self.holds.hold(request)  # before its turn: a held query holds up no one
+            return answer
 
         self.rest = HttpProxy(target, rule=strict, record=False, turn=turns.together)
-        self._grpc = grpc_proxy(grpc_target, self.stats, deny, turn=turns.alone)
+        self._grpc = grpc_proxy(
+            grpc_target, self.stats, deny, turn=turns.alone, columns=self.columns
+        )
         self.grpc_port = self._grpc.add_insecure_port("127.0.0.1:0")
         self.env = {
             "BIGQUERY_EMULATOR_HOST": self.rest.url,

@@ -119,6 +119,9 @@ def insert_action(error: BaseException) -> str:
 # What BigQuery says of a row with a column its table lacks: insertAll per row ("no such
 # field: x."), the Storage Write API for the request ("Input schema has more fields than
 # BigQuery schema"; INVALID_ARGUMENT, schema mismatch).
+_ADD_COLUMNS = (
+    "the table lacks a column of schemas/: add it, as docs/dataflow.md says under 'Table columns'"
+)
 _SCHEMA_MISMATCH = ("no such field", "input schema has more fields", "schema mismatch")
 
 
@@ -243,13 +246,15 @@ class RowWriterFn(beam.DoFn):
                     self._table_recreated()
                 elif action in (MISSING, STALL):
                     metrics.count("bigquery.stalled")
+                    fix = (
+                        _ADD_COLUMNS
+                        if schema_mismatch(str(e))
+                        else "fix the dataset or the job's permissions"
+                    )
                     self._stalls.error(
                         f"{action}:{getattr(e, 'code', '')}",
-                        (
-                            f"BigQuery {self.METHOD} into {self._table_id} is waiting: "
-                            f"{_short(e)} (fix the dataset or the job's permissions: the rows "
-                            "go in then)"
-                        ),
+                        f"BigQuery {self.METHOD} into {self._table_id} is waiting: "
+                        f"{_short(e)} ({fix}: the rows go in then)",
                     )
                 else:
                     metrics.count("bigquery.insert_retries")
@@ -279,9 +284,8 @@ class RowWriterFn(beam.DoFn):
                     metrics.count("bigquery.stalled")
                     self._stalls.error(
                         "schema",
-                        f"BigQuery {self.METHOD} into {self._table_id} is waiting: the table "
-                        f"lacks a column of its rows ({_short_errors(lacking[0])}); add it "
-                        '(docs/dataflow.md, "ALTER TABLE"): the rows go in then',
+                        f"BigQuery {self.METHOD} into {self._table_id} is waiting: "
+                        f"{_short_errors(lacking[0])} ({_ADD_COLUMNS}: the rows go in then)",
                     )
                 else:
                     metrics.count("bigquery.insert_retries")

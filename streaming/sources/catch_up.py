@@ -356,12 +356,12 @@ CHUNK = 1000
 STEP_PAUSE_SECS = 0.5
 # A step that fails (Cloud Storage or BigQuery away past their clients' retries, a
 # permission missing) is tried again after STEP_RETRY_SECS, doubling up to
-# MAX_STEP_RETRY_SECS, STEP_TRIES times in all (about 10 minutes); then the pass is
-# abandoned with an error line, and the next pass starts it again. A failure never
-# fails the job (locally: after four bundle retries) nor retries one timer forever.
-STEP_RETRY_SECS = 5.0
-MAX_STEP_RETRY_SECS = 300.0
-STEP_TRIES = 8
+# MAX_STEP_RETRY_SECS, STEP_TRIES times in all; then the pass is abandoned with an
+# error line, and the next pass starts it again. A failure never fails the job
+# (locally: after four bundle retries) nor retries one timer forever.
+STEP_RETRY_SECS = failures.CATCH_UP_RETRY_SECS
+MAX_STEP_RETRY_SECS = failures.CATCH_UP_MAX_RETRY_SECS
+STEP_TRIES = failures.CATCH_UP_TRIES
 # A pass whose last step is older than this lost its timer (a worker moved, a runner
 # that dropped it): the next tick starts it again instead of skipping for good.
 STALE_SECS = 1800.0
