@@ -367,16 +367,30 @@ def show_counts(progress, counts: Mapping[str, int]) -> None:
 
 def check_targets(storage, publisher, bucket: str, topic: str) -> None:
     """The bucket and (unless a dry run) the topic exist: a wrong name stops the run
-    before listing, in one line, instead of one failed publish per object."""
+    before listing, in one line, instead of one failed publish per object.
+
+    Only with the permissions the backfill's roles grant (roles/storage.objectViewer,
+    roles/pubsub.publisher): the bucket by listing one object (`storage.objects.list`,
+    not `storage.buckets.get`); the topic by `pubsub.topics.get` where the account has
+    it, else the first publish names a missing topic."""
     from google.api_core import exceptions as gexc
 
-    if not storage.bucket(bucket).exists(timeout=30):
-        raise cli.UsageError(f"bucket gs://{bucket} not found")
+    try:
+        next(iter(storage.list_blobs(bucket, max_results=1, timeout=30)), None)
+    except gexc.NotFound:
+        raise cli.UsageError(f"bucket gs://{bucket} not found") from None
+    except gexc.Forbidden as e:
+        raise cli.UsageError(
+            f"cannot list gs://{bucket} ({e.message}): the backfill needs storage.objects.list "
+            "(roles/storage.objectViewer)"
+        ) from None
     if publisher is not None:
         try:
             publisher.get_topic(topic=topic, timeout=30)
         except gexc.NotFound:
             raise cli.UsageError(f"--topic {topic}: topic not found") from None
+        except gexc.PermissionDenied:
+            pass  # roles/pubsub.publisher grants publishing only
 
 
 def _raise_interrupt(*_):

@@ -196,3 +196,45 @@ def test_the_report_says_why_publishes_failed(capsys):
     assert "retried first on the next run" in err
     backfill.report(args, collections.Counter(listed=1, published=1), None, io.StringIO())
     assert capsys.readouterr().err == ""
+
+
+class _LeastPrivilege:
+    """Storage and Pub/Sub as the backfill's roles answer them (objectViewer,
+    pubsub.publisher): listing and publishing allowed, buckets.get and topics.get 403."""
+
+    def __init__(self, listing_allowed=True):
+        self.listing_allowed = listing_allowed
+
+    def bucket(self, name):
+        from google.api_core import exceptions as gexc
+
+        class Bucket:
+            def exists(self, **_):
+                raise gexc.Forbidden("storage.buckets.get denied")
+
+        return Bucket()
+
+    def list_blobs(self, bucket, **_):
+        from google.api_core import exceptions as gexc
+
+        if not self.listing_allowed:
+            raise gexc.Forbidden("storage.objects.list denied")
+        return iter([])
+
+    def get_topic(self, **_):
+        from google.api_core import exceptions as gexc
+
+        raise gexc.PermissionDenied("pubsub.topics.get denied")
+
+
+def test_the_targets_check_needs_only_the_backfills_own_roles():
+    from publisher import backfill
+    from streaming.config import cli
+
+    fake = _LeastPrivilege()
+    backfill.check_targets(fake, fake, "images", "projects/p/topics/t")  # no error
+    denied = _LeastPrivilege(listing_allowed=False)
+    with pytest.raises(
+        cli.UsageError, match=r"storage\.objects\.list \(roles/storage\.objectViewer\)"
+    ):
+        backfill.check_targets(denied, None, "images", "projects/p/topics/t")

@@ -17,7 +17,6 @@ from streaming.sources import catch_up
 from streaming.sources.contract import notification_for
 from streaming.sources.notifications import parse_notification
 from streaming.stages import filters
-from tests import fixtures
 from tests import protocol_sim as sim
 
 
@@ -211,23 +210,8 @@ def test_a_worker_started_after_a_weights_switch_embeds_with_them_from_its_first
 
 
 def test_a_dataflow_job_catches_up_from_an_unbounded_impulse_never_from_create():
-    from streaming.pipeline import build_pipeline
-    from tests.unit.test_reconcile import catch_up_opts
+    from tests.unit.test_reconcile import dataflow_step_names
 
-    opts = catch_up_opts(
-        "--buckets",
-        "my-images",
-        "--catch_up",
-        "always",
-        *fixtures.DATAFLOW_DRY_RUN,
-        "--weights",
-        "random:0",
-    )
-    pipeline = beam.Pipeline(options=opts)
-    build_pipeline(pipeline, opts)
-    names = {
-        t.unique_name for t in pipeline.run().job.proto_pipeline.components.transforms.values()
-    }
-    catch_up_steps = {n for n in names if n.startswith("Catch up/")}
+    catch_up_steps = {n for n in dataflow_step_names() if n.startswith("Catch up/")}
     assert "Catch up/Every interval" in catch_up_steps
     assert not any("Create" in n for n in catch_up_steps)

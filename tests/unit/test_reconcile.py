@@ -214,7 +214,8 @@ def test_periodic_catch_up_is_refused_on_the_local_runner_in_one_line():
         catch_up_enabled(catch_up_opts("--buckets", "b", "--catch_up_every_minutes", "5"))
 
 
-def test_a_dataflow_job_can_catch_up_at_start_and_periodically():
+def dataflow_step_names(*extra) -> set[str]:
+    """The step names of a Dataflow job's graph (a dry run) with the catch-up on."""
     import apache_beam as beam
 
     from streaming.pipeline import build_pipeline
@@ -222,19 +223,19 @@ def test_a_dataflow_job_can_catch_up_at_start_and_periodically():
     opts = catch_up_opts(
         "--buckets",
         "my-images",
-        "--include_prefix",
-        "uploads/",
         "--catch_up",
         "always",
-        "--catch_up_every_minutes",
-        "60",
+        *extra,
         *fixtures.DATAFLOW_DRY_RUN,
         "--weights",
         "random:0",
     )
     pipeline = beam.Pipeline(options=opts)
     build_pipeline(pipeline, opts)
-    names = {
-        t.unique_name for t in pipeline.run().job.proto_pipeline.components.transforms.values()
-    }
+    transforms = pipeline.run().job.proto_pipeline.components.transforms.values()
+    return {t.unique_name for t in transforms}
+
+
+def test_a_dataflow_job_can_catch_up_at_start_and_periodically():
+    names = dataflow_step_names("--include_prefix", "uploads/", "--catch_up_every_minutes", "60")
     assert {"Catch up/Every interval", "Catch up/Find unprocessed", "Notified and missed"} <= names

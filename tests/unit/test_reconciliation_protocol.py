@@ -38,8 +38,20 @@ from tests import protocol_sim as sim
 
 NAMES = st.sampled_from(sorted(sim.OBJECTS))
 INDEX = st.integers(min_value=0, max_value=50)
+# What happens between a catch-up step's listing and its query: "embed" is an upload
+# that the live job writes before the query answers (the race a slow query opens).
 BETWEEN = st.lists(
-    st.tuples(st.sampled_from(["upload", "delete", "work", "flush"]), NAMES), max_size=4
+    st.tuples(st.sampled_from(["embed", "upload", "delete", "work", "flush"]), NAMES),
+    max_size=4,
+)
+FAULTS = st.sampled_from(
+    [
+        *(("storage_reads", f) for f in [None, *sim.READ_FAULTS]),
+        *(("storage_listing", f) for f in [None, *sim.READ_FAULTS]),
+        *(("vector_writes", f) for f in (False, True)),
+        *(("bigquery_writes", f) for f in [None, *sim.BIGQUERY_FAULTS]),
+        *(("bigquery_queries", f) for f in [None, *sim.QUERY_FAULTS]),
+    ]
 )
 
 
@@ -125,7 +137,10 @@ class Reconciliation(RuleBasedStateMachine):
     def catch_up_step(self, between):
         def meanwhile():
             for action, name in between:
-                if action == "upload":
+                if action == "embed":
+                    self.upload(name)
+                    self.world.drain()
+                elif action == "upload":
                     self.upload(name)
                 elif action == "delete":
                     self.delete(name)
@@ -152,15 +167,7 @@ class Reconciliation(RuleBasedStateMachine):
         self.known = None
 
     # --- faults: one service at a time turns to a class of error, or heals
-    @rule(
-        fault=st.one_of(
-            st.tuples(st.just("storage_reads"), st.sampled_from([None, *sim.READ_FAULTS])),
-            st.tuples(st.just("storage_listing"), st.sampled_from([None, *sim.READ_FAULTS])),
-            st.tuples(st.just("vector_writes"), st.booleans()),
-            st.tuples(st.just("bigquery_writes"), st.sampled_from([None, *sim.BIGQUERY_FAULTS])),
-            st.tuples(st.just("bigquery_queries"), st.sampled_from([None, *sim.QUERY_FAULTS])),
-        )
-    )
+    @rule(fault=FAULTS)
     def service(self, fault):
         self.world.fault(*fault)
 
@@ -178,7 +185,7 @@ class Reconciliation(RuleBasedStateMachine):
 
 
 SETTINGS = dict(
-    stateful_step_count=30,
+    stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -186,14 +193,14 @@ SETTINGS = dict(
 
 def test_the_protocol_holds_under_interleavings():
     run_state_machine_as_test(
-        Reconciliation, settings=settings(max_examples=200, derandomize=True, **SETTINGS)
+        Reconciliation, settings=settings(max_examples=300, derandomize=True, **SETTINGS)
     )
 
 
 @pytest.mark.slow
 def test_the_protocol_holds_under_more_interleavings():
     run_state_machine_as_test(
-        Reconciliation, settings=settings(max_examples=600, derandomize=False, **SETTINGS)
+        Reconciliation, settings=settings(max_examples=1500, derandomize=False, **SETTINGS)
     )
 
 
