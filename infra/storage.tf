@@ -15,7 +15,7 @@ resource "google_storage_notification" "images" {
   bucket             = var.images_bucket
   topic              = google_pubsub_topic.notifications.id
   payload_format     = "JSON_API_V1"
-  event_types        = ["OBJECT_FINALIZE", "OBJECT_DELETE"]
+  event_types        = ["OBJECT_FINALIZE", "OBJECT_DELETE", "OBJECT_ARCHIVE"]
   object_name_prefix = var.images_prefix
   depends_on         = [google_pubsub_topic_iam_member.gcs_publishes_notifications]
 }

@@ -48,9 +48,11 @@ WORKER_DEFAULTS = {
         "--runtime=tensorflow",
     ),
 }
-# Converted models of a Dataflow job without --model_cache_dir: under its temp location,
-# so the first worker converts and every later one loads.
-MODEL_CACHE_UNDER_TEMP = "image-embeddings/onnx"
+# Converted models of a Dataflow job without --model_cache_dir: this prefix at the root of
+# its temp (else staging) location's bucket, so the first worker converts and every later
+# one loads. Not under tmp/ or staging/: the bucket's lifecycle rule deletes tmp/ object
+# by object after 7 days, and a cache entry must outlive the weights' first week.
+MODEL_CACHE_PREFIX = "image-embeddings/onnx"
 
 
 class Terminated(BaseException):
@@ -137,15 +139,17 @@ def worker_defaults(opts) -> list[str]:
 
 def default_model_cache(opts) -> str | None:
     """Where a Dataflow job's workers find converted models when --model_cache_dir is
-    not given: under --temp_location. None elsewhere, and for weights baked into the
-    image (an absolute path), whose conversion the image's own cache holds."""
-    from apache_beam.io.filesystems import FileSystems
+    not given: `MODEL_CACHE_PREFIX` in the bucket of --temp_location (else of
+    --staging_location, from which Beam defaults the temp location). None elsewhere,
+    and for weights baked into the image (an absolute path), whose conversion the
+    image's own cache holds."""
     from apache_beam.options.pipeline_options import GoogleCloudOptions
 
-    from streaming.config.names import is_gcs_uri
+    from streaming.config.names import gcs_parts, is_gcs_uri
     from streaming.config.runners import on_dataflow
 
-    temp = opts.view_as(GoogleCloudOptions).temp_location
+    gcp = opts.view_as(GoogleCloudOptions)
+    temp = gcp.temp_location or gcp.staging_location
     if (
         not on_dataflow(opts)
         or opts.runtime != "onnx"
@@ -154,7 +158,7 @@ def default_model_cache(opts) -> str | None:
         or opts.weights.startswith("/")
     ):
         return opts.model_cache_dir
-    return FileSystems.join(temp, MODEL_CACHE_UNDER_TEMP)
+    return f"gs://{gcs_parts(temp)[0]}/{MODEL_CACHE_PREFIX}"
 
 
 def parse(argv: Sequence[str]):

@@ -274,8 +274,10 @@ def build_embedding_model(
     return model
 
 
-# How long a process waits for a graph another one claimed before building it itself.
+# How long a process waits for a graph another one claimed; a claim that old is stale
+# (its builder died) and is taken over, for CLAIM_ROUNDS rounds, then it builds anyway.
 CLAIM_WAIT_SECS = 300.0
+CLAIM_ROUNDS = 3
 
 
 def _load_onnx(spec: str, cache_dir: str | None, threads: tuple[int, int]):
@@ -290,9 +292,16 @@ def _load_onnx(spec: str, cache_dir: str | None, threads: tuple[int, int]):
     try:
         key = onnx_runtime.cache_key(onnx_runtime.weights_source_id(spec, local))
         entry = onnx_runtime.read_entry(cache_dir, key)
-        if entry is None and not onnx_runtime.claim_entry(cache_dir, key, CLAIM_WAIT_SECS):
+        rounds = 0
+        while (
+            entry is None
+            and rounds < CLAIM_ROUNDS
+            and not onnx_runtime.claim_entry(cache_dir, key, CLAIM_WAIT_SECS)
+        ):
+            # A claim older than the wait is stale: the next round takes it over.
             _LOG.info("Another process builds the ONNX model for weights %s; waiting", spec)
             entry = onnx_runtime.wait_for_entry(cache_dir, key, CLAIM_WAIT_SECS)
+            rounds += 1
         if entry is None:
             model_bytes, fingerprint = _build_entry(spec, local, cache_dir, key)
         else:
@@ -305,8 +314,9 @@ def _load_onnx(spec: str, cache_dir: str | None, threads: tuple[int, int]):
 
 
 def _build_entry(spec: str, local: str | None, cache_dir: str, key: str) -> tuple[bytes, str]:
-    """Builds and stores the graph of a claimed entry; (model bytes, fingerprint). A
-    failure gives the claim back, so the next process tries at once instead of waiting."""
+    """Builds and stores the graph of a claimed entry; (model bytes, fingerprint). The
+    claim is given back either way, so the next process tries at once instead of
+    waiting."""
     from streaming.model import onnx_runtime
 
     where = onnx_runtime.entry_location(cache_dir, key)
@@ -331,9 +341,10 @@ def _build_entry(spec: str, local: str | None, cache_dir: str, key: str) -> tupl
                 "opset": onnx_runtime.OPSET,
             },
         )
-    except BaseException:
+    finally:
+        # Built or failed, the claim is given back: the next process that finds the
+        # entry missing (a file deleted later) or still absent claims it at once.
         onnx_runtime.release_claim(cache_dir, key)
-        raise
     _LOG.info("Stored %s@%s for ONNX Runtime in %s", MODEL_NAME, fingerprint, where)
     return model_bytes, fingerprint
 

@@ -20,7 +20,9 @@ folder) or any Beam filesystem prefix such as gs://: an entry is written model f
 builds an entry a process claims it with a create-only `building` marker (an object
 created with `if_generation_match=0` on gs://, `O_EXCL` locally): workers that share
 the cache and start, or meet new weights, at the same time build each graph once; the
-others wait for the entry and load it.
+others wait for the entry and load it. A claim whose builder died goes stale and is
+taken over; an entry that lost a file, or whose model is not the one its meta names, is
+built again.
 """
 
 from __future__ import annotations
@@ -84,16 +86,30 @@ def entry_location(cache_dir: str, key: str) -> str:
 
 
 def read_entry(cache_dir: str, key: str) -> tuple[bytes, dict] | None:
-    """(model bytes, meta) of a complete cache entry, or None."""
+    """(model bytes, meta) of a complete cache entry, or None: none written, or one that
+    lost a file (a lifecycle rule or an operator deletes objects one by one, in any
+    order) or whose model is not the one its meta names. The caller builds it again."""
     from apache_beam.io.filesystems import FileSystems
 
     meta_path = _join(cache_dir, key, _META_FILE)
     if not FileSystems.exists(meta_path):
         return None
-    with FileSystems.open(meta_path, compression_type="uncompressed") as f:
-        meta = json.loads(f.read())
-    with FileSystems.open(_join(cache_dir, key, _MODEL_FILE), compression_type="uncompressed") as f:
-        return f.read(), meta
+    try:
+        with FileSystems.open(meta_path, compression_type="uncompressed") as f:
+            meta = json.loads(f.read())
+        model_path = _join(cache_dir, key, _MODEL_FILE)
+        with FileSystems.open(model_path, compression_type="uncompressed") as f:
+            model_bytes = f.read()
+    except Exception as e:  # noqa: BLE001 - a half-deleted entry: built again
+        _LOG.warning("ONNX cache entry %s is incomplete (%s); building it again", key, e)
+        return None
+    expected = meta.get("model_sha256")
+    if expected and hashlib.sha256(model_bytes).hexdigest() != expected:
+        _LOG.warning(
+            "ONNX cache entry %s holds another model than its meta; building it again", key
+        )
+        return None
+    return model_bytes, meta
 
 
 _CLAIM_FILE = "building"
@@ -106,10 +122,10 @@ def claim_entry(cache_dir: str, key: str, stale_after: float = 300.0) -> bool:
     path = _join(cache_dir, key, _CLAIM_FILE)
     stamp = f"{socket.gethostname()} {os.getpid()} {time.time():.0f}".encode()
     if "://" in cache_dir:
-        from streaming.support import clients, storage
+        from streaming.support import clients
 
         if is_gcs_uri(path):
-            return storage.create_object(clients.worker_storage_client(), path, stamp)
+            return _claim_gcs(clients.worker_storage_client(), path, stamp, stale_after)
         return True  # no create-only write on other filesystems: everyone builds
     os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
@@ -121,6 +137,36 @@ def claim_entry(cache_dir: str, key: str, stale_after: float = 300.0) -> bool:
     with os.fdopen(fd, "wb") as f:
         f.write(stamp)
     return True
+
+
+def _claim_gcs(client, path: str, stamp: bytes, stale_after: float) -> bool:
+    """The create-only claim on gs://; a claim older than `stale_after` (its builder died
+    or was stopped) is replaced, deleted only at the generation that was read, so of
+    several takers one wins."""
+    from google.api_core import exceptions as gexc
+
+    from streaming.support import storage
+
+    if storage.create_object(client, path, stamp):
+        return True
+    bucket, name = gcs_parts(path)
+    held = client.bucket(bucket).get_blob(name)
+    if held is None:  # given back meanwhile
+        return storage.create_object(client, path, stamp)
+    updated = held.updated.timestamp() if held.updated else time.time()
+    if time.time() - updated < stale_after:
+        return False
+    try:
+        held.delete(if_generation_match=held.generation)
+    except gexc.PreconditionFailed:
+        return False  # another process took it over first
+    except gexc.Forbidden as e:
+        _LOG.warning("Cannot take over the stale claim %s (%s); building anyway", path, e)
+        return True
+    except gexc.NotFound:
+        pass
+    _LOG.info("Took over the claim %s, %.0f s old", path, time.time() - updated)
+    return storage.create_object(client, path, stamp)
 
 
 def release_claim(cache_dir: str, key: str) -> None:
@@ -152,7 +198,9 @@ def wait_for_entry(
 
 
 def write_entry(cache_dir: str, key: str, model_bytes: bytes, meta: dict) -> None:
-    """Writes the model, then the meta that marks the entry complete."""
+    """Writes the model, then the meta that marks the entry complete and names the
+    model's sha256 (`read_entry` checks it)."""
+    meta = dict(meta, model_sha256=hashlib.sha256(model_bytes).hexdigest())
     for name, data in (
         (_MODEL_FILE, model_bytes),
         (_META_FILE, json.dumps(meta, indent=1).encode()),

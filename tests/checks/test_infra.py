@@ -74,7 +74,12 @@ def test_bucket_notifies_the_topic_for_the_images_prefix_only():
     assert attr(note, "bucket") == "var.images_bucket"
     assert topic_ref(attr(note, "topic")) in blocks("resource", "google_pubsub_topic")
     assert attr(note, "payload_format") == '"JSON_API_V1"'
-    assert json.loads(attr(note, "event_types")) == ["OBJECT_FINALIZE", "OBJECT_DELETE"]
+    # OBJECT_ARCHIVE: a versioned bucket's deletion of the live version.
+    assert json.loads(attr(note, "event_types")) == [
+        "OBJECT_FINALIZE",
+        "OBJECT_DELETE",
+        "OBJECT_ARCHIVE",
+    ]
     assert attr(note, "object_name_prefix") == "var.images_prefix"
     assert (
         default("images_prefix")
@@ -259,3 +264,18 @@ def test_outputs_named_for_job_options_are_job_options():
         "service_account_email",
     ):
         assert name in blocks("output") and name in known
+
+
+def test_no_lifecycle_rule_deletes_the_default_model_cache():
+    """A Dataflow job without --model_cache_dir keeps its converted models in the Dataflow
+    bucket: no rule of that bucket may delete them object by object."""
+    from streaming import main
+
+    bucket = blocks("resource", "google_storage_bucket")["dataflow"]
+    prefixes = [
+        p
+        for rule in re.findall(r"matches_prefix\s*=\s*(\[[^\]]*\])", bucket)
+        for p in json.loads(rule)
+    ]
+    assert prefixes, "the Dataflow bucket's temp files should expire"
+    assert not any(main.MODEL_CACHE_PREFIX.startswith(p) for p in prefixes)

@@ -216,7 +216,7 @@ def test_the_template_launch_writes_the_job_file_under_the_jobs_roles(cloud, ser
     assert options["sdk_container_image"] == IMAGE
     assert "no_use_multiple_sdk_containers" in options["experiments"]
     assert options["number_of_worker_harness_threads"] == 2
-    assert options["model_cache_dir"] == f"gs://{dataflow}/tmp/image-embeddings/onnx"
+    assert options["model_cache_dir"] == f"gs://{dataflow}/image-embeddings/onnx"
     for name, value in (
         ("input_subscription", subscription),
         ("output_gcs", f"gs://{vectors}/embeddings/"),

@@ -95,9 +95,13 @@ def test_local_runs_get_no_worker_defaults():
     assert opts.max_batch_size == 8 and opts.model_cache_dir is None
 
 
-def test_workers_find_converted_models_under_the_temp_location():
+def test_workers_find_converted_models_in_the_temp_locations_bucket_outside_tmp():
     opts, _ = dataflow_options(LAUNCH)
-    assert opts.model_cache_dir == "gs://my-dataflow/tmp/" + main.MODEL_CACHE_UNDER_TEMP
+    assert opts.model_cache_dir == "gs://my-dataflow/" + main.MODEL_CACHE_PREFIX
+    staged = [a for a in LAUNCH if not a.startswith(("--temp_location", "--staging_location"))]
+    staged += ["--staging_location=gs://my-staging/staging"]
+    only_staging, _ = dataflow_options(staged)  # Beam defaults temp from staging
+    assert only_staging.model_cache_dir == "gs://my-staging/" + main.MODEL_CACHE_PREFIX
     given, _ = dataflow_options(LAUNCH + ["--model_cache_dir=gs://my-models/onnx-cache/"])
     assert given.model_cache_dir == "gs://my-models/onnx-cache/"
     gpu, _ = dataflow_options(LAUNCH + GPU)

@@ -197,6 +197,93 @@ def test_a_claim_whose_builder_died_is_taken_over(tmp_path):
     assert onnx_runtime.claim_entry(str(tmp_path), key, stale_after=300)
 
 
+@pytest.mark.parametrize("lost", [["model.onnx"], ["meta.json"], ["model.onnx", "meta.json"]])
+def test_an_entry_that_lost_a_file_is_built_again_not_trusted(tmp_path, lost):
+    """A lifecycle rule or an operator deletes an entry's objects one by one, in any
+    order: a worker that starts in between builds the entry again and runs."""
+    cache, spec = str(tmp_path), "random:5"
+    first = inference.build_embedding_model(spec, "onnx", cache)
+    key = onnx_runtime.cache_key(onnx_runtime.weights_source_id(spec))
+    assert onnx_runtime.read_entry(cache, key) is not None
+    for name in lost:
+        (tmp_path / key / name).unlink()
+    assert onnx_runtime.read_entry(cache, key) is None
+    assert not (tmp_path / key / "building").exists()  # given back once built
+    again = inference.build_embedding_model(spec, "onnx", cache)
+    assert again.fingerprint == first.fingerprint
+    assert onnx_runtime.read_entry(cache, key) is not None
+
+
+def test_an_entry_whose_model_is_not_its_metas_is_built_again(tmp_path):
+    cache, key = str(tmp_path), "k"
+    onnx_runtime.write_entry(cache, key, b"graph", {"fingerprint": "f" * 16})
+    assert onnx_runtime.read_entry(cache, key)[0] == b"graph"
+    (tmp_path / key / "model.onnx").write_bytes(b"grap")  # cut short, or another's
+    assert onnx_runtime.read_entry(cache, key) is None
+
+
+class _Claims:
+    """gs:// claims as Cloud Storage keeps them: create-only, generations, delete at
+    a generation."""
+
+    def __init__(self):
+        import datetime as dt
+
+        self.objects, self.generation, self._dt = {}, 0, dt
+
+    def bucket(self, bucket):
+        return self
+
+    def blob(self, name):
+        return _ClaimBlob(self, name)
+
+    def get_blob(self, name):
+        return _ClaimBlob(self, name) if name in self.objects else None
+
+    def age(self, name, seconds):
+        generation, _, when = self.objects[name]
+        self.objects[name] = (generation, _, when - self._dt.timedelta(seconds=seconds))
+
+
+class _ClaimBlob:
+    def __init__(self, store, name):
+        self._store, self.name = store, name
+        held = store.objects.get(name)
+        self.generation, self.updated = (held[0], held[2]) if held else (None, None)
+
+    def upload_from_string(self, data, content_type=None, if_generation_match=None, retry=None):
+        from google.api_core import exceptions as gexc
+
+        if if_generation_match == 0 and self.name in self._store.objects:
+            raise gexc.PreconditionFailed("exists")
+        self._store.generation += 1
+        now = self._store._dt.datetime.now(self._store._dt.UTC)
+        self._store.objects[self.name] = (self._store.generation, data, now)
+
+    def delete(self, if_generation_match=None):
+        from google.api_core import exceptions as gexc
+
+        held = self._store.objects.get(self.name)
+        if held is None:
+            raise gexc.NotFound(self.name)
+        if if_generation_match is not None and held[0] != if_generation_match:
+            raise gexc.PreconditionFailed("generation")
+        del self._store.objects[self.name]
+
+
+def test_a_gcs_claim_whose_builder_died_goes_stale_and_one_worker_takes_it_over(monkeypatch):
+    from streaming.support import clients
+
+    store = _Claims()
+    monkeypatch.setattr(clients, "worker_storage_client", lambda *a, **k: store)
+    cache = "gs://dataflow/image-embeddings/onnx"
+    assert onnx_runtime.claim_entry(cache, "k", stale_after=300)
+    assert not onnx_runtime.claim_entry(cache, "k", stale_after=300)  # being built
+    store.age("image-embeddings/onnx/k/building", 600)  # its builder died
+    takers = [onnx_runtime.claim_entry(cache, "k", stale_after=300) for _ in range(3)]
+    assert takers == [True, False, False]  # the fresh claim is the taker's
+
+
 @pytest.mark.parametrize(
     "argv, message",
     [
