@@ -161,16 +161,24 @@ def default_model_cache(opts) -> str | None:
     return f"gs://{gcs_parts(temp)[0]}/{MODEL_CACHE_PREFIX}"
 
 
-def parse(argv: Sequence[str]):
-    """EmbedOptions of `argv`; raises UsageError for an option nobody defines."""
+def parse(argv: Sequence[str], warn: bool = True):
+    """EmbedOptions of `argv`; raises UsageError for an option nobody defines, where the
+    job runs here. For a remote runner an unknown option is one warning line, as Beam
+    gives: a Flex Template launcher may pass a flag of a later Beam or Dataflow release,
+    and refusing it would stop every launch."""
     from streaming.config.options import EmbedOptions
+    from streaming.config.runners import on_dataflow
 
     argv = cli.respell(list(argv), help_parser().long_options())
     opts = EmbedOptions(argv)
     unknown = unknown_options(opts, argv)
     if unknown:
         known = ["--" + k for k in opts.get_all_options(drop_default=False)]
-        raise cli.UsageError(cli.unknown_option_message(unknown, known))
+        message = cli.unknown_option_message(unknown, known)
+        if not on_dataflow(opts):
+            raise cli.UsageError(message)
+        if warn:
+            print(f"{PROG}: warning: {message} (ignored by this job)", file=sys.stderr)
     return opts
 
 
@@ -185,10 +193,8 @@ def make_options(argv: Sequence[str] | None):
     from streaming.config.options import validate
 
     argv = list(argv or ())
-    opts = parse(argv)
-    defaults = worker_defaults(opts)
-    if defaults:
-        opts = parse(defaults + argv)
+    opts = parse(argv, warn=False)
+    opts = parse(worker_defaults(opts) + argv)
     validate(opts)
     opts.model_cache_dir = default_model_cache(opts)
     std = opts.view_as(StandardOptions)

@@ -10,7 +10,7 @@ import subprocess
 import sys
 
 import pytest
-from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions
+from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions, StandardOptions
 from apache_beam.runners.dataflow.dataflow_runner import DataflowPipelineResult, DataflowRunner
 
 from streaming import main
@@ -173,3 +173,17 @@ def test_the_direct_launch_is_the_template_launch():
     assert template["options"] == direct["options"]
     assert template["steps"] == direct["steps"]
     assert "no_use_multiple_sdk_containers" in direct["options"]["experiments"]
+
+
+def test_an_unknown_option_is_one_warning_on_dataflow_and_refused_locally(capsys):
+    """A launcher of a later release may pass a flag this code does not know: on a
+    remote runner it warns in one line, as Beam does; where the job runs here, a typo
+    stops it."""
+    from streaming.config import cli
+
+    opts = main.make_options(LAUNCH + ["--some_later_flag=1"])
+    assert opts.view_as(StandardOptions).runner == "DataflowRunner"
+    ours = [x for x in capsys.readouterr().err.splitlines() if x.startswith("embed-stream:")]
+    assert len(ours) == 1 and "warning: unknown option --some_later_flag" in ours[0]
+    with pytest.raises(cli.UsageError, match="unknown option --some_later_flag"):
+        main.make_options(["--input_dir", ".", "--output_dir", "o", "--some_later_flag=1"])
