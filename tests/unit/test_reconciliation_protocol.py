@@ -79,12 +79,16 @@ class Reconciliation(RuleBasedStateMachine):
         sent = self.world.bucket.upload(name)
         if notified or not self.world.catch_up_on:
             self.world.notify(sent)
+        else:
+            self.world.lost()
 
     @rule(name=NAMES, notified=st.booleans())
     def delete(self, name, notified=True):
         sent = self.world.bucket.delete(name)
         if notified or not self.world.catch_up_on:
             self.world.notify(sent)
+        else:
+            self.world.lost()
 
     @rule(name=NAMES)
     def malformed_notification(self, name):
@@ -101,6 +105,7 @@ class Reconciliation(RuleBasedStateMachine):
     def lose(self, i):
         """A notification lost (never sent, or acknowledged by a killed local job):
         what the catch-up is for."""
+        self.world.lost()
         self.world.subscription.pop(i % len(self.world.subscription))
 
     @precondition(lambda self: self.world.subscription)
