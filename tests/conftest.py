@@ -10,7 +10,7 @@ os.environ.setdefault("GCE_METADATA_ROOT", "127.0.0.1:1")
 # The tests start jobs with fork + exec (tools/processes.py) from a process whose gRPC
 # clients (Pub/Sub, the Write API) are live. gRPC's fork handlers restart its poller in
 # the forked child, where closing the inherited descriptors before exec makes it abort
-# (SIGABRT, "epoll_wait error: Bad file descriptor"): about 1 start in 100. Nothing here
+# (SIGABRT, "epoll_wait error: Bad file descriptor"), now and then. Nothing here
 # forks without exec, so the handlers are not needed. Read when gRPC initializes.
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 # Converted ONNX models (--runtime onnx) go to a cache inside the checkout, shared by the

@@ -92,8 +92,8 @@ def trained_weights(tmp_path_factory):
 @pytest.mark.slow
 def test_onnx_vectors_match_tensorflow_on_real_photos(trained_weights, tmp_path):
     """The file goes through the job's own ONNX path (read, fold, cache). The relative
-    L2 bound is what catches a near miss: epsilon 1e-5 instead of Keras's 1.001e-5, or
-    one conv bias off by 1%, keeps every cosine above 0.99999 but not this bound."""
+    L2 bound is what catches a near miss (an epsilon a hair off Keras's 1.001e-5, one conv
+    bias slightly off), which leaves every cosine close to 1."""
     path, keras_model = trained_weights
     variances = np.concatenate(
         [w.numpy() for w in keras_model.weights if w.path.endswith("/moving_variance")]

@@ -76,15 +76,15 @@ class Reconciliation(RuleBasedStateMachine):
     # --- the bucket
     @rule(name=NAMES, notified=st.booleans())
     def upload(self, name, notified=True):
-        sent = self.world.bucket.upload(name)
-        if notified or not self.world.catch_up_on:
-            self.world.notify(sent)
-        else:
-            self.world.lost()
+        self._sent(self.world.bucket.upload(name), notified)
 
     @rule(name=NAMES, notified=st.booleans())
     def delete(self, name, notified=True):
-        sent = self.world.bucket.delete(name)
+        self._sent(self.world.bucket.delete(name), notified)
+
+    def _sent(self, sent, notified):
+        """The bucket's notifications of a change, or none (lost: the catch-up's to
+        repair; without a catch-up every notification arrives)."""
         if notified or not self.world.catch_up_on:
             self.world.notify(sent)
         else:
