@@ -3,11 +3,12 @@ locals {
     "artifactregistry.googleapis.com",
     "bigquery.googleapis.com",
     "bigquerystorage.googleapis.com", # the Storage Write API (rows) and Read API
-    "cloudbuild.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "compute.googleapis.com",
     "dataflow.googleapis.com",
     "iam.googleapis.com",
+    "logging.googleapis.com",    # the job's error lines, counted for an alert (monitoring.tf)
+    "monitoring.googleapis.com", # the dashboard and alert policies (monitoring.tf)
     "pubsub.googleapis.com",
     "storage.googleapis.com",
   ]

@@ -62,11 +62,26 @@ resource "google_storage_bucket_iam_member" "embedder_writes_vectors" {
   member = local.embedder
 }
 
-# Temp and staging files, the template spec, and the weights under models/.
-resource "google_storage_bucket_iam_member" "embedder_dataflow_files" {
+# The weights under models/ (and their watch), the template spec and staged files: read.
+resource "google_storage_bucket_iam_member" "embedder_reads_dataflow_files" {
+  bucket = google_storage_bucket.dataflow.name
+  role   = "roles/storage.objectViewer"
+  member = local.embedder
+}
+
+# Written only under the prefixes the job owns: temp and staging files, and the model
+# cache (streaming/main.py MODEL_CACHE_PREFIX; a stale build claim is deleted there).
+# The weights under models/ stay read-only: a worker cannot replace what the weights
+# watch would then load everywhere.
+resource "google_storage_bucket_iam_member" "embedder_writes_dataflow_files" {
   bucket = google_storage_bucket.dataflow.name
   role   = "roles/storage.objectAdmin"
   member = local.embedder
+  condition {
+    title       = "job-prefixes"
+    description = "tmp/, staging/ and the model cache image-embeddings/ only"
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.dataflow.name}/objects/tmp/\") || resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.dataflow.name}/objects/staging/\") || resource.name.startsWith(\"projects/_/buckets/${google_storage_bucket.dataflow.name}/objects/image-embeddings/\")"
+  }
 }
 
 # Beam's launcher reads the staging bucket's metadata (storage.buckets.get) before it
@@ -78,11 +93,36 @@ resource "google_storage_bucket_iam_member" "embedder_dataflow_bucket" {
   member = local.embedder
 }
 
-# Streaming inserts and creating a missing table (queries: embedder_runs_queries).
+# Rows by either write method, creating a missing table, and the catch-up's reads
+# (queries: embedder_runs_queries). Not roles/bigquery.dataEditor: that one can also
+# delete the tables and change their schema.
+resource "google_project_iam_custom_role" "embeddings_writer" {
+  role_id     = "embeddingsWriter"
+  title       = "Image embeddings writer"
+  description = "Appends rows to the embeddings and dead-letter tables, creates a missing one, reads them."
+  permissions = [
+    "bigquery.datasets.get",
+    "bigquery.tables.create",
+    "bigquery.tables.get",
+    "bigquery.tables.getData",
+    "bigquery.tables.updateData",
+  ]
+  depends_on = [google_project_service.apis]
+}
+
 resource "google_bigquery_dataset_iam_member" "embedder_writes_rows" {
   dataset_id = google_bigquery_dataset.images.dataset_id
-  role       = "roles/bigquery.dataEditor"
+  role       = google_project_iam_custom_role.embeddings_writer.id
   member     = local.embedder
+}
+
+# `--update` through the Flex Template: Beam, in the launcher (which runs as this
+# account), looks the running job up by name (dataflow.jobs.list).
+resource "google_project_iam_member" "embedder_finds_the_job_to_update" {
+  project    = var.project_id
+  role       = "roles/dataflow.viewer"
+  member     = local.embedder
+  depends_on = [google_project_service.apis]
 }
 
 resource "google_artifact_registry_repository_iam_member" "embedder_pulls_image" {
@@ -173,6 +213,51 @@ resource "google_storage_bucket_iam_member" "deployers_dataflow_bucket" {
   bucket   = google_storage_bucket.dataflow.name
   role     = "roles/storage.legacyBucketReader"
   member   = each.value
+}
+
+# The smoke tests of docs/dataflow.md: one upload under the notified prefix, a query of
+# the rows, and the documented schema upgrades (ALTER TABLE ... ADD COLUMN).
+resource "google_storage_bucket_iam_member" "deployers_upload_a_test_image" {
+  for_each   = toset(var.deployers)
+  bucket     = var.images_bucket
+  role       = "roles/storage.objectCreator"
+  member     = each.value
+  depends_on = [google_project_service.apis]
+  condition {
+    title       = "images-prefix"
+    description = "New objects under the notified prefix only"
+    expression  = "resource.name.startsWith(\"projects/_/buckets/${var.images_bucket}/objects/${var.images_prefix}\")"
+  }
+}
+
+resource "google_bigquery_dataset_iam_member" "deployers_read_rows" {
+  for_each   = toset(var.deployers)
+  dataset_id = google_bigquery_dataset.images.dataset_id
+  role       = "roles/bigquery.dataViewer"
+  member     = each.value
+}
+
+resource "google_project_iam_member" "deployers_run_queries" {
+  for_each   = toset(var.deployers)
+  project    = var.project_id
+  role       = "roles/bigquery.jobUser"
+  member     = each.value
+  depends_on = [google_project_service.apis]
+}
+
+resource "google_project_iam_custom_role" "schema_upgrader" {
+  role_id     = "embeddingsSchemaUpgrader"
+  title       = "Image embeddings schema upgrader"
+  description = "ALTER TABLE ... ADD COLUMN on the job's tables; no row access, no delete."
+  permissions = ["bigquery.tables.get", "bigquery.tables.update"]
+  depends_on  = [google_project_service.apis]
+}
+
+resource "google_bigquery_dataset_iam_member" "deployers_upgrade_schemas" {
+  for_each   = toset(var.deployers)
+  dataset_id = google_bigquery_dataset.images.dataset_id
+  role       = google_project_iam_custom_role.schema_upgrader.id
+  member     = each.value
 }
 
 resource "google_bigquery_dataset_iam_member" "analysts_read_rows" {

@@ -32,8 +32,9 @@ _LOG = logging.getLogger(PROG)
 # shared by its bundle threads), bundle threads x decode threads = the vCPUs of the
 # documented machine: n2-standard-4 for CPU workers; n1-standard-8 + one GPU, with
 # batches of 64 on TensorFlow (whose CUDA wheels the GPU image carries), for a job
-# whose --dataflow_service_options ask for a worker_accelerator. They live here, not
-# in the image, so a launch from a checkout and a Flex Template launch are one job.
+# that asks for a worker_accelerator (runners.requested_accelerator, either spelling).
+# They live here, not in the image, so a launch from a checkout and a Flex Template
+# launch are one job.
 WORKER_DEFAULTS = {
     "cpu": (
         "--experiments=no_use_multiple_sdk_containers",
@@ -123,11 +124,11 @@ def unknown_options(opts, argv: Sequence[str]) -> list[str]:
 
 
 def worker_kind(opts) -> str:
-    """`gpu` when the job's --dataflow_service_options ask for a worker_accelerator."""
-    from apache_beam.options.pipeline_options import GoogleCloudOptions
+    """`gpu` when the job asks for a worker_accelerator (as a Dataflow service option or
+    an experiment), else `cpu`."""
+    from streaming.config.runners import requested_accelerator
 
-    service = opts.view_as(GoogleCloudOptions).dataflow_service_options or []
-    return "gpu" if any(o.startswith("worker_accelerator") for o in service) else "cpu"
+    return "gpu" if requested_accelerator(opts) else "cpu"
 
 
 def worker_defaults(opts) -> list[str]:

@@ -16,7 +16,7 @@ from streaming import (
     sinks,
 )
 from streaming.config.options import EmbedOptions
-from streaming.config.runners import on_dataflow
+from streaming.config.runners import on_dataflow, requested_accelerator
 from streaming.model import inference
 from streaming.sinks import files
 from streaming.sinks import vectors as vectors_
@@ -135,7 +135,8 @@ def model_handler(opts: EmbedOptions) -> inference.EmbeddingModelHandler:
 
     RunInference never batches across bundles: that would key, shuffle and hold decoded
     pixels in state. Where refs were batched upstream, a bundle's images make full
-    batches and the rest flushes at the bundle's end.
+    batches and the rest flushes at the bundle's end. A job that asks for an
+    accelerator hands it on: its workers refuse to embed on the CPU.
     """
     smallest = opts.max_batch_size if batches_refs(opts) else min_batch_size(opts)
     return inference.make_model_handler(
@@ -148,6 +149,7 @@ def model_handler(opts: EmbedOptions) -> inference.EmbeddingModelHandler:
         threads=model_threads(opts),
         weights_watch=opts.weights_watch,
         weights_watch_interval=opts.weights_watch_interval,
+        accelerator=requested_accelerator(opts),
     )
 
 

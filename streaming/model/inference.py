@@ -15,6 +15,12 @@ Runtime on a graph built from the same weights (`streaming/model/resnet50.py`) a
 weights (`streaming/onnx_runtime.py`), which never imports TensorFlow for `random:SEED`
 or a weights file, and not at all once the graph is cached. Results name the runtime
 next to the fingerprint.
+
+A job that asked for an accelerator (`streaming.config.runners.requested_accelerator`)
+hands it to the handler, and its workers load the model on a GPU or not at all: where
+the runtime finds none (TensorFlow without CUDA, ONNX Runtime without its CUDA
+provider) the load fails with one line naming what was asked and what was found, and
+Beam retries the bundle, instead of embedding at CPU speed on GPU machines.
 """
 
 from __future__ import annotations
@@ -53,6 +59,45 @@ _LOG = logging.getLogger(__name__)
 
 class WeightsUnavailableError(RuntimeError):
     """The requested weights cannot be loaded; raised once, at start-up."""
+
+
+class AcceleratorUnavailableError(RuntimeError):
+    """The job asked for an accelerator and the runtime finds no GPU on this worker."""
+
+
+def _no_gpu(accelerator: str, found: str, remedy: str) -> AcceleratorUnavailableError:
+    return AcceleratorUnavailableError(f"this job asked for {accelerator} but {found}; {remedy}")
+
+
+def require_gpu(runtime: str, accelerator: str) -> None:
+    """Before the weights load: raises when `runtime` finds no GPU on this machine.
+
+    Raises:
+      AcceleratorUnavailableError: one line naming `accelerator` and what was found.
+    """
+    if runtime == "tensorflow":
+        import tensorflow as tf
+
+        if tf.config.list_logical_devices("GPU"):
+            return
+        devices = ", ".join(d.name for d in tf.config.list_logical_devices()) or "none"
+        raise _no_gpu(
+            accelerator,
+            f"TensorFlow {tf.__version__} on this worker sees no GPU (devices: {devices})",
+            "run the GPU image (docker build --build-arg EXTRAS=gpu), whose TensorFlow has "
+            "CUDA, as --sdk_container_image",
+        )
+    from streaming.model import onnx_runtime
+
+    offered = onnx_runtime.available_providers()
+    if onnx_runtime.CUDA_PROVIDER not in offered:
+        raise _no_gpu(
+            accelerator,
+            f"ONNX Runtime on this worker offers no {onnx_runtime.CUDA_PROVIDER} "
+            f"(providers: {', '.join(offered)})",
+            "use --runtime tensorflow (a GPU job's default), or a worker image with "
+            "onnxruntime-gpu",
+        )
 
 
 def _keras():
@@ -180,6 +225,7 @@ class EmbeddingModel:
         # Where the forward pass runs: TensorFlow places it on the first GPU it sees.
         gpus = tf.config.list_logical_devices("GPU")
         self.device = gpus[0].name if gpus else "CPU"
+        self.on_gpu = bool(gpus)
 
         # One signature, traced once at warm-up: every batch size reuses the graph (a new
         # shape would otherwise trace again, seconds, on the first batch of that size).
@@ -226,6 +272,7 @@ def load_embedding_model(
     runtime: str = DEFAULT_RUNTIME,
     cache_dir: str | None = None,
     threads: tuple[int, int] = (0, 0),
+    accelerator: str | None = None,
 ):
     """The model for `spec` on `runtime`, loaded once per process. This is the only
     model cache: the job's start-up check, RunInference (whose shared handle keeps a
@@ -233,16 +280,17 @@ def load_embedding_model(
     Only the latest (spec, runtime) is kept, so a process never holds two ResNet50s.
 
     `threads` (intra-op, inter-op; 0 keeps the runtime's default) size the runtime's
-    thread pools; TensorFlow takes them only before its runtime starts.
+    thread pools; TensorFlow takes them only before its runtime starts. `accelerator`
+    (what the job asked for, or None) requires a GPU: see `build_embedding_model`.
 
     Returns an `EmbeddingModel` or an `onnx_runtime.OnnxEmbeddingModel`: both map uint8
     (n, 224, 224, 3) to float32 (n, 2048) and carry `model_id` and `runtime_version`.
     """
-    key = (spec, runtime, cache_dir, tuple(threads))
+    key = (spec, runtime, cache_dir, tuple(threads), accelerator)
     with _LOAD_LOCK:
         if key not in _LOADED:
             _LOADED.clear()
-            _LOADED[key] = build_embedding_model(spec, runtime, cache_dir, threads)
+            _LOADED[key] = build_embedding_model(spec, runtime, cache_dir, threads, accelerator)
         return _LOADED[key]
 
 
@@ -251,18 +299,36 @@ def build_embedding_model(
     runtime: str = DEFAULT_RUNTIME,
     cache_dir: str | None = None,
     threads: tuple[int, int] = (0, 0),
+    accelerator: str | None = None,
 ):
     """A new model for `spec` on `runtime`, warmed up, outside the process's cache
-    (`load_embedding_model` keeps that); a weights switch builds the next one here."""
+    (`load_embedding_model` keeps that); a weights switch builds the next one here.
+
+    With `accelerator` (what the job asked for) the model runs on a GPU or is not built.
+
+    Raises:
+      AcceleratorUnavailableError: `accelerator` given and the runtime finds no GPU
+        here, checked before the weights load and again on the built model (ONNX
+        Runtime falls back to the CPU when its CUDA provider does not start).
+    """
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime {runtime!r}: expected one of {', '.join(RUNTIMES)}")
     if runtime == "tensorflow":  # ONNX Runtime never imports TensorFlow
         configure_threads(*threads)
+    if accelerator:
+        require_gpu(runtime, accelerator)
     model = (
-        _load_onnx(spec, cache_dir, threads)
+        _load_onnx(spec, cache_dir, threads, gpu=bool(accelerator))
         if runtime == "onnx"
         else EmbeddingModel(load_keras_model(spec))
     )
+    if accelerator and not model.on_gpu:
+        raise _no_gpu(
+            accelerator,
+            f"{model.runtime_version} could not start a GPU on this worker (it runs on "
+            f"{model.device}; the runtime's own log says why)",
+            "check the worker image's CUDA libraries, or use --runtime tensorflow",
+        )
     model.warm_up()
     _LOG.info(
         "Loaded %s with weights %s on %s, device %s",
@@ -280,7 +346,7 @@ CLAIM_WAIT_SECS = 300.0
 CLAIM_ROUNDS = 3
 
 
-def _load_onnx(spec: str, cache_dir: str | None, threads: tuple[int, int]):
+def _load_onnx(spec: str, cache_dir: str | None, threads: tuple[int, int], gpu: bool = False):
     """The cached ONNX graph for `spec`; on a miss, builds it from the weights once
     (`streaming/model/resnet50.py`, no TensorFlow for `random:SEED` or a weights file) and
     stores it for the next process."""
@@ -310,7 +376,7 @@ def _load_onnx(spec: str, cache_dir: str | None, threads: tuple[int, int]):
     finally:
         if local is not None and local != spec:  # a downloaded copy: only needed here
             shutil.rmtree(os.path.dirname(local), ignore_errors=True)
-    return onnx_runtime.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads)
+    return onnx_runtime.OnnxEmbeddingModel(model_bytes, fingerprint, MODEL_NAME, threads, gpu)
 
 
 def _build_entry(spec: str, local: str | None, cache_dir: str, key: str) -> tuple[bytes, str]:
@@ -407,7 +473,8 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
 
     Beam's base class carries the batching arguments (`batch_elements_kwargs`). The
     model is not shared across processes (`share_model_across_processes`): a copy per
-    process serves each batch without a proxy hop.
+    process serves each batch without a proxy hop. `accelerator`, what the job asked
+    for, makes `load_model` fail rather than load on the CPU.
     """
 
     def __init__(
@@ -422,6 +489,7 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
         threads: tuple[int, int] = (0, 0),
         weights_watch: str | None = None,
         weights_watch_interval: float = 60.0,
+        accelerator: str | None = None,
     ):
         super().__init__(
             min_batch_size=min_batch_size,
@@ -434,10 +502,19 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
         self.threads = threads
         self.weights_watch = weights_watch
         self.weights_watch_interval = weights_watch_interval
+        self.accelerator = accelerator
 
     def load_model(self) -> EmbeddingModel:
+        load = functools.partial(
+            load_embedding_model,
+            self.weights,
+            self.runtime,
+            self.cache_dir,
+            self.threads,
+            accelerator=self.accelerator,
+        )
         if not self.weights_watch:
-            return load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads)
+            return load()
         from streaming.model import weights_watch
 
         build = functools.partial(
@@ -445,9 +522,10 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
             runtime=self.runtime,
             cache_dir=self.cache_dir,
             threads=self.threads,
+            accelerator=self.accelerator,
         )
         return weights_watch.watched(
-            lambda: load_embedding_model(self.weights, self.runtime, self.cache_dir, self.threads),
+            load,
             self.weights_watch,
             self.weights_watch_interval,
             build,
@@ -458,6 +536,7 @@ class EmbeddingModelHandler(ModelHandler[np.ndarray, PredictionResult, Embedding
                 tuple(self.threads),
                 self.weights_watch,
                 self.weights_watch_interval,
+                self.accelerator,
             ),
         )
 
@@ -494,8 +573,11 @@ def make_model_handler(
     threads: tuple[int, int] = (0, 0),
     weights_watch: str | None = None,
     weights_watch_interval: float = 60.0,
+    accelerator: str | None = None,
 ) -> EmbeddingModelHandler:
-    """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys."""
+    """The handler `RunInference` uses; wrap in `KeyedModelHandler` to carry keys.
+    `accelerator`: what the job asked for (None: none), the model then runs on a GPU or
+    fails to load."""
     return EmbeddingModelHandler(
         weights,
         min_batch_size=min_batch_size,
@@ -506,6 +588,7 @@ def make_model_handler(
         threads=threads,
         weights_watch=weights_watch,
         weights_watch_interval=weights_watch_interval,
+        accelerator=accelerator,
     )
 
 

@@ -41,6 +41,8 @@ from streaming.model.spec import INPUT_SHAPE, is_fixed
 
 OPSET = 17
 RUNTIME = "onnx"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
 # Part of every cache key: a change of the converted graph's contract (input dtype,
 # preprocessing, output) must bump it so old entries are never reused.
 _GRAPH_VERSION = "uint8-nhwc-preprocess-avgpool-v2-folded-bn"
@@ -231,8 +233,27 @@ def session_options(threads: tuple[int, int] = (0, 0)):
     return options
 
 
+def available_providers() -> list[str]:
+    """The execution providers this installation of ONNX Runtime offers (the CUDA one
+    only with the onnxruntime-gpu build)."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def execution_providers(gpu: bool) -> list[str]:
+    """What a session asks for: on a GPU, CUDA first and the CPU for any node CUDA does
+    not run; else the CPU alone."""
+    return [CUDA_PROVIDER, CPU_PROVIDER] if gpu else [CPU_PROVIDER]
+
+
 class OnnxEmbeddingModel:
-    """An ONNX Runtime session with the same call as `streaming.model.inference.EmbeddingModel`."""
+    """An ONNX Runtime session with the same call as `streaming.model.inference.EmbeddingModel`.
+
+    `gpu` asks for the CUDA provider; ONNX Runtime falls back to the CPU when it cannot
+    start it, so `device` (the session's first provider) and `on_gpu` say where the
+    forward pass actually runs.
+    """
 
     runtime = RUNTIME
 
@@ -242,14 +263,16 @@ class OnnxEmbeddingModel:
         fingerprint: str,
         model_name: str,
         threads: tuple[int, int] = (0, 0),
+        gpu: bool = False,
     ):
         import onnxruntime as ort
 
         self._session = ort.InferenceSession(
-            model_bytes, session_options(threads), providers=["CPUExecutionProvider"]
+            model_bytes, session_options(threads), providers=execution_providers(gpu)
         )
         self._input = self._session.get_inputs()[0].name
         self.device = self._session.get_providers()[0]
+        self.on_gpu = self.device == CUDA_PROVIDER
         self.fingerprint = fingerprint
         self.runtime_version = f"onnxruntime-{ort.__version__}"
         self.model_id = f"{model_name}@{fingerprint}"

@@ -13,38 +13,12 @@ import subprocess
 
 import pytest
 
+from tools import infra
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
-TEXT = "\n".join(p.read_text() for p in sorted(INFRA.glob("*.tf")))
-
-
-def _body(text: str, start: int) -> str:
-    depth, i = 1, start
-    while depth:
-        depth += {"{": 1, "}": -1}.get(text[i], 0)
-        i += 1
-    return text[start : i - 1]
-
-
-def blocks(kind: str, type_: str = None) -> dict:
-    """{name: body} of `kind "type" "name" {...}` (or `variable "name"`) blocks."""
-    found = {}
-    for m in re.finditer(rf'^{kind}\s+((?:"[^"]*"\s*)+)\{{', TEXT, re.M):
-        labels = re.findall(r'"([^"]*)"', m.group(1))
-        if type_ is None or labels[0] == type_:
-            found[labels[-1]] = _body(TEXT, m.end())
-    return found
-
-
-def attr(body: str, name: str):
-    m = re.search(rf"^\s*{name}\s*=\s*(.+?)\s*(#.*)?$", body, re.M)
-    return m.group(1) if m else None
-
-
-def nested(body: str, name: str) -> str:
-    m = re.search(rf"^\s*{name}\s*\{{", body, re.M)
-    assert m, f"no {name} block"
-    return _body(body, m.end())
+TEXT = infra.TEXT
+_body, blocks, attr, nested = infra.body, infra.blocks, infra.attr, infra.nested
 
 
 def default(var: str):
@@ -126,46 +100,62 @@ def test_tables_come_from_the_schema_files(table, schema_file):
 
 def iam_grants() -> set[tuple[str, str, str]]:
     """(member, role, target resource) of every *_iam_member grant."""
-    grants = set()
-    for m in re.finditer(r'^resource\s+"(google_\w+)_iam_member"\s+"\w+"\s*\{', TEXT, re.M):
-        body = _body(TEXT, m.end())
-        target = next(
-            (
-                v
-                for k in (
-                    "topic",
-                    "subscription",
-                    "bucket",
-                    "dataset_id",
-                    "repository",
-                    "service_account_id",
-                    "project",
-                )
-                if (v := attr(body, k))
-            ),
-            None,
-        )
-        target = re.sub(r"\.(id|name|dataset_id|email)$", "", target)
-        grants.add((attr(body, "member"), attr(body, "role").strip('"'), target))
-    return grants
+    return {(g.member, g.role, g.target) for g in infra.iam_grants()}
 
 
 def test_job_service_account_has_exactly_its_least_privilege_roles():
-    job = {(role, target) for member, role, target in iam_grants() if member == "local.embedder"}
+    job = {(g.role, g.target, bool(g.condition)) for g in infra.iam_grants() if g.identity == "job"}
     assert job == {
-        ("roles/dataflow.worker", "var.project_id"),
-        ("roles/pubsub.subscriber", "google_pubsub_subscription.embed"),
-        ("roles/pubsub.viewer", "google_pubsub_subscription.embed"),
-        ("roles/storage.objectViewer", "var.images_bucket"),
-        ("roles/storage.objectCreator", "google_storage_bucket.vectors"),
-        ("roles/storage.objectAdmin", "google_storage_bucket.dataflow"),
+        ("roles/dataflow.worker", "var.project_id", False),
+        # Beam's --update, in the Flex Template launcher, finds the job by name.
+        ("roles/dataflow.viewer", "var.project_id", False),
+        ("roles/pubsub.subscriber", "google_pubsub_subscription.embed", False),
+        ("roles/pubsub.viewer", "google_pubsub_subscription.embed", False),
+        ("roles/storage.objectViewer", "var.images_bucket", False),
+        ("roles/storage.objectCreator", "google_storage_bucket.vectors", False),
+        # Reads the whole Dataflow bucket, writes under its own prefixes only.
+        ("roles/storage.objectViewer", "google_storage_bucket.dataflow", False),
+        ("roles/storage.objectAdmin", "google_storage_bucket.dataflow", True),
         # Beam's launcher reads the staging bucket's metadata before it stages.
-        ("roles/storage.legacyBucketReader", "google_storage_bucket.dataflow"),
-        ("roles/bigquery.dataEditor", "google_bigquery_dataset.images"),
+        ("roles/storage.legacyBucketReader", "google_storage_bucket.dataflow", False),
+        # Rows, a missing table, the catch-up's reads: no delete, no schema change.
+        (
+            "google_project_iam_custom_role.embeddings_writer",
+            "google_bigquery_dataset.images",
+            False,
+        ),
         # --catch_up always on Dataflow runs a query job.
-        ("roles/bigquery.jobUser", "var.project_id"),
-        ("roles/artifactregistry.reader", "google_artifact_registry_repository.images"),
+        ("roles/bigquery.jobUser", "var.project_id", False),
+        ("roles/artifactregistry.reader", "google_artifact_registry_repository.images", False),
     }
+
+
+def test_the_job_cannot_delete_tables_nor_replace_weights():
+    """The two grants narrower than a predefined role: what they leave out is what a
+    worker must not do."""
+    from tools.iam import Check, Policy
+
+    job = Policy(
+        "job",
+        {
+            "var.project_id": "projects/p",
+            "google_storage_bucket.dataflow": "projects/_/buckets/df",
+            "google_bigquery_dataset.images": "projects/p/datasets/images",
+        },
+    )
+    table = "projects/p/datasets/images/tables/embeddings"
+    assert job.allows(Check("bigquery.tables.updateData", table))
+    assert not job.allows(Check("bigquery.tables.delete", table))
+    assert not job.allows(Check("bigquery.tables.update", table))
+    live = "projects/_/buckets/df/objects/models/live/r50.weights.h5"
+    assert job.allows(Check("storage.objects.get", live))
+    assert not job.allows(Check("storage.objects.delete", live))  # no replacing
+    from streaming import main
+
+    cache = f"projects/_/buckets/df/objects/{main.MODEL_CACHE_PREFIX}/x/model.onnx"
+    for permission in ("storage.objects.create", "storage.objects.delete"):
+        assert job.allows(Check(permission, cache))
+        assert job.allows(Check(permission, "projects/_/buckets/df/objects/tmp/x"))
 
 
 def test_someone_can_run_as_the_backfill_service_account():
@@ -239,6 +229,7 @@ def test_no_broad_roles():
         if target == "var.project_id":  # project-wide only where no narrower grant exists
             assert role in {
                 "roles/dataflow.worker",
+                "roles/dataflow.viewer",
                 "roles/dataflow.developer",
                 "roles/bigquery.jobUser",
             }, (member, role)

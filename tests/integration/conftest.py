@@ -13,7 +13,18 @@ import uuid
 import pytest
 
 from streaming.support import clients
+from tools.iam import LeastPrivilege
 from tools.processes import Child, python_module, wait_until
+
+# infra/'s resources, by the names the tests give them.
+INFRA_NAMES = {
+    "images": "var.images_bucket",
+    "vectors": "google_storage_bucket.vectors",
+    "dataflow": "google_storage_bucket.dataflow",
+    "dataset": "google_bigquery_dataset.images",
+    "subscription": "google_pubsub_subscription.embed",
+    "topic": "google_pubsub_topic.notifications",
+}
 
 
 def pytest_collection_modifyitems(items):
@@ -88,6 +99,23 @@ def pull_all(cloud, subscription: str, quiet_for: float = 2.0, limit: float = 60
     return messages
 
 
+def least_privilege(cloud, identity: str, **resources: str) -> LeastPrivilege:
+    """Started proxies that refuse what infra/ does not grant `identity` (job, backfill,
+    deployer, analyst) on these resources: images=, vectors=, dataflow= (bucket names),
+    dataset= (its id), subscription=, topic= (full names); `images_prefix=`."""
+    bindings = {}
+    for key, value in resources.items():
+        if key == "images_prefix":
+            bindings["var.images_prefix"] = value
+        elif key in ("images", "vectors", "dataflow"):
+            bindings[INFRA_NAMES[key]] = f"projects/_/buckets/{value}"
+        elif key == "dataset":
+            bindings[INFRA_NAMES[key]] = f"projects/{cloud.project}/datasets/{value}"
+        else:
+            bindings[INFRA_NAMES[key]] = value
+    return LeastPrivilege(identity, bindings, cloud.project).start()
+
+
 def start_job(argv: list[str], log_path: str, env: dict | None = None) -> Child:
     """A streaming embed-stream process, its output in `log_path`."""
     return Child(python_module("streaming.main", *argv), log_path, env=env)
@@ -147,8 +175,15 @@ def stack(cloud, tmp_path_factory):
         name=s.subscription, topic=cloud.notify_topic, ack_deadline_seconds=60
     )
     log = str(tmp_path_factory.mktemp("job") / "job.log")
+    # The job runs as infra/'s job account: a call its roles would refuse is a 403.
+    s.iam = least_privilege(
+        cloud, "job", images=s.images.name, dataset=s.dataset, subscription=s.subscription
+    )
     s.job = start_job(
         [
+            # The catch-up's job (test_catch_up.py) appends by the Storage Write API.
+            "--bigquery_write_method",
+            "insert_all",
             "--input_subscription",
             s.subscription,
             "--output_table",
@@ -174,6 +209,7 @@ def stack(cloud, tmp_path_factory):
             "1",
         ],
         log,
+        env=s.iam.env,
     )
 
     def query(sql: str) -> list[dict]:
@@ -189,3 +225,5 @@ def stack(cloud, tmp_path_factory):
     s.dead_sql = f"`{cloud.project}.{s.dataset}.dead_letters`"
     yield s
     s.job.stop()
+    s.iam.stop()
+    assert [str(d) for d in s.iam.denied] == []

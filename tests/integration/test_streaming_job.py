@@ -231,3 +231,10 @@ def test_a_storm_of_malformed_messages_leaves_one_dead_letter_each(stack, upload
     assert sorted(r["name"] for r in rows) == behind
     stages = stack.query(f"SELECT DISTINCT stage FROM {stack.dead_sql} WHERE {mine}")
     assert [r["stage"] for r in stages] == ["parse"]
+
+
+def test_the_job_runs_within_the_roles_infra_grants_it(stack, uploaded):
+    """Every call of the job above went through proxies that answer 403 as its roles
+    in infra/ would (tools/iam.py): none was refused, and the proxies did see it."""
+    assert [str(d) for d in stack.iam.denied] == []
+    assert stack.iam.storage.port and stack.query(f"SELECT 1 AS one FROM {stack.rows_sql} LIMIT 1")

@@ -145,6 +145,6 @@ def test_a_process_loads_each_model_once_and_keeps_only_the_latest():
     assert inference.load_embedding_model("random:0", "tensorflow") is first
     other = inference.load_embedding_model("random:1", "tensorflow")
     assert other is not first and other.fingerprint != first.fingerprint
-    assert list(inference._LOADED) == [("random:1", "tensorflow", None, (0, 0))]
+    assert list(inference._LOADED) == [("random:1", "tensorflow", None, (0, 0), None)]
     again = inference.load_embedding_model("random:0", "tensorflow")
     assert again is not first and again.fingerprint == first.fingerprint
