@@ -99,10 +99,11 @@ def pull_all(cloud, subscription: str, quiet_for: float = 2.0, limit: float = 60
     return messages
 
 
-def least_privilege(cloud, identity: str, **resources: str) -> LeastPrivilege:
+def least_privilege(cloud, identity: str, environ=None, **resources: str) -> LeastPrivilege:
     """Started proxies that refuse what infra/ does not grant `identity` (job, backfill,
     deployer, analyst) on these resources: images=, vectors=, dataflow= (bucket names),
-    dataset= (its id), subscription=, topic= (full names); `images_prefix=`."""
+    dataset= (its id), subscription=, topic= (full names); `images_prefix=`. `environ`
+    names the services behind them (default: this process's emulators)."""
     bindings = {}
     for key, value in resources.items():
         if key == "images_prefix":
@@ -113,7 +114,7 @@ def least_privilege(cloud, identity: str, **resources: str) -> LeastPrivilege:
             bindings[INFRA_NAMES[key]] = f"projects/{cloud.project}/datasets/{value}"
         else:
             bindings[INFRA_NAMES[key]] = value
-    return LeastPrivilege(identity, bindings, cloud.project).start()
+    return LeastPrivilege(identity, bindings, cloud.project, environ or os.environ).start()
 
 
 def start_job(argv: list[str], log_path: str, env: dict | None = None) -> Child:
@@ -181,9 +182,6 @@ def stack(cloud, tmp_path_factory):
     )
     s.job = start_job(
         [
-            # The catch-up's job (test_catch_up.py) appends by the Storage Write API.
-            "--bigquery_write_method",
-            "insert_all",
             "--input_subscription",
             s.subscription,
             "--output_table",

@@ -16,7 +16,12 @@ import pytest
 
 from analysis import sql
 from tests import fixtures
-from tests.integration.conftest import start_job, strict_bigquery_stats, wait_until
+from tests.integration.conftest import (
+    least_privilege,
+    start_job,
+    strict_bigquery_stats,
+    wait_until,
+)
 from tests.integration.tcp_proxy import TcpProxy
 from tools.processes import cloud_job_args
 
@@ -69,11 +74,22 @@ def backlog(cloud, stack, tmp_path_factory):
         "--shard_idle_secs",
         "60",
     ]
-    state = {"job": None, "starts": 0}
+    state = {"job": None, "starts": 0, "iam": []}
 
     def start(env=None):
+        """The job, as infra/'s job account (`env` names other services behind)."""
         state["starts"] += 1
-        state["job"] = start_job(argv, str(logs / f"job-{state['starts']}.log"), env=env)
+        iam = least_privilege(
+            cloud,
+            "job",
+            environ={**os.environ, **(env or {})},
+            images=bucket.name,
+            vectors=vectors.name,
+            dataset=dataset,
+            subscription=sub,
+        )
+        state["iam"].append(iam)
+        state["job"] = start_job(argv, str(logs / f"job-{state['starts']}.log"), env=iam.env)
         return state["job"]
 
     def stop():
@@ -106,6 +122,8 @@ def backlog(cloud, stack, tmp_path_factory):
     )
     if state["job"] is not None:
         state["job"].stop()
+    for iam in state["iam"]:
+        iam.stop()
 
 
 def test_a_backlog_gets_every_row_through_bigquerys_request_limit(backlog):
@@ -201,3 +219,11 @@ def test_after_a_storage_outage_the_next_catch_up_embeds_every_image(backlog):
         )
     finally:
         storage.stop()
+
+
+def test_every_catch_up_ran_within_the_roles_infra_grants_the_job(backlog):
+    """The starts above (listing, the query of what the tables hold, reads, rows by the
+    Storage Write API, tombstones) went through proxies answering 403 as the job's roles
+    in infra/ would: none was refused."""
+    assert backlog["state"]["iam"], "no job ran"
+    assert [str(d) for iam in backlog["state"]["iam"] for d in iam.denied] == []

@@ -12,7 +12,7 @@ import pytest
 
 import schemas
 from tests import fixtures
-from tests.integration.conftest import start_job, wait_until
+from tests.integration.conftest import least_privilege, start_job, wait_until
 from tests.integration.tcp_proxy import TcpProxy
 
 # How long both services stay away: the length of the outage, not a wait for a condition.
@@ -137,6 +137,20 @@ def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack,
     cloud.subscriber.create_subscription(
         name=sub, topic=cloud.notify_topic, ack_deadline_seconds=60
     )
+    # Behind the refusing proxies, the job's account as infra/ grants it (the
+    # dataset's row writer role), so both write methods run under its roles.
+    iam = least_privilege(
+        cloud,
+        "job",
+        environ={
+            **os.environ,
+            "BIGQUERY_EMULATOR_HOST": proxy.url,
+            "BIGQUERY_EMULATOR_GRPC_HOST": f"127.0.0.1:{grpc_port}",
+        },
+        images=bucket.name,
+        dataset=dataset,
+        subscription=sub,
+    )
     job = start_job(
         [
             "--input_subscription",
@@ -158,10 +172,7 @@ def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack,
             method,
         ],
         str(tmp_path / "job.log"),
-        env={
-            "BIGQUERY_EMULATOR_HOST": proxy.url,
-            "BIGQUERY_EMULATOR_GRPC_HOST": f"127.0.0.1:{grpc_port}",
-        },
+        env=iam.env,
     )
     try:
         for i in range(2):
@@ -195,7 +206,9 @@ def test_a_permission_the_job_lacks_stalls_it_visibly_and_nothing_is_lost(stack,
             )
             == []
         )
+        assert [str(d) for d in iam.denied] == []
     finally:
         job.stop()
+        iam.stop()
         proxy.stop()
         appends.stop(None)

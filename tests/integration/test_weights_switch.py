@@ -9,11 +9,12 @@ import time
 import numpy as np
 import pytest
 
+from streaming import main
 from streaming.model import resnet50
 from streaming.model.spec import MODEL_NAME
 from streaming.stages.load import decode_image
 from tests import fixtures
-from tests.integration.conftest import start_job, wait_until
+from tests.integration.conftest import least_privilege, start_job, wait_until
 
 OLD, NEW, THIRD = (resnet50.random_weights(seed) for seed in (0, 1, 2))
 # The third weights' graph is held back (claimed by "another worker") this long, and an
@@ -35,6 +36,18 @@ def switching(cloud, tmp_path_factory):
     )
     work = tmp_path_factory.mktemp("switch")
     log = str(work / "job.log")
+    # As on Dataflow: the weights and the model cache in the Dataflow bucket, the job
+    # with only the roles infra/ grants its account there.
+    cache = f"gs://{models.name}/{main.MODEL_CACHE_PREFIX}/"
+    iam = least_privilege(
+        cloud,
+        "job",
+        images=images.name,
+        vectors=vectors.name,
+        dataflow=models.name,
+        dataset=dataset,
+        subscription=sub,
+    )
     job = start_job(
         [
             "--input_subscription",
@@ -56,7 +69,7 @@ def switching(cloud, tmp_path_factory):
             "--weights_watch_interval",
             "1",
             "--model_cache_dir",
-            str(work / "model-cache"),
+            cache,
             "--local_endpoints",
             "--max_batch_duration_secs",
             "1",
@@ -64,6 +77,7 @@ def switching(cloud, tmp_path_factory):
             "1",
         ],
         log,
+        env=iam.env,
     )
     uploaded: dict[str, bytes] = {}
 
@@ -108,10 +122,12 @@ def switching(cloud, tmp_path_factory):
         uploaded=uploaded,
         new_weights=new_weights,
         models=models,
-        cache=str(work / "model-cache"),
+        cache=cache,
         work=work,
+        iam=iam,
     )
     job.stop()
+    iam.stop()
 
 
 def _direct(weights, images: list[bytes]) -> np.ndarray:
@@ -238,6 +254,13 @@ def test_batches_keep_flowing_while_the_next_weights_are_built(switching):
     got = {r["name"]: r for r in held}
     assert got[max(uploads, key=uploads.get)]["model_fingerprint"] == third
     assert job.poll() is None
+
+
+def test_weights_read_watch_and_cache_ran_within_the_jobs_roles(switching):
+    """Reading the weights, watching for new ones and filling the model cache in the
+    Dataflow bucket: every call went through proxies answering 403 as the job's roles in
+    infra/ would, and none was refused."""
+    assert [str(d) for d in switching["iam"].denied] == []
 
 
 def test_workers_sharing_a_gs_cache_claim_each_graph_once(cloud):
