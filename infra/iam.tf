@@ -230,6 +230,22 @@ resource "google_storage_bucket_iam_member" "deployers_upload_a_test_image" {
   }
 }
 
+# A direct launch checks what it names before it submits (the subscription, the vectors
+# bucket): read-only, and what an operator looks at when the job falls behind.
+resource "google_pubsub_subscription_iam_member" "deployers_view_subscription" {
+  for_each     = toset(var.deployers)
+  subscription = google_pubsub_subscription.embed.id
+  role         = "roles/pubsub.viewer"
+  member       = each.value
+}
+
+resource "google_storage_bucket_iam_member" "deployers_read_vectors" {
+  for_each = toset(var.deployers)
+  bucket   = google_storage_bucket.vectors.name
+  role     = "roles/storage.objectViewer"
+  member   = each.value
+}
+
 resource "google_bigquery_dataset_iam_member" "deployers_read_rows" {
   for_each   = toset(var.deployers)
   dataset_id = google_bigquery_dataset.images.dataset_id

@@ -522,7 +522,7 @@ def failure_message(counts: Mapping[str, int], args, error: BaseException | None
     """One line: how many publishes failed, why, and what happens to them."""
     text = f"{counts['failed']} publishes failed ({counts['in_flight_abandoned']} unconfirmed)"
     if error is not None:
-        text += f"; last error: {cli.describe(error)}"
+        text += f"; last error: {cli.describe(error, 'pubsub.topics.publish')}"
     if args.resume:
         return text + f"; they are listed in {args.resume} and retried first on the next run"
     return text + "; run again (with --resume FILE to retry only what failed)"

@@ -670,8 +670,11 @@ class LeastPrivilege:
         denial = self._judge(checks)
         if denial is None:
             return None
+        if method.startswith("/google.pubsub."):  # Pub/Sub names no permission
+            return "User not authorized to perform this action."
         return (
-            f"Permission '{denial.check.permission}' denied on resource '{denial.check.resource}'."
+            f"Permission '{denial.check.permission}' denied on resource "
+            f"'{denial.check.resource}' (or it may not exist)."
         )
 
     def _dataflow(self, method: str, path: str, body: bytes):
@@ -684,6 +687,13 @@ class LeastPrivilege:
         return 403, json.dumps(
             {"error": {"code": 403, "message": message, "status": "PERMISSION_DENIED"}}
         ).encode()
+
+    def refused(self) -> list[str]:
+        """The refusals that matter: all but `storage.buckets.get`, which
+        google-cloud-storage (3.x) asks in the background to label its own telemetry
+        (`_bucket_metadata_cache`) and does without when refused. (A path that needs the
+        bucket's metadata, such as Beam's staging, fails on its own.)"""
+        return [str(d) for d in self.denied if d.check.permission != "storage.buckets.get"]
 
     def start(self) -> LeastPrivilege:
         self.storage.start()

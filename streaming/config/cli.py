@@ -131,8 +131,10 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def describe(error: BaseException) -> str:
-    """One line for an error: what failed and why, without a traceback."""
+def describe(error: BaseException, permission: str | None = None) -> str:
+    """One line for an error: what failed and why, without a traceback. A refusal
+    names the permission (the service's, else `permission`, what the caller was doing)
+    and the role of infra/ that grants it."""
     try:
         from google.api_core import exceptions as gexc
         from google.auth import exceptions as auth_exc
@@ -145,7 +147,10 @@ def describe(error: BaseException) -> str:
         if isinstance(error, gexc.NotFound):
             return f"not found: {text}"
         if isinstance(error, (gexc.Forbidden, gexc.PermissionDenied)):
-            return f"permission denied: {text}"
+            from streaming.config.permissions import needed
+
+            hint = needed(text, permission)
+            return f"permission denied: {text}" + (f" ({hint})" if hint else "")
         if isinstance(error, gexc.Unauthorized):
             return f"not authorised ({text}); {CREDENTIALS_HINT}"
     if isinstance(error, (ValueError, OSError)) and not type(error).__module__.startswith(

@@ -270,3 +270,37 @@ def test_no_lifecycle_rule_deletes_the_default_model_cache():
     ]
     assert prefixes, "the Dataflow bucket's temp files should expire"
     assert not any(main.MODEL_CACHE_PREFIX.startswith(p) for p in prefixes)
+
+
+def test_each_refusal_names_a_role_that_grants_the_permission():
+    """streaming/config/permissions.py names, for each permission, the role to grant: that
+    role holds it (Google's reference in tools/iam_roles.json, or infra/'s custom role),
+    and infra/ grants it to someone."""
+    from streaming.config.permissions import GRANTED_BY
+    from tools.iam import role_permissions
+
+    roles = role_permissions()
+    custom = {
+        attr(body, "role_id").strip('"'): f"google_project_iam_custom_role.{name}"
+        for name, body in blocks("resource", "google_project_iam_custom_role").items()
+    }
+    granted = {role for _, role, _ in iam_grants()}
+    for permission, named in GRANTED_BY.items():
+        m = re.search(r"custom role (\w+)", named)
+        role = custom[m.group(1)] if m else named
+        assert permission in roles[role], (permission, named)
+        assert role in granted, f"{named} is granted to no one in infra/"
+
+
+def test_a_refusal_is_one_line_naming_the_permission_and_its_role():
+    from google.api_core import exceptions as gexc
+
+    from streaming.config import cli
+
+    line = cli.describe(gexc.Forbidden("Permission bigquery.tables.updateData denied on t"))
+    assert "needs bigquery.tables.updateData, granted by the custom role embeddingsWriter" in line
+    pubsub = gexc.PermissionDenied("User not authorized to perform this action.")
+    assert cli.describe(pubsub, "pubsub.topics.publish").endswith(
+        "(needs pubsub.topics.publish, granted by roles/pubsub.publisher)"
+    )
+    assert "\n" not in line

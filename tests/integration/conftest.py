@@ -3,8 +3,10 @@ notifications) and bqemulator, started by tests/run.sh; one streaming job per se
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
+import threading
 import time
 import types
 import urllib.request
@@ -24,6 +26,7 @@ INFRA_NAMES = {
     "dataset": "google_bigquery_dataset.images",
     "subscription": "google_pubsub_subscription.embed",
     "topic": "google_pubsub_topic.notifications",
+    "embedder_account": "google_service_account.embedder",
 }
 
 
@@ -225,3 +228,52 @@ def stack(cloud, tmp_path_factory):
     s.job.stop()
     s.iam.stop()
     assert [str(d) for d in s.iam.denied] == []
+
+
+class _Tokens(http.server.BaseHTTPRequestHandler):
+    """OAuth's token endpoint for the test's service-account key."""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = json.dumps(
+            {"access_token": "test-token", "expires_in": 3600, "token_type": "Bearer"}
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def service_account(tmp_path_factory, cloud):
+    """Application default credentials of a service account whose tokens come from a
+    local endpoint: the launcher's own identity, without Google's token service."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Tokens)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    path = tmp_path_factory.mktemp("adc") / "embedder.json"
+    path.write_text(
+        json.dumps(
+            {
+                "type": "service_account",
+                "project_id": cloud.project,
+                "private_key_id": "1",
+                "private_key": pem,
+                "client_email": f"embedder@{cloud.project}.iam.gserviceaccount.com",
+                "client_id": "1",
+                "token_uri": f"http://127.0.0.1:{server.server_address[1]}/token",
+            }
+        )
+    )
+    yield str(path)
+    server.shutdown()

@@ -1,156 +1,53 @@
 """The Flex Template launch, run here as the launcher runs it: the entry file with the
-template's parameters and --template_location, staging to the Cloud Storage emulator,
-as the job's service account with only the roles infra/ grants it. A proxy answers 403
-wherever those roles would; every pre-flight check passes or is named in one warning
-line, and the job file carries the image, the worker defaults and every option."""
+template's parameters and --template_location, against the emulators, as the job's
+service account (the launcher's identity) through proxies that answer 403 wherever the
+roles infra/ grants it would (tools/iam.py). With `--update`, Beam looks the running job
+up by name on a local Dataflow API (`dataflow.jobs.list`, which roles/dataflow.viewer
+grants the account) and the job file replaces it."""
 
 from __future__ import annotations
 
-import http.server
 import json
 import os
-import re
 import subprocess
 import sys
-import threading
-import urllib.parse
 
 import pytest
 
-from tests.checks.test_infra import iam_grants
+from tests.integration.conftest import least_privilege
 from tests.launcher import launcher_argv
-from tools.http_proxy import HttpProxy, gcs_error
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 IMAGE = "us-central1-docker.pkg.dev/test-project/embeddings/embed:abc123"
-# What each Cloud Storage role of infra/ allows (Google's IAM roles reference).
-ROLE_PERMISSIONS = {
-    "roles/storage.objectAdmin": {
-        "objects.get",
-        "objects.list",
-        "objects.create",
-        "objects.delete",
-    },
-    "roles/storage.objectCreator": {"objects.create"},
-    "roles/storage.objectViewer": {"objects.get", "objects.list"},
-    "roles/storage.legacyBucketReader": {"buckets.get", "objects.list"},
-}
+RUNNING_ID = "2026-12-01_00_00_00-123"
 
 
-def permission(method: str, path: str) -> str:
-    """The Cloud Storage permission a JSON API request needs."""
-    path = urllib.parse.urlsplit(path).path
-    if path.startswith("/upload/"):
-        return "objects.create"
-    if re.fullmatch(r"/storage/v1/b/[^/]+/?", path):
-        return "buckets.get"
-    if re.fullmatch(r"/storage/v1/b/[^/]+/o/?", path):
-        return "objects.list" if method == "GET" else "objects.create"
-    if "/o/" in path:
-        return {"GET": "objects.get", "DELETE": "objects.delete"}.get(method, "objects.create")
-    return "other"
-
-
-def storage_roles(member: str, buckets: dict[str, str]) -> dict[str, set[str]]:
-    """{bucket name: permissions} of `member`'s Cloud Storage grants in infra/."""
-    allowed: dict[str, set[str]] = {name: set() for name in buckets.values()}
-    for who, role, target in iam_grants():
-        if who == member and target in buckets and role in ROLE_PERMISSIONS:
-            allowed[buckets[target]] |= ROLE_PERMISSIONS[role]
-    return allowed
-
-
-def role_rule(allowed: dict[str, set[str]]):
-    def rule(request):
-        m = re.match(r"/(?:upload/)?storage/v1/b/([^/?]+)", request.path)
-        if not m:
-            return None
-        bucket = urllib.parse.unquote(m.group(1))
-        needed = permission(request.method, request.path)
-        if bucket in allowed and needed not in allowed[bucket]:
-            return gcs_error(
-                403,
-                f"embedder does not have storage.{needed} access to "
-                f"the Google Cloud Storage bucket {bucket}",
-            )
-        return None
-
-    return rule
-
-
-class _Tokens(http.server.BaseHTTPRequestHandler):
-    """OAuth's token endpoint for the test's service-account key."""
-
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = json.dumps(
-            {"access_token": "test-token", "expires_in": 3600, "token_type": "Bearer"}
-        ).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *_args):
-        pass
-
-
-@pytest.fixture(scope="module")
-def service_account(tmp_path_factory, cloud):
-    """Application default credentials of a service account whose tokens come from a
-    local endpoint: the launcher's own identity, without Google's token service."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Tokens)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
-    path = tmp_path_factory.mktemp("adc") / "embedder.json"
-    path.write_text(
-        json.dumps(
-            {
-                "type": "service_account",
-                "project_id": cloud.project,
-                "private_key_id": "1",
-                "private_key": pem,
-                "client_email": f"embedder@{cloud.project}.iam.gserviceaccount.com",
-                "client_id": "1",
-                "token_uri": f"http://127.0.0.1:{server.server_address[1]}/token",
-            }
-        )
-    )
-    yield str(path)
-    server.shutdown()
-
-
-def test_the_template_launch_writes_the_job_file_under_the_jobs_roles(cloud, service_account):
+@pytest.mark.parametrize("update", [False, True], ids=["launch", "update"])
+def test_the_template_launch_writes_the_job_file_under_the_jobs_roles(
+    cloud, service_account, update
+):
     from google.cloud import bigquery
 
-    rid = cloud.run_id
+    rid = f"{cloud.run_id}-{int(update)}"
     dataflow, vectors = f"dataflow-{rid}", f"vectors-{rid}"
     for name in (dataflow, vectors):
         cloud.storage.create_bucket(name)
     cloud.storage.bucket(dataflow).blob("models/r50.weights.h5").upload_from_string(b"w")
-    topic, subscription = cloud.topic("launch"), cloud.subscription("launch")
+    topic = cloud.topic(f"launch-{int(update)}")
+    subscription = cloud.subscription(f"launch-{int(update)}")
     cloud.publisher.create_topic(name=topic)
     cloud.subscriber.create_subscription(name=subscription, topic=topic)
-    cloud.bq.create_dataset(bigquery.Dataset(f"{cloud.project}.images_{rid}"))
-    proxy = HttpProxy(
-        os.environ["STORAGE_EMULATOR_HOST"],
-        rule=role_rule(
-            storage_roles(
-                "local.embedder",
-                {
-                    "google_storage_bucket.dataflow": dataflow,
-                    "google_storage_bucket.vectors": vectors,
-                },
-            )
-        ),
-    ).start()
+    dataset = f"images_{rid.replace('-', '_')}"
+    cloud.bq.create_dataset(bigquery.Dataset(f"{cloud.project}.{dataset}"))
+    iam = least_privilege(
+        cloud,
+        "job",
+        dataflow=dataflow,
+        vectors=vectors,
+        dataset=dataset,
+        subscription=subscription,
+    )
+    iam.dataflow.running["image-embeddings"] = RUNNING_ID
     job_file = f"gs://{dataflow}/staging/template_launches/1/job_object"
     gcloud = [
         "gcloud",
@@ -158,6 +55,7 @@ def test_the_template_launch_writes_the_job_file_under_the_jobs_roles(cloud, ser
         "flex-template",
         "run",
         "image-embeddings",
+        *(["--update"] if update else []),
         "--region",
         "us-central1",
         "--project",
@@ -171,7 +69,7 @@ def test_the_template_launch_writes_the_job_file_under_the_jobs_roles(cloud, ser
         "--parameters",
         f"input_subscription={subscription}",
         "--parameters",
-        f"output_table={cloud.project}:images_{rid}.embeddings",
+        f"output_table={cloud.project}:{dataset}.embeddings",
         "--parameters",
         f"output_gcs=gs://{vectors}/embeddings/",
         "--parameters",
@@ -179,17 +77,15 @@ def test_the_template_launch_writes_the_job_file_under_the_jobs_roles(cloud, ser
     ]
     env = dict(
         os.environ,
+        **iam.env,
         GOOGLE_APPLICATION_CREDENTIALS=service_account,
         GOOGLE_CLOUD_PROJECT=cloud.project,
-        STORAGE_EMULATOR_HOST=proxy.url,
     )
+    # The Dataflow API the launcher would reach, here a local one.
+    argv = [*launcher_argv(gcloud, job_file), f"--dataflow_endpoint={iam.dataflow_endpoint}"]
     try:
         run = subprocess.run(
-            [
-                sys.executable,
-                os.path.join(ROOT, "flex_template", "main.py"),
-                *launcher_argv(gcloud, job_file),
-            ],
+            [sys.executable, os.path.join(ROOT, "flex_template", "main.py"), *argv],
             cwd=ROOT,
             env=env,
             capture_output=True,
@@ -197,16 +93,13 @@ def test_the_template_launch_writes_the_job_file_under_the_jobs_roles(cloud, ser
             timeout=600,
         )
     finally:
-        proxy.stop()
+        iam.stop()
     assert run.returncode == 0, run.stderr[-4000:]
     assert run.stdout.strip().endswith(f"wrote the job file {job_file}; nothing submitted")
     ours = [ln for ln in run.stderr.splitlines() if ln.startswith("embed-stream: ")]
-    assert ours == [
-        f"embed-stream: warning: not checked: --output_gcs gs://{vectors}/"
-        f"embeddings/ (permission denied on bucket {vectors})"
-    ]
-    denied = [r.path for r in proxy.requests if r.path.startswith(f"/storage/v1/b/{vectors}")]
-    assert denied, "the pre-flight never asked about the vectors bucket"
+    # Every pre-flight check ran (roles/dataflow.worker carries storage.buckets.get
+    # project-wide, so even the vectors bucket is checked) and none was refused.
+    assert ours == [] and [str(d) for d in iam.denied] == []
     job = json.loads(
         cloud.storage.bucket(dataflow)
         .blob("staging/template_launches/1/job_object")
@@ -226,3 +119,4 @@ def test_the_template_launch_writes_the_job_file_under_the_jobs_roles(cloud, ser
     ):
         assert options[name] == value, name
     assert job["type"] == "JOB_TYPE_STREAMING"
+    assert job.get("replaceJobId") == (RUNNING_ID if update else None)
