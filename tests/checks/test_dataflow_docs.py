@@ -34,7 +34,7 @@ EXAMPLE_ENV = {
     "VECTORS": "gs://my-vectors/embeddings/",
     "WEIGHTS": "gs://my-dataflow/models/resnet50_notop.weights.h5",
     "TEMPLATE": "gs://my-dataflow/templates/embed-abc123.json",
-    "MODEL_CACHE": "gs://my-dataflow/models/onnx-cache/",
+    "MODEL_CACHE": "gs://my-dataflow/image-embeddings/onnx",
 }
 
 
@@ -152,3 +152,42 @@ def test_terraform_outputs_read_by_the_doc_are_declared():
     )
     read = set(re.findall(r"terraform -chdir=infra output -raw (\w+)", DOC))
     assert read and read <= declared
+
+
+def test_every_command_of_the_doc_says_who_runs_it_with_roles_infra_grants():
+    """The "Who runs what" table covers each kind of command in the doc's sh blocks, and
+    every role it names for the deployer or the backfill is one infra/ grants them."""
+    from tools import infra
+
+    table = DOC[DOC.index("| command | identity |") :].split("\n\n", 1)[0]
+    rows = [r.split("|")[1:4] for r in table.splitlines()[2:]]
+    covered = " ".join(command for command, _, _ in rows)
+    kinds = set()
+    for block in re.findall(r"```sh\n(.*?)```", DOC, re.S):
+        for cmd in re.sub(r"\\\n\s*", " ", block).splitlines():
+            words = cmd.strip().split()
+            if words and words[0] in ("gcloud", "bq", "docker", "terraform", "embed-stream"):
+                kinds.add(" ".join(words[:2]) if words[0] != "gcloud" else " ".join(words[:3]))
+            elif words[:3] == ["python", "-m", "streaming.model.prepare"] or words[:1] == [
+                "embed-backfill"
+            ]:
+                kinds.add(" ".join(words[:3]) if words[0] == "python" else words[0])
+    ignored = {"gcloud auth configure-docker", "gcloud auth application-default", "docker build"}
+    missing = sorted(k for k in kinds - ignored if k.split(" -")[0] not in covered)
+    assert missing == [], f"commands the table does not name: {missing}"
+    custom = {
+        f"google_project_iam_custom_role.{name}": infra.attr(body, "role_id").strip('"')
+        for name, body in infra.blocks("resource", "google_project_iam_custom_role").items()
+    }
+    held: dict = {}
+    for g in infra.iam_grants():
+        held.setdefault(g.identity, set()).add(custom.get(g.role, g.role))
+    who = {"deployer": "deployer", "`embedder`": "job", "`embed-backfill`": "backfill"}
+    who["analyst"] = "analyst"
+    for command, identity, needs in rows:
+        identities = {key for name, key in who.items() if name in identity}
+        if not identities:
+            continue  # the project owner's apply
+        roles = set().union(*(held[i] for i in identities))
+        for role in re.findall(r"roles/[\w.]+|embeddings\w+", needs):
+            assert role in roles, (command, identity, role)
