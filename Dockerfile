@@ -4,35 +4,80 @@
 # exactly the packages it runs with, and no worker installs anything at start-up.
 # docker-compose.yml runs it locally against the emulators. docs/dataflow.md builds it:
 #
+#   tools/pin_images.sh                                       # once: pin the bases (below)
 #   docker build -t IMAGE .                                   # CPU workers
 #   docker build --build-arg EXTRAS=gpu -t IMAGE-gpu .        # GPU workers (CUDA wheels)
 #   docker build --build-arg WEIGHTS=models/resnet50_notop.weights.h5 -t IMAGE .
 #       # bakes that file (a path in the build context) and its ONNX conversion into the
 #       # image; run the job with --weights /opt/image-embeddings/weights/resnet50_notop.weights.h5
+#
+# What it holds: Debian's slim CPython 3.11 (the lock's interpreter); Beam's worker boot
+# program, /opt/apache/beam, copied from Beam's SDK image of the locked apache-beam release
+# (Dataflow's documented "custom base image"; none of that image's Python packages come
+# along); the Flex Template launcher binary; and exactly requirements.lock
+# (+ requirements-gpu.lock with EXTRAS=gpu) and this package. The build fails unless
+# `pip freeze` is the lock (tools/lock_check.py, which CI runs on its virtualenv too).
+#
+# The base images are named here once each, pinned by digest (name:tag@sha256:...), and
+# the build stops at its first step while one is not: tools/pin_images.sh looks up the
+# digest each tag names now and writes it below. Run it after changing a tag, or to take
+# a rebuilt base (security fixes), and commit the result.
 
+# The lock's interpreter, CPython 3.11 (tools/lock.sh), on Debian 12 (bookworm) slim.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+# Only for /opt/apache/beam. The Beam release pinned in setup.py and requirements.lock
+# (tests/checks/test_container.py checks that they agree): the worker harness in the image
+# and the SDK must match.
+ARG BEAM_IMAGE=apache/beam_python3.11_sdk:2.77.0
 # Only for its launcher binary; the Flex Template base images are listed at
 # https://cloud.google.com/dataflow/docs/reference/flex-templates-base-images
 ARG LAUNCHER_IMAGE=gcr.io/dataflow-templates-base/python311-template-launcher-base:latest
+
+FROM ${BEAM_IMAGE} AS beam
 FROM ${LAUNCHER_IMAGE} AS launcher
+FROM ${PYTHON_IMAGE}
 
-# The Beam release pinned in setup.py and requirements.lock (tests/checks/test_container.py
-# checks that they agree): the worker harness in the image and the SDK must match.
-FROM apache/beam_python3.11_sdk:2.77.0
+ARG PYTHON_IMAGE BEAM_IMAGE LAUNCHER_IMAGE
+RUN unpinned=""; \
+    for image in "$PYTHON_IMAGE" "$BEAM_IMAGE" "$LAUNCHER_IMAGE"; do \
+      echo "$image" | grep -Eq '^[^@ ]+:[^@/: ]+@sha256:[0-9a-f]{64}$' || \
+        unpinned="$unpinned $image"; \
+    done; \
+    if [ -n "$unpinned" ]; then \
+      echo "Dockerfile: base images not pinned by digest (run tools/pin_images.sh):$unpinned" >&2; \
+      exit 1; \
+    fi
 
+# Beam's worker boot (the entrypoint below). It runs `python` from PATH (/usr/local/bin
+# here, as in Beam's image), makes a venv with --system-site-packages per worker (the
+# python image has venv and ensurepip) and asks pip whether apache-beam is installed.
+COPY --from=beam /opt/apache/beam /opt/apache/beam
 COPY --from=launcher /opt/google/dataflow/python_template_launcher \
      /opt/google/dataflow/python_template_launcher
 
 WORKDIR /template
-COPY requirements.lock setup.py ./
+
+# Exactly the lock, no resolver: the set CI installs too. EXTRAS=gpu adds
+# requirements-gpu.lock (tensorflow[and-cuda]'s CUDA wheels). Before the sources, so a
+# change to the code reuses this layer.
+COPY requirements.lock requirements-gpu.lock ./
+ARG EXTRAS=""
+RUN pip install --no-cache-dir --no-deps -r requirements.lock ${EXTRAS:+-r requirements-$EXTRAS.lock}
+
+COPY setup.py pyproject.toml ./
+COPY tools/lock_check.py tools/lock_check.py
 COPY streaming streaming
 COPY publisher publisher
 COPY schemas schemas
 COPY analysis analysis
 COPY flex_template flex_template
 
-# The exact set CI installs (requirements.lock); EXTRAS=gpu adds tensorflow[and-cuda].
-ARG EXTRAS=""
-RUN pip install --no-cache-dir -c requirements.lock ".${EXTRAS:+[$EXTRAS]}" && pip check
+# This package without its dependencies (they are the lock), built with the lock's
+# setuptools; then the set must be consistent (pip check) and be the lock, no more.
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . && \
+    rm -rf build image_embeddings.egg-info && \
+    pip check && \
+    python tools/lock_check.py requirements.lock ${EXTRAS:+requirements-$EXTRAS.lock}
 
 # The default --model_cache_dir (converted ONNX models) is under XDG_CACHE_HOME. Baked
 # weights get their conversion here too, so workers load it without TensorFlow.
