@@ -304,3 +304,16 @@ def test_a_refusal_is_one_line_naming_the_permission_and_its_role():
         "(needs pubsub.topics.publish, granted by roles/pubsub.publisher)"
     )
     assert "\n" not in line
+
+
+def test_only_the_apis_something_uses_are_enabled():
+    """Cloud Build is not one: the image is built with Docker (docs/dataflow.md step 3)."""
+    services = set(re.findall(r'"([\w.]+\.googleapis\.com)"', nested_locals("services")))
+    assert "cloudbuild.googleapis.com" not in services
+    assert {"dataflow.googleapis.com", "bigquerystorage.googleapis.com"} <= services
+
+
+def nested_locals(name: str) -> str:
+    m = re.search(rf"^\s*{name}\s*=\s*\[(.*?)\]", TEXT, re.M | re.S)
+    assert m, f"no local {name}"
+    return m.group(1)
