@@ -26,12 +26,9 @@ from apache_beam.utils.windowed_value import WindowedValue
 import schemas
 from streaming import failures, metrics
 from streaming.config import names
-from streaming.config.flags import BIGQUERY_WRITE_METHODS
+from streaming.config.permissions import needed
 from streaming.records import ERROR_CHARS, DeadLetter, ImageRef, utcnow_iso
-from streaming.sinks import Sink
-from streaming.sinks.files import DeadLetterRows
 
-STORAGE_WRITE_API, INSERT_ALL = BIGQUERY_WRITE_METHODS
 _LOG = logging.getLogger(__name__)
 MAX_BACKOFF_SECS = 30.0
 # Tables this process has created or found: checked once per process, not per bundle
@@ -249,7 +246,7 @@ class RowWriterFn(beam.DoFn):
                     fix = (
                         _ADD_COLUMNS
                         if schema_mismatch(str(e))
-                        else "fix the dataset or the job's permissions"
+                        else needed(str(e)) or "fix the dataset or the job's permissions"
                     )
                     self._stalls.error(
                         f"{action}:{getattr(e, 'code', '')}",
@@ -317,7 +314,7 @@ class RowWriterFn(beam.DoFn):
         return True
 
 
-class _InsertRowsFn(RowWriterFn):
+class InsertRowsFn(RowWriterFn):
     """insertAll (`insert_rows_json`) with each row's `row_key` as its insert id."""
 
     def _encode(self, row: dict) -> tuple[dict, int]:
@@ -357,34 +354,6 @@ def _short(e: BaseException) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-class WriteRows(beam.PTransform):
-    """Rows -> BigQuery `table` (P:D.T or P.D.T), created from `schema_file` when
-    missing, by `method` (`--bigquery_write_method`); returns the rows BigQuery refused
-    as `(table, row, errors)`."""
-
-    def __init__(
-        self,
-        table: str,
-        schema_file: str = schemas.EMBEDDINGS,
-        local: bool = False,
-        method: str = STORAGE_WRITE_API,
-        max_bytes: int = MAX_REQUEST_BYTES,
-    ):
-        super().__init__()
-        if method == STORAGE_WRITE_API:
-            from streaming.sinks.write_api import AppendRowsFn
-
-            # No row-count limit on an append: requests are capped by bytes alone.
-            self._fn = AppendRowsFn(table, schema_file, local, 1 << 30, max_bytes)
-        elif method == INSERT_ALL:
-            self._fn = _InsertRowsFn(table, schema_file, local, MAX_REQUEST_ROWS, max_bytes)
-        else:
-            raise ValueError(f"unknown BigQuery write method {method!r}")
-
-    def expand(self, rows):
-        return rows | "Insert rows" >> beam.ParDo(self._fn)
-
-
 def rejected_row_to_dead_letter(failure) -> DeadLetter:
     """A row BigQuery refused, as a dead letter: `row_too_large` if it alone exceeds an
     insert request, else `bigquery_rejected`."""
@@ -413,47 +382,6 @@ def _generation(value) -> int:
         return int(value or 0)
     except (TypeError, ValueError):
         return 0
-
-
-class BigQueryRows(Sink):
-    """--output_table: every row and tombstone, by `method`; rows BigQuery refuses come
-    back as dead letters of the `bigquery` stage."""
-
-    def __init__(self, table: str, local: bool, method: str = STORAGE_WRITE_API):
-        self._table, self._local, self._method = table, local, method
-
-    def write_rows(self, rows):
-        rejected = (
-            tuple(rows.values())
-            | "All rows" >> beam.Flatten()
-            | "Write to BigQuery" >> WriteRows(self._table, local=self._local, method=self._method)
-        )
-        return {
-            "bigquery": rejected
-            | "Dead-letter rejected rows" >> beam.Map(rejected_row_to_dead_letter)
-        }
-
-
-class BigQueryDeadLetters(Sink):
-    """--dead_letter_table: every dead letter, as one row each, by `method`."""
-
-    def __init__(self, table: str, local: bool, method: str = STORAGE_WRITE_API):
-        self._table, self._local, self._method = table, local, method
-
-    def write_dead_letters(self, by_stage, gathered):
-        refused = (
-            gathered
-            | "Dead-letter rows" >> DeadLetterRows()
-            | "Write dead letters to BigQuery"
-            >> WriteRows(self._table, schemas.DEAD_LETTERS, local=self._local, method=self._method)
-        )
-        _ = (
-            refused
-            | "Reduce refused dead letters" >> beam.Map(reduced_dead_letter)
-            | "Write reduced dead letters"
-            >> WriteRows(self._table, schemas.DEAD_LETTERS, local=self._local, method=self._method)
-            | "Log dead letters refused twice" >> beam.Map(log_refused_dead_letter)
-        )
 
 
 # The columns of a dead letter whose values the job made itself (never copied from
