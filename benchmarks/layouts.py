@@ -93,8 +93,7 @@ def summarise(rounds: list[dict]) -> dict:
 def sizing_rows(process_mib: float) -> list[str]:
     """Peak memory by streaming.config.sizing per machine and layout at the default --max_pixels
     and --max_bytes, and the largest --max_pixels that fits."""
-    from streaming.config import sizing
-    from streaming.stages import preprocess
+    from streaming.config import flags, sizing
 
     rows = []
     for name, cpus, gib in MACHINES:
@@ -103,11 +102,11 @@ def sizing_rows(process_mib: float) -> list[str]:
                 processes=procs,
                 harness_threads=harness,
                 decode_threads=threads,
-                decode_window=preprocess.DEFAULT_DECODE_WINDOW,
-                max_bytes=preprocess.DEFAULT_MAX_BYTES,
+                decode_window=flags.DEFAULT_DECODE_WINDOW,
+                max_bytes=flags.DEFAULT_MAX_BYTES,
                 base_mib=process_mib,
             )
-            peak = sizing.peak_bytes(max_pixels=preprocess.DEFAULT_MAX_PIXELS, **kw) / 2**30
+            peak = sizing.peak_bytes(max_pixels=flags.DEFAULT_MAX_PIXELS, **kw) / 2**30
             room = (gib - VM_ALLOWANCE_GIB) * 2**30 - sizing.peak_bytes(max_pixels=0, **kw)
             largest = room / (procs * harness * threads * sizing.DECODE_BYTES_PER_PIXEL)
             rows.append(

@@ -213,11 +213,11 @@ def make_options(argv: Sequence[str] | None):
 
 
 def check_before_start(opts) -> None:
-    """Everything that can fail before the model loads (see streaming/config/preflight.py).
+    """Everything that can fail before the model loads (see streaming/preflight.py).
     What the caller may not read (a 403) is skipped, named in one warning line."""
     from apache_beam.options.pipeline_options import TestOptions
 
-    from streaming.config import preflight
+    from streaming import preflight
     from streaming.config.runners import is_remote
     from streaming.model.spec import is_fixed
     from streaming.support import clients

@@ -13,12 +13,11 @@ from apache_beam.options.pipeline_options import DebugOptions, StandardOptions
 from streaming import (
     coders,  # noqa: F401 - registers the records' versioned coders
     metrics,
-    sinks,
 )
 from streaming.config.options import EmbedOptions
 from streaming.config.runners import on_dataflow, requested_accelerator
 from streaming.model import inference
-from streaming.sinks import files
+from streaming.sinks import Sink, files, tables
 from streaming.sinks import vectors as vectors_
 from streaming.sources import catch_up
 from streaming.sources.local_folder import ReadLocalFolder
@@ -221,10 +220,28 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     }
     if extra_dead:
         dead["parse"] = extra_dead[0]
-    outputs = sinks.sinks_for(opts)
+    outputs = sinks_for(opts)
     for sink in outputs:
         dead.update(sink.write_rows(rows))
     all_dead = tuple(dead.values()) | "Gather dead letters" >> beam.Flatten()
     for sink in outputs:
         sink.write_dead_letters(dead, all_dead)
     return {"rows": written.rows, "tombstones": tombstones, "dead_letters": all_dead}
+
+
+def sinks_for(opts) -> list[Sink]:
+    """The outputs `opts` (EmbedOptions) name, in the order they are written."""
+    outputs: list[Sink] = []
+    if opts.output_table:
+        outputs.append(
+            tables.BigQueryRows(opts.output_table, opts.local_endpoints, opts.bigquery_write_method)
+        )
+    if opts.dead_letter_table:
+        outputs.append(
+            tables.BigQueryDeadLetters(
+                opts.dead_letter_table, opts.local_endpoints, opts.bigquery_write_method
+            )
+        )
+    if opts.output_dir:
+        outputs.append(files.LocalFiles(opts.output_dir))
+    return outputs

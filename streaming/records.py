@@ -17,9 +17,11 @@ import datetime as dt
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
+import schemas
 from streaming import failures
 
 ERROR_CHARS = 1000  # bound on error text and raw message prefixes kept in dead letters
@@ -315,3 +317,65 @@ def rejected_from(error: BaseException, default: str) -> Rejected:
         status = 403
     reason = _REASON_BY_STATUS.get(status, default) if isinstance(status, int) else default
     return Rejected(reason, f"{type(error).__name__}: {error}")
+
+
+# The ImageRef fields a storage object resource carries (the notification contract's
+# `payload`): a notification's JSON_API_V1 payload, or an object's metadata read later.
+PAYLOAD_FIELDS: dict[str, dict[str, Any]] = schemas.notification_contract()["payload"]
+
+
+def checked_int(value: Any, what: str) -> int | None:
+    """`value` as a non-negative integer (a number or its string), None when empty.
+
+    Raises:
+      Rejected: `bad_attribute`, naming `what`, for anything else.
+    """
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise Rejected(
+            failures.BAD_ATTRIBUTE, f"{what} is not an integer: {str(value)[:80]!r}"
+        ) from None
+    if number < 0:
+        raise Rejected(failures.BAD_ATTRIBUTE, f"{what} is negative: {number}")
+    return number
+
+
+def checked_time(value: Any, what: str, reason: str = failures.BAD_ATTRIBUTE) -> str | None:
+    """`value` if it is an RFC 3339 time: a row or dead letter carrying anything else in
+    a TIMESTAMP column is refused by BigQuery, so it is refused here, with the message."""
+    if value is None or value == "":
+        return None
+    try:
+        parse_rfc3339(value)
+    except (TypeError, ValueError):
+        raise Rejected(reason, f"{what} is not an RFC 3339 time: {str(value)[:80]!r}") from None
+    return value
+
+
+def payload_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
+    """The ImageRef fields of an object resource (the contract's `payload`), typed.
+
+    Raises:
+      Rejected: `bad_attribute` or `not_object_resource` for a wrongly typed value.
+    """
+    fields: dict[str, Any] = {}
+    for key, spec in PAYLOAD_FIELDS.items():
+        value = resource.get(key)
+        if value is None:
+            continue
+        kind = spec["type"]
+        if kind.endswith("-string"):
+            value = checked_int(value, key)
+        elif kind == "rfc3339":
+            value = checked_time(value, key, failures.NOT_OBJECT_RESOURCE)
+        elif kind.startswith("map"):
+            if not isinstance(value, dict):
+                raise Rejected(failures.NOT_OBJECT_RESOURCE, f"{key} is not an object")
+            value = tuple(sorted((str(k), str(v)) for k, v in value.items()))
+        elif not isinstance(value, str):
+            raise Rejected(failures.NOT_OBJECT_RESOURCE, f"{key} is not a string")
+        fields[spec["field"]] = value
+    return fields

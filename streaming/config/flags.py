@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import argparse
 
-from streaming.stages import preprocess
+# The load stage's settings (`streaming/stages/preprocess.py` and `load.py` apply them).
+RESIZE_POLICIES = ("center_crop", "squash", "pad")
+DEFAULT_MAX_PIXELS = 100_000_000
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+# --decode_threads / --decode_window: on 2 cores, 2 threads keep both cores decoding.
+DEFAULT_DECODE_THREADS = 2
+DEFAULT_DECODE_WINDOW = 8
 
 DEFAULT_EXTENSIONS = ".jpg,.jpeg,.png,.gif,.webp,.bmp,.tif,.tiff"
 DEFAULT_PROGRESS_INTERVAL = 10.0
@@ -233,32 +239,32 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "--resize_policy",
         type=str,
         default="center_crop",
-        choices=preprocess.RESIZE_POLICIES,
+        choices=RESIZE_POLICIES,
         help="center_crop (ResNet evaluation crop, default), squash or pad.",
     )
     img.add_argument(
         "--max_pixels",
         type=int,
-        default=preprocess.DEFAULT_MAX_PIXELS,
+        default=DEFAULT_MAX_PIXELS,
         help="Images with more pixels are dead-lettered before decoding.",
     )
     img.add_argument(
         "--max_bytes",
         type=int,
-        default=preprocess.DEFAULT_MAX_BYTES,
+        default=DEFAULT_MAX_BYTES,
         help="Objects larger than this are dead-lettered unread.",
     )
     img.add_argument(
         "--decode_threads",
         type=int,
-        default=preprocess.DEFAULT_DECODE_THREADS,
+        default=DEFAULT_DECODE_THREADS,
         help="Threads per DoFn that read and decode images while the "
         "model runs (Pillow releases the GIL).",
     )
     img.add_argument(
         "--decode_window",
         type=int,
-        default=preprocess.DEFAULT_DECODE_WINDOW,
+        default=DEFAULT_DECODE_WINDOW,
         help="Images read and decoded ahead of the model; only decoded 224x224 arrays wait in it.",
     )
     img.add_argument(

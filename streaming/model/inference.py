@@ -452,13 +452,6 @@ def result_model_id(model) -> str:
     return f"{model.model_id}+{model.runtime_version}"
 
 
-def split_model_id(model_id: str | None) -> tuple[str, str, str | None]:
-    """(model name, weights fingerprint, runtime or None) of a result's model id."""
-    name, _, rest = (model_id or "").partition("@")
-    fingerprint, _, runtime = rest.partition("+")
-    return name, fingerprint, runtime or None
-
-
 def embed_batch(model, batch: Sequence[np.ndarray]) -> list[PredictionResult]:
     """One forward pass per batch; the model id names the weights' fingerprint,
     whatever spec the handler was given, and the runtime that ran it."""

@@ -86,3 +86,11 @@ def weights_syntax_problem(spec: str) -> str | None:
             ".keras file (local or gs://)"
         )
     return None
+
+
+def split_model_id(model_id: str | None) -> tuple[str, str, str | None]:
+    """(model name, weights fingerprint, runtime or None) of a result's model id,
+    `<name>@<fingerprint>+<runtime>` (`inference.result_model_id`)."""
+    name, _, rest = (model_id or "").partition("@")
+    fingerprint, _, runtime = rest.partition("+")
+    return name, fingerprint, runtime or None

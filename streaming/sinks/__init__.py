@@ -1,6 +1,7 @@
 """Where the job writes: every output the options ask for is a `Sink`, and the pipeline
 hands each of them the same PCollections (`streaming.pipeline.embed_refs`). A new output
-is a new `Sink` here or beside its peers, its option, and one line in `sinks_for`.
+is a new `Sink` here or beside its peers, its option, and one line in
+`streaming.pipeline.sinks_for`.
 
 The .npy vectors are not a sink: they are written first (`vectors`, `files.WriteVectors`)
 because each row says where its vector is.
@@ -27,24 +28,3 @@ class Sink:
 
     def write_dead_letters(self, by_stage: Mapping[str, Any], gathered: Any) -> None:
         """Writes the dead letters: by stage, and all of them in one PCollection."""
-
-
-def sinks_for(opts) -> list[Sink]:
-    """The outputs `opts` (EmbedOptions) name, in the order they are written."""
-    from streaming.sinks.bigquery import BigQueryDeadLetters, BigQueryRows
-    from streaming.sinks.files import LocalFiles
-
-    outputs: list[Sink] = []
-    if opts.output_table:
-        outputs.append(
-            BigQueryRows(opts.output_table, opts.local_endpoints, opts.bigquery_write_method)
-        )
-    if opts.dead_letter_table:
-        outputs.append(
-            BigQueryDeadLetters(
-                opts.dead_letter_table, opts.local_endpoints, opts.bigquery_write_method
-            )
-        )
-    if opts.output_dir:
-        outputs.append(LocalFiles(opts.output_dir))
-    return outputs

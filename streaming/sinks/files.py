@@ -26,7 +26,7 @@ from apache_beam.utils import retry
 
 from streaming import failures, metrics
 from streaming.config.names import is_gcs_uri
-from streaming.model.inference import split_model_id
+from streaming.model.spec import split_model_id
 from streaming.records import (
     DeadLetter,
     ImageInfo,

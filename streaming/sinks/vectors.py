@@ -38,7 +38,7 @@ from apache_beam.transforms.timeutil import TimeDomain
 from streaming import failures, metrics
 from streaming.config.flags import VECTOR_LAYOUTS
 from streaming.config.names import gcs_parts, is_gcs_uri
-from streaming.model.inference import split_model_id
+from streaming.model.spec import split_model_id
 from streaming.records import DeadLetter, ImageInfo, decode_record, encode_record, rejected_from
 from streaming.sinks import files
 from streaming.support import clients

@@ -21,7 +21,9 @@ from streaming.records import (
     DeadLetter,
     ImageRef,
     Rejected,
-    parse_rfc3339,
+    checked_int,
+    checked_time,
+    payload_fields,
     rejected_from,
 )
 
@@ -30,35 +32,8 @@ DEAD = "dead_letters"
 _CONTRACT = schemas.notification_contract()
 ATTRIBUTES: dict[str, dict[str, Any]] = _CONTRACT["attributes"]
 REQUIRED_ATTRIBUTES = tuple(k for k, v in ATTRIBUTES.items() if v["required"])
-PAYLOAD_FIELDS: dict[str, dict[str, Any]] = _CONTRACT["payload"]
 EVENT_TYPES = tuple(_CONTRACT["event_types"])
 JSON_API_V1 = _CONTRACT["payload_format"]
-
-
-def _int(value: Any, what: str) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise Rejected(
-            failures.BAD_ATTRIBUTE, f"{what} is not an integer: {str(value)[:80]!r}"
-        ) from None
-    if number < 0:
-        raise Rejected(failures.BAD_ATTRIBUTE, f"{what} is negative: {number}")
-    return number
-
-
-def _time(value: Any, what: str, reason: str = failures.BAD_ATTRIBUTE) -> str | None:
-    """`value` if it is an RFC 3339 time: a row or dead letter carrying anything else in
-    a TIMESTAMP column is refused by BigQuery, so it is refused here, with the message."""
-    if value is None or value == "":
-        return None
-    try:
-        parse_rfc3339(value)
-    except (TypeError, ValueError):
-        raise Rejected(reason, f"{what} is not an RFC 3339 time: {str(value)[:80]!r}") from None
-    return value
 
 
 def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
@@ -88,7 +63,7 @@ def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
     if event_type not in EVENT_TYPES:
         raise Rejected(failures.UNKNOWN_EVENT_TYPE, f"eventType {event_type[:80]!r}")
     payload_format = attributes["payloadFormat"]
-    generation = _int(attributes["objectGeneration"], "objectGeneration")
+    generation = checked_int(attributes["objectGeneration"], "objectGeneration")
     fields: dict[str, Any] = {}
     if payload_format == JSON_API_V1:
         fields = _parse_payload(data)
@@ -120,10 +95,10 @@ def parse_notification(data: bytes, attributes: Mapping[str, str]) -> ImageRef:
         crc32c=fields.get("crc32c"),
         time_created=fields.get("time_created"),
         updated=fields.get("updated"),
-        event_time=_time(attributes.get("eventTime"), "eventTime"),
+        event_time=checked_time(attributes.get("eventTime"), "eventTime"),
         payload_format=payload_format,
         metadata=fields.get("metadata"),
-        attempt=_int(attributes["attempt"], "attempt") if attributes.get("attempt") else 0,
+        attempt=checked_int(attributes["attempt"], "attempt") if attributes.get("attempt") else 0,
     )
 
 
@@ -139,32 +114,6 @@ def _parse_payload(data: bytes) -> dict[str, Any]:
     ):
         raise Rejected(failures.NOT_OBJECT_RESOURCE, "payload is not a storage object resource")
     return payload_fields(resource)
-
-
-def payload_fields(resource: Mapping[str, Any]) -> dict[str, Any]:
-    """The ImageRef fields of an object resource (the contract's `payload`), typed.
-
-    Raises:
-      Rejected: `bad_attribute` or `not_object_resource` for a wrongly typed value.
-    """
-    fields: dict[str, Any] = {}
-    for key, spec in PAYLOAD_FIELDS.items():
-        value = resource.get(key)
-        if value is None:
-            continue
-        kind = spec["type"]
-        if kind.endswith("-string"):
-            value = _int(value, key)
-        elif kind == "rfc3339":
-            value = _time(value, key, failures.NOT_OBJECT_RESOURCE)
-        elif kind.startswith("map"):
-            if not isinstance(value, dict):
-                raise Rejected(failures.NOT_OBJECT_RESOURCE, f"{key} is not an object")
-            value = tuple(sorted((str(k), str(v)) for k, v in value.items()))
-        elif not isinstance(value, str):
-            raise Rejected(failures.NOT_OBJECT_RESOURCE, f"{key} is not a string")
-        fields[spec["field"]] = value
-    return fields
 
 
 def raw_prefix(data: bytes, attributes: Mapping[str, str]) -> str:

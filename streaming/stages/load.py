@@ -20,18 +20,26 @@ from apache_beam import pvalue
 from apache_beam.io.filesystems import FileSystems
 
 from streaming import failures, metrics
-from streaming.records import DeadLetter, ImageInfo, ImageRef, Rejected, Skipped, rejected_from
-from streaming.sources.notifications import payload_fields
-from streaming.stages import filters
-from streaming.stages.preprocess import (  # noqa: F401 - re-exported: the stage's pure core
-    BACKGROUND,
-    CENTER_CROP_FRACTION,
+from streaming.config.flags import (
     DEFAULT_DECODE_THREADS,
     DEFAULT_DECODE_WINDOW,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
+)
+from streaming.records import (
+    DeadLetter,
+    ImageInfo,
+    ImageRef,
+    Rejected,
+    Skipped,
+    payload_fields,
+    rejected_from,
+)
+from streaming.stages import filters
+from streaming.stages.preprocess import (  # noqa: F401 - re-exported: the stage's pure core
+    BACKGROUND,
+    CENTER_CROP_FRACTION,
     INPUT_SIZE,
-    RESIZE_POLICIES,
     DecodedImage,
     decode_image,
     resize,

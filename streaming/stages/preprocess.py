@@ -20,18 +20,13 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from streaming import failures
+from streaming.config.flags import DEFAULT_MAX_PIXELS, RESIZE_POLICIES
 from streaming.model.spec import INPUT_SIZE
 from streaming.records import Rejected
 
-RESIZE_POLICIES = ("center_crop", "squash", "pad")
 # ResNet's evaluation crop: resize the short side to 256, keep the central 224.
 CENTER_CROP_FRACTION = INPUT_SIZE / 256
 BACKGROUND = (255, 255, 255)  # alpha is composited over white
-DEFAULT_MAX_PIXELS = 100_000_000
-DEFAULT_MAX_BYTES = 64 * 1024 * 1024
-# --decode_threads / --decode_window: on 2 cores, 2 threads keep both cores decoding.
-DEFAULT_DECODE_THREADS = 2
-DEFAULT_DECODE_WINDOW = 8
 
 # We enforce our own pixel limit before decoding; Pillow's warning/raise thresholds
 # (89 / 179 MP) would only warn below ours, so silence the warning and keep the raise.

@@ -14,7 +14,6 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from streaming import main
 from streaming.config import flags
 from streaming.config.options import EmbedOptions, validate
-from streaming.stages import load
 from tests import fixtures
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -175,6 +174,6 @@ def test_runtime_regex_is_the_jobs_choices():
 
 def test_resize_policy_regex_is_the_jobs_choices():
     param = PARAMS["resize_policy"]
-    assert all(matches(param, p) for p in load.RESIZE_POLICIES)
+    assert all(matches(param, p) for p in flags.RESIZE_POLICIES)
     alternatives = re.fullmatch(r"\^\((.*)\)\$", param["regexes"][0]).group(1).split("|")
-    assert sorted(alternatives) == sorted(load.RESIZE_POLICIES)
+    assert sorted(alternatives) == sorted(flags.RESIZE_POLICIES)

@@ -12,7 +12,7 @@ from google.api_core import exceptions as gexc
 
 import schemas
 from streaming.records import ImageInfo, ImageRef
-from streaming.sinks import bigquery, files, write_api
+from streaming.sinks import bigquery, files, tables, write_api
 from streaming.support import clients
 from tests.integration.conftest import strict_bigquery_stats
 
@@ -44,7 +44,7 @@ def rows(n: int, floats: int = 2048) -> list[dict]:
 
 
 def write(method: str, table: str, batch: list[dict]) -> list:
-    writer = bigquery.WriteRows(table, local=True, method=method)._fn
+    writer = tables.WriteRows(table, local=True, method=method)._fn
     writer.setup()
     writer.start_bundle()
     out = []

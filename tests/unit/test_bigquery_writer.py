@@ -50,7 +50,7 @@ class FakeClient:
 
 def writer(client, monkeypatch, batch_size=500, max_bytes=bigquery.MAX_REQUEST_BYTES):
     monkeypatch.setattr(bigquery.time, "sleep", lambda _s: None)
-    fn = bigquery._InsertRowsFn("my-project:ds.t", "embeddings.json", True, batch_size, max_bytes)
+    fn = bigquery.InsertRowsFn("my-project:ds.t", "embeddings.json", True, batch_size, max_bytes)
     fn._client, fn._stalls = client, failures.StallLog(logging.getLogger("test"))
     fn.start_bundle()
     return fn

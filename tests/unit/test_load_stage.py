@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms import window
 from apache_beam.utils.windowed_value import WindowedValue
 
+from streaming.config import flags
 from streaming.sources.local_folder import local_ref
 from streaming.stages import load
 from streaming.stages.preprocess import decode_image
@@ -54,7 +55,7 @@ class _GatedLoadFn(load._LoadFn):
     """Reads meet at a barrier: it only opens when `parties` reads run at once."""
 
     def __init__(self, parties, **kw):
-        super().__init__("center_crop", load.DEFAULT_MAX_PIXELS, load.DEFAULT_MAX_BYTES, **kw)
+        super().__init__("center_crop", flags.DEFAULT_MAX_PIXELS, flags.DEFAULT_MAX_BYTES, **kw)
         self.barrier = threading.Barrier(parties, timeout=10)
 
     def _read(self, ref):
@@ -96,7 +97,7 @@ def test_outputs_keep_their_own_timestamp_and_window(tmp_path):
     refs = write_folder(tmp_path, good=3)
     outs = run_fn(
         load._LoadFn(
-            "center_crop", load.DEFAULT_MAX_PIXELS, load.DEFAULT_MAX_BYTES, threads=2, window=8
+            "center_crop", flags.DEFAULT_MAX_PIXELS, flags.DEFAULT_MAX_BYTES, threads=2, window=8
         ),
         refs,
     )

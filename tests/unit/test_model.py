@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from streaming.model import inference
+from streaming.model.spec import split_model_id
 from streaming.stages.load import decode_image
 from tests import fixtures
 
@@ -49,7 +50,7 @@ def test_weights_file_round_trip_keeps_the_fingerprint(tmp_path, keras_model):
     loaded = inference.load_embedding_model(path, "tensorflow")
     assert loaded.fingerprint == inference.weights_fingerprint(keras_model)
     assert loaded.model_id == f"resnet50-avgpool@{loaded.fingerprint}"
-    assert inference.split_model_id(inference.result_model_id(loaded)) == (
+    assert split_model_id(inference.result_model_id(loaded)) == (
         "resnet50-avgpool",
         loaded.fingerprint,
         loaded.runtime_version,

@@ -3,7 +3,7 @@ loader and the ONNX cache alike."""
 
 import pytest
 
-from streaming.config import preflight
+from streaming import preflight
 from streaming.model import spec
 from streaming.stages import preprocess
 

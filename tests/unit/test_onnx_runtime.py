@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from streaming.model import inference, onnx_runtime, resnet50
+from streaming.model.spec import split_model_id
 from streaming.stages.load import decode_image
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -116,7 +117,7 @@ def test_onnx_vectors_match_tensorflow_on_real_photos(trained_weights, tmp_path)
 def test_results_name_the_fingerprint_and_the_runtime(onnx_cache):
     _, onnx_embed = onnx_cache
     [result] = inference.embed_batch(onnx_embed, [np.zeros((224, 224, 3), np.uint8)])
-    name, fingerprint, runtime = inference.split_model_id(result.model_id)
+    name, fingerprint, runtime = split_model_id(result.model_id)
     assert (name, fingerprint) == ("resnet50-avgpool", onnx_embed.fingerprint)
     assert runtime.startswith("onnxruntime-")
 

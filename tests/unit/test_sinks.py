@@ -136,11 +136,11 @@ def test_each_runtimes_row_points_at_its_own_vector(tmp_path):
 
 
 def test_the_options_name_the_sinks():
-    from streaming import sinks
+    from streaming import pipeline
     from streaming.config.options import EmbedOptions
 
     def kinds(*argv):
-        return [type(s).__name__ for s in sinks.sinks_for(EmbedOptions(list(argv)))]
+        return [type(s).__name__ for s in pipeline.sinks_for(EmbedOptions(list(argv)))]
 
     assert kinds("--output_dir", "out") == ["LocalFiles"]
     assert kinds(

@@ -12,6 +12,7 @@ import pytest
 from streaming import main
 from streaming.config.cli import UsageError
 from streaming.model import inference, onnx_runtime, resnet50, weights_watch
+from streaming.model.spec import split_model_id
 
 
 class FakeModel:
@@ -161,7 +162,7 @@ def test_the_watch_switches_by_itself_to_real_weights(tmp_path, capsys):
             rtol=1e-4,
             atol=1e-4,
         )
-        assert inference.split_model_id(r0.model_id)[1] == resnet50.fingerprint(new)
+        assert split_model_id(r0.model_id)[1] == resnet50.fingerprint(new)
     finally:
         watched.stop()
     assert capsys.readouterr().err.count(" once; ") == 2  # random:0, then v2: once each
