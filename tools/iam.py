@@ -251,7 +251,7 @@ _DDL = re.compile(
     r"^\s*(ALTER|CREATE|DROP)\s+(?:OR\s+REPLACE\s+)?(?:TABLE|VIEW)\s+(?:IF\s+(?:NOT\s+)?EXISTS\s+)?`?([\w.-]+)`?",
     re.I,
 )
-_DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|MERGE)\s+(?:INTO\s+)?`?([\w.-]+)`?", re.I)
+_DML = re.compile(r"^\s*(INSERT|UPDATE|DELETE|MERGE)\s+(?:INTO\s+|FROM\s+)?`?([\w.-]+)`?", re.I)
 
 
 def query_checks(project: str, sql: str, default_dataset: dict | None = None) -> list[Check]:
