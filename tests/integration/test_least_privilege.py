@@ -228,18 +228,13 @@ def test_the_deployers_smoke_tests_and_schema_upgrades_run_under_their_roles(clo
         iam.stop()
 
 
-@pytest.mark.slow
-def test_the_deployers_one_time_conversion_runs_under_their_roles(cloud, place, tmp_path):
-    """`python -m streaming.model.prepare` as documented, as the deployer: the weights
-    read from the Dataflow bucket, the graph written to the model cache there."""
+def test_the_deployers_one_time_conversion_runs_under_their_roles(cloud, place):
+    """`python -m streaming.model.prepare` as documented, as the deployer, into the model
+    cache in the Dataflow bucket (random weights: what is checked is where it writes,
+    and with which roles; the weights file's own read is `storage.objects.get`, which
+    the launch above needs too)."""
     from streaming import main
-    from streaming.model import resnet50
 
-    path = tmp_path / "r50.weights.h5"
-    resnet50.write_weights_h5(str(path), resnet50.random_weights(5))
-    cloud.storage.bucket(place["dataflow"]).blob("models/r50.weights.h5").upload_from_filename(
-        str(path)
-    )
     (cmd,) = _doc_sh_commands("python -m streaming.model.prepare")
     assert "--model_cache_dir $MODEL_CACHE" in cmd
     cache = f"gs://{place['dataflow']}/{main.MODEL_CACHE_PREFIX}"
@@ -247,11 +242,7 @@ def test_the_deployers_one_time_conversion_runs_under_their_roles(cloud, place, 
     try:
         code, out = run(
             python_module(
-                "streaming.model.prepare",
-                "--weights",
-                f"gs://{place['dataflow']}/models/r50.weights.h5",
-                "--model_cache_dir",
-                cache,
+                "streaming.model.prepare", "--weights", "random:0", "--model_cache_dir", cache
             ),
             timeout=600,
             env=iam.env,
