@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import email.parser
-import http.server
 import json
 import logging
 import os
@@ -475,33 +474,14 @@ class _FakeDataflow:
     def __init__(self, check: Callable[[str, str, bytes], tuple[int, bytes] | None]):
         self.created: list[dict] = []
         self.running: dict[str, str] = {}  # job name -> id
-        fake = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *_args):
-                pass
-
-            def _handle(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                answer = check(self.command, self.path, body) or fake.answer(
-                    self.command, self.path, body
-                )
-                status, payload = answer
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_PUT = _handle
-
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
+        # An HttpProxy whose rule answers every request: nothing is forwarded.
+        self._server = HttpProxy(
+            "http://127.0.0.1:1",
+            rule=lambda r: check(r.method, r.path, r.body) or self.answer(r.method, r.path, r.body),
+            record=False,
+        )
         # Beam's client speaks REST (not gRPC) to an endpoint naming localhost.
-        self.url = f"http://localhost:{self._server.server_address[1]}"
+        self.url = f"http://localhost:{self._server.port}"
 
     def answer(self, method: str, path: str, body: bytes) -> tuple[int, bytes]:
         if method == "GET" and re.search(r"/jobs/?(\?|$)", path):
@@ -519,11 +499,10 @@ class _FakeDataflow:
         return 200, json.dumps({"id": job_id, "currentState": "JOB_STATE_RUNNING"}).encode()
 
     def start(self):
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        self._server.start()
 
     def stop(self):
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()
 
 
 def _grpc_forwarder(target: str, refuse: Callable[[str, bytes], str | None]):
