@@ -131,14 +131,16 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_SHARD_IDLE_SECS,
         help="Streaming: a shard closes when no vector has joined it for this "
-        "long (default %(default)s s): a lone upload waits only this.",
+        "long (default %(default)s s) while its key gets under 5 vectors a "
+        "second: a lone upload waits only this.",
     )
     out.add_argument(
         "--shard_keys",
         type=int,
         default=DEFAULT_SHARD_KEYS,
-        help="Streaming: shards filled at once (default %(default)s); fewer "
-        "keys fill shards faster at low rates, more write in parallel.",
+        help="Streaming: the most shards filled at once (default %(default)s); "
+        "the job uses one per vectors_per_shard / shard_wait_secs images a "
+        "second it sees.",
     )
     out.add_argument(
         "--output_table",

@@ -206,9 +206,11 @@ class RowWriterFn(beam.DoFn):
         if not batch:
             return
         errors = self._write([payload for _, payload, _, _ in batch])
-        for index, row_errors in errors.items():
-            row, _, timestamp, window = batch[index]
-            yield self._refused(row, timestamp, window, row_errors)
+        for index, (row, _, timestamp, window) in enumerate(batch):
+            if index in errors:
+                yield self._refused(row, timestamp, window, errors[index])
+            else:
+                metrics.row_checkpoint("row_written", row)
 
     def _refused(self, row, timestamp, window, errors) -> WindowedValue:
         return WindowedValue((self._table, row, errors), timestamp, [window])

@@ -200,6 +200,7 @@ class _WriteVectorFn(WorkAhead):
             )
             return
         metrics.count("images_embedded")
+        metrics.checkpoint("vector_written", info.ref)
         yield embedding_row(info, vector, model_id, uri)
 
 

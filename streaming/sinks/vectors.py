@@ -2,10 +2,16 @@
 
 One object per vector costs one Cloud Storage Class A operation per image. Here the
 vectors of a group go into one `(n, 2048)` float32 .npy, and each row carries
-`vector_uri` (the shard) and `vector_index` (its row in the shard). A group closes at
-`--vectors_per_shard` vectors, when no vector has joined it for `--shard_idle_secs`, or
-`--shard_wait_secs` after its first vector, whichever comes first: at a high rate vectors
-keep coming and shards fill; at one image a second a row waits only the idle gap.
+`vector_uri` (the shard) and `vector_index` (its row in the shard).
+
+The shards are sized by the traffic. A group closes at `--vectors_per_shard` vectors or
+`--shard_wait_secs` after its first vector; while its key gets fewer than BUSY_KEY_RATE
+vectors a second, also when none has joined it for `--shard_idle_secs`. So at one image
+a second a row waits only the idle gap, and from a few images a second on a shard
+gathers what arrives in the wait (about 40 vectors at 20 a second with the defaults).
+The vectors are spread over as many keys as the rate needs, one per
+`vectors_per_shard / shard_wait_secs` a second, at most `--shard_keys`: more keys at a
+low rate would only split the same vectors into emptier shards.
 
 A shard's name derives from the model id and the ordered row keys it holds, and a
 gs:// shard is written create-only (`sinks.files.create_object`): a retried group with the
@@ -23,9 +29,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import os
 import random
 import struct
+import threading
 import time
 from collections.abc import Iterable
 
@@ -89,6 +97,7 @@ class Embedded:
 
 def embedded(info: ImageInfo, result) -> Embedded:
     """(ImageInfo, PredictionResult) -> Embedded: the pixels stay behind."""
+    metrics.checkpoint("embedded", info.ref)
     return Embedded(info, result.inference, result.model_id)
 
 
@@ -194,26 +203,98 @@ def read_vectors(uri: str, indexes: Iterable[int] | None = None, gcs=None) -> np
     return np.asarray(matrix[list(indexes)], dtype=np.float32)
 
 
-def shard_key(keys: int):
-    """A random key in [0, keys): the groups a shard is formed in."""
-    return lambda element: (random.randrange(keys), element)
+# A key whose vectors arrive at least this often (per second) is busy: its partial shard
+# waits out `--shard_wait_secs` instead of closing at the idle gap. At 5 a second the
+# default 2 s gathers about 10 vectors, a tenth of the objects; below it, rows would
+# wait for little gain, so a lone upload's row waits only the idle gap.
+BUSY_KEY_RATE = 5.0
+# The rate meters' memory: arrivals older than about this many seconds hardly count.
+RATE_SECS = 5.0
 
 
-def flush_at(first: float, now: float, wait_secs: float, idle_secs: float) -> float:
-    """When a partial shard closes: `idle_secs` after its latest vector, but never later
-    than `wait_secs` after its first."""
+def decayed_rate(rate: float, since: float, arrivals: int = 1, tau: float = RATE_SECS) -> float:
+    """A rate estimate (per second) after `arrivals` more, `since` seconds after the last
+    update: the old estimate decays by exp(-since/tau) and each arrival adds 1/tau. At a
+    steady rate r it settles at r; a burst of n at once adds only n/tau."""
+    return rate * math.exp(-max(0.0, since) / tau) + arrivals / tau
+
+
+def keys_for(rate: float, size: int, wait_secs: float, max_keys: int) -> int:
+    """How many shard keys a rate needs: one per `size / wait_secs` vectors a second (the
+    rate at which one key fills a full shard within the wait), at least 1, at most
+    `max_keys`. Fewer keys than that would leave vectors waiting on a full key's writes;
+    more would split the same traffic into emptier shards."""
+    return max(1, min(max_keys, math.ceil(rate * wait_secs / size)))
+
+
+def flush_at(
+    first: float, now: float, wait_secs: float, idle_secs: float, busy: bool = False
+) -> float:
+    """When a partial shard closes: `wait_secs` after its first vector, and, while its key
+    is not busy (under BUSY_KEY_RATE), earlier: `idle_secs` after its latest."""
+    if busy:
+        return first + wait_secs
     return min(first + wait_secs, now + idle_secs)
+
+
+def on_vector(
+    n: int,
+    first: float | None,
+    rate: tuple[float, float] | None,
+    now: float,
+    size: int,
+    wait_secs: float,
+    idle_secs: float,
+) -> tuple[float | None, tuple[float, float]]:
+    """What a key does when the `n`-th vector of its open shard arrives at `now`:
+    (when the shard closes, None for at once; the key's new (rate, time)). `first` is
+    when the shard's first vector came (None for the first), `rate` the key's last
+    (rate, time). The buffer's whole rule, for the DoFn and for benchmarks/shards.py."""
+    last_rate, last_at = rate or (0.0, now)
+    key_rate = decayed_rate(last_rate, now - last_at)
+    if n >= size:
+        return None, (key_rate, now)
+    opened = now if first is None else first
+    close = flush_at(opened, now, wait_secs, idle_secs, busy=key_rate >= BUSY_KEY_RATE)
+    return close, (key_rate, now)
+
+
+class RateKeys:
+    """Picks each vector's shard key at random among as many keys as the rate this
+    process has seen needs (`keys_for`). One meter per process (Beam runs a DoFn's
+    copies on several threads): the keys follow the process's whole traffic."""
+
+    _lock = threading.Lock()
+    _rate, _at = 0.0, None
+
+    def __init__(self, size: int, wait_secs: float, max_keys: int, clock=time.monotonic):
+        self._size, self._wait, self._max, self._clock = size, wait_secs, max_keys, clock
+
+    def __call__(self, element):
+        now = self._clock()
+        cls = type(self)
+        with cls._lock:
+            since = 0.0 if cls._at is None else now - cls._at
+            cls._rate, cls._at = decayed_rate(cls._rate, since), now
+            keys = keys_for(cls._rate, self._size, self._wait, self._max)
+        return random.randrange(keys), element
 
 
 class _ShardBufferFn(beam.DoFn):
     """(key, Embedded) -> lists of Embedded: Beam's GroupIntoBatches (same state, same
-    window-end flush) with one more way to close a group, the idle gap."""
+    window-end flush) with one more way to close a group, the idle gap, taken only
+    while the key is not busy (`flush_at`). The key's rate (`decayed_rate`) is kept in
+    state across its shards."""
 
     VALUES = userstate.BagStateSpec("values", EmbeddedCoder())
     COUNT = userstate.CombiningValueStateSpec(
         "count", coders.VarIntCoder(), beam.combiners.CountCombineFn()
     )
     FIRST = userstate.ReadModifyWriteStateSpec("first", coders.FloatCoder())
+    # (rate per second, when it was last updated) of the key's vectors.
+    RATE = userstate.ReadModifyWriteStateSpec(
+        "rate", coders.TupleCoder((coders.FloatCoder(), coders.FloatCoder()))
+    )
     WINDOW_END = userstate.TimerSpec("window_end", TimeDomain.WATERMARK)
     FLUSH = userstate.TimerSpec("flush", TimeDomain.REAL_TIME)
 
@@ -227,6 +308,7 @@ class _ShardBufferFn(beam.DoFn):
         values=beam.DoFn.StateParam(VALUES),
         count=beam.DoFn.StateParam(COUNT),
         first=beam.DoFn.StateParam(FIRST),
+        rate=beam.DoFn.StateParam(RATE),
         window_end=beam.DoFn.TimerParam(WINDOW_END),
         flush=beam.DoFn.TimerParam(FLUSH),
     ):
@@ -234,12 +316,16 @@ class _ShardBufferFn(beam.DoFn):
         values.add(element[1])
         count.add(1)
         now, n = self._clock(), count.read()
-        if n >= self._size:
+        close, key_rate = on_vector(
+            n, first.read() if n > 1 else None, rate.read(), now, self._size, self._wait, self._idle
+        )
+        rate.write(key_rate)
+        if close is None:
             yield from self._flush(values, count, first, flush)
             return
         if n == 1:
             first.write(now)
-        flush.set(flush_at(now if n == 1 else first.read(), now, self._wait, self._idle))
+        flush.set(close)
 
     @userstate.on_timer(WINDOW_END)
     def on_window_end(
@@ -275,9 +361,9 @@ class _ShardBufferFn(beam.DoFn):
 class GroupForShards(beam.PTransform):
     """Embedded -> lists of Embedded, one list per shard.
 
-    Streaming: keyed over `keys` random keys, then grouped per key (`_ShardBufferFn`):
-    one shuffle, and the vectors in it are float32 bytes. Bounded: `BatchElements` within
-    bundles, no shuffle.
+    Streaming: keyed at random over as many keys as the rate needs, at most `keys`
+    (`RateKeys`), then grouped per key (`_ShardBufferFn`): one shuffle, and the vectors
+    in it are float32 bytes. Bounded: `BatchElements` within bundles, no shuffle.
     """
 
     def __init__(
@@ -295,7 +381,9 @@ class GroupForShards(beam.PTransform):
         return (
             vectors
             | "Key by shard"
-            >> beam.Map(shard_key(self._keys)).with_output_types(tuple[int, Embedded])
+            >> beam.Map(RateKeys(self._size, self._wait, self._keys)).with_output_types(
+                tuple[int, Embedded]
+            )
             | "Group" >> beam.ParDo(_ShardBufferFn(self._size, self._wait, self._idle))
         )
 
@@ -345,6 +433,7 @@ class _WriteShardFn(beam.DoFn):
             uri = os.path.abspath(uri)
         for index, item in enumerate(group):
             metrics.count("images_embedded")
+            metrics.checkpoint("vector_written", item.info.ref)
             yield files.embedding_row(item.info, item.vector, item.model_id, uri, index)
 
 

@@ -241,6 +241,7 @@ class _FilterFn(beam.DoFn):
     def process(self, ref: ImageRef):
         where = route(ref, self._config, CLAIMS)
         if where.output == ACCEPTED:
+            metrics.checkpoint("accepted", ref)
             yield ref
         elif where.output == DEAD:
             metrics.dead_letter(where.reason)

@@ -11,6 +11,7 @@ DoFn's own thread, in input order.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 import threading
 from collections.abc import Iterable
@@ -244,10 +245,20 @@ class _LoadFn(WorkAhead):
         return ref, self._gcs.read(ref, self._max_bytes)
 
     def work(self, ref: ImageRef):
-        return load_image(ref, self._read, self._policy, self._max_pixels, self._max_bytes)
+        """load_image, and when the read and the decode ended (recorded in `emit`, on
+        the DoFn's thread, where Beam's metrics are)."""
+        read_at = []
+
+        def read(r: ImageRef) -> tuple[ImageRef, bytes]:
+            out = self._read(r)
+            read_at.append(datetime.datetime.now(datetime.UTC))
+            return out
+
+        result = load_image(ref, read, self._policy, self._max_pixels, self._max_bytes)
+        return result, read_at[:1] + [datetime.datetime.now(datetime.UTC)]
 
     def emit(self, result) -> Iterable:
-        ref, stage, decoded, error = result
+        (ref, stage, decoded, error), ended = result
         if isinstance(error, Skipped):
             metrics.count(error.reason)
             return
@@ -256,6 +267,8 @@ class _LoadFn(WorkAhead):
             yield pvalue.TaggedOutput(DEAD, DeadLetter(stage, error.reason, str(error), ref=ref))
             return
         metrics.count("images_decoded")
+        for name, at in zip(("read", "decoded"), ended):
+            metrics.checkpoint(name, ref, at)
         yield ImageInfo(ref, decoded.width, decoded.height, decoded.format), decoded.pixels
 
 

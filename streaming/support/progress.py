@@ -3,8 +3,9 @@
 A folder run draws a progress bar on a terminal (done/total, images/s, dead letters)
 and otherwise logs one line every `--progress_interval` seconds; `--watch` and
 streaming runs log that line (embedded, dead letters by reason, images/s, and the
-notification-to-row latency p50/p95 where known). The numbers come from
-`metrics.TALLY`, the process-local copy of the job's Beam counters.
+notification-to-row latency p50/p95 where known), and where images came from a
+notification, a second line: how long after the event they passed each checkpoint.
+The numbers come from `metrics.TALLY`, the process-local copy of the job's Beam counters.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from streaming import metrics
 
 _LOG = logging.getLogger("embed-stream")
+CHECKPOINT_WINDOW = 64  # images: the checkpoints line describes the latest this many
 
 
 def dead_letters(counts: Mapping[str, int]) -> dict[str, int]:
@@ -65,6 +67,17 @@ def status_line(counts: Mapping[str, int], latencies: Sequence[float], images_pe
             f" p95 {percentile(latencies, 95) / 1000:.1f} s"
         )
     return text
+
+
+def checkpoints_line(checkpoints: Mapping[str, Sequence[float]]) -> str | None:
+    """`since the event, ms p50/p95: accepted a/b, read c/d, ...` over the latest images,
+    in the order they pass (metrics.CHECKPOINTS); None before any."""
+    parts = [
+        f"{name} {percentile(checkpoints[name], 50):.0f}/{percentile(checkpoints[name], 95):.0f}"
+        for name in metrics.CHECKPOINTS
+        if checkpoints.get(name)
+    ]
+    return "since the event, ms p50/p95: " + ", ".join(parts) if parts else None
 
 
 def count_files(root: str) -> int:
@@ -117,6 +130,9 @@ class Reporter:
             if self._total is not None:
                 line = f"{done(counts)}/{self._total} files: {line}"
             _LOG.info("%s", line)
+            stages = checkpoints_line(metrics.TALLY.checkpoints(CHECKPOINT_WINDOW))
+            if stages:
+                _LOG.info("%s", stages)
 
     def _update_bar(self, counts: Mapping[str, int]) -> None:
         self._bar.n = done(counts)

@@ -251,7 +251,42 @@ def test_a_partial_shard_closes_at_the_idle_gap_but_never_after_the_wait():
     assert vectors.flush_at(first=10.0, now=11.95, wait_secs=2.0, idle_secs=0.1) == 12.0
 
 
-def _groups_over_processing_time(idle_secs, steps):
+def test_a_busy_keys_partial_shard_waits_out_the_wait():
+    assert vectors.flush_at(10.0, 10.5, wait_secs=2.0, idle_secs=0.1, busy=True) == 12.0
+
+
+@pytest.mark.parametrize("rate", [1.0, 5.0, 20.0, 200.0])
+def test_the_rate_estimate_settles_at_a_steady_rate(rate):
+    estimate, step = 0.0, 1.0 / rate
+    for _ in range(int(60 * rate)):  # a minute of arrivals
+        estimate = vectors.decayed_rate(estimate, step)
+    assert estimate == pytest.approx(rate, rel=0.15)
+
+
+def test_a_burst_counts_as_its_size_over_the_meters_memory():
+    assert vectors.decayed_rate(0.0, 0.0, arrivals=5) == 5 / vectors.RATE_SECS
+    assert vectors.decayed_rate(10.0, 1e6) == pytest.approx(1 / vectors.RATE_SECS)
+
+
+@pytest.mark.parametrize(
+    "rate,keys", [(0.0, 1), (1.0, 1), (20.0, 1), (200.0, 1), (251.0, 2), (1000.0, 4), (1e5, 16)]
+)
+def test_keys_follow_the_rate_one_per_full_shard_a_wait(rate, keys):
+    assert vectors.keys_for(rate, size=500, wait_secs=2.0, max_keys=16) == keys
+
+
+def test_the_key_picker_uses_one_key_at_a_low_rate_and_more_as_it_rises():
+    clock = iter(i / 1000.0 for i in range(100_000))  # 1,000 vectors a second
+    vectors.RateKeys._rate, vectors.RateKeys._at = 0.0, None
+    pick = vectors.RateKeys(500, 2.0, 16, clock=lambda: next(clock))
+    early = {pick(i)[0] for i in range(5)}
+    picks = [pick(i)[0] for i in range(20_000)]  # 20 s at 1,000 a second
+    late = set(picks[-2000:])
+    assert early == {0}
+    assert late == {0, 1, 2, 3}
+
+
+def _groups_over_processing_time(idle_secs, steps, expected=None):
     """Lengths of the shards `_ShardBufferFn` emits for `steps`: ("add", n) or
     ("advance", secs) on the test clock, which starts at 0 (the fn's clock reads 0)."""
     from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
@@ -274,10 +309,19 @@ def _groups_over_processing_time(idle_secs, steps):
             | beam.Map(lambda e: (0, e))
             | beam.ParDo(vectors._ShardBufferFn(100, 60.0, idle_secs, clock=lambda: 0.0))
         )
-        assert_that(groups | beam.Map(len), equal_to(EXPECTED[idle_secs]))
+        want = EXPECTED[idle_secs] if expected is None else expected
+        assert_that(groups | beam.Map(len), equal_to(want))
 
 
 EXPECTED = {0.1: [2, 1], 1.0: [3]}
+
+
+def test_a_busy_keys_shard_does_not_close_at_the_idle_gap():
+    # 30 vectors at once: the key's rate (30 / RATE_SECS = 6 a second) is busy, so the
+    # 0.5 s gap does not close the shard; the lone one after it joins them.
+    assert 30 / vectors.RATE_SECS >= vectors.BUSY_KEY_RATE
+    steps = [("add", 30), ("advance", 0.5), ("add", 1), ("advance", 100.0)]
+    _groups_over_processing_time(0.1, steps, expected=[31])
 
 
 @pytest.mark.parametrize("idle_secs", sorted(EXPECTED))
