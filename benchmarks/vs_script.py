@@ -13,6 +13,7 @@ and a first run that converts the model. Writes `vs_script.{json,md}`.
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import re
 import shutil
@@ -78,8 +79,10 @@ def measure(variant: str, folder: str, out: str, cache: str) -> dict:
     return run
 
 
-def forward_rate(runtime: str, folder: str, cache: str, seconds: float) -> float:
-    """L in a fresh process: `--forward RUNTIME` below, which prints the rate."""
+def forward_rate(runtime: str, folder: str, cache: str, seconds: float) -> dict:
+    """L in a fresh process (`--forward RUNTIME` below): its rate, the host's GEMM rate
+    measured in that process just before, and the graph's GFLOP an image. Raises
+    C.AboveGemm for a rate above the GEMM bound."""
     run = C.run_process(
         [
             sys.executable,
@@ -94,7 +97,12 @@ def forward_rate(runtime: str, folder: str, cache: str, seconds: float) -> float
             str(seconds),
         ]
     )
-    return float(re.search(r"forward pass: ([\d.]+) img/s", run["output"]).group(1))
+    out = run["output"]
+    rate = float(re.search(r"forward pass: ([\d.]+) img/s", out).group(1))
+    gemm = float(re.search(r"GEMM before: ([\d.]+) GFLOP/s", out).group(1))
+    gflop = float(re.search(r"graph: ([\d.]+) GFLOP", out).group(1))
+    C.check_rate(f"L ({runtime})", rate, gflop, gemm)
+    return {"img_s": rate, "gemm_gflops": gemm, "gflop_per_image": gflop}
 
 
 def forward(runtime: str, folder: str, cache: str, seconds: float) -> None:
@@ -114,6 +122,8 @@ def forward(runtime: str, folder: str, cache: str, seconds: float) -> None:
     )
     embed = inference.load_embedding_model("random:0", runtime, cache)
     embed(batch)  # the first batch of this size allocates
+    graph = glob.glob(os.path.join(cache, "*", "model.onnx"))[0]  # the same weights
+    print(f"graph: {C.graph_gflop(graph)} GFLOP; GEMM before: {C.gemm_gflops()} GFLOP/s")
     images, start = 0, time.monotonic()
     while time.monotonic() - start < seconds:
         embed(batch)
@@ -142,12 +152,15 @@ def run(work: str, sets: dict, rounds: int, l_seconds: float) -> dict:
             C.wait_quiet()
             fwd[rt].append(forward_rate(rt, folders["1mp"], cache, l_seconds))
         print(f"round {i + 1}: L {', '.join(f'{k} {v[-1]}' for k, v in fwd.items())}")
+        bound = min(x["gemm_gflops"] for v in fwd.values() for x in v[-1:])
+        gflop = fwd["onnx"][-1]["gflop_per_image"]
         for k in sets:
             for v in C.paired_order(list(VARIANTS), i):
                 before = C.wait_quiet()
                 runs[k][v].append(
                     dict(measure(v, folders[k], out, cache), other_cores_before=before)
                 )
+                C.check_rate(f"E ({v}, {k})", runs[k][v][-1]["img_s_after_start"], gflop, bound)
                 print(f"round {i + 1} {k} {v}: {runs[k][v][-1]}", flush=True)
     result = {
         "machine": info,
@@ -156,7 +169,19 @@ def run(work: str, sets: dict, rounds: int, l_seconds: float) -> dict:
         "l_batch": L_BATCH,
         "help_s": {"runs": help_s, "median": statistics.median(help_s)},
         "first_run_converting": cold,
-        "forward_img_s": {rt: {"runs": r, "median": statistics.median(r)} for rt, r in fwd.items()},
+        "forward_img_s": {
+            rt: {
+                "runs": [x["img_s"] for x in r],
+                "median": statistics.median(x["img_s"] for x in r),
+                "gemm_gflops": [x["gemm_gflops"] for x in r],
+                "of_gemm": C.paired_ratios(
+                    [x["img_s"] * x["gflop_per_image"] for x in r],
+                    [x["gemm_gflops"] for x in r],
+                ),
+            }
+            for rt, r in fwd.items()
+        },
+        "gflop_per_image": fwd["onnx"][0]["gflop_per_image"],
         "sets": {},
     }
     for k, (n, w, h, _) in sets.items():
@@ -171,7 +196,9 @@ def run(work: str, sets: dict, rounds: int, l_seconds: float) -> dict:
                     [r["wall_s"] for r in mine], [r["wall_s"] for r in script]
                 ),
                 "median_img_s_after_start": statistics.median(rates),
-                "e_over_l": C.paired_ratios(rates, fwd[rt]) if rt else None,
+                "e_over_l": C.paired_ratios(rates, [x["img_s"] for x in fwd[rt]])
+                if rt
+                else None,
             }
         result["sets"][k] = {"label": f"{n} JPEGs {w}x{h}", "variants": variants}
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -207,9 +234,15 @@ def markdown(result: dict) -> str:
                 f"{max(r['peak_mib'] for r in d['runs']) / 1024:.2f} | "
                 f"{max(r['other_cores'] for r in d['runs']):.2f} |"
             )
-    lines += ["", "| runtime | L, img/s: median (rounds) |", "|---|---:|"]
     lines += [
-        f"| {rt} | {d['median']:.1f} ({', '.join(f'{x:.1f}' for x in d['runs'])}) |"
+        "",
+        "| runtime | L, img/s: median (rounds) | host's float32 GEMM just before, GFLOP/s "
+        "| L x GFLOP an image / GEMM: median (rounds) |",
+        "|---|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {rt} | {d['median']:.1f} ({', '.join(f'{x:.1f}' for x in d['runs'])}) | "
+        f"{', '.join(f'{x:g}' for x in d['gemm_gflops'])} | {_cell(d['of_gemm'])} |"
         for rt, d in fwd.items()
     ]
     lines += [
@@ -228,7 +261,10 @@ def markdown(result: dict) -> str:
         "out importing TensorFlow, listing the folder and building ResNet50. "
         f"L is the job's model alone on decoded 224x224 arrays, batch {result['l_batch']}"
         f", {result['l_seconds']:g} s after its warm-up, in its own process; E/L divides "
-        "the job's E by its runtime's L of the same round.",
+        "the job's E by its runtime's L of the same round. The graph costs "
+        f"{result['gflop_per_image']:g} GFLOP an image (its convolutions' multiply-adds, "
+        "counted from the ONNX graph); a rate above the GEMM bound (rate x GFLOP > the "
+        "GEMM rate measured in the same process) stops the benchmark before it writes.",
     ]
     return "\n".join(lines) + "\n"
 
