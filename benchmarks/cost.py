@@ -22,8 +22,11 @@ uploaded at once; once all their rows are queryable the job stops, and per 1,000
   the run with the coders of the job's graph (`streaming.pipeline.build_pipeline`).
 
 List prices (`PRICES`: each with the page read and the date) turn the counts
-into $ per million images per service, next to the workers' share in `scale.json`.
-Writes cost.{json,md}.
+into $ per million images per service, and a year of storage. Then the default layout
+at the rates users run (1, 20, 200 images/s): the shards per 1,000 images at that rate
+from `shards.json` (the job's rule, timers on time), beside the cheapest measured
+workers at that rate from `scale.json`; and per pass or query: a catch-up pass over a
+million objects, an analyst's search over a million rows. Writes cost.{json,md}.
 """
 
 from __future__ import annotations
@@ -77,6 +80,17 @@ PRICES = {
         "$ per GiB-month (active logical storage)",
         "https://cloud.google.com/bigquery/pricing",
     ),
+    "bq_long_term_storage": (
+        0.01,
+        "$ per GiB-month (long-term logical storage: a table partition not modified "
+        "for 90 consecutive days)",
+        "https://cloud.google.com/bigquery/pricing",
+    ),
+    "bq_query": (
+        6.25,
+        "$ per TiB scanned (on-demand queries; at least 10 MB per table referenced by each query)",
+        "https://cloud.google.com/bigquery/pricing",
+    ),
     "pubsub": (
         40.0,
         "$ per TiB of throughput (publish and delivery; 'a minimum of 1000 "
@@ -98,26 +112,32 @@ PRICES = {
 # byte into a step that shuffles or keeps state twice (written in, read back out). Google
 # does not publish the metering rule; counting both directions errs on the high side.
 SE_PASSES = 2
-GOALS = {"objects_per_1000": 10, "services_over_workers": 1.5}
+GOALS = {
+    "objects_per_1000": {"20": 50, "200": 10},  # at that rate (shards.json)
+    "services_with_a_year_over_workers": {"20": 1.5},
+}
+RATES = ("1", "20", "200")  # images a second users run (shards.json, scale.json)
+RETENTION_MONTHS = 12
+ACTIVE_MONTHS = 3  # BigQuery bills a partition as active storage for its first 90 days
+QUERY_MIN_BYTES = 10 * 2**20
+# The columns of the rows table the catch-up's query reads (streaming.sources.catch_up).
+CATCH_UP_COLUMNS = ("bucket", "name", "generation", "event_type", "model_fingerprint")
+# An analyst's search over every row: its embedding and its name.
+SEARCH_COLUMNS = ("embedding", "name")
 GIB, MIB, TIB = 2**30, 2**20, 2**40
 
 RUNS = {  # name: (options, what it stands for)
     "objects": (["--vector_layout", "objects"], "one .npy per image (the former layout)"),
     "shards": (
         [],
-        "shards, default options (16 keys, 0.1 s idle gap, 2 s wait, 500 vectors), "
-        "at the emulator's rate",
+        "shards, default options, at the rate the job reaches on this machine",
     ),
     "shards-insert-all": (
         ["--bigquery_write_method", "insert_all"],
         "as **shards**, the rows by insertAll instead of the Storage Write API",
     ),
-    "shards-at-scale": (
-        ["--shard_keys", "1", "--shard_wait_secs", "60", "--shard_idle_secs", "60"],
-        "shards, one key: each key fills as one of 16 keys does at 5,000 "
-        "images/s (312 images/s, 500 vectors in 1.6 s, under the 2 s wait)",
-    ),
 }
+DEFAULT_RUN = "shards"
 
 
 # ------------------------------------------------------------------ counting
@@ -159,10 +179,15 @@ def data_size(value, field: dict) -> int:
     return 2 + len(str(value).encode("utf-8"))
 
 
-def row_bytes(row: dict) -> int:
+def row_bytes(row: dict, columns=None) -> int:
+    """BigQuery's logical bytes of `row` (only `columns`, when given)."""
     import schemas
 
-    return sum(data_size(row.get(f["name"]), f) for f in schemas.table_schema())
+    return sum(
+        data_size(row.get(f["name"]), f)
+        for f in schemas.table_schema()
+        if columns is None or f["name"] in columns
+    )
 
 
 # ------------------------------------------------------------------ shuffles
@@ -418,6 +443,9 @@ def run_layout(name: str, extra: list[str], images: dict[str, str], work: str) -
             "bq_append_bytes": per_k(after["append_bytes"] - mark_stats["append_bytes"]),
             "bq_append_rows": per_k(after["append_rows"] - mark_stats["append_rows"]),
             "bq_billed_bytes": per_k(sum(billed)),
+            "bq_rows": per_k(len(rows)),
+            "bq_catch_up_column_bytes": per_k(sum(row_bytes(r, CATCH_UP_COLUMNS) for r in rows)),
+            "bq_search_column_bytes": per_k(sum(row_bytes(r, SEARCH_COLUMNS) for r in rows)),
             "bq_billed_bytes_insert_all": per_k(sum(max(b, 1024) for b in billed)),
             "pubsub_messages": per_k(len(notes)),
             "pubsub_bytes": per_k(sum(note_bytes)),
@@ -479,21 +507,93 @@ def per_million(c: dict, shuffle: float, ingest: str) -> dict:
     }
 
 
-def workers_share(results_dir: str) -> dict:
-    """The lowest $ per million images of the measured (not estimated) CPU workers, per
-    image set, from scale.json."""
-    with open(os.path.join(results_dir, "scale.json")) as f:
-        scale = json.load(f)
+def read_result(results_dir: str, name: str) -> dict:
+    """`NAME.json` from `results_dir`, else from benchmarks/results."""
+    path = os.path.join(results_dir, name + ".json")
+    if not os.path.exists(path):
+        path = os.path.join(C.RESULTS, name + ".json")
+    with open(path) as f:
+        return json.load(f)
+
+
+def stored_a_year(c: dict) -> dict:
+    """$ per million images kept `RETENTION_MONTHS`: the rows in BigQuery (active for
+    `ACTIVE_MONTHS`, then long-term) and the vectors in Cloud Storage (Standard)."""
+    bq_gib = c["bq_billed_bytes"] * 1000 / GIB
+    gcs_gib = c["object_bytes"] * 1000 / GIB
+    long_term = RETENTION_MONTHS - ACTIVE_MONTHS
+    return {
+        "BigQuery rows, a month (active)": round(bq_gib * PRICES["bq_storage"][0], 3),
+        "Cloud Storage vectors, a month": round(gcs_gib * PRICES["gcs_storage"][0], 3),
+        "BigQuery rows, a year": round(
+            bq_gib
+            * (
+                ACTIVE_MONTHS * PRICES["bq_storage"][0]
+                + long_term * PRICES["bq_long_term_storage"][0]
+            ),
+            3,
+        ),
+        "Cloud Storage vectors, a year": round(
+            gcs_gib * RETENTION_MONTHS * PRICES["gcs_storage"][0], 3
+        ),
+    }
+
+
+def at_rates(run: dict, shuffled: float, shards: dict, scale: dict) -> dict:
+    """The default layout at each rate users run: the run's counts per image, with the
+    shards per 1,000 images that rate gives (shards.json: the job's rule, timers on
+    time), priced with a year of storage, beside the cheapest measured workers at that
+    rate (scale.json)."""
     out = {}
-    for r in scale["rows"]:
-        if not r["estimate"]:
-            best = out.get(r["images"])
-            if best is None or r["usd_per_million"] < best["usd_per_million"]:
-                out[r["images"]] = {
-                    "machine": r["machine"],
-                    "usd_per_million": r["usd_per_million"],
-                }
+    for rate in RATES:
+        c = dict(run["per_1000"])
+        objects = shards["rates"][rate]["traffic"]["objects_per_1000"]
+        c["gcs_class_a"] += objects - c["objects_written"]  # the run's own shards replaced
+        c["objects_written"] = objects
+        services = per_million(c, shuffled, "write_api")
+        year = stored_a_year(c)
+        ingest = round(sum(v for k, v in services.items() if not k.startswith("_")), 3)
+        stored = year["BigQuery rows, a year"] + year["Cloud Storage vectors, a year"]
+        workers = {k: v[rate] for k, v in scale["cheapest_measured"].items()}
+        out[rate] = {
+            "objects_per_1000": objects,
+            "services": services,
+            "storage": year,
+            "services_usd": ingest,
+            "services_with_a_year_usd": round(ingest + stored, 3),
+            "workers": workers,
+            "services_with_a_year_over_workers": {
+                k: round((ingest + stored) / w["usd_per_million"], 2) for k, w in workers.items()
+            },
+        }
     return out
+
+
+def once(run: dict, chunk: int) -> dict:
+    """What recurs per pass or per query, not per image, for a table of a million rows:
+    a catch-up pass over a million objects (listing pages of 1,000, Class A; one query
+    per `chunk` objects, each billed at least 10 MB per table it reads, at most the
+    columns it reads over the whole table), and an analyst's search over every row
+    (embedding and name)."""
+    c = run["per_1000"]
+    query = PRICES["bq_query"][0] / TIB
+    queries = 1e6 / chunk
+    per_query_low = 2 * QUERY_MIN_BYTES  # rows and dead letters, pruned to the chunk
+    per_query_high = max(QUERY_MIN_BYTES, c["bq_catch_up_column_bytes"] * 1000) + QUERY_MIN_BYTES
+    listing = 1e6 / 1000 * PRICES["gcs_class_a"][0]
+    search_bytes = c["bq_search_column_bytes"] * 1000
+    return {
+        "catch_up_chunk": chunk,
+        "catch_up_queries": int(queries),
+        "catch_up_listing_usd": round(listing, 4),
+        "catch_up_queries_usd": [
+            round(queries * per_query_low * query, 3),
+            round(queries * per_query_high * query, 3),
+        ],
+        "search_bytes_per_million_rows": round(search_bytes),
+        "search_usd_per_million_rows": round(max(QUERY_MIN_BYTES, search_bytes) * query, 3),
+        "rows_per_image": round(c["bq_rows"] / 1000, 4),
+    }
 
 
 def ingest_of(run: str) -> str:
@@ -502,13 +602,8 @@ def ingest_of(run: str) -> str:
 
 
 def priced_columns(runs) -> list[tuple[str, str]]:
-    """(run, ingestion) pairs of the $ table: each run by the method it used, and the
-    run at scale by the other too (BigQuery bills the same rows' bytes either way)."""
-    columns = [(k, ingest_of(k)) for k in runs]
-    if "shards-at-scale" in runs:
-        other = "insert_all" if ingest_of("shards-at-scale") == "write_api" else "write_api"
-        columns.append(("shards-at-scale", other))
-    return columns
+    """(run, ingestion) pairs of the $ table: each run by the method it used."""
+    return [(k, ingest_of(k)) for k in runs]
 
 
 def column_label(run: str, ingest: str) -> str:
@@ -516,8 +611,97 @@ def column_label(run: str, ingest: str) -> str:
     return f"{run}, {method}" + ("" if ingest == ingest_of(run) else " (priced)")
 
 
+def rates_section(res: dict) -> list[str]:
+    """The default layout at the rates users run, the goals, what recurs per pass."""
+    at, o, g = res["at_rates"], res["once"], res["goals"]
+    sets = list(next(iter(at.values()))["workers"])
+    lines = [
+        "",
+        "## The default layout at the rates users run",
+        "",
+        f"Counts per image from the **{DEFAULT_RUN}** run; shards per 1,000 images at each "
+        f"rate from the job's rule with timers on time ({res['sources']['shards']}); "
+        "workers: the cheapest measured machine at that rate, at least one worker "
+        f"({res['sources']['scale']}); storage kept {RETENTION_MONTHS} months (BigQuery "
+        f"active {ACTIVE_MONTHS} months, then long-term).",
+        "",
+        "| $ per million images | " + " | ".join(f"{r} img/s" for r in at) + " |",
+        "|---|" + "---:|" * len(at),
+        "| shards per 1,000 images | "
+        + " | ".join(str(a["objects_per_1000"]) for a in at.values())
+        + " |",
+    ]
+    for service in [k for k in next(iter(at.values()))["services"] if not k.startswith("_")]:
+        lines.append(
+            f"| {service} | " + " | ".join(str(a["services"][service]) for a in at.values()) + " |"
+        )
+    lines.append(
+        "| **services** | " + " | ".join(f"**{a['services_usd']}**" for a in at.values()) + " |"
+    )
+    for item in ("BigQuery rows, a year", "Cloud Storage vectors, a year"):
+        lines.append(
+            f"| {item} | " + " | ".join(str(a["storage"][item]) for a in at.values()) + " |"
+        )
+    lines.append(
+        "| **services and a year of storage** | "
+        + " | ".join(f"**{a['services_with_a_year_usd']}**" for a in at.values())
+        + " |"
+    )
+    for images in sets:
+        lines.append(
+            f"| workers, {images} | "
+            + " | ".join(
+                f"{a['workers'][images]['usd_per_million']} ({a['workers'][images]['workers']} x "
+                f"{a['workers'][images]['machine']})"
+                for a in at.values()
+            )
+            + " |"
+        )
+        lines.append(
+            f"| services and a year / workers, {images} | "
+            + " | ".join(str(a["services_with_a_year_over_workers"][images]) for a in at.values())
+            + " |"
+        )
+    lines += [
+        "",
+        "## Goals",
+        "",
+        "- Shards per 1,000 images: "
+        + ", ".join(
+            f"{r} img/s {at[r]['objects_per_1000']} (goal: at most {v})"
+            for r, v in g["objects_per_1000"].items()
+        )
+        + ".",
+        "- Services with a year of storage over the workers' share: "
+        + "; ".join(
+            f"{r} img/s: "
+            + ", ".join(
+                f"{images} {at[r]['services_with_a_year_over_workers'][images]}x" for images in sets
+            )
+            + f" (goal: at most {v}x)"
+            for r, v in g["services_with_a_year_over_workers"].items()
+        )
+        + ".",
+        "",
+        "## Per pass and per query",
+        "",
+        f"- A catch-up pass over a million objects: listing ${o['catch_up_listing_usd']} "
+        f"(1,000 pages, Class A) and {o['catch_up_queries']:,} queries (one per "
+        f"{o['catch_up_chunk']:,} objects) ${o['catch_up_queries_usd'][0]} to "
+        f"${o['catch_up_queries_usd'][1]}: each billed at least 10 MB per table (rows, "
+        "dead letters) where clustering prunes the rows table to the chunk, at most the "
+        "columns it reads over a table of a million rows where it does not.",
+        f"- An analyst's search over a million rows (embedding and name, "
+        f"{o['search_bytes_per_million_rows'] / 1e9:.1f} GB): "
+        f"${o['search_usd_per_million_rows']} a query, on demand.",
+        f"- Rows per image in the run (duplicates from at-least-once appends): "
+        f"{o['rows_per_image']}.",
+    ]
+    return lines
+
+
 def markdown(res: dict) -> str:
-    runs, workers = res["runs"], res["workers_usd_per_million"]
+    runs = res["runs"]
     columns = priced_columns(runs)
     lines = [
         f"# What a million images cost, every service counted ({res['machine']['date']})",
@@ -635,57 +819,20 @@ def markdown(res: dict) -> str:
         + " | ".join(str(res["usd_per_million"][k][i]["_streaming_engine_gib"]) for k, i in columns)
         + " |"
     )
-    for images, wk in workers.items():
-        lines.append(
-            f"| workers, {images} ({wk['machine']}, `scale.json`) | "
-            + " | ".join(str(wk["usd_per_million"]) for _ in columns)
-            + " |"
-        )
-        lines.append(
-            f"| services / workers, {images} | "
-            + " | ".join(
-                str(round(res["usd_per_million"][k][i]["_total"] / wk["usd_per_million"], 2))
-                for k, i in columns
-            )
-            + " |"
-        )
-    best = min(
-        columns,
-        key=lambda x: res["usd_per_million"][x[0]][x[1]]["_total"],
+    lines.append(
+        "| job rate during the run, images/s | "
+        + " | ".join(str(runs[k]["img_s"]) for k, _ in columns)
+        + " |"
     )
-    lines += [
-        "",
-        "## Goals",
-        "",
-        f"- Objects written per 1,000 images (goal: at most "
-        f"{GOALS['objects_per_1000']}): "
-        + ", ".join(f"{k} {r['per_1000']['objects_written']}" for k, r in runs.items())
-        + ".",
-        f"- All services together per million images, over the workers' share (goal: "
-        f"at most {GOALS['services_over_workers']}x): "
-        + "; ".join(
-            f"{images}: "
-            + ", ".join(
-                f"{column_label(k, i)} "
-                f"{round(res['usd_per_million'][k][i]['_total'] / wk['usd_per_million'], 2)}x"
-                for k, i in columns
-            )
-            for images, wk in workers.items()
+    for item in next(iter(res["usd_per_million"].values()))["storage"]:
+        lines.append(
+            f"| stored: {item} (not in the total above) | "
+            + " | ".join(str(res["usd_per_million"][k]["storage"][item]) for k, _ in columns)
+            + " |"
         )
-        + f". Lowest: {column_label(*best)}.",
-        "- The job rate of a run is its images over the seconds from the first upload "
-        "to the last row queryable; a run whose shards wait for company "
-        "(`--shard_wait_secs`) is bounded by that wait, not by the job.",
-    ]
+    if "at_rates" in res:
+        lines += rates_section(res)
     lines += [
-        "",
-        "Stored per month kept (not in the totals): vectors "
-        + ", ".join(
-            f"{k} ${r['storage_per_month']['vectors']}" for k, r in res["usd_per_million"].items()
-        )
-        + "; BigQuery rows $"
-        + str(next(iter(res["usd_per_million"].values()))["storage_per_month"]["bigquery_rows"])
-        + " per million images a month.",
         "",
         "## Prices (list, USD; read " + READ_ON + ")",
         "",
@@ -699,12 +846,12 @@ def markdown(res: dict) -> str:
     )
     lines += [
         "",
-        "Not counted: the images' own storage and uploads (the user's), network "
-        "(same region), free tiers, and the catch-up's listings (off on Dataflow: "
-        "`--catch_up auto`). Pub/Sub: each notification billed at least 1,000 bytes, "
-        "twice (publish, delivery). BigQuery bytes: BigQuery's data-size rules applied "
-        "to the rows the run wrote; insertAll bills each row at least 1 KB; the Storage "
-        "Write API is billed here on the same bytes, without a minimum.",
+        "Not counted: the images' own storage and uploads (the user's), network (same "
+        "region), free tiers, and the catch-up (priced per pass above; off on Dataflow by "
+        "default: `--catch_up auto`). Pub/Sub: each notification billed at least 1,000 bytes,"
+        " twice (publish, delivery). BigQuery bytes: BigQuery's data-size rules applied to "
+        "the rows the run wrote; insertAll bills each row at least 1 KB; the Storage Write "
+        "API is billed here on the same bytes, without a minimum.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -750,10 +897,6 @@ def main() -> int:
     vector = np.float32(sample["vector"])
     res["shuffles"] = shuffle_bytes([], ref, vector, sample["model_id"])
     shuffled = sum(x["bytes"] for x in res["shuffles"] if not x["step"].startswith("for "))
-    workers = workers_share(
-        args.out if os.path.exists(os.path.join(args.out, "scale.json")) else C.RESULTS
-    )
-    res["workers_usd_per_million"] = workers
     res["usd_per_million"] = {}
     for name, run in res["runs"].items():
         c = run["per_1000"]
@@ -763,11 +906,19 @@ def main() -> int:
             total = round(sum(v for k, v in costs.items() if not k.startswith("_")), 3)
             costs["_total"] = total
             res["usd_per_million"][name][ingest] = costs
-        res["usd_per_million"][name]["storage_per_month"] = {
-            "vectors": round(c["object_bytes"] * 1000 / GIB * PRICES["gcs_storage"][0], 3),
-            "bigquery_rows": round(c["bq_billed_bytes"] * 1000 / GIB * PRICES["bq_storage"][0], 3),
-        }
+        res["usd_per_million"][name]["storage"] = stored_a_year(c)
         run.pop("sample")
+    if DEFAULT_RUN in res["runs"]:
+        from streaming.sources.catch_up import CHUNK
+
+        default = res["runs"][DEFAULT_RUN]
+        shards, scale = read_result(args.out, "shards"), read_result(args.out, "scale")
+        res["sources"] = {
+            "shards": f"shards.json of {shards['machine']['date']}",
+            "scale": f"scale.json from vs_script.json of {scale['measured_on']['date']}",
+        }
+        res["at_rates"] = at_rates(default, shuffled, shards, scale)
+        res["once"] = once(default, CHUNK)
     C.write_results(args.out, "cost", res, markdown(res))
     return 0
 

@@ -4,13 +4,14 @@
 
 A simulation of the streaming job's shard buffer with timers that fire on time, as on
 Dataflow, driving the job's own decisions (`streaming.sinks.vectors`: `RateKeys` picks
-each vector's key, `on_vector` says when the key's open shard closes). Uploads arrive
-at random (a Poisson process) at each offered rate, for `--seconds` of traffic (at least
-`--images`, at most 100,000); each arrival first fires the timers due before it. Per rate: shards written
-per 1,000 images (each one Cloud Storage write, a Class A operation) and the time a row
-waits for its shard (p50, p95, max). Beside them, the former rule (16 keys, every shard
-closed at the idle gap). No machine's speed enters: the result is the rule's. The local
-runner's own figures at the rates this machine offers are in stream.{json,md}.
+each vector's key, `on_vector` says when the key's open shard closes). Uploads arrive at
+random (a Poisson process) at each offered rate, for `--seconds` of traffic (at least
+`--images`, at most 100,000); each arrival first fires the timers due before it. Per
+rate: shards written per 1,000 images (each one Cloud Storage write, a Class A
+operation) and the time a row waits for its shard (p50, p95, max). Beside them, the
+former rule (16 keys, every shard closed at the idle gap). No machine's speed enters:
+the result is the rule's. The local runner's own figures at the rates this machine
+offers are in stream.{json,md}.
 Writes shards.{json,md}.
 """
 
@@ -64,8 +65,9 @@ def simulate(
     now = [0.0]
     if rule == "traffic":
         vectors.RateKeys._rate, vectors.RateKeys._at = 0.0, None
-        pick, decide = vectors.RateKeys(size, wait_secs, max_keys, clock=lambda: now[0]), (
-            vectors.on_vector
+        pick, decide = (
+            vectors.RateKeys(size, wait_secs, max_keys, clock=lambda: now[0]),
+            (vectors.on_vector),
         )
     else:
         pick, decide = _FormerKeys(max_keys), _former_on_vector

@@ -196,9 +196,7 @@ def run(work: str, sets: dict, rounds: int, l_seconds: float) -> dict:
                     [r["wall_s"] for r in mine], [r["wall_s"] for r in script]
                 ),
                 "median_img_s_after_start": statistics.median(rates),
-                "e_over_l": C.paired_ratios(rates, [x["img_s"] for x in fwd[rt]])
-                if rt
-                else None,
+                "e_over_l": C.paired_ratios(rates, [x["img_s"] for x in fwd[rt]]) if rt else None,
             }
         result["sets"][k] = {"label": f"{n} JPEGs {w}x{h}", "variants": variants}
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
