@@ -63,13 +63,12 @@ GOALS = {
 class Poller:
     """When each row's name appeared in the table (tabledata.list, every POLL_SECS: a
     row read, not a query's start-up), and how many dead letters a query counts (every
-    DEAD_POLL_SECS)."""
+    DEAD_POLL_SECS), on one thread (bqemulator is not safe under concurrent calls)."""
 
     def __init__(self, bq, dataset: str):
         self.bq, self.dataset, self.seen, self.dead = bq, dataset, {}, [(0.0, 0)]
         self._done = threading.Event()
-        threading.Thread(target=self._poll_rows, daemon=True).start()
-        threading.Thread(target=self._poll_dead, daemon=True).start()
+        threading.Thread(target=self._poll, daemon=True).start()
 
     def _read(self, read) -> list:
         try:
@@ -77,19 +76,19 @@ class Poller:
         except Exception:  # noqa: BLE001 - a table not created yet, an emulator hiccup
             return []
 
-    def _poll_rows(self):
+    def _poll(self):
         table = f"{self.bq.project}.{self.dataset}.embeddings"
+        sql = f"SELECT COUNT(*) AS n FROM `{self.dataset}.dead_letters`"
+        every, tick = round(DEAD_POLL_SECS / POLL_SECS), 0
         while not self._done.wait(POLL_SECS):
             names = self._read(lambda: self.bq.list_rows(table, selected_fields=[NAME]))
             now = time.time()
             for row in names:
                 self.seen.setdefault(row["name"], now)
-
-    def _poll_dead(self):
-        sql = f"SELECT COUNT(*) AS n FROM `{self.dataset}.dead_letters`"
-        while not self._done.wait(DEAD_POLL_SECS):
-            dead = self._read(lambda: self.bq.query(sql).result())
-            self.dead.append((time.time(), dead[0]["n"] if dead else self.dead[-1][1]))
+            tick += 1
+            if tick % every == 0:
+                dead = self._read(lambda: self.bq.query(sql).result(timeout=30))
+                self.dead.append((time.time(), dead[0]["n"] if dead else self.dead[-1][1]))
 
     def has(self, names) -> bool:
         return set(names) <= set(self.seen)
@@ -133,6 +132,15 @@ def upload(bucket, files: dict[str, str]) -> dict[str, tuple[float, float]]:
 
     with cf.ThreadPoolExecutor(8) as pool:
         return dict(pool.map(one, files))
+
+
+def shard_count(bucket) -> int:
+    """Vector shards the job has written to `bucket` so far."""
+    return sum(1 for _ in bucket.list_blobs(prefix="vectors/shards/"))
+
+
+def per_1000(shards: int, uploads: dict) -> float:
+    return round(1000 * shards / len(uploads), 1)
 
 
 def checkpoints(output: str) -> dict[str, dict[str, float]]:
@@ -228,7 +236,7 @@ def run(args, work: str) -> dict:
         cpu, start = tree_cpu_seconds(job.pid), time.monotonic()
         time.sleep(args.idle)
         res["idle_cores"] = round((tree_cpu_seconds(job.pid) - cpu) / (time.monotonic() - start), 3)
-        ups = {}
+        shards_before, ups = shard_count(bucket), {}
         for name, path in files(big).items():
             # On the whole second: fake-gcs-server writes eventTime in whole seconds,
             # which then falls at the upload's start (the job's checkpoints count from it).
@@ -239,7 +247,9 @@ def run(args, work: str) -> dict:
         res["latency"] = latencies(ups, poll.seen)
         time.sleep(PROGRESS_SECS + 0.5)  # the job's next checkpoints line covers them all
         res["latency"]["since_event_ms"] = checkpoints(job.output())
+        res["latency"]["shards_per_1000"] = per_1000(shard_count(bucket) - shards_before, ups)
 
+        shards_before = shard_count(bucket)
         mark, cpu = C.cpu_mark(), tree_cpu_seconds(job.pid)
         ups = upload(bucket, {f"burst/{n}": p for n, p in burst.items()})
         wait_until(lambda: poll.has(ups), 900, "burst rows", job)
@@ -247,6 +257,7 @@ def run(args, work: str) -> dict:
         drain = max(poll.seen[n] for n in ups) - first
         job_cores = (tree_cpu_seconds(job.pid) - cpu) / drain
         res["burst"] = {
+            "shards_per_1000": per_1000(shard_count(bucket) - shards_before, ups),
             "images": len(ups),
             "drain_s": round(drain, 2),
             "img_s": round(len(ups) / drain, 2),
@@ -307,14 +318,15 @@ def markdown(res: dict) -> str:
         (
             "upload -> row in the table, 1 image/s, 4000x3000",
             f"p50 {lat['p50_s']} s, p95 "
-            f"{lat['p95_s']} s, max {lat['max_s']} s ({lat['images']} images)",
+            f"{lat['p95_s']} s, max {lat['max_s']} s ({lat['images']} images); "
+            f"{lat['shards_per_1000']} shards per 1,000 images",
             f"p95 < {g['latency_p95_s']} s",
         ),
         (
             f"burst: {burst['images']} uploads of 1024x768 at once",
             f"{burst['img_s']} img/s in "
             f"{burst['drain_s']} s; the job used {burst['job_cores']} cores, everything else "
-            f"{burst['other_cores']}",
+            f"{burst['other_cores']}; {burst['shards_per_1000']} shards per 1,000 images",
             "",
         ),
         (

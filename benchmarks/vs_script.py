@@ -247,8 +247,8 @@ def markdown(result: dict) -> str:
         "",
         f"`embed-stream --help`: {result['help_s']['median']:.2f} s (median of "
         f"{len(result['help_s']['runs'])} processes). A first run with an empty model "
-        f"cache ({cold['images']} JPEGs; builds the Keras model, converts it with "
-        f"tf2onnx, stores it): {cold['wall_s']:.1f} s, peak "
+        f"cache ({cold['images']} JPEGs; builds the ONNX graph from the weights and "
+        f"stores it): {cold['wall_s']:.1f} s, peak "
         f"{cold['peak_mib'] / 1024:.2f} GiB.",
         "",
         "The wall time is what a user waits for. `img/s after start-up` (E) is "

@@ -123,10 +123,20 @@ def min_batch_size(opts: EmbedOptions) -> int:
     return min(BOUNDED_MIN_BATCH, opts.max_batch_size)
 
 
+def batch_duration_secs(opts: EmbedOptions) -> int:
+    """--max_batch_duration_secs, else 1 on Dataflow (its bundles are small, so batches
+    form across them) and 0 on the local runner: its bundles already hold what one pull
+    brought, and each stateful step it runs is one more pass of its single thread, which
+    every image in flight waits for."""
+    if opts.max_batch_duration_secs is not None:
+        return opts.max_batch_duration_secs
+    return 1 if on_dataflow(opts) else 0
+
+
 def batches_refs(opts: EmbedOptions) -> bool:
-    """Whether streaming batches are formed across bundles (--max_batch_duration_secs),
-    from refs before the load stage (see streaming/stages/batching.py)."""
-    return bool(opts.view_as(StandardOptions).streaming and opts.max_batch_duration_secs)
+    """Whether streaming batches are formed across bundles (batch_duration_secs), from
+    refs before the load stage (see streaming/stages/batching.py)."""
+    return bool(opts.view_as(StandardOptions).streaming and batch_duration_secs(opts))
 
 
 def model_handler(opts: EmbedOptions) -> inference.EmbeddingModelHandler:
@@ -177,7 +187,7 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     to_load = kept.accepted
     if batches_refs(opts):
         to_load = to_load | "Batch references" >> batching.BatchRefs(
-            min_batch_size(opts), opts.max_batch_size, opts.max_batch_duration_secs
+            min_batch_size(opts), opts.max_batch_size, batch_duration_secs(opts)
         )
     loaded = to_load | "Load and resize" >> load.LoadImages(
         opts.resize_policy,

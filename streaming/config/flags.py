@@ -23,7 +23,7 @@ DEFAULT_RUNTIME = "onnx"
 VECTOR_LAYOUTS = ("shards", "objects")
 DEFAULT_VECTORS_PER_SHARD = 500  # 500 x 8 KiB of float32: a 4 MiB object
 DEFAULT_SHARD_WAIT_SECS = 2.0
-DEFAULT_SHARD_IDLE_SECS = 0.1
+DEFAULT_SHARD_IDLE_SECS = 0.01
 DEFAULT_SHARD_KEYS = 16
 BIGQUERY_WRITE_METHODS = ("storage_write_api", "insert_all")
 
@@ -232,9 +232,10 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument(
         "--max_batch_duration_secs",
         type=int,
-        default=1,
+        default=None,
         help="Longest a partial batch waits in streaming before it is "
-        "flushed (0 disables stateful batching).",
+        "flushed (0 disables stateful batching; default 1 on Dataflow, 0 on "
+        "the local runner, whose bundles already hold what one pull brought).",
     )
     img = parser.add_argument_group("images")
     img.add_argument(

@@ -39,3 +39,34 @@ def test_a_process_tree_is_measured_with_its_grandchildren():
 def test_a_failing_process_is_an_error_with_its_output():
     with pytest.raises(RuntimeError, match="exited 3:\nwhy"):
         C.run_process([sys.executable, "-c", "import sys; print('why'); sys.exit(3)"])
+
+
+def test_a_rate_above_the_hosts_gemm_bound_is_refused():
+    assert C.check_rate("L", 10.0, 7.7, 100.0) == 0.77
+    with pytest.raises(C.AboveGemm, match="above this host's float32 GEMM rate 100"):
+        C.check_rate("L", 13.0, 7.7, 100.0)
+
+
+def test_the_graph_cost_counts_convolutions_and_matrix_products(tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")
+    m = numpy_helper.from_array(np.zeros((8, 4), np.float32), "m")
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+            helper.make_node("GlobalAveragePool", ["y"], ["p"]),
+            helper.make_node("Flatten", ["p"], ["f"]),
+            helper.make_node("MatMul", ["f", "m"], ["z"]),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 16, 16])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])],
+        initializer=[w, m],
+    )
+    path = tmp_path / "g.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    macs = 8 * 16 * 16 * 3 * 3 * 3 + 8 * 4  # each output of the conv: 3x3x3 multiply-adds
+    assert C.graph_gflop(str(path)) == round(2 * macs / 1e9, 3)

@@ -83,11 +83,22 @@ def test_minimum_batch_size_depends_on_the_source(argv, expected):
     [
         # A folder runs full batches of 8 from the start, not a ramp from 1.
         (["--input_dir", "i"], {"min_batch_size": 8, "max_batch_size": 8}),
-        # Streaming: refs are batched across bundles upstream (streaming/stages/batching.py), so
-        # RunInference batches within bundles and never holds pixels in state.
+        # Streaming with a batch duration (Dataflow's default): refs are batched across
+        # bundles upstream (streaming/stages/batching.py), so RunInference batches within
+        # bundles and never holds pixels in state.
+        (
+            [
+                "--input_subscription",
+                "projects/my-project/subscriptions/subs",
+                "--max_batch_duration_secs",
+                "1",
+            ],
+            {"min_batch_size": 8, "max_batch_size": 8, "max_batch_duration_secs": None},
+        ),
+        # The local runner's default: within bundles only, from 1.
         (
             ["--input_subscription", "projects/my-project/subscriptions/subs"],
-            {"min_batch_size": 8, "max_batch_size": 8, "max_batch_duration_secs": None},
+            {"min_batch_size": 1, "max_batch_size": 8, "max_batch_duration_secs": None},
         ),
         (
             [

@@ -113,3 +113,49 @@ def test_the_docs_show_the_committed_cost_table():
     assert len(table) > 5
     for line in table:
         assert line in docs, line
+
+
+def test_a_year_of_storage_is_three_active_months_then_long_term():
+    counts = {"bq_billed_bytes": 2**30 / 1000, "object_bytes": 2**30 / 1000}  # 1 GiB a million
+    year = cost.stored_a_year(counts)
+    assert year["BigQuery rows, a year"] == pytest.approx(3 * 0.02 + 9 * 0.01)
+    assert year["Cloud Storage vectors, a year"] == pytest.approx(12 * 0.02)
+
+
+def test_the_default_layout_at_a_rate_takes_that_rates_shards():
+    counts = {
+        "objects_written": 100.0,
+        "object_bytes": 0,
+        "gcs_class_a": 100.0,
+        "gcs_class_b": 1000.0,
+        "bq_billed_bytes": 0,
+        "bq_billed_bytes_insert_all": 0,
+        "pubsub_billed_bytes": 0,
+        "pubsub_bytes": 0,
+    }
+    shards = {
+        "rates": {r: {"traffic": {"objects_per_1000": n}} for r, n in zip(cost.RATES, (900, 25, 2))}
+    }
+    worker = {"machine": "m", "workers": 1, "usd_per_million": 1.0}
+    scale = {"cheapest_measured": {"photos": {r: worker for r in cost.RATES}}}
+    at = cost.at_rates({"per_1000": counts}, 0, shards, scale)
+    assert at["20"]["services"]["Cloud Storage Class A"] == pytest.approx(25 * 1000 * 5e-6)
+    assert at["1"]["services"]["Cloud Storage Class A"] == pytest.approx(900 * 1000 * 5e-6)
+    assert at["200"]["services_with_a_year_over_workers"]["photos"] == pytest.approx(
+        at["200"]["services_with_a_year_usd"], abs=0.01
+    )
+
+
+def test_a_catch_up_query_is_billed_at_least_ten_megabytes_per_table():
+    # Per 1,000 rows: 100 bytes a row read by the catch-up, 16,500 by a search.
+    counts = {
+        "bq_catch_up_column_bytes": 100_000.0,
+        "bq_search_column_bytes": 16_500_000.0,
+        "bq_rows": 1000,
+    }
+    o = cost.once({"per_1000": counts}, 1000)
+    low, high = o["catch_up_queries_usd"]
+    assert low == pytest.approx(1000 * 2 * 10 * 2**20 / 2**40 * 6.25, abs=0.001)
+    assert high == pytest.approx(1000 * (100e6 + 10 * 2**20) / 2**40 * 6.25, abs=0.001)
+    assert o["catch_up_listing_usd"] == 0.005
+    assert o["search_usd_per_million_rows"] == pytest.approx(16.5e9 / 2**40 * 6.25, abs=0.001)

@@ -199,3 +199,42 @@ def test_streaming_with_test_stream(tmp_path):
         for w in written
     ), written
     assert sum(len(vectors.read_vectors(w)) for w in written) == 2
+
+
+@pytest.mark.parametrize(
+    "extra, seconds",
+    [
+        ([], 0),
+        (
+            [
+                "--runner",
+                "DataflowRunner",
+                "--project",
+                "my-project",
+                "--region",
+                "us-central1",
+                "--temp_location",
+                "gs://b/tmp",
+            ],
+            1,
+        ),
+        (["--max_batch_duration_secs", "3"], 3),
+    ],
+)
+def test_refs_are_batched_across_bundles_on_dataflow_and_within_them_locally(extra, seconds):
+    """The local runner runs each step on one thread: a stateful batching step is one
+    more pass that every image in flight waits for, and its bundles already hold a pull."""
+    from streaming import pipeline
+    from streaming.main import make_options
+
+    opts = make_options(
+        [
+            "--input_subscription",
+            "projects/my-project/subscriptions/subs",
+            "--output_dir",
+            "o",
+            *extra,
+        ]
+    )
+    assert pipeline.batch_duration_secs(opts) == seconds
+    assert pipeline.batches_refs(opts) is bool(seconds)
