@@ -116,6 +116,7 @@ GOALS = {
     "objects_per_1000": {"20": 50, "200": 10},  # at that rate (shards.json)
     "services_with_a_year_over_workers": {"20": 1.5},
 }
+EMBEDDING_BYTES = 2048 * 8  # a row's embedding: 2,048 FLOAT64 values
 RATES = ("1", "20", "200")  # images a second users run (shards.json, scale.json)
 RETENTION_MONTHS = 12
 ACTIVE_MONTHS = 3  # BigQuery bills a partition as active storage for its first 90 days
@@ -555,7 +556,25 @@ def at_rates(run: dict, shuffled: float, shards: dict, scale: dict) -> dict:
         ingest = round(sum(v for k, v in services.items() if not k.startswith("_")), 3)
         stored = year["BigQuery rows, a year"] + year["Cloud Storage vectors, a year"]
         workers = {k: v[rate] for k, v in scale["cheapest_measured"].items()}
+        # --row_embedding none: the same rows without their 2,048 FLOAT64 values.
+        bare = dict(c, bq_billed_bytes=c["bq_billed_bytes"] - c["bq_rows"] * EMBEDDING_BYTES)
+        bare_services = per_million(bare, shuffled, "write_api")
+        bare_year = stored_a_year(bare)
+        bare_total = round(
+            sum(v for k, v in bare_services.items() if not k.startswith("_"))
+            + bare_year["BigQuery rows, a year"]
+            + bare_year["Cloud Storage vectors, a year"],
+            3,
+        )
         out[rate] = {
+            "without_embedding": {
+                "BigQuery ingestion": bare_services["BigQuery ingestion"],
+                "BigQuery rows, a year": bare_year["BigQuery rows, a year"],
+                "services_with_a_year_usd": bare_total,
+                "over_workers": {
+                    k: round(bare_total / w["usd_per_million"], 2) for k, w in workers.items()
+                },
+            },
             "objects_per_1000": objects,
             "services": services,
             "storage": year,
@@ -647,6 +666,18 @@ def rates_section(res: dict) -> list[str]:
         + " | ".join(f"**{a['services_with_a_year_usd']}**" for a in at.values())
         + " |"
     )
+    bare = [a["without_embedding"] for a in at.values()]
+    lines += [
+        "| `--row_embedding none`: BigQuery ingestion | "
+        + " | ".join(str(b["BigQuery ingestion"]) for b in bare)
+        + " |",
+        "| `--row_embedding none`: BigQuery rows, a year | "
+        + " | ".join(str(b["BigQuery rows, a year"]) for b in bare)
+        + " |",
+        "| **`--row_embedding none`: services and a year of storage** | "
+        + " | ".join(f"**{b['services_with_a_year_usd']}**" for b in bare)
+        + " |",
+    ]
     for images in sets:
         lines.append(
             f"| workers, {images} | "
@@ -660,6 +691,11 @@ def rates_section(res: dict) -> list[str]:
         lines.append(
             f"| services and a year / workers, {images} | "
             + " | ".join(str(a["services_with_a_year_over_workers"][images]) for a in at.values())
+            + " |"
+        )
+        lines.append(
+            f"| `--row_embedding none`: services and a year / workers, {images} | "
+            + " | ".join(str(b["over_workers"][images]) for b in bare)
             + " |"
         )
     lines += [
@@ -856,17 +892,49 @@ def markdown(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def price(res: dict, out: str) -> None:
+    """Prices the runs' counts in `res` (and the default layout at the rates users run,
+    from shards.json and scale.json in `out`), in place."""
+    shuffled = sum(x["bytes"] for x in res["shuffles"] if not x["step"].startswith("for "))
+    res["usd_per_million"] = {}
+    for name, run in res["runs"].items():
+        c = run["per_1000"]
+        res["usd_per_million"][name] = {}
+        for ingest in ("insert_all", "write_api"):
+            costs = per_million(c, shuffled, ingest)
+            total = round(sum(v for k, v in costs.items() if not k.startswith("_")), 3)
+            costs["_total"] = total
+            res["usd_per_million"][name][ingest] = costs
+        res["usd_per_million"][name]["storage"] = stored_a_year(c)
+    if DEFAULT_RUN in res["runs"]:
+        from streaming.sources.catch_up import CHUNK
+
+        default = res["runs"][DEFAULT_RUN]
+        shards, scale = read_result(out, "shards"), read_result(out, "scale")
+        res["sources"] = {
+            "shards": f"shards.json of {shards['machine']['date']}",
+            "scale": f"scale.json from vs_script.json of {scale['measured_on']['date']}",
+        }
+        res["at_rates"] = at_rates(default, shuffled, shards, scale)
+        res["once"] = once(default, CHUNK)
+
+
 def main() -> int:
     p = C.parser(__doc__, rounds=1)
     p.add_argument("--images", type=int, default=1000, help="images per run")
     p.add_argument("--runs", default=",".join(RUNS), help="which runs, comma-separated")
     p.add_argument(
-        "--markdown-only", action="store_true", help="write cost.md again from cost.json"
+        "--reprice",
+        action="store_true",
+        help="price cost.json's counts again (prices, shards.json, scale.json) and rewrite",
     )
     args = p.parse_args()
-    if args.markdown_only:
+    if args.reprice:
         with open(os.path.join(args.out, "cost.json")) as f:
             res = json.load(f)
+        res["prices"] = {k: {"value": v, "unit": u, "source": s} for k, (v, u, s) in PRICES.items()}
+        res["goals"], res["prices_read_on"] = GOALS, READ_ON
+        price(res, args.out)
         C.write_results(args.out, "cost", res, markdown(res))
         return 0
     if args.quick:
@@ -896,29 +964,9 @@ def main() -> int:
     ref = parse_notification(*sample["notification"])
     vector = np.float32(sample["vector"])
     res["shuffles"] = shuffle_bytes([], ref, vector, sample["model_id"])
-    shuffled = sum(x["bytes"] for x in res["shuffles"] if not x["step"].startswith("for "))
-    res["usd_per_million"] = {}
-    for name, run in res["runs"].items():
-        c = run["per_1000"]
-        res["usd_per_million"][name] = {}
-        for ingest in ("insert_all", "write_api"):
-            costs = per_million(c, shuffled, ingest)
-            total = round(sum(v for k, v in costs.items() if not k.startswith("_")), 3)
-            costs["_total"] = total
-            res["usd_per_million"][name][ingest] = costs
-        res["usd_per_million"][name]["storage"] = stored_a_year(c)
+    for run in res["runs"].values():
         run.pop("sample")
-    if DEFAULT_RUN in res["runs"]:
-        from streaming.sources.catch_up import CHUNK
-
-        default = res["runs"][DEFAULT_RUN]
-        shards, scale = read_result(args.out, "shards"), read_result(args.out, "scale")
-        res["sources"] = {
-            "shards": f"shards.json of {shards['machine']['date']}",
-            "scale": f"scale.json from vs_script.json of {scale['measured_on']['date']}",
-        }
-        res["at_rates"] = at_rates(default, shuffled, shards, scale)
-        res["once"] = once(default, CHUNK)
+    price(res, args.out)
     C.write_results(args.out, "cost", res, markdown(res))
     return 0
 

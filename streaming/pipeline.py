@@ -199,6 +199,7 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
     )
     results, embed_dead = loaded.images | "Embed with ResNet50" >> inference.EmbedImages(handler)
     vector_root = files.vector_root(opts.output_gcs, opts.output_dir)
+    in_rows = opts.row_embedding == "full"
     # Only the vector travels on, as float32 bytes (vectors.EmbeddedCoder).
     vectors = results | "Drop pixels" >> beam.MapTuple(vectors_.embedded).with_output_types(
         vectors_.Embedded
@@ -208,7 +209,7 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
         if streaming:
             # Spreads the .npy uploads and BigQuery inserts over keys, off the model's step.
             vectors = vectors | "Spread writes" >> beam.Reshuffle()
-        written = vectors | "Write vectors" >> files.WriteVectors(vector_root)
+        written = vectors | "Write vectors" >> files.WriteVectors(vector_root, in_rows)
     else:
         # Streaming: the same one shuffle, grouping vectors into shards on the way.
         groups = vectors | "Spread writes" >> vectors_.GroupForShards(
@@ -218,7 +219,7 @@ def embed_refs(refs, opts: EmbedOptions, handler=None, extra_dead=()) -> dict:
             streaming,
             idle_secs=opts.shard_idle_secs,
         )
-        written = groups | "Write vectors" >> vectors_.WriteShards(vector_root)
+        written = groups | "Write vectors" >> vectors_.WriteShards(vector_root, in_rows)
     _ = written.rows | "Measure latency" >> beam.FlatMap(metrics.observe_row)
     tombstones = kept.deletes | "Tombstones for deletes" >> beam.Map(files.tombstone_row)
     rows = {"rows": written.rows, "tombstones": tombstones}

@@ -21,6 +21,7 @@ DEFAULT_PROGRESS_INTERVAL = 10.0
 RUNTIMES = ("onnx", "tensorflow")
 DEFAULT_RUNTIME = "onnx"
 VECTOR_LAYOUTS = ("shards", "objects")
+ROW_EMBEDDINGS = ("full", "none")
 DEFAULT_VECTORS_PER_SHARD = 500  # 500 x 8 KiB of float32: a 4 MiB object
 DEFAULT_SHARD_WAIT_SECS = 2.0
 DEFAULT_SHARD_IDLE_SECS = 0.01
@@ -112,6 +113,16 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         "object and row (vector_uri, vector_index); objects: one .npy per "
         "image, named after it (one storage write per image). See "
         "docs/options.md.",
+    )
+    out.add_argument(
+        "--row_embedding",
+        type=str,
+        default="full",
+        choices=ROW_EMBEDDINGS,
+        help="full (default): each row carries its 2,048 values, for searches "
+        "inside BigQuery (VECTOR_SEARCH); none: rows name their vector "
+        "(vector_uri, vector_index) and carry none, a fraction of the "
+        "BigQuery bytes (needs --output_gcs or --output_dir). See docs/options.md.",
     )
     out.add_argument(
         "--vectors_per_shard",

@@ -53,6 +53,11 @@ def validate(opts: EmbedOptions) -> None:
             raise UsageError(
                 f"--{option} must be >= 0 (0: the runtime's default), not {getattr(opts, option)}"
             )
+    if opts.row_embedding == "none" and not (opts.output_gcs or opts.output_dir):
+        raise UsageError(
+            "--row_embedding none needs --output_gcs or --output_dir: rows without "
+            "their embedding must name a .npy that holds it"
+        )
     for option in ("vectors_per_shard", "shard_keys"):
         if getattr(opts, option) < 1:
             raise UsageError(f"--{option} must be at least 1, not {getattr(opts, option)}")

@@ -66,16 +66,18 @@ def embedding_row(
     model_id: str,
     vector_uri: str | None,
     vector_index: int | None = None,
+    with_embedding: bool = True,
 ) -> dict[str, Any]:
     """The BigQuery row (schemas/embeddings.json) of one embedded image; `vector_index`
-    is the vector's row in a shard (streaming/sinks/vectors.py), None for a .npy of its own."""
+    is the vector's row in a shard (streaming/sinks/vectors.py), None for a .npy of its own.
+    Without `with_embedding` (--row_embedding none) the row only names its vector."""
     model_name, fingerprint, runtime = split_model_id(model_id)
     row = _ref_row(info.ref)
     row.update(
         width=info.width,
         height=info.height,
         format=info.format,
-        embedding=float32_list(embedding),
+        embedding=float32_list(embedding) if with_embedding else [],
         model_name=model_name,
         model_fingerprint=fingerprint,
         model_runtime=runtime,
@@ -168,9 +170,9 @@ class _WriteVectorFn(WorkAhead):
     """Writes each vector on a small pool, `WRITE_AHEAD` elements ahead of the bundle's
     thread: an object upload waits on the network, not on the cores."""
 
-    def __init__(self, root: str | None):
+    def __init__(self, root: str | None, with_embedding: bool = True):
         super().__init__(WRITE_THREADS, WRITE_AHEAD, "write")
-        self._root = root
+        self._root, self._with_embedding = root, with_embedding
 
     def setup(self):
         super().setup()
@@ -201,20 +203,18 @@ class _WriteVectorFn(WorkAhead):
             return
         metrics.count("images_embedded")
         metrics.checkpoint("vector_written", info.ref)
-        yield embedding_row(info, vector, model_id, uri)
+        yield embedding_row(info, vector, model_id, uri, with_embedding=self._with_embedding)
 
 
 class WriteVectors(beam.PTransform):
     """(ImageInfo, PredictionResult) -> .npy under `root` and the row that points to it."""
 
-    def __init__(self, root: str | None):
+    def __init__(self, root: str | None, with_embedding: bool = True):
         super().__init__()
-        self._root = root
+        self._fn = _WriteVectorFn(root, with_embedding)
 
     def expand(self, results):
-        return results | "Write .npy" >> beam.ParDo(_WriteVectorFn(self._root)).with_outputs(
-            DEAD, main="rows"
-        )
+        return results | "Write .npy" >> beam.ParDo(self._fn).with_outputs(DEAD, main="rows")
 
 
 class _WriteJsonFileFn(beam.DoFn):

@@ -391,8 +391,8 @@ class GroupForShards(beam.PTransform):
 class _WriteShardFn(beam.DoFn):
     """Writes one shard per list of Embedded, then emits each one's row."""
 
-    def __init__(self, root: str | None):
-        self._root = root
+    def __init__(self, root: str | None, with_embedding: bool = True):
+        self._root, self._with_embedding = root, with_embedding
 
     def setup(self):
         self._gcs = clients.worker_storage_client() if is_gcs_uri(self._root) else None
@@ -434,18 +434,20 @@ class _WriteShardFn(beam.DoFn):
         for index, item in enumerate(group):
             metrics.count("images_embedded")
             metrics.checkpoint("vector_written", item.info.ref)
-            yield files.embedding_row(item.info, item.vector, item.model_id, uri, index)
+            yield files.embedding_row(
+                item.info, item.vector, item.model_id, uri, index, self._with_embedding
+            )
 
 
 class WriteShards(beam.PTransform):
     """Lists of Embedded -> one .npy shard each under `root`, and the rows that point
     into it (`vector_uri`, `vector_index`); failed writes -> dead letters."""
 
-    def __init__(self, root: str | None):
+    def __init__(self, root: str | None, with_embedding: bool = True):
         super().__init__()
-        self._root = root
+        self._fn = _WriteShardFn(root, with_embedding)
 
     def expand(self, batches):
-        return batches | "Write shards" >> beam.ParDo(_WriteShardFn(self._root)).with_outputs(
+        return batches | "Write shards" >> beam.ParDo(self._fn).with_outputs(
             files.DEAD, main="rows"
         )

@@ -128,8 +128,9 @@ def test_the_default_layout_at_a_rate_takes_that_rates_shards():
         "object_bytes": 0,
         "gcs_class_a": 100.0,
         "gcs_class_b": 1000.0,
-        "bq_billed_bytes": 0,
-        "bq_billed_bytes_insert_all": 0,
+        "bq_billed_bytes": 16_818_000,
+        "bq_billed_bytes_insert_all": 16_818_000,
+        "bq_rows": 1000,
         "pubsub_billed_bytes": 0,
         "pubsub_bytes": 0,
     }
@@ -143,6 +144,11 @@ def test_the_default_layout_at_a_rate_takes_that_rates_shards():
     assert at["1"]["services"]["Cloud Storage Class A"] == pytest.approx(900 * 1000 * 5e-6)
     assert at["200"]["services_with_a_year_over_workers"]["photos"] == pytest.approx(
         at["200"]["services_with_a_year_usd"], abs=0.01
+    )
+    # Rows without their embedding: 434 of 16,818 bytes a row stay in BigQuery.
+    bare = at["20"]["without_embedding"]
+    assert bare["BigQuery rows, a year"] == pytest.approx(
+        at["20"]["storage"]["BigQuery rows, a year"] * 434 / 16_818, abs=0.002
     )
 
 

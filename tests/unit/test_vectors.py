@@ -330,3 +330,27 @@ def test_a_lone_vector_waits_only_the_idle_gap(idle_secs):
     _groups_over_processing_time(
         idle_secs, [("add", 2), ("advance", 0.5), ("add", 1), ("advance", 5.0)]
     )
+
+
+def test_rows_without_their_embedding_name_a_shard_that_holds_it(tmp_path):
+    """--row_embedding none: the row's embedding is empty and its shard has the vector."""
+    group = [item(i) for i in range(3)]
+    fn = vectors._WriteShardFn(str(tmp_path / "vectors"), with_embedding=False)
+    fn._gcs = None
+    rows, dead = _run_fn(fn, group)
+    assert not dead and all(r["embedding"] == [] for r in rows)
+    for r, e in zip(rows, group):
+        np.testing.assert_array_equal(
+            vectors.read_vectors(r["vector_uri"], [r["vector_index"]])[0], e.vector
+        )
+
+
+def test_rows_without_their_embedding_need_somewhere_for_the_vectors():
+    from streaming import main
+    from streaming.config.cli import UsageError
+
+    argv = ["--input_subscription", "projects/my-project/subscriptions/subs"]
+    with pytest.raises(UsageError, match="--row_embedding none needs --output_gcs"):
+        main.make_options(argv + ["--output_table", "my-project:ds.t", "--row_embedding", "none"])
+    opts = main.make_options(argv + ["--output_dir", "out", "--row_embedding", "none"])
+    assert opts.row_embedding == "none"
