@@ -43,7 +43,7 @@ import numpy as np
 
 from tools.processes import Child, python_module, wait_until
 
-READ_ON = "2026-12-07"
+READ_ON = "2026-12-03"
 # (value, unit, source read on READ_ON)
 PRICES = {
     "gcs_class_a": (
@@ -84,7 +84,7 @@ PRICES = {
         0.01,
         "$ per GiB-month (long-term logical storage: a table partition not modified "
         "for 90 consecutive days; Google's page, stored copy, and a summary of it dated "
-        "2025-08-11 agree)",
+        "2025-08-11 agree; read 2026-12-07)",
         "https://cloud.google.com/bigquery/pricing and "
         "https://coconote.app/notes/2caa4c53-cab8-40ca-8ad5-1a9e8556ec57",
     ),
@@ -93,7 +93,7 @@ PRICES = {
         "$ per TiB scanned (on-demand queries; 'a minimum 10 MB data processed per "
         "table referenced' by each query, Google's page, archived copy; the $6.25 from a "
         "summary of the page dated 2025-08-11: the stored copies of Google's page "
-        "predate it and say $5)",
+        "predate it and say $5; read 2026-12-07)",
         "https://cloud.google.com/bigquery/pricing and "
         "https://coconote.app/notes/2caa4c53-cab8-40ca-8ad5-1a9e8556ec57",
     ),
