@@ -35,12 +35,12 @@ import _common as C
 import psutil
 from google.cloud.bigquery import SchemaField
 
+from streaming import metrics
 from tools.processes import Child, python_module, tree_cpu_seconds, wait_until
 
 PROGRESS_SECS = 2
 POLL_SECS = 0.1  # how often the table's rows are read: the resolution of "in the table"
 DEAD_POLL_SECS = 0.5
-CHECKPOINTS = ("accepted", "read", "decoded", "embedded", "vector_written", "row_written")
 STAGES = {  # the stage that ends at each checkpoint
     "accepted": "event -> pulled, parsed, filtered",
     "read": "read the object",
@@ -163,7 +163,7 @@ def breakdown(latency: dict) -> list[tuple[str, float]]:
     of neighbouring checkpoints' p50 (ms since the event), then the rest of the
     measured p50 (the row written -> read back by the benchmark)."""
     marks = latency["since_event_ms"]
-    names = [n for n in CHECKPOINTS if n in marks]
+    names = [n for n in metrics.CHECKPOINTS if n in marks]
     shares, before = [], 0.0
     for name in names:
         shares.append((STAGES[name], marks[name]["p50"] - before))

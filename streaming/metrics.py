@@ -112,10 +112,7 @@ def checkpoint(name: str, ref, now: dt.datetime | None = None) -> None:
     per bundle); `now` is when it happened, if that was earlier."""
     if ref is None or ref.source == "local":
         return
-    ms = ms_since(ref.event_time, now)
-    if ms is not None:
-        Metrics.distribution(NAMESPACE, SINCE_EVENT + name).update(int(ms))
-        TALLY.checkpoint(name, ms)
+    _record_checkpoint(name, ms_since(ref.event_time, now))
 
 
 def row_checkpoint(name: str, row: Mapping[str, Any]) -> None:
@@ -123,7 +120,10 @@ def row_checkpoint(name: str, row: Mapping[str, Any]) -> None:
     (tombstones, dead letters) record nothing."""
     if "embedding" not in row or row.get("source") == "local":
         return
-    ms = ms_since(row.get("event_time"))
+    _record_checkpoint(name, ms_since(row.get("event_time")))
+
+
+def _record_checkpoint(name: str, ms: float | None) -> None:
     if ms is not None:
         Metrics.distribution(NAMESPACE, SINCE_EVENT + name).update(int(ms))
         TALLY.checkpoint(name, ms)

@@ -8,7 +8,8 @@ The shards are sized by the traffic. A group closes at `--vectors_per_shard` vec
 `--shard_wait_secs` after its first vector; while its key gets fewer than BUSY_KEY_RATE
 vectors a second, also when none has joined it for `--shard_idle_secs`. So at one image
 a second a row waits only the idle gap, and from a few images a second on a shard
-gathers what arrives in the wait (about 40 vectors at 20 a second with the defaults).
+gathers what arrives in the wait (benchmarks/results/shards.md: per rate, the shards per
+1,000 images and a row's wait).
 The vectors are spread over as many keys as the rate needs, one per
 `vectors_per_shard / shard_wait_secs` a second, at most `--shard_keys`: more keys at a
 low rate would only split the same vectors into emptier shards.
@@ -204,9 +205,9 @@ def read_vectors(uri: str, indexes: Iterable[int] | None = None, gcs=None) -> np
 
 
 # A key whose vectors arrive at least this often (per second) is busy: its partial shard
-# waits out `--shard_wait_secs` instead of closing at the idle gap. At 5 a second the
-# default 2 s gathers about 10 vectors, a tenth of the objects; below it, rows would
-# wait for little gain, so a lone upload's row waits only the idle gap.
+# waits out `--shard_wait_secs` instead of closing at the idle gap: from this rate on a
+# wait gathers several vectors; below it, rows would wait for little gain, so a lone
+# upload's row waits only the idle gap.
 BUSY_KEY_RATE = 5.0
 # The rate meters' memory: arrivals older than about this many seconds hardly count.
 RATE_SECS = 5.0
